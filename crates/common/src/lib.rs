@@ -1,0 +1,21 @@
+//! Shared library of the ATVM watcher service: paths, build names, the state directory,
+//! markers and locks, Cypress log / mochawesome / inventory parsing, Mattermost delivery and
+//! the systemctl wrapper. The binaries are thin front ends over this crate.
+
+pub mod build_name;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod logging;
+pub mod paths;
+pub mod procfs;
+pub mod state;
+pub mod systemctl;
+pub mod time;
+
+pub use build_name::BuildName;
+pub use error::{Error, Result};
+pub use paths::Paths;
+pub use state::StateDir;
+pub use time::Timestamp;

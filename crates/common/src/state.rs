@@ -1,0 +1,523 @@
+//! The per-build state directory (SPEC §4) and the records in it.
+//!
+//! Writers: `request.json` by start-atvm-run-watcher, `runner/*` by the runner tools,
+//! `state.json` by the watcher and the cancel helper, markers by their owners. Every write is
+//! atomic. `state.json` and `runner/status.json` are shared by two processes, so their
+//! read-modify-write happens under a short lock (`state.lock`, `runner/status.lock`); that is
+//! what keeps a cancel from being overwritten by a watcher saving at the same moment.
+
+use crate::build_name::BuildName;
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Lock};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Archived state directories kept per build name.
+pub const ARCHIVE_KEEP: usize = 20;
+
+/// `request.json`: what start-atvm-run-watcher was asked to do.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub build_name: String,
+    /// Unique per start; every other record of the run carries it.
+    pub run_id: String,
+    pub requested_at: Timestamp,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_command: Option<String>,
+    #[serde(default)]
+    pub runner_command: Option<String>,
+    #[serde(default)]
+    pub config_family: Option<String>,
+    #[serde(default)]
+    pub config_file: Option<String>,
+    #[serde(default)]
+    pub migration_style: Option<String>,
+    #[serde(default)]
+    pub integration_plugin: Option<String>,
+    #[serde(default)]
+    pub categorize: bool,
+    #[serde(default)]
+    pub scope_description: Option<String>,
+}
+
+/// `runner/spec.json`: what run-atvm-runner should run. Mode 0600: it holds a command line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerSpec {
+    pub build_name: String,
+    pub run_id: String,
+    pub command: String,
+    pub workdir: PathBuf,
+    pub log_path: PathBuf,
+    pub created_at: Timestamp,
+}
+
+/// `runner/status.json`: written by run-atvm-runner at start and exit, and by
+/// cancel-atvm-runner (`cancel_requested`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerStatus {
+    pub build_name: String,
+    pub run_id: String,
+    /// The wrapper (the unit's main process); it is the one that records the exit.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (/proc/<pid>/stat field 22): with the pid,
+    /// this identifies the process even after the pid is reused.
+    pub pid_start_ticks: u64,
+    /// The `/bin/sh -c` child, leader of the process group that signals are forwarded to.
+    pub child_pid: u32,
+    pub started_at: Timestamp,
+    pub log_path: PathBuf,
+    pub log_inode: u64,
+    pub log_dev: u64,
+    #[serde(default)]
+    pub cancel_requested: bool,
+    #[serde(default)]
+    pub cancel_requested_at: Option<Timestamp>,
+    /// A SIGTERM/SIGINT the wrapper received and forwarded: the run was stopped from outside.
+    #[serde(default)]
+    pub stop_signal: Option<i32>,
+    #[serde(default)]
+    pub exited_at: Option<Timestamp>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal that killed the child, when it did not exit normally.
+    #[serde(default)]
+    pub signal: Option<i32>,
+}
+
+impl RunnerStatus {
+    pub fn has_exited(&self) -> bool {
+        self.exited_at.is_some()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunState {
+    Starting,
+    Watching,
+    Completed,
+    Failed,
+    Cancelled,
+    Terminated,
+    Hung,
+    Unknown,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "STARTING",
+            RunState::Watching => "WATCHING",
+            RunState::Completed => "COMPLETED",
+            RunState::Failed => "FAILED",
+            RunState::Cancelled => "CANCELLED",
+            RunState::Terminated => "TERMINATED",
+            RunState::Hung => "HUNG",
+            RunState::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, RunState::Starting | RunState::Watching)
+    }
+
+    /// Only these two are ever posted (SPEC §6).
+    pub fn is_postable(self) -> bool {
+        matches!(self, RunState::Completed | RunState::Failed)
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub tests: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.tests += other.tests;
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.pending += other.pending;
+        self.skipped += other.skipped;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostStatus {
+    /// Nothing to post (yet, or ever for a categorized parent).
+    #[default]
+    None,
+    /// A postable result waits for delivery.
+    Pending,
+    Posted,
+    /// Delivery failed for good (a restart tries again).
+    Failed,
+    /// The state is one that is never posted (CANCELLED, TERMINATED, HUNG, UNKNOWN).
+    Suppressed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Post {
+    pub status: PostStatus,
+    pub attempts: u32,
+    /// Names the webhook's host only, never the URL.
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posted_at: Option<Timestamp>,
+    /// `--dry-run` wrote the payload to `post.json` instead of posting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// One categorized sub-run as listed in the parent's `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SubRunSummary {
+    pub key: String,
+    pub group: Option<String>,
+    pub state: RunState,
+    pub counts: Option<Counts>,
+    pub post: Post,
+}
+
+/// `state.json` (and `subruns/<key>/state.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub build_name: String,
+    pub run_id: String,
+    /// Sub-run key; absent for the run itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub state: RunState,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub reason: String,
+    pub updated_at: Timestamp,
+    pub counts: Option<Counts>,
+    pub post: Post,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subruns: Option<Vec<SubRunSummary>>,
+    /// Operator-facing details the watcher keeps (progress, run URL, failed tests, ...).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub details: serde_json::Map<String, serde_json::Value>,
+    /// The watcher's resume point (log offsets, parser state). Opaque to everyone else, and
+    /// preserved untouched by the cancel helper.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<serde_json::Value>,
+}
+
+impl State {
+    pub fn new(build: &str, run_id: &str, state: RunState, reason: impl Into<String>) -> State {
+        State {
+            build_name: build.to_string(),
+            run_id: run_id.to_string(),
+            key: None,
+            group: None,
+            state,
+            is_final: state.is_terminal(),
+            reason: reason.into(),
+            updated_at: Timestamp::now(),
+            counts: None,
+            post: Post::default(),
+            subruns: None,
+            details: serde_json::Map::new(),
+            checkpoint: None,
+        }
+    }
+}
+
+/// Marker files carry a timestamp and the run they belong to, so a marker left by an earlier
+/// run of the same build name can be told apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub at: Option<Timestamp>,
+    pub run_id: Option<String>,
+}
+
+impl Marker {
+    pub fn render(at: Timestamp, run_id: &str) -> String {
+        format!("{at} run_id={run_id}\n")
+    }
+
+    pub fn parse(text: &str) -> Marker {
+        let mut words = text.split_whitespace();
+        let at = words.next().and_then(Timestamp::parse);
+        let run_id = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("run_id="))
+            .map(str::to_string);
+        Marker { at, run_id }
+    }
+
+    /// Does this marker belong to `run_id`? A marker without a run id (touched by hand)
+    /// counts when it is no older than the request.
+    pub fn belongs_to(&self, run_id: &str, requested_at: Timestamp, mtime: Timestamp) -> bool {
+        match &self.run_id {
+            Some(id) => id == run_id,
+            None => mtime >= requested_at,
+        }
+    }
+}
+
+/// `<state-root>/<build>/` and the names inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir {
+    dir: PathBuf,
+    build: BuildName,
+}
+
+impl StateDir {
+    pub fn new(state_root: &Path, build: &BuildName) -> StateDir {
+        StateDir { dir: state_root.join(build.as_str()), build: build.clone() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+    pub fn build(&self) -> &BuildName {
+        &self.build
+    }
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+    pub fn request(&self) -> PathBuf {
+        self.dir.join("request.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn state_lock(&self) -> PathBuf {
+        self.dir.join("state.lock")
+    }
+    pub fn watcher_lock(&self) -> PathBuf {
+        self.dir.join("watcher.lock")
+    }
+    pub fn cancelled_marker(&self) -> PathBuf {
+        self.dir.join("cancelled.marker")
+    }
+    pub fn posted_marker(&self) -> PathBuf {
+        self.dir.join("posted.marker")
+    }
+    pub fn post_json(&self) -> PathBuf {
+        self.dir.join("post.json")
+    }
+    pub fn runner_dir(&self) -> PathBuf {
+        self.dir.join("runner")
+    }
+    pub fn runner_spec(&self) -> PathBuf {
+        self.runner_dir().join("spec.json")
+    }
+    pub fn runner_status(&self) -> PathBuf {
+        self.runner_dir().join("status.json")
+    }
+    pub fn runner_status_lock(&self) -> PathBuf {
+        self.runner_dir().join("status.lock")
+    }
+    pub fn subrun_dir(&self, key: &str) -> PathBuf {
+        self.dir.join("subruns").join(key)
+    }
+
+    /// Create the directory (0700: it can hold command lines).
+    pub fn create(&self) -> Result<()> {
+        fsutil::create_dir(&self.dir, 0o700)
+    }
+
+    pub fn create_runner_dir(&self) -> Result<()> {
+        self.create()?;
+        fsutil::create_dir(&self.runner_dir(), 0o700)
+    }
+
+    pub fn read_request(&self) -> Result<Option<Request>> {
+        fsutil::read_json(&self.request())
+    }
+
+    pub fn read_state(&self) -> Result<Option<State>> {
+        fsutil::read_json(&self.state())
+    }
+
+    pub fn read_status(&self) -> Result<Option<RunnerStatus>> {
+        fsutil::read_json(&self.runner_status())
+    }
+
+    /// Read-modify-write `state.json` under `state.lock`. `f` sees the current state (if any)
+    /// and returns the one to write, or `None` to leave the file as it is.
+    pub fn update_state<T>(
+        &self,
+        f: impl FnOnce(Option<State>) -> Result<(Option<State>, T)>,
+    ) -> Result<T> {
+        let _lock = Lock::exclusive(&self.state_lock())?;
+        let current = self.read_state()?;
+        let (next, out) = f(current)?;
+        if let Some(next) = next {
+            fsutil::write_json(&self.state(), &next, 0o644)?;
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write `runner/status.json` under `runner/status.lock`.
+    pub fn update_status<T>(
+        &self,
+        f: impl FnOnce(Option<RunnerStatus>) -> Result<(Option<RunnerStatus>, T)>,
+    ) -> Result<T> {
+        let _lock = Lock::exclusive(&self.runner_status_lock())?;
+        let current = self.read_status()?;
+        let (next, out) = f(current)?;
+        if let Some(next) = next {
+            fsutil::write_json(&self.runner_status(), &next, 0o644)?;
+        }
+        Ok(out)
+    }
+
+    /// Read a marker: `None` when absent. Returns the parsed content and its mtime.
+    pub fn read_marker(&self, path: &Path) -> Result<Option<(Marker, Timestamp)>> {
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read marker", path, e)),
+        };
+        let mtime = fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(Timestamp::from_system)
+            .map_err(|e| Error::io("cannot read marker", path, e))?;
+        Ok(Some((Marker::parse(&text), mtime)))
+    }
+
+    pub fn write_marker(&self, path: &Path, run_id: &str) -> Result<()> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+        }
+        fsutil::write_atomic(path, Marker::render(Timestamp::now(), run_id).as_bytes(), 0o644)
+    }
+
+    /// Move the whole directory to `<state-root>/.archive/<build>/<UTC-timestamp>/` and keep
+    /// the newest [`ARCHIVE_KEEP`] archives of this build. Returns where it went.
+    pub fn archive(&self, archive_root: &Path) -> Result<Option<PathBuf>> {
+        if !self.exists() {
+            return Ok(None);
+        }
+        let base = archive_root.join(self.build.as_str());
+        fsutil::create_dir(archive_root, 0o700)?;
+        fsutil::create_dir(&base, 0o700)?;
+        let stamp = Timestamp::now().compact();
+        // Two starts within one second still get distinct, sortable names.
+        let mut target = base.join(&stamp);
+        let mut n = 1;
+        while target.exists() {
+            target = base.join(format!("{stamp}-{n:03}"));
+            n += 1;
+        }
+        fs::rename(&self.dir, &target).map_err(|e| Error::io("cannot archive", &self.dir, e))?;
+        prune_archives(&base, ARCHIVE_KEEP)?;
+        Ok(Some(target))
+    }
+}
+
+/// Remove all but the newest `keep` entries of `base` (names sort by time).
+fn prune_archives(base: &Path, keep: usize) -> Result<()> {
+    let mut names: Vec<_> = fs::read_dir(base)
+        .map_err(|e| Error::io("cannot list archive", base, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in &names[..excess] {
+        let path = base.join(name);
+        fs::remove_dir_all(&path).map_err(|e| Error::io("cannot prune archive", &path, e))?;
+    }
+    Ok(())
+}
+
+/// A run id unique per start: time, pid and a few bits of clock noise.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{}-{:06x}", Timestamp::now().compact(), std::process::id(), now & 0xff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(name: &str) -> BuildName {
+        BuildName::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn archive_moves_everything_and_keeps_the_newest_twenty() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(root.path(), &build("b1"));
+        let archive_root = root.path().join(".archive");
+        for i in 0..23 {
+            sd.create().expect("create");
+            fs::write(sd.path().join("n"), i.to_string()).expect("write");
+            sd.write_marker(&sd.cancelled_marker(), "old").expect("marker");
+            let to = sd.archive(&archive_root).expect("archive").expect("moved");
+            assert!(!sd.exists());
+            assert_eq!(fs::read_to_string(to.join("n")).expect("read"), i.to_string());
+        }
+        let mut kept: Vec<String> = fs::read_dir(archive_root.join("b1"))
+            .expect("ls")
+            .map(|e| e.expect("entry").path())
+            .map(|p| fs::read_to_string(p.join("n")).expect("read"))
+            .collect();
+        kept.sort_by_key(|s| s.parse::<u32>().unwrap_or(0));
+        let expected: Vec<String> = (3..23).map(|i| i.to_string()).collect();
+        assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn markers_know_their_run() {
+        let m = Marker::parse(&Marker::render(Timestamp::from_millis(0), "r1"));
+        assert_eq!(m.run_id.as_deref(), Some("r1"));
+        assert!(m.belongs_to("r1", Timestamp::from_millis(5), Timestamp::from_millis(0)));
+        assert!(!m.belongs_to("r2", Timestamp::from_millis(0), Timestamp::from_millis(9)));
+        let touched = Marker::parse("");
+        assert!(touched.belongs_to("r2", Timestamp::from_millis(5), Timestamp::from_millis(6)));
+        assert!(!touched.belongs_to("r2", Timestamp::from_millis(5), Timestamp::from_millis(4)));
+    }
+
+    #[test]
+    fn state_round_trips_with_final_and_screaming_states() {
+        let mut s = State::new("b", "r", RunState::Completed, "ok");
+        s.counts = Some(Counts { tests: 3, passed: 3, ..Counts::default() });
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["state"], "COMPLETED");
+        assert_eq!(json["final"], true);
+        assert_eq!(json["post"]["status"], "none");
+        let back: State = serde_json::from_value(json).expect("parse");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn update_state_preserves_a_corrupt_file() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(root.path(), &build("b2"));
+        sd.create().expect("create");
+        fs::write(sd.state(), "garbage").expect("write");
+        let err = sd
+            .update_state(|_| Ok((Some(State::new("b2", "r", RunState::Cancelled, "x")), ())))
+            .expect_err("corrupt");
+        assert!(err.to_string().contains("state.json"), "{err}");
+        assert_eq!(fs::read_to_string(sd.state()).expect("read"), "garbage");
+    }
+}
