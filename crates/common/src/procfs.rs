@@ -119,7 +119,15 @@ mod tests {
             .args(["-c", "sleep 30; :", "sh", "--build_name", "procfs-test-build"])
             .spawn()
             .expect("spawn");
-        let found = find_by_build_name("procfs-test-build");
+        // Until the child has exec'ed, its command line is still ours.
+        let mut found = None;
+        for _ in 0..200 {
+            found = find_by_build_name("procfs-test-build");
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.map(|f| f.pid), Some(child.id()));

@@ -415,18 +415,32 @@ impl StateDir {
         let base = archive_root.join(self.build.as_str());
         fsutil::create_dir(archive_root, 0o700)?;
         fsutil::create_dir(&base, 0o700)?;
-        let stamp = Timestamp::now().compact();
-        // Two starts within one second still get distinct, sortable names.
-        let mut target = base.join(&stamp);
-        let mut n = 1;
-        while target.exists() {
-            target = base.join(format!("{stamp}-{n:03}"));
-            n += 1;
-        }
+        let target = base.join(next_archive_name(&base, &Timestamp::now().compact())?);
         fs::rename(&self.dir, &target).map_err(|e| Error::io("cannot archive", &self.dir, e))?;
         prune_archives(&base, ARCHIVE_KEEP)?;
         Ok(Some(target))
     }
+}
+
+/// `stamp`, or `stamp-NNN` numbered past every archive already named after `stamp`, so two
+/// starts within one second still get distinct names that sort in the order they were made
+/// (even after pruning removed the earlier ones).
+fn next_archive_name(base: &Path, stamp: &str) -> Result<String> {
+    let mut next: Option<u32> = None;
+    for entry in fs::read_dir(base).map_err(|e| Error::io("cannot list archive", base, e))? {
+        let name = entry.map_err(|e| Error::io("cannot list archive", base, e))?.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stamp)) else { continue };
+        let n = match rest.strip_prefix('-') {
+            Some(num) => num.parse::<u32>().unwrap_or(0),
+            None if rest.is_empty() => 0,
+            None => continue,
+        };
+        next = Some(next.map_or(n + 1, |m: u32| m.max(n + 1)));
+    }
+    Ok(match next {
+        None => stamp.to_string(),
+        Some(n) => format!("{stamp}-{n:03}"),
+    })
 }
 
 /// Remove all but the newest `keep` entries of `base` (names sort by time).
