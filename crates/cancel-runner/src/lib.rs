@@ -1,1 +1,84 @@
-//! placeholder
+//! cancel-atvm-runner: mark the run as deliberately cancelled, then stop
+//! `atvm-runner@<build>.service` (SPEC §5). The mark is what makes the watcher's state
+//! CANCELLED instead of TERMINATED.
+
+use atvm_common::error::Result;
+use atvm_common::procfs::{self, ProcessId};
+use atvm_common::state::RunnerStatus;
+use atvm_common::systemctl::{Systemctl, UnitKind};
+use atvm_common::{BuildName, Paths, Timestamp, logging};
+use clap::Parser;
+
+const EXAMPLE: &str = "\
+Example:
+  cancel-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
+
+Cancelling a runner that is not running is not an error. To also stop the watcher without
+a post, run cancel-atvm-run-watcher for the same build.";
+
+#[derive(Debug, Parser)]
+#[command(name = "cancel-atvm-runner", version, about = "Cancel the Cypress runner of a build", after_help = EXAMPLE)]
+pub struct Cli {
+    /// Build name whose runner to cancel.
+    #[arg(long, value_name = "BUILD")]
+    pub build_name: String,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let build = BuildName::parse(&cli.build_name)?;
+    cancel(&build, &Paths::from_env(), &Systemctl::from_env())
+}
+
+pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
+    let unit = UnitKind::Runner.unit(build);
+    let sd = paths.state_dir(build);
+    let activity = systemctl.is_active(&unit)?;
+    let status = if sd.exists() { sd.read_status()? } else { None };
+    let wrapper = status
+        .as_ref()
+        .filter(|s| !s.has_exited() && s.pid != 0)
+        .map(|s| ProcessId {
+            pid: s.pid,
+            start_ticks: s.pid_start_ticks,
+        })
+        .filter(|id| procfs::is_alive(*id));
+    if !activity.is_running() && wrapper.is_none() {
+        logging::info(format!(
+            "{unit} is not running ({}); nothing to cancel",
+            activity.word()
+        ));
+        return Ok(());
+    }
+    if sd.runner_spec().exists() {
+        mark_cancel_requested(&sd, build)?;
+    }
+    if activity.is_running() {
+        systemctl.stop(&unit)?;
+    } else if let Some(id) = wrapper {
+        // A wrapper started outside systemd: stop it the way systemd would.
+        // SAFETY: kill(2) with a pid we just verified by start time; no memory is involved.
+        unsafe { libc::kill(id.pid as libc::pid_t, libc::SIGTERM) };
+    }
+    logging::info(format!("cancelled {unit}"));
+    Ok(())
+}
+
+/// Record the cancel before stopping, so the wrapper's exit record carries it. If the wrapper
+/// has not written its status yet, leave a pid-less status that it will keep.
+fn mark_cancel_requested(sd: &atvm_common::StateDir, build: &BuildName) -> Result<()> {
+    let spec: Option<atvm_common::state::RunnerSpec> =
+        atvm_common::fsutil::read_json(&sd.runner_spec())?;
+    sd.update_status(|current| {
+        let mut status = current.unwrap_or_else(|| RunnerStatus {
+            build_name: build.to_string(),
+            run_id: spec.as_ref().map(|s| s.run_id.clone()).unwrap_or_default(),
+            ..RunnerStatus::default()
+        });
+        if status.has_exited() {
+            return Ok((None, ()));
+        }
+        status.cancel_requested = true;
+        status.cancel_requested_at = Some(Timestamp::now());
+        Ok((Some(status), ()))
+    })
+}

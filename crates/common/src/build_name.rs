@@ -13,7 +13,12 @@ pub const RULE: &str = "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ and must n
 
 impl BuildName {
     pub fn parse(name: &str) -> Result<BuildName> {
-        let bad = |rule| Err(Error::BuildName { name: name.to_string(), rule });
+        let bad = |rule| {
+            Err(Error::BuildName {
+                name: name.to_string(),
+                rule,
+            })
+        };
         let bytes = name.as_bytes();
         match bytes.first() {
             None => return bad("must not be empty"),
@@ -25,7 +30,10 @@ impl BuildName {
         if bytes.len() > 128 {
             return bad("must be at most 128 characters");
         }
-        if !bytes.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-')) {
+        if !bytes
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        {
             return bad("may only contain A-Z a-z 0-9 . _ -");
         }
         if name.contains("..") {
@@ -56,7 +64,12 @@ mod tests {
 
     #[test]
     fn accepts_real_names() {
-        for good in ["e2e-redhat9.6-ubuntu24.04-w2k25-fc", "a", "B_1.x", &"x".repeat(128)] {
+        for good in [
+            "e2e-redhat9.6-ubuntu24.04-w2k25-fc",
+            "a",
+            "B_1.x",
+            &"x".repeat(128),
+        ] {
             assert!(BuildName::parse(good).is_ok(), "{good}");
         }
     }
@@ -64,7 +77,9 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         let long = "x".repeat(129);
-        for bad in ["", "../x", "a/b", &long, "-x", ".x", "_x", "ümlaut", "a..b", "a b", "a\nb"] {
+        for bad in [
+            "", "../x", "a/b", &long, "-x", ".x", "_x", "ümlaut", "a..b", "a b", "a\nb",
+        ] {
             let e = BuildName::parse(bad).expect_err(bad);
             assert_eq!(e.exit_code(), 2, "{bad}");
             assert!(!e.to_string().contains('\n'));
@@ -74,6 +89,9 @@ mod tests {
     #[test]
     fn tokens_split_on_dashes() {
         let b = BuildName::parse("e2e-redhat9.6-ubuntu24.04").expect("valid");
-        assert_eq!(b.tokens().collect::<Vec<_>>(), ["e2e", "redhat9.6", "ubuntu24.04"]);
+        assert_eq!(
+            b.tokens().collect::<Vec<_>>(),
+            ["e2e", "redhat9.6", "ubuntu24.04"]
+        );
     }
 }

@@ -46,7 +46,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::SUCCESS })
+            ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::SUCCESS
+            })
         }
         _ => {
             logging::error(format!("{} (see --help)", one_line(&e.to_string())));
@@ -59,7 +63,10 @@ fn usage_error(e: clap::Error) -> ExitCode {
 fn one_line(rendered: &str) -> String {
     let body = rendered.split("\n\nUsage:").next().unwrap_or(rendered);
     let body = body.strip_prefix("error: ").unwrap_or(body);
-    let body = body.split("\n\nFor more information").next().unwrap_or(body);
+    let body = body
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or(body);
     body.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

@@ -33,7 +33,11 @@ impl Webhook {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         // Drop any user:password@ part as well.
         let host = authority.rsplit('@').next().unwrap_or(authority);
-        if host.is_empty() { "(unparsable webhook URL)".to_string() } else { host.to_string() }
+        if host.is_empty() {
+            "(unparsable webhook URL)".to_string()
+        } else {
+            host.to_string()
+        }
     }
 }
 
@@ -68,7 +72,9 @@ impl MattermostConfig {
             channel = channel.or_else(|| file.get(CHANNEL_VAR).cloned());
         }
         Ok(MattermostConfig {
-            webhook: webhook.filter(|w| !w.trim().is_empty()).map(|w| Webhook::new(&w)),
+            webhook: webhook
+                .filter(|w| !w.trim().is_empty())
+                .map(|w| Webhook::new(&w)),
             channel: channel.filter(|c| !c.trim().is_empty()),
         })
     }
@@ -92,7 +98,9 @@ pub fn parse_env_file(text: &str) -> HashMap<String, String> {
             continue;
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else { continue };
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
         let key = key.trim();
         let value = value.trim();
         let value = match (value.chars().next(), value.chars().last()) {
@@ -134,7 +142,10 @@ mod tests {
     fn webhook_shows_only_its_host() {
         let w = Webhook::new("https://user:pw@chat.example.com:8443/hooks/s3cr3t?x=1");
         assert_eq!(w.host(), "chat.example.com:8443");
-        assert_eq!(format!("{w} {w:?}"), "chat.example.com:8443 Webhook(chat.example.com:8443)");
+        assert_eq!(
+            format!("{w} {w:?}"),
+            "chat.example.com:8443 Webhook(chat.example.com:8443)"
+        );
         assert!(!format!("{w:?}").contains("s3cr3t"));
     }
 
@@ -143,7 +154,10 @@ mod tests {
         let m = parse_env_file(
             "# comment\nexport MATTERMOST_ATVM_WEBHOOK=\"https://h/hooks/x\"\n MATTERMOST_ATVM_CHANNEL = 'qa'\nnoise\n",
         );
-        assert_eq!(m.get(WEBHOOK_VAR).map(String::as_str), Some("https://h/hooks/x"));
+        assert_eq!(
+            m.get(WEBHOOK_VAR).map(String::as_str),
+            Some("https://h/hooks/x")
+        );
         assert_eq!(m.get(CHANNEL_VAR).map(String::as_str), Some("qa"));
         assert_eq!(m.len(), 2);
     }

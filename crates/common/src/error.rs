@@ -118,7 +118,10 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::NotFound),
         );
         let line = e.to_string();
-        assert_eq!(line, "cannot read request: entity not found (/var/lib/x/request.json)");
+        assert_eq!(
+            line,
+            "cannot read request: entity not found (/var/lib/x/request.json)"
+        );
         assert_eq!(e.exit_code(), 1);
     }
 
@@ -126,9 +129,20 @@ mod tests {
     fn exit_codes_follow_the_spec() {
         assert_eq!(Error::Usage("x".into()).exit_code(), 2);
         assert_eq!(Error::LockHeld { path: "/l".into() }.exit_code(), 4);
-        let s = Error::Systemctl { action: "start", unit: "u".into(), detail: "d".into() };
+        let s = Error::Systemctl {
+            action: "start",
+            unit: "u".into(),
+            detail: "d".into(),
+        };
         assert_eq!(s.exit_code(), 5);
         assert_eq!(s.to_string(), "systemctl start failed: d (u)");
-        assert_eq!(Error::Config { what: "w".into(), path: "/p".into() }.exit_code(), 78);
+        assert_eq!(
+            Error::Config {
+                what: "w".into(),
+                path: "/p".into()
+            }
+            .exit_code(),
+            78
+        );
     }
 }

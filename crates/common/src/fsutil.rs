@@ -26,14 +26,21 @@ pub fn write_atomic_with(
 ) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = parent_of(path);
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(
         ".{name}.tmp.{}.{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         // The umask may have narrowed the mode; state files must be exactly what we asked for.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         fill(&mut f)?;
@@ -84,14 +91,20 @@ pub fn create_fresh_log(path: &Path) -> Result<File> {
     match fs::symlink_metadata(path) {
         Ok(meta) => {
             if meta.file_type().is_symlink() {
-                return Err(Error::file("refusing to use log: it is a symbolic link", path));
+                return Err(Error::file(
+                    "refusing to use log: it is a symbolic link",
+                    path,
+                ));
             }
             if !meta.file_type().is_file() {
                 return Err(Error::file("refusing to use log: not a regular file", path));
             }
             if meta.uid() != effective_uid() {
                 return Err(Error::file(
-                    format!("refusing to use log: owned by uid {}, not by us", meta.uid()),
+                    format!(
+                        "refusing to use log: owned by uid {}, not by us",
+                        meta.uid()
+                    ),
                     path,
                 ));
             }
@@ -126,7 +139,9 @@ fn parent_of(path: &Path) -> &Path {
 
 /// The effective uid of this process (`/proc/self` is owned by it), without `unsafe`.
 pub fn effective_uid() -> u32 {
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 /// An exclusive advisory lock (flock) held for as long as the value lives.
@@ -152,8 +167,13 @@ impl Lock {
     pub fn try_exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Lock { _file: file, path: path.to_path_buf() }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::LockHeld { path: path.to_path_buf() }),
+            Ok(()) => Ok(Lock {
+                _file: file,
+                path: path.to_path_buf(),
+            }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::LockHeld {
+                path: path.to_path_buf(),
+            }),
             Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", path, e)),
         }
     }
@@ -162,7 +182,10 @@ impl Lock {
     pub fn exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;
         file.lock().map_err(|e| Error::io("cannot lock", path, e))?;
-        Ok(Lock { _file: file, path: path.to_path_buf() })
+        Ok(Lock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -181,7 +204,10 @@ mod tests {
         write_atomic(&p, b"one", 0o600).expect("first write");
         write_atomic(&p, b"two", 0o644).expect("second write");
         assert_eq!(fs::read(&p).expect("read"), b"two");
-        assert_eq!(fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o644
+        );
         assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 
@@ -198,7 +224,11 @@ mod tests {
         .expect_err("must fail");
         assert!(err.to_string().contains("state.json"), "{err}");
         assert_eq!(fs::read(&p).expect("read"), b"old");
-        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1, "temp file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "temp file left behind"
+        );
     }
 
     #[test]
@@ -209,7 +239,11 @@ mod tests {
         let err = read_json::<serde_json::Value>(&p).expect_err("corrupt");
         assert!(err.to_string().contains(&p.display().to_string()), "{err}");
         assert_eq!(fs::read(&p).expect("read"), b"{ not json");
-        assert!(read_json::<serde_json::Value>(&dir.path().join("absent")).expect("ok").is_none());
+        assert!(
+            read_json::<serde_json::Value>(&dir.path().join("absent"))
+                .expect("ok")
+                .is_none()
+        );
     }
 
     #[test]
@@ -230,7 +264,10 @@ mod tests {
         fs::write(&log, b"previous run").expect("write");
         let mut f = create_fresh_log(&log).expect("create");
         f.write_all(b"new").expect("write");
-        assert_eq!(fs::read(with_suffix(&log, ".1")).expect("read"), b"previous run");
+        assert_eq!(
+            fs::read(with_suffix(&log, ".1")).expect("read"),
+            b"previous run"
+        );
 
         let target = dir.path().join("target");
         fs::write(&target, b"precious").expect("write");
@@ -239,6 +276,11 @@ mod tests {
         let err = create_fresh_log(&link).expect_err("symlink");
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(fs::read(&target).expect("read"), b"precious");
-        assert!(fs::symlink_metadata(&link).expect("still there").file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(&link)
+                .expect("still there")
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -5,11 +5,15 @@
 pub mod build_name;
 pub mod cli;
 pub mod config;
+pub mod cypress;
 pub mod error;
+pub mod follow;
 pub mod fsutil;
+pub mod inventory;
 pub mod logging;
 pub mod paths;
 pub mod procfs;
+pub mod reporter;
 pub mod state;
 pub mod systemctl;
 pub mod time;

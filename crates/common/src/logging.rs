@@ -60,7 +60,10 @@ mod tests {
     #[test]
     fn journal_lines_carry_priorities_and_stay_single_line() {
         init("test-prog");
-        assert_eq!(format_line(3, "bad\nthing", true, true), "<3>test-prog: bad thing");
+        assert_eq!(
+            format_line(3, "bad\nthing", true, true),
+            "<3>test-prog: bad thing"
+        );
         assert_eq!(format_line(6, "fine", false, false), "fine");
     }
 }

@@ -74,8 +74,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn with(vars: &[(&str, &str)]) -> Paths {
-        let map: HashMap<String, OsString> =
-            vars.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         Paths::resolve(|k| map.get(k).cloned())
     }
 
@@ -83,14 +85,24 @@ mod tests {
     fn defaults_are_the_production_paths() {
         let p = with(&[]);
         assert_eq!(p.state_root, PathBuf::from("/var/lib/atvm-run-watcher"));
-        assert_eq!(p.reporter_dir, PathBuf::from("/root/cdc-e2e-cyp-12.17.4/cypress/cmcReporter"));
-        assert_eq!(p.inventory, PathBuf::from("/opt/atvm-watcher-service/vm-inventory.md"));
+        assert_eq!(
+            p.reporter_dir,
+            PathBuf::from("/root/cdc-e2e-cyp-12.17.4/cypress/cmcReporter")
+        );
+        assert_eq!(
+            p.inventory,
+            PathBuf::from("/opt/atvm-watcher-service/vm-inventory.md")
+        );
         assert_eq!(p.env_file, PathBuf::from("/etc/atvm-run-watcher.env"));
     }
 
     #[test]
     fn derived_defaults_follow_their_roots_and_empty_means_unset() {
-        let p = with(&[("ATVM_AUTOMATION_ROOT", "/a"), ("ATVM_PACKAGE_ROOT", "/p"), ("ATVM_LOG_DIR", "")]);
+        let p = with(&[
+            ("ATVM_AUTOMATION_ROOT", "/a"),
+            ("ATVM_PACKAGE_ROOT", "/p"),
+            ("ATVM_LOG_DIR", ""),
+        ]);
         assert_eq!(p.reporter_dir, PathBuf::from("/a/cypress/cmcReporter"));
         assert_eq!(p.inventory, PathBuf::from("/p/vm-inventory.md"));
         assert_eq!(p.log_dir, PathBuf::from("/tmp"));

@@ -60,9 +60,12 @@ pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
             return false;
         }
     }
-    argv.windows(2).any(|w| matches!(w[0], "--build_name" | "--build-name") && w[1] == build)
+    argv.windows(2)
+        .any(|w| matches!(w[0], "--build_name" | "--build-name") && w[1] == build)
         || argv.iter().any(|a| {
-            a.strip_prefix("--build_name=").or_else(|| a.strip_prefix("--build-name=")) == Some(build)
+            a.strip_prefix("--build_name=")
+                .or_else(|| a.strip_prefix("--build-name="))
+                == Some(build)
         })
 }
 
@@ -71,13 +74,19 @@ pub fn find_by_build_name(build: &str) -> Option<ProcessId> {
     let me = std::process::id();
     let mut found: Option<ProcessId> = None;
     for entry in fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let text = String::from_utf8_lossy(&raw);
         let argv: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
         if !argv_names_build(&argv, build) {
@@ -101,22 +110,40 @@ mod tests {
     fn we_are_alive_and_a_wrong_start_time_is_not_us() {
         let me = self_id().expect("own stat");
         assert!(is_alive(me));
-        assert!(!is_alive(ProcessId { pid: me.pid, start_ticks: me.start_ticks + 1 }));
-        assert!(!is_alive(ProcessId { pid: 0, start_ticks: 0 }));
+        assert!(!is_alive(ProcessId {
+            pid: me.pid,
+            start_ticks: me.start_ticks + 1
+        }));
+        assert!(!is_alive(ProcessId {
+            pid: 0,
+            start_ticks: 0
+        }));
     }
 
     #[test]
     fn recognises_both_flag_spellings_but_not_our_own_tools() {
-        assert!(argv_names_build(&["node", "run.js", "--build_name", "b1"], "b1"));
+        assert!(argv_names_build(
+            &["node", "run.js", "--build_name", "b1"],
+            "b1"
+        ));
         assert!(argv_names_build(&["x", "--build-name=b1"], "b1"));
         assert!(!argv_names_build(&["x", "--build-name", "b10"], "b1"));
-        assert!(!argv_names_build(&["/opt/p/atvm-run-watcher", "--build-name", "b1"], "b1"));
+        assert!(!argv_names_build(
+            &["/opt/p/atvm-run-watcher", "--build-name", "b1"],
+            "b1"
+        ));
     }
 
     #[test]
     fn finds_a_live_process_by_its_command_line() {
         let mut child = std::process::Command::new("sh")
-            .args(["-c", "sleep 30; :", "sh", "--build_name", "procfs-test-build"])
+            .args([
+                "-c",
+                "sleep 30; :",
+                "sh",
+                "--build_name",
+                "procfs-test-build",
+            ])
             .spawn()
             .expect("spawn");
         // Until the child has exec'ed, its command line is still ours.

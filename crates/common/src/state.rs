@@ -285,7 +285,10 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn new(state_root: &Path, build: &BuildName) -> StateDir {
-        StateDir { dir: state_root.join(build.as_str()), build: build.clone() }
+        StateDir {
+            dir: state_root.join(build.as_str()),
+            build: build.clone(),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -403,7 +406,11 @@ impl StateDir {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
         }
-        fsutil::write_atomic(path, Marker::render(Timestamp::now(), run_id).as_bytes(), 0o644)
+        fsutil::write_atomic(
+            path,
+            Marker::render(Timestamp::now(), run_id).as_bytes(),
+            0o644,
+        )
     }
 
     /// Move the whole directory to `<state-root>/.archive/<build>/<UTC-timestamp>/` and keep
@@ -428,8 +435,12 @@ impl StateDir {
 fn next_archive_name(base: &Path, stamp: &str) -> Result<String> {
     let mut next: Option<u32> = None;
     for entry in fs::read_dir(base).map_err(|e| Error::io("cannot list archive", base, e))? {
-        let name = entry.map_err(|e| Error::io("cannot list archive", base, e))?.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stamp)) else { continue };
+        let name = entry
+            .map_err(|e| Error::io("cannot list archive", base, e))?
+            .file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stamp)) else {
+            continue;
+        };
         let n = match rest.strip_prefix('-') {
             Some(num) => num.parse::<u32>().unwrap_or(0),
             None if rest.is_empty() => 0,
@@ -465,7 +476,12 @@ pub fn new_run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{}-{}-{:06x}", Timestamp::now().compact(), std::process::id(), now & 0xff_ffff)
+    format!(
+        "{}-{}-{:06x}",
+        Timestamp::now().compact(),
+        std::process::id(),
+        now & 0xff_ffff
+    )
 }
 
 #[cfg(test)]
@@ -484,10 +500,14 @@ mod tests {
         for i in 0..23 {
             sd.create().expect("create");
             fs::write(sd.path().join("n"), i.to_string()).expect("write");
-            sd.write_marker(&sd.cancelled_marker(), "old").expect("marker");
+            sd.write_marker(&sd.cancelled_marker(), "old")
+                .expect("marker");
             let to = sd.archive(&archive_root).expect("archive").expect("moved");
             assert!(!sd.exists());
-            assert_eq!(fs::read_to_string(to.join("n")).expect("read"), i.to_string());
+            assert_eq!(
+                fs::read_to_string(to.join("n")).expect("read"),
+                i.to_string()
+            );
         }
         let mut kept: Vec<String> = fs::read_dir(archive_root.join("b1"))
             .expect("ls")
@@ -513,7 +533,11 @@ mod tests {
     #[test]
     fn state_round_trips_with_final_and_screaming_states() {
         let mut s = State::new("b", "r", RunState::Completed, "ok");
-        s.counts = Some(Counts { tests: 3, passed: 3, ..Counts::default() });
+        s.counts = Some(Counts {
+            tests: 3,
+            passed: 3,
+            ..Counts::default()
+        });
         let json = serde_json::to_value(&s).expect("json");
         assert_eq!(json["state"], "COMPLETED");
         assert_eq!(json["final"], true);

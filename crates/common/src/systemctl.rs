@@ -90,7 +90,11 @@ impl Systemctl {
         if out.status.success() {
             return Ok(());
         }
-        Err(Error::Systemctl { action, unit: unit.to_string(), detail: describe(&out) })
+        Err(Error::Systemctl {
+            action,
+            unit: unit.to_string(),
+            detail: describe(&out),
+        })
     }
 
     pub fn start(&self, unit: &str) -> Result<()> {
@@ -129,12 +133,20 @@ fn describe(out: &Output) -> String {
         .map(|b| String::from_utf8_lossy(b).trim().to_string())
         .find(|s| !s.is_empty())
         .unwrap_or_default();
-    let text: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let text: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let status = match out.status.code() {
         Some(c) => format!("exit status {c}"),
         None => "killed by a signal".to_string(),
     };
-    if text.is_empty() { status } else { format!("{} [{status}]", text.join(" / ")) }
+    if text.is_empty() {
+        status
+    } else {
+        format!("{} [{status}]", text.join(" / "))
+    }
 }
 
 #[cfg(test)]
@@ -144,8 +156,14 @@ mod tests {
     #[test]
     fn unit_names_use_the_build_name_as_instance() {
         let b = BuildName::parse("e2e-ubuntu24.04").expect("valid");
-        assert_eq!(UnitKind::Runner.unit(&b), "atvm-runner@e2e-ubuntu24.04.service");
-        assert_eq!(UnitKind::Watcher.unit(&b), "atvm-run-watcher@e2e-ubuntu24.04.service");
+        assert_eq!(
+            UnitKind::Runner.unit(&b),
+            "atvm-runner@e2e-ubuntu24.04.service"
+        );
+        assert_eq!(
+            UnitKind::Watcher.unit(&b),
+            "atvm-run-watcher@e2e-ubuntu24.04.service"
+        );
     }
 
     #[test]
@@ -156,15 +174,31 @@ mod tests {
         assert!(err.to_string().contains("exit status 1"), "{err}");
         let missing = Systemctl::new("/nonexistent/systemctl");
         let err = missing.stop("u.service").expect_err("missing");
-        assert!(err.to_string().contains("cannot run /nonexistent/systemctl"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("cannot run /nonexistent/systemctl"),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 5);
     }
 
     #[test]
     fn is_active_reads_the_word() {
-        assert!(Systemctl::new("echo active").is_active("u").expect("runs").is_running());
-        let inactive = Systemctl::new("echo inactive").is_active("u").expect("runs");
+        assert!(
+            Systemctl::new("echo active")
+                .is_active("u")
+                .expect("runs")
+                .is_running()
+        );
+        let inactive = Systemctl::new("echo inactive")
+            .is_active("u")
+            .expect("runs");
         assert_eq!(inactive, Activity::Stopped("inactive".to_string()));
-        assert!(!Systemctl::new("false").is_active("u").expect("runs").is_running());
+        assert!(
+            !Systemctl::new("false")
+                .is_active("u")
+                .expect("runs")
+                .is_running()
+        );
     }
 }

@@ -183,7 +183,10 @@ mod tests {
         let a = Timestamp::parse("2026-11-24T20:45:30+01:00").map(Timestamp::millis);
         let b = Timestamp::parse("2026-11-24T19:45:30Z").map(Timestamp::millis);
         assert_eq!(a, b);
-        assert_eq!(Timestamp::parse("1970-01-01T00:00:00.5Z"), Some(Timestamp(500)));
+        assert_eq!(
+            Timestamp::parse("1970-01-01T00:00:00.5Z"),
+            Some(Timestamp(500))
+        );
         assert_eq!(Timestamp::parse("2026-13-01T00:00:00Z"), None);
         assert_eq!(Timestamp::parse("yesterday"), None);
     }

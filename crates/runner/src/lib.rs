@@ -1,1 +1,206 @@
-//! placeholder
+//! run-atvm-runner: the ExecStart of `atvm-runner@.service` (SPEC §5). Runs the recorded
+//! command in its own process group with its output in the run log, records pid, log inode
+//! and exit in `runner/status.json`, forwards SIGTERM/SIGINT to the group, and exits with the
+//! command's code (128+signal when it was killed).
+
+use atvm_common::config::WEBHOOK_VAR;
+use atvm_common::error::{Error, Result};
+use atvm_common::state::{RunnerSpec, RunnerStatus};
+use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging, procfs};
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+const EXAMPLE: &str = "\
+Example (normally run by systemd as atvm-runner@<build>.service):
+  run-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
+
+Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.";
+
+#[derive(Debug, Parser)]
+#[command(name = "run-atvm-runner", version, about = "Run a build's Cypress command and record its exit (unit ExecStart)", after_help = EXAMPLE)]
+pub struct Cli {
+    /// Build name (the unit instance).
+    #[arg(long, value_name = "BUILD")]
+    pub build_name: String,
+}
+
+pub fn run(cli: Cli) -> Result<u8> {
+    let build = BuildName::parse(&cli.build_name)?;
+    let sd = Paths::from_env().state_dir(&build);
+    let spec = read_spec(&sd, &build)?;
+    // Register before spawning: a stop that arrives during start-up is queued, not lost.
+    let signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))?;
+    let mut log = fsutil::create_fresh_log(&spec.log_path)?;
+    let log_meta = log
+        .metadata()
+        .map_err(|e| Error::io("cannot stat log", &spec.log_path, e))?;
+    let me = procfs::self_id().ok_or_else(|| Error::failed("cannot read /proc/self/stat"))?;
+    let mut status = RunnerStatus {
+        build_name: build.to_string(),
+        run_id: spec.run_id.clone(),
+        pid: me.pid,
+        pid_start_ticks: me.start_ticks,
+        child_pid: 0,
+        started_at: Timestamp::now(),
+        log_path: spec.log_path.clone(),
+        log_inode: log_meta.ino(),
+        log_dev: log_meta.dev(),
+        ..RunnerStatus::default()
+    };
+
+    let spawned = (|| -> std::io::Result<std::process::Child> {
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&spec.command)
+            .current_dir(&spec.workdir)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .env_remove(WEBHOOK_VAR)
+            .spawn()
+    })();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            // Leave a trace in the log and an exit record, so the watcher reports FAILED
+            // instead of waiting for a runner that never came.
+            let what = format!("cannot start /bin/sh in {}: {e}", spec.workdir.display());
+            let _ = writeln!(log, "run-atvm-runner: {what}");
+            status.exited_at = Some(Timestamp::now());
+            status.exit_code = Some(127);
+            write_start_status(&sd, status)?;
+            return Err(Error::failed(format!(
+                "{what} ({})",
+                sd.runner_spec().display()
+            )));
+        }
+    };
+    drop(log);
+    status.child_pid = child.id();
+    write_start_status(&sd, status)?;
+    logging::info(format!(
+        "started run {} as pid {}; log: {}",
+        spec.run_id,
+        child.id(),
+        spec.log_path.display()
+    ));
+
+    let stop_signal = Arc::new(AtomicI32::new(0));
+    let handle = signals.handle();
+    let forwarder = {
+        let stop_signal = Arc::clone(&stop_signal);
+        let pgid = child.id() as libc::pid_t;
+        let mut signals = signals;
+        std::thread::spawn(move || {
+            for sig in signals.forever() {
+                stop_signal.store(sig, Ordering::SeqCst);
+                // SAFETY: kill(2) on the child's process group; no memory is involved.
+                unsafe { libc::kill(-pgid, sig) };
+            }
+        })
+    };
+    let waited = child.wait();
+    handle.close();
+    let _ = forwarder.join();
+    let exit =
+        waited.map_err(|e| Error::failed(format!("cannot wait for the runner command: {e}")))?;
+    let stop = stop_signal.load(Ordering::SeqCst);
+    record_exit(&sd, exit, (stop != 0).then_some(stop))?;
+    let code = exit_code(exit);
+    logging::info(format!("run {} ended: {}", spec.run_id, describe(exit)));
+    Ok(code)
+}
+
+/// The spec holds a command that runs as root: refuse one that someone else could have
+/// written (SPEC §5).
+fn read_spec(sd: &StateDir, build: &BuildName) -> Result<RunnerSpec> {
+    let path = sd.runner_spec();
+    let meta = fs::symlink_metadata(&path).map_err(|e| {
+        Error::io(format!("cannot read runner spec (start the run with start-atvm-runner --build-name {build})"), &path, e)
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(Error::file(
+            "refusing runner spec: not a regular file",
+            &path,
+        ));
+    }
+    if meta.uid() != fsutil::effective_uid() {
+        return Err(Error::file(
+            format!(
+                "refusing runner spec: owned by uid {}, not by us",
+                meta.uid()
+            ),
+            &path,
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(Error::file(
+            format!("refusing runner spec: group- or world-writable (mode {mode:04o})"),
+            &path,
+        ));
+    }
+    let spec: RunnerSpec =
+        fsutil::read_json(&path)?.ok_or_else(|| Error::file("runner spec vanished", &path))?;
+    if spec.build_name != build.as_str() {
+        return Err(Error::file(
+            format!("runner spec is for build {:?}", spec.build_name),
+            &path,
+        ));
+    }
+    Ok(spec)
+}
+
+/// Write the start record. A cancel that raced ahead of us (a pid-less status for the same
+/// run) is kept.
+fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
+    sd.update_status(|current| {
+        if let Some(prev) = current.filter(|p| p.run_id == status.run_id && p.pid == 0) {
+            status.cancel_requested = prev.cancel_requested;
+            status.cancel_requested_at = prev.cancel_requested_at;
+        }
+        Ok((Some(status), ()))
+    })
+}
+
+fn record_exit(sd: &StateDir, exit: ExitStatus, stop_signal: Option<i32>) -> Result<()> {
+    sd.update_status(|current| {
+        let Some(mut status) = current else {
+            return Err(Error::file(
+                "runner status vanished before the exit could be recorded",
+                sd.runner_status(),
+            ));
+        };
+        status.exited_at = Some(Timestamp::now());
+        status.exit_code = exit.code();
+        status.signal = exit.signal();
+        status.stop_signal = stop_signal;
+        Ok((Some(status), ()))
+    })
+}
+
+fn exit_code(exit: ExitStatus) -> u8 {
+    match (exit.code(), exit.signal()) {
+        (Some(c), _) => (c & 0xff) as u8,
+        (None, Some(s)) => (128 + s).clamp(0, 255) as u8,
+        (None, None) => 1,
+    }
+}
+
+fn describe(exit: ExitStatus) -> String {
+    match (exit.code(), exit.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "unknown exit".to_string(),
+    }
+}

@@ -29,7 +29,8 @@ impl UnitTemplate {
     /// The unit file for binaries installed in `package_root`.
     pub fn render(&self, package_root: &Path) -> String {
         let root = package_root.to_string_lossy();
-        self.template.replace(PLACEHOLDER, root.trim_end_matches('/'))
+        self.template
+            .replace(PLACEHOLDER, root.trim_end_matches('/'))
     }
 
     /// The unprocessed template text.

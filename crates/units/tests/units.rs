@@ -14,7 +14,9 @@ fn workspace_binaries() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for entry in fs::read_dir(&crates).expect("list crates") {
         let manifest = entry.expect("entry").path().join("Cargo.toml");
-        let Ok(text) = fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = fs::read_to_string(&manifest) else {
+            continue;
+        };
         let mut in_bin = false;
         for line in text.lines().map(str::trim) {
             if line.starts_with('[') {
@@ -35,8 +37,14 @@ fn every_exec_start_names_a_workspace_binary() {
         let text = unit.render(Path::new("/opt/atvm-watcher-service"));
         let cmd = exec_start(&text).expect("ExecStart");
         let program = cmd.split_whitespace().next().expect("program");
-        let name = program.strip_prefix("/opt/atvm-watcher-service/").expect("in package root");
-        assert!(bins.contains(name), "{} runs {name}, not a workspace binary", unit.name);
+        let name = program
+            .strip_prefix("/opt/atvm-watcher-service/")
+            .expect("in package root");
+        assert!(
+            bins.contains(name),
+            "{} runs {name}, not a workspace binary",
+            unit.name
+        );
         assert!(cmd.ends_with("--build-name %i"), "{cmd}");
     }
 }
@@ -46,7 +54,10 @@ fn templates_use_percent_i_never_percent_capital_i() {
     for unit in ALL {
         assert!(!unit.template().contains("%I"), "{} uses %I", unit.name);
         assert!(unit.template().contains("%i"), "{} lacks %i", unit.name);
-        assert!(unit.template().contains("EnvironmentFile=-/etc/atvm-run-watcher.env"));
+        assert!(
+            unit.template()
+                .contains("EnvironmentFile=-/etc/atvm-run-watcher.env")
+        );
     }
 }
 
@@ -63,8 +74,18 @@ fn runner_stop_reaches_the_wrapper_first_and_watcher_restarts_on_failure_only() 
 #[test]
 fn every_non_obvious_directive_has_a_comment() {
     // Directives an operator would not guess the reason for must be preceded by a comment.
-    let explained = ["Type=", "ExecStart=", "EnvironmentFile=", "UnsetEnvironment=", "KillMode=",
-        "Restart=", "RestartPreventExitStatus=", "StartLimitIntervalSec=", "TimeoutStopSec=", "Wants="];
+    let explained = [
+        "Type=",
+        "ExecStart=",
+        "EnvironmentFile=",
+        "UnsetEnvironment=",
+        "KillMode=",
+        "Restart=",
+        "RestartPreventExitStatus=",
+        "StartLimitIntervalSec=",
+        "TimeoutStopSec=",
+        "Wants=",
+    ];
     for unit in ALL {
         let lines: Vec<&str> = unit.template().lines().collect();
         for (i, line) in lines.iter().enumerate() {
@@ -121,5 +142,8 @@ fn systemd_analyze_verify_prints_nothing() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify said:\n{text}");
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify said:\n{text}"
+    );
 }

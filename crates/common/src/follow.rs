@@ -1,0 +1,165 @@
+//! Following the run log: read from a stored offset, cope with truncation and rotation, and
+//! only ever read the file whose identity (device + inode) the runner recorded, so a stale
+//! log of an earlier run at the same path never counts (SPEC §6).
+
+use crate::cypress::LogParser;
+use crate::fsutil::with_suffix;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(meta: &fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// Where reading stopped: which file and how far. Stored in the watcher's checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowPoint {
+    pub file: FileId,
+    pub offset: u64,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes: u64,
+    /// The file was shorter than the offset: it was truncated and is read again from 0.
+    pub truncated: bool,
+    /// More bytes are waiting (the per-poll budget was used up).
+    pub more: bool,
+}
+
+#[derive(Debug)]
+pub struct LogFollower {
+    path: PathBuf,
+    file: Option<(File, FileId)>,
+    point: Option<FollowPoint>,
+}
+
+impl LogFollower {
+    pub fn new(path: &Path, point: Option<FollowPoint>) -> LogFollower {
+        LogFollower {
+            path: path.to_path_buf(),
+            file: None,
+            point,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn point(&self) -> Option<FollowPoint> {
+        self.point
+    }
+
+    /// Read what is new in the file identified by `expected`, feeding `parser`, at most
+    /// `budget` bytes. When `expected` is a different file from the one read so far (a new
+    /// runner rotated the log), the old one is read to its end first.
+    pub fn poll(
+        &mut self,
+        expected: FileId,
+        parser: &mut LogParser,
+        budget: u64,
+    ) -> io::Result<Progress> {
+        let mut progress = Progress::default();
+        let mut budget = budget;
+        if self.point.is_some_and(|p| p.file != expected) {
+            // Finish the previous generation if it is still open, then start the new one.
+            if let Some((file, id)) = self.file.take()
+                && self.point.is_some_and(|p| p.file == id)
+            {
+                let mut file = file;
+                let offset = self.point.map_or(0, |p| p.offset);
+                let (n, _) = read_from(&mut file, offset, parser, u64::MAX)?;
+                progress.bytes += n;
+            }
+            parser.finish_partial_line();
+            self.point = None;
+        }
+        if self.file.as_ref().is_none_or(|(_, id)| *id != expected) {
+            self.file = self.open_expected(expected)?.map(|f| (f, expected));
+        }
+        let Some((file, _)) = self.file.as_mut() else {
+            return Ok(progress);
+        };
+        let len = file.metadata()?.len();
+        let mut offset = self.point.map_or(0, |p| p.offset);
+        if len < offset {
+            offset = 0;
+            parser.reset_partial_line();
+            progress.truncated = true;
+        }
+        budget = budget.saturating_sub(progress.bytes);
+        let (n, more) = read_from(file, offset, parser, budget)?;
+        progress.bytes += n;
+        progress.more = more;
+        self.point = Some(FollowPoint {
+            file: expected,
+            offset: offset + n,
+        });
+        Ok(progress)
+    }
+
+    /// Open the log if the file at its path (or at `<path>.1`, where a newer runner moved
+    /// it) is the expected one. Never follows a symlink.
+    fn open_expected(&self, expected: FileId) -> io::Result<Option<File>> {
+        for candidate in [self.path.clone(), with_suffix(&self.path, ".1")] {
+            let file = match OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&candidate)
+            {
+                Ok(f) => f,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if FileId::of(&file.metadata()?) == expected {
+                return Ok(Some(file));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn read_from(
+    file: &mut File,
+    offset: u64,
+    parser: &mut LogParser,
+    budget: u64,
+) -> io::Result<(u64, bool)> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    while total < budget {
+        let want = (budget - total).min(CHUNK as u64) as usize;
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            return Ok((total, false));
+        }
+        parser.feed(&buf[..n]);
+        total += n as u64;
+    }
+    // Budget used up: is there more?
+    let len = file.metadata()?.len();
+    Ok((total, offset + total < len))
+}

@@ -1,0 +1,386 @@
+//! atvm-common against real-shaped inputs: the Cypress log fixtures, mochawesome JSON written
+//! by the real reporter, and log files that are appended to, truncated and rotated.
+
+#![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use atvm_common::cypress::{LogParser, LogSummary, Outcome};
+use atvm_common::follow::{FileId, LogFollower};
+use atvm_common::reporter::{ReporterDir, parse_report};
+use atvm_common::state::Counts;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testkit/fixtures")
+        .join(rel)
+}
+
+fn read(rel: &str) -> Vec<u8> {
+    fs::read(fixture(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+fn parse_chunked(bytes: &[u8], chunk: usize) -> LogSummary {
+    let mut p = LogParser::new();
+    for c in bytes.chunks(chunk) {
+        p.feed(c);
+    }
+    p.summary().clone()
+}
+
+fn parse(rel: &str) -> LogSummary {
+    parse_chunked(&read(rel), usize::MAX)
+}
+
+fn counts(tests: u64, passed: u64, failed: u64, pending: u64, skipped: u64) -> Counts {
+    Counts {
+        tests,
+        passed,
+        failed,
+        pending,
+        skipped,
+    }
+}
+
+#[test]
+fn passing_run() {
+    let s = parse("cypress/passing.log");
+    assert_eq!(s.runs.len(), 1);
+    let run = &s.runs[0];
+    assert_eq!(run.cypress_version.as_deref(), Some("12.17.4"));
+    assert_eq!(run.browser.as_deref(), Some("Electron 106 (headless)"));
+    assert_eq!(run.specs_found, Some(3));
+    assert_eq!(run.group.as_deref(), Some("linux"));
+    assert_eq!(
+        run.run_url.as_deref(),
+        Some("https://cloud.cypress.io/projects/x7k2pq/runs/1842")
+    );
+    assert_eq!(
+        run.recorded_run.as_deref(),
+        Some("https://cloud.cypress.io/projects/x7k2pq/runs/1842")
+    );
+    let footer = run.footer.as_ref().expect("finished");
+    assert_eq!(footer.outcome, Outcome::AllPassed);
+    assert_eq!(footer.counts, counts(6, 5, 0, 1, 0));
+    assert_eq!(footer.duration.as_deref(), Some("00:18"));
+    assert_eq!(run.spec_rows.len(), 3);
+    assert!(!run.has_failures());
+    assert_eq!(
+        run.current.as_ref().map(|c| (c.index, c.total)),
+        Some((3, 3))
+    );
+    assert!(s.no_specs.is_none());
+}
+
+#[test]
+fn failing_run_counts_specs_not_tests() {
+    let s = parse("cypress/failing-2-of-20.log");
+    let run = &s.runs[0];
+    let footer = run.footer.as_ref().expect("finished");
+    assert_eq!(
+        footer.outcome,
+        Outcome::SpecsFailed {
+            failed: 2,
+            total: 20
+        }
+    );
+    assert_eq!(footer.counts, counts(40, 38, 2, 0, 0));
+    assert_eq!(run.spec_rows.len(), 20);
+    let failing: Vec<&str> = run
+        .spec_rows
+        .iter()
+        .filter(|r| r.mark == '✖')
+        .map(|r| r.spec.as_str())
+        .collect();
+    assert_eq!(
+        failing,
+        ["cypress/e2e/area07.cy.js", "cypress/e2e/area13.cy.js"]
+    );
+    assert!(run.has_failures());
+}
+
+#[test]
+fn no_spec_files_found() {
+    let s = parse("cypress/no-specs.log");
+    assert!(s.runs.is_empty());
+    let ns = s.no_specs.expect("recognised");
+    assert_eq!(
+        ns.pattern.as_deref(),
+        Some("/root/cdc-e2e-cyp-12.17.4/cypress/e2e/migration/redhat9.6/**/*.cy.js")
+    );
+}
+
+#[test]
+fn categorized_run_has_one_block_per_group() {
+    let s = parse("cypress/categorized-3-groups.log");
+    let keys: Vec<String> = s
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| LogSummary::subrun_key(i + 1, r.group.as_deref()))
+        .collect();
+    assert_eq!(keys, ["01-linux", "02-windows", "03-ubuntu-24.04"]);
+    let failing: Vec<bool> = s.runs.iter().map(|r| r.has_failures()).collect();
+    assert_eq!(failing, [false, true, false]);
+    assert!(s.runs.iter().all(|r| r.is_finished()));
+    assert_eq!(
+        s.runs[1].footer.as_ref().map(|f| f.counts),
+        Some(counts(4, 3, 1, 0, 0))
+    );
+}
+
+#[test]
+fn wrapped_cells_are_joined() {
+    let s = parse("cypress/wrapped.log");
+    let run = &s.runs[0];
+    assert_eq!(
+        run.run_url.as_deref(),
+        Some(
+            "https://cypress-dashboard.qa.example.internal/projects/cdc-e2e-cyp-12-17-4/runs/e2e-redhat9.6-ubuntu24.04-w2k25-fc-20261124"
+        )
+    );
+    let long = "cypress/e2e/migration/redhat9.6/upgrade_from_previous_release_keeps_settings.cy.js";
+    assert_eq!(run.spec_rows[0].spec, long);
+    assert_eq!(run.spec_rows[1].spec, "cypress/e2e/login.cy.js");
+    assert_eq!(run.specs_found, Some(2));
+}
+
+#[test]
+fn wrapped_running_line_is_joined_while_the_spec_runs() {
+    let text = String::from_utf8(read("cypress/wrapped.log")).expect("utf-8");
+    let upto = text.find("  (Results)").expect("results");
+    let s = parse_chunked(&text.as_bytes()[..upto], usize::MAX);
+    let cur = s.runs[0].current.as_ref().expect("running");
+    assert_eq!(
+        cur.spec,
+        "cypress/e2e/migration/redhat9.6/upgrade_from_previous_release_keeps_settings.cy.js"
+    );
+    assert_eq!((cur.index, cur.total), (1, 2));
+}
+
+#[test]
+fn colour_codes_do_not_change_the_result() {
+    let s = parse("cypress/coloured.log");
+    let run = &s.runs[0];
+    assert_eq!(run.group.as_deref(), Some("linux"));
+    let footer = run.footer.as_ref().expect("finished");
+    assert_eq!(
+        footer.outcome,
+        Outcome::SpecsFailed {
+            failed: 1,
+            total: 2
+        }
+    );
+    assert_eq!(footer.counts, counts(4, 3, 1, 0, 0));
+    assert_eq!(run.spec_rows[1].spec, "cypress/e2e/billing.cy.js");
+    assert_eq!(run.spec_rows[1].mark, '✖');
+}
+
+#[test]
+fn cloud_canceled_and_cut_off_runs() {
+    let s = parse("cypress/cloud-canceled.log");
+    assert_eq!(
+        s.runs[0].footer.as_ref().map(|f| f.outcome.clone()),
+        Some(Outcome::Canceled)
+    );
+    let s = parse("cypress/cut-off.log");
+    assert!(!s.runs[0].is_finished());
+    assert_eq!(
+        s.runs[0].current.as_ref().map(|c| c.spec.as_str()),
+        Some("cypress/e2e/dashboard.cy.js")
+    );
+}
+
+#[test]
+fn any_chunking_gives_the_same_result() {
+    for name in [
+        "passing.log",
+        "failing-2-of-20.log",
+        "categorized-3-groups.log",
+        "wrapped.log",
+        "coloured.log",
+        "no-specs.log",
+    ] {
+        let bytes = read(&format!("cypress/{name}"));
+        let whole = parse_chunked(&bytes, usize::MAX);
+        for chunk in [1, 7, 4096] {
+            assert_eq!(
+                parse_chunked(&bytes, chunk),
+                whole,
+                "{name} in {chunk}-byte chunks"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_checkpointed_parser_resumes_exactly() {
+    let bytes = read("cypress/categorized-3-groups.log");
+    let whole = parse_chunked(&bytes, usize::MAX);
+    // Stop in the middle of a line, serialise, restore, continue.
+    let cut = bytes.len() / 2 + 3;
+    let mut first = LogParser::new();
+    first.feed(&bytes[..cut]);
+    let saved = serde_json::to_string(&first).expect("serialise");
+    let mut resumed: LogParser = serde_json::from_str(&saved).expect("restore");
+    resumed.feed(&bytes[cut..]);
+    assert_eq!(resumed.summary(), &whole);
+}
+
+#[test]
+fn mochawesome_report_from_the_real_reporter() {
+    let r = parse_report(&read("mochawesome/login.json")).expect("parses");
+    assert_eq!(r.counts, counts(4, 2, 1, 1, 0));
+    assert_eq!(r.specs, ["cypress/e2e/login.cy.js"]);
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].full_title, "Login rejects a bad password");
+    assert_eq!(
+        r.failures[0].error,
+        "AssertionError: expected the error banner"
+    );
+    assert_eq!(r.failures[0].spec, "cypress/e2e/login.cy.js");
+    assert!(r.start.is_some() && r.end >= r.start);
+    let ok = parse_report(&read("mochawesome/dashboard.json")).expect("parses");
+    assert_eq!(ok.counts, counts(2, 2, 0, 0, 0));
+    assert!(ok.failures.is_empty());
+}
+
+#[test]
+fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stale = dir.path().join("stale.json");
+    fs::copy(fixture("mochawesome/login.json"), &stale).expect("copy");
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .expect("open")
+        .set_modified(old)
+        .expect("mtime");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    let mut rd = ReporterDir::new(dir.path(), since);
+    assert!(!rd.scan(true).changed);
+    assert!(
+        rd.reports().is_empty(),
+        "a report older than the runner must not count"
+    );
+
+    fs::copy(
+        fixture("mochawesome/dashboard.json"),
+        dir.path().join("dashboard.json"),
+    )
+    .expect("copy");
+    fs::write(dir.path().join("broken.json"), b"{\"stats\": {").expect("write");
+    let scan = rd.scan(false);
+    assert!(scan.changed);
+    assert_eq!(scan.warnings.len(), 1);
+    assert!(
+        scan.warnings[0].contains("broken.json"),
+        "{:?}",
+        scan.warnings
+    );
+    assert_eq!(rd.reports().len(), 1);
+    // Nothing changed: nothing re-parsed, no repeated warning.
+    let again = rd.scan(true);
+    assert!(!again.changed && again.warnings.is_empty());
+    assert!(rd.newest_mtime().is_some_and(|m| m >= since));
+}
+
+fn append(path: &std::path::Path, bytes: &[u8]) {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .expect("open")
+        .write_all(bytes)
+        .expect("append");
+}
+
+fn id(path: &std::path::Path) -> FileId {
+    FileId::of(&fs::metadata(path).expect("stat"))
+}
+
+#[test]
+fn follower_reads_increments_truncation_and_rotation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("b.log");
+    let bytes = read("cypress/passing.log");
+    let (a, b) = bytes.split_at(bytes.len() / 3);
+    append(&log, a);
+    let first = id(&log);
+    let mut parser = LogParser::new();
+    let mut f = LogFollower::new(&log, None);
+    assert_eq!(
+        f.poll(first, &mut parser, u64::MAX).expect("poll").bytes,
+        a.len() as u64
+    );
+    assert_eq!(
+        f.poll(first, &mut parser, u64::MAX).expect("poll").bytes,
+        0,
+        "nothing new"
+    );
+    append(&log, b);
+    f.poll(first, &mut parser, u64::MAX).expect("poll");
+    assert!(parser.summary().runs[0].is_finished());
+
+    // Truncated in place: read again from the start.
+    fs::write(&log, b"  (Run Starting)\n").expect("truncate");
+    let p = f.poll(first, &mut parser, u64::MAX).expect("poll");
+    assert!(p.truncated);
+    assert_eq!(parser.summary().runs.len(), 2);
+
+    // A new runner rotates the log and starts a new file: the old one is finished first.
+    append(&log, b"  (Run Finished)\n\n\n       Spec\n");
+    fs::rename(&log, dir.path().join("b.log.1")).expect("rotate");
+    append(&log, b"  (Run Starting)\n");
+    let second = id(&log);
+    f.poll(second, &mut parser, u64::MAX).expect("poll");
+    assert_eq!(parser.summary().runs.len(), 3);
+    assert_eq!(f.point().map(|p| p.file), Some(second));
+}
+
+#[test]
+fn follower_never_reads_a_file_that_is_not_the_expected_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("b.log");
+    fs::write(&log, read("cypress/passing.log")).expect("stale log of an earlier run");
+    let mut parser = LogParser::new();
+    let mut f = LogFollower::new(&log, None);
+    let other = FileId { dev: 1, ino: 1 };
+    assert_eq!(f.poll(other, &mut parser, u64::MAX).expect("poll").bytes, 0);
+    assert!(parser.summary().runs.is_empty());
+
+    // And a symlink at the log path is never followed.
+    let target = dir.path().join("target.log");
+    fs::rename(&log, &target).expect("move");
+    std::os::unix::fs::symlink(&target, &log).expect("symlink");
+    let target_id = id(&target);
+    assert_eq!(
+        f.poll(target_id, &mut parser, u64::MAX)
+            .expect("poll")
+            .bytes,
+        0
+    );
+}
+
+#[test]
+fn follower_budget_splits_a_large_backlog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("b.log");
+    let bytes = read("cypress/failing-2-of-20.log");
+    fs::write(&log, &bytes).expect("write");
+    let mut parser = LogParser::new();
+    let mut f = LogFollower::new(&log, None);
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let p = f.poll(id(&log), &mut parser, 4096).expect("poll");
+        if !p.more {
+            break;
+        }
+    }
+    assert!(polls > 3);
+    assert_eq!(parser.summary(), &parse_chunked(&bytes, usize::MAX));
+}
