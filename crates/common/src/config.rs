@@ -41,6 +41,22 @@ impl Webhook {
     }
 }
 
+impl Webhook {
+    /// `text` with the URL and its secret path replaced, for server answers and error
+    /// messages that might echo them.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.replace(&self.0, "[webhook]");
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        if let Some(i) = rest.find('/') {
+            let path = &rest[i..];
+            if path.len() > 3 {
+                out = out.replace(path, "/[redacted]");
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Debug for Webhook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Webhook({})", self.host())
@@ -147,6 +163,10 @@ mod tests {
             "chat.example.com:8443 Webhook(chat.example.com:8443)"
         );
         assert!(!format!("{w:?}").contains("s3cr3t"));
+        let said = w.redact(
+            "bad hook /hooks/s3cr3t?x=1 at https://user:pw@chat.example.com:8443/hooks/s3cr3t?x=1",
+        );
+        assert!(!said.contains("s3cr3t"), "{said}");
     }
 
     #[test]

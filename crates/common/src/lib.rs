@@ -11,6 +11,7 @@ pub mod follow;
 pub mod fsutil;
 pub mod inventory;
 pub mod logging;
+pub mod mattermost;
 pub mod paths;
 pub mod procfs;
 pub mod reporter;
