@@ -35,6 +35,9 @@ pub struct NoSpecs {
 /// One `(Run Starting)` … `(Run Finished)` block.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunBlock {
+    /// The `(Run Starting)` table has been read to its end: its group is known for good.
+    #[serde(default)]
+    pub header_complete: bool,
     pub cypress_version: Option<String>,
     pub browser: Option<String>,
     pub specs_found: Option<u32>,
@@ -369,6 +372,7 @@ impl LogParser {
 
     fn start_table_line(&mut self, line: &str, trimmed: &str, col: usize, last: Option<String>) {
         if trimmed.starts_with('└') {
+            self.block_mut().header_complete = true;
             return; // back to Top
         }
         let Some(inner) = table_inner(trimmed) else {
@@ -376,6 +380,7 @@ impl LogParser {
                 self.section = Section::StartTable { col, last };
             } else {
                 // Not a table line: the table was cut off.
+                self.block_mut().header_complete = true;
                 self.top_line(line, trimmed);
             }
             return;

@@ -239,7 +239,7 @@ pub enum Attempt {
 }
 
 /// Something that can make one delivery attempt (the real client, or a test double).
-pub trait Poster: Send + Sync + 'static {
+pub trait Poster: Send + Sync + std::fmt::Debug + 'static {
     fn attempt(&self, body: &str) -> Attempt;
 }
 
@@ -514,6 +514,7 @@ mod tests {
         assert!(backoff(30, w, 42) <= Duration::from_secs(72));
     }
 
+    #[derive(Debug)]
     struct Scripted(Mutex<Vec<Attempt>>);
     impl Poster for Scripted {
         fn attempt(&self, _: &str) -> Attempt {

@@ -1,1 +1,168 @@
-//! placeholder
+//! start-atvm-run-watcher: archive the build's stale state, record the request and start
+//! `atvm-run-watcher@<build>.service` (SPEC §8).
+
+use atvm_common::config::{MattermostConfig, env_file_warning};
+use atvm_common::error::{Error, Result};
+use atvm_common::fsutil::{self, Lock};
+use atvm_common::state::{Request, new_run_id};
+use atvm_common::systemctl::{Systemctl, UnitKind};
+use atvm_common::{BuildName, Paths, Timestamp, logging};
+use clap::Parser;
+
+const EXAMPLE: &str = "\
+Example:
+  start-atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc \\
+      --template migration --config-family redhat --config-file cfg/rh96.json \\
+      --migration-style in-place --integration-plugin vmware --categorize \\
+      --scope-description 'nightly upgrade matrix'
+
+Any earlier state of the same build name is moved to <state-root>/.archive/<build>/<time>/
+first, so nothing (markers, posts, sub-runs) is inherited. Start the runner afterwards
+(start-atvm-runner), or use start-atvm-run, which does the template step, watcher and runner
+in that order.";
+
+#[derive(Debug, Parser)]
+#[command(name = "start-atvm-run-watcher", version, about = "Record a run request and start its watcher unit", after_help = EXAMPLE)]
+pub struct Cli {
+    /// Build name; also the unit instance (`atvm-run-watcher@<build>.service`).
+    #[arg(long, value_name = "BUILD")]
+    pub build_name: String,
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// What the run is about; recorded in `request.json` and shown in the Mattermost message.
+/// Shared with start-atvm-run.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct WatchArgs {
+    /// Template name (shown in the message).
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+    /// The template step's command (recorded; start-atvm-run runs it).
+    #[arg(long, value_name = "CMD")]
+    pub template_command: Option<String>,
+    /// The runner's command (recorded; start-atvm-runner runs it).
+    #[arg(long, value_name = "CMD")]
+    pub runner_command: Option<String>,
+    #[arg(long, value_name = "FAMILY")]
+    pub config_family: Option<String>,
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<String>,
+    #[arg(long, value_name = "STYLE")]
+    pub migration_style: Option<String>,
+    #[arg(long, value_name = "PLUGIN")]
+    pub integration_plugin: Option<String>,
+    /// Post one result per Cypress group (each `(Run Starting)` block) as it finishes.
+    #[arg(long)]
+    pub categorize: bool,
+    /// Free-text scope shown in the message.
+    #[arg(long, value_name = "TEXT")]
+    pub scope_description: Option<String>,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let build = BuildName::parse(&cli.build_name)?;
+    start(
+        &build,
+        &Paths::from_env(),
+        &Systemctl::from_env(),
+        &cli.watch,
+    )?;
+    Ok(())
+}
+
+/// Refuse while the watcher or runner of this build is active (exit 4).
+pub fn refuse_if_active(build: &BuildName, systemctl: &Systemctl) -> Result<()> {
+    for (kind, cancel) in [
+        (UnitKind::Watcher, "cancel-atvm-run-watcher"),
+        (UnitKind::Runner, "cancel-atvm-runner"),
+    ] {
+        let unit = kind.unit(build);
+        let activity = systemctl.is_active(&unit)?;
+        if activity.is_running() {
+            return Err(Error::AlreadyRunning {
+                what: format!(
+                    "already {}; cancel it first with {cancel} --build-name {build}",
+                    activity.word()
+                ),
+                unit,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Check the Mattermost configuration the watcher will need (exit 78 if missing) and warn
+/// when the env file holding the secret is open to others.
+pub fn check_config(paths: &Paths) -> Result<()> {
+    if let Some(warning) = env_file_warning(&paths.env_file) {
+        logging::warn(warning);
+    }
+    MattermostConfig::load(&paths.env_file)?.require_webhook(&paths.env_file)?;
+    Ok(())
+}
+
+/// Archive, record the request, start the unit and confirm it is running.
+pub fn start(
+    build: &BuildName,
+    paths: &Paths,
+    systemctl: &Systemctl,
+    args: &WatchArgs,
+) -> Result<Request> {
+    refuse_if_active(build, systemctl)?;
+    check_config(paths)?;
+    let sd = paths.state_dir(build);
+    if sd.exists() {
+        // A watcher started by hand (outside systemd) still holds its lock.
+        Lock::try_exclusive(&sd.watcher_lock()).map_err(|e| match e {
+            Error::LockHeld { path } => Error::AlreadyRunning {
+                what: format!("a watcher process for {build} holds {}", path.display()),
+                unit: UnitKind::Watcher.unit(build),
+            },
+            other => other,
+        })?;
+    }
+    if !paths.state_root.exists() {
+        fsutil::create_dir(&paths.state_root, 0o700)?;
+    }
+    if let Some(to) = sd.archive(&paths.archive_root())? {
+        logging::info(format!(
+            "archived the previous state of {build} to {}",
+            to.display()
+        ));
+    }
+    sd.create()?;
+    let request = Request {
+        build_name: build.to_string(),
+        run_id: new_run_id(),
+        requested_at: Timestamp::now(),
+        template: args.template.clone(),
+        template_command: args.template_command.clone(),
+        runner_command: args.runner_command.clone(),
+        config_family: args.config_family.clone(),
+        config_file: args.config_file.clone(),
+        migration_style: args.migration_style.clone(),
+        integration_plugin: args.integration_plugin.clone(),
+        categorize: args.categorize,
+        scope_description: args.scope_description.clone(),
+    };
+    // 0600: it records command lines.
+    fsutil::write_json(&sd.request(), &request, 0o600)?;
+    let unit = UnitKind::Watcher.unit(build);
+    // Never loaded means nothing to reset; systemctl calls that an error, so ignore it.
+    let _ = systemctl.reset_failed(&unit);
+    systemctl.start(&unit)?;
+    let activity = systemctl.is_active(&unit)?;
+    if !activity.is_running() {
+        return Err(Error::Systemctl {
+            action: "start",
+            unit: unit.clone(),
+            detail: format!(
+                "the unit is {} right after starting; see journalctl -u {unit}",
+                activity.word()
+            ),
+        });
+    }
+    logging::info(format!("started {unit} (run {})", request.run_id));
+    Ok(request)
+}

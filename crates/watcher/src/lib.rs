@@ -1,1 +1,137 @@
-//! placeholder
+//! atvm-run-watcher: follows one run of a build, decides its final state and posts
+//! COMPLETED/FAILED results to Mattermost exactly once (SPEC §6, §7). The ExecStart of
+//! `atvm-run-watcher@.service`.
+
+pub mod decide;
+pub mod shutdown;
+pub mod watch;
+
+use atvm_common::config::MattermostConfig;
+use atvm_common::error::{Error, Result};
+use atvm_common::fsutil::Lock;
+use atvm_common::mattermost::{self, Attempt, Client, Payload, Poster};
+use atvm_common::{BuildName, Paths, logging};
+use clap::Parser;
+use decide::Timing;
+use std::sync::Arc;
+use std::time::Duration;
+use watch::{Sink, Watcher};
+
+const EXAMPLE: &str = "\
+Examples:
+  # What systemd runs for atvm-run-watcher@<build>.service:
+  atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
+
+  # Evaluate once without posting; the message goes to <state-dir>/post.json:
+  atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --once --dry-run
+
+  # Check the Mattermost configuration with one labelled test message:
+  atvm-run-watcher --test-post
+
+Exit status: 0 final state reached and handled (or stopped by SIGTERM), 1 a post failed for
+good, 2 bad arguments, 4 another watcher holds the lock, 78 no webhook configured.";
+
+fn seconds(text: &str) -> std::result::Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{text:?} is not a positive number")),
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "atvm-run-watcher", version, about = "Follow one Cypress run, decide its final state and post it to Mattermost once", after_help = EXAMPLE)]
+pub struct Cli {
+    /// Build name to watch (the unit instance).
+    #[arg(long, value_name = "BUILD", required_unless_present = "test_post")]
+    pub build_name: Option<String>,
+    /// Seconds between polls.
+    #[arg(long, env = "ATVM_POLL_SECONDS", default_value = "5", value_name = "SECONDS", value_parser = seconds)]
+    pub poll_seconds: f64,
+    /// Categorized runs: how long the runner must stay inactive before the run ends.
+    #[arg(long, env = "ATVM_GRACE_SECONDS", default_value = "120", value_name = "SECONDS", value_parser = seconds)]
+    pub grace_seconds: f64,
+    /// HUNG when the runner is alive but neither log nor reporter changed for this long.
+    #[arg(long, env = "ATVM_HANG_MINUTES", default_value = "90", value_name = "MINUTES", value_parser = seconds)]
+    pub hang_minutes: f64,
+    /// UNKNOWN when no runner for this run appeared within this long of the request.
+    #[arg(long, env = "ATVM_START_TIMEOUT_SECONDS", default_value = "900", value_name = "SECONDS", value_parser = seconds)]
+    pub start_timeout_seconds: f64,
+    /// Total window for retrying a post while Mattermost is unreachable.
+    #[arg(long, env = "ATVM_POST_RETRY_SECONDS", default_value = "1800", value_name = "SECONDS", value_parser = seconds)]
+    pub post_retry_seconds: f64,
+    /// Evaluate once, save the state and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Write the would-be payload to post.json instead of posting (no webhook needed).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Send one labelled test message to the configured webhook and exit.
+    #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+    pub test_post: bool,
+}
+
+impl Cli {
+    pub fn timing(&self) -> Timing {
+        Timing {
+            poll: Duration::from_secs_f64(self.poll_seconds),
+            grace: Duration::from_secs_f64(self.grace_seconds),
+            hang: Duration::from_secs_f64(self.hang_minutes * 60.0),
+            start_timeout: Duration::from_secs_f64(self.start_timeout_seconds),
+            post_retry: Duration::from_secs_f64(self.post_retry_seconds),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::from_env();
+    let timing = cli.timing();
+    if cli.test_post {
+        return test_post(&paths, timing.post_retry);
+    }
+    let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
+    let sink = if cli.dry_run {
+        let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
+        Sink::DryRun {
+            channel: config.channel,
+        }
+    } else {
+        let config = MattermostConfig::load(&paths.env_file)?;
+        let webhook = config.require_webhook(&paths.env_file)?.clone();
+        let poster: Arc<dyn Poster> = Arc::new(Client::new(webhook, timing.post_retry));
+        Sink::Mattermost {
+            poster,
+            channel: config.channel,
+        }
+    };
+    let sd = paths.state_dir(&build);
+    let request = sd.read_request()?.ok_or_else(|| {
+        Error::file(
+            "no request for this build: start the watcher with start-atvm-run-watcher",
+            sd.request(),
+        )
+    })?;
+    let _lock = Lock::try_exclusive(&sd.watcher_lock())?;
+    let shutdown = shutdown::Shutdown::install()?;
+    let mut watcher = Watcher::resume(paths, build, request, timing, sink, &shutdown)?;
+    watcher.run(cli.once)
+}
+
+fn test_post(paths: &Paths, window: Duration) -> Result<()> {
+    let config = MattermostConfig::load(&paths.env_file)?;
+    let webhook = config.require_webhook(&paths.env_file)?.clone();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let payload = Payload::new(
+        config.channel.as_deref(),
+        mattermost::test_message(host.trim()),
+    );
+    let client = Client::new(webhook.clone(), window);
+    match client.attempt(&payload.to_json()) {
+        Attempt::Delivered => {
+            logging::info(format!("test message delivered ({})", webhook.host()));
+            Ok(())
+        }
+        Attempt::Retry { error, .. } | Attempt::Permanent { error } => Err(Error::failed(format!(
+            "test message not delivered: {error}"
+        ))),
+    }
+}

@@ -1,0 +1,609 @@
+//! The state machine of SPEC §6 as pure functions: given what was observed, which state is
+//! the run (or a sub-run) in, and why. No I/O here, so every rule is unit-tested.
+
+use atvm_common::Timestamp;
+use atvm_common::cypress::{NoSpecs, Outcome, RunBlock};
+use atvm_common::state::RunState;
+use atvm_common::time::human_duration;
+use std::time::Duration;
+
+/// The watcher's timing knobs (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    pub poll: Duration,
+    pub grace: Duration,
+    pub hang: Duration,
+    pub start_timeout: Duration,
+    pub post_retry: Duration,
+}
+
+/// What is known about the runner of this run_id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunnerFacts {
+    /// No status for this run_id and no process naming the build.
+    NotYet,
+    Alive {
+        pid: u32,
+    },
+    /// The wrapper recorded an exit.
+    Exited {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        stop_signal: Option<i32>,
+        cancel_requested: bool,
+        at: Timestamp,
+    },
+    /// Recorded as started, now dead, and no exit was recorded (SIGKILL, crash).
+    Vanished {
+        pid: u32,
+    },
+    /// A run not started through start-atvm-runner whose process has ended.
+    FallbackGone,
+    /// `runner/status.json` exists but cannot be read.
+    Unreadable(String),
+}
+
+impl RunnerFacts {
+    pub fn is_active(&self) -> bool {
+        matches!(self, RunnerFacts::Alive { .. })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    pub now: Timestamp,
+    pub requested_at: Timestamp,
+    /// When cancel-atvm-run-watcher marked this run cancelled.
+    pub cancelled_at: Option<Timestamp>,
+    pub runner: &'a RunnerFacts,
+    pub last_activity: Timestamp,
+    pub timing: &'a Timing,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub state: RunState,
+    pub reason: String,
+}
+
+fn verdict(state: RunState, reason: impl Into<String>) -> Verdict {
+    Verdict {
+        state,
+        reason: reason.into(),
+    }
+}
+
+/// The part of the log a verdict is about: all blocks of a plain run, or one sub-run.
+#[derive(Clone, Copy, Debug)]
+pub struct LogView<'a> {
+    pub blocks: &'a [RunBlock],
+    pub no_specs: Option<&'a NoSpecs>,
+}
+
+impl LogView<'_> {
+    fn failures(&self) -> Option<String> {
+        let canceled = self.blocks.iter().any(|b| {
+            b.footer
+                .as_ref()
+                .is_some_and(|f| f.outcome == Outcome::Canceled)
+        });
+        if canceled {
+            return Some("Cypress reported that the run was canceled (Cypress Cloud)".to_string());
+        }
+        let failing: Vec<&RunBlock> = self.blocks.iter().filter(|b| b.has_failures()).collect();
+        if failing.is_empty() {
+            return None;
+        }
+        let mut spec_failed = 0;
+        let mut spec_total = 0;
+        let mut tests_failed = 0;
+        for b in self.blocks {
+            if let Some(f) = &b.footer {
+                if let Outcome::SpecsFailed { failed, total } = f.outcome {
+                    spec_failed += failed;
+                    spec_total += total;
+                } else {
+                    spec_total += b.spec_rows.len() as u32;
+                }
+                tests_failed += f.counts.failed;
+            }
+        }
+        Some(if spec_total > 0 {
+            format!("{spec_failed} of {spec_total} specs failed ({tests_failed} failing tests)")
+        } else {
+            "failing tests in the run log".to_string()
+        })
+    }
+
+    fn no_specs_reason(&self) -> Option<String> {
+        self.no_specs.map(|ns| {
+            let searched = ns.pattern.as_deref().map(|p| format!(" (searched {p})")).unwrap_or_default();
+            format!(
+                "Cypress found no spec files{searched}: the specPattern is stale — re-run the template step (start-atvm-run --template-command …) before the runner"
+            )
+        })
+    }
+
+    fn finished(&self) -> bool {
+        !self.blocks.is_empty() && self.blocks.iter().all(RunBlock::is_finished)
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        1 => "SIGHUP".into(),
+        2 => "SIGINT".into(),
+        6 => "SIGABRT".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// The verdict on a run (or a cut-off sub-run) from the runner and the log.
+pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
+    if let Some(at) = f.cancelled_at {
+        return verdict(
+            RunState::Cancelled,
+            format!("cancelled with cancel-atvm-run-watcher at {at}"),
+        );
+    }
+    match f.runner {
+        RunnerFacts::Unreadable(why) => verdict(
+            RunState::Unknown,
+            format!("runner status cannot be read: {why}"),
+        ),
+        RunnerFacts::NotYet => {
+            let waited = f.requested_at.until(f.now);
+            if waited >= f.timing.start_timeout {
+                verdict(
+                    RunState::Unknown,
+                    format!(
+                        "no runner for this run within {} of the request",
+                        human_duration(f.timing.start_timeout)
+                    ),
+                )
+            } else {
+                verdict(RunState::Starting, "waiting for the runner to start")
+            }
+        }
+        RunnerFacts::Alive { pid } => {
+            let idle = f.last_activity.until(f.now);
+            if idle >= f.timing.hang {
+                verdict(
+                    RunState::Hung,
+                    format!(
+                        "no log or reporter activity since {} ({}); the runner (pid {pid}) was left running",
+                        f.last_activity,
+                        human_duration(f.timing.hang)
+                    ),
+                )
+            } else {
+                verdict(RunState::Watching, progress(log))
+            }
+        }
+        RunnerFacts::Exited {
+            exit_code,
+            signal,
+            stop_signal,
+            cancel_requested,
+            ..
+        } => {
+            if *cancel_requested {
+                return verdict(
+                    RunState::Cancelled,
+                    "runner cancelled with cancel-atvm-runner",
+                );
+            }
+            if let Some(sig) = stop_signal {
+                return verdict(
+                    RunState::Terminated,
+                    format!(
+                        "runner was stopped ({}) without a cancel request",
+                        signal_name(*sig)
+                    ),
+                );
+            }
+            if let Some(sig) = signal {
+                return verdict(
+                    RunState::Terminated,
+                    format!("runner command was killed by {}", signal_name(*sig)),
+                );
+            }
+            if let Some(hint) = log.no_specs_reason() {
+                return verdict(RunState::Failed, hint);
+            }
+            let code = exit_code.unwrap_or(1);
+            if code != 0 {
+                let detail = log.failures().map(|f| format!(": {f}")).unwrap_or_default();
+                return verdict(
+                    RunState::Failed,
+                    format!("runner exited with code {code}{detail}"),
+                );
+            }
+            if let Some(failures) = log.failures() {
+                // Cypress's exit code is the number of failed tests, modulo 256.
+                return verdict(
+                    RunState::Failed,
+                    format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
+                );
+            }
+            verdict(RunState::Completed, completed_reason(log))
+        }
+        RunnerFacts::Vanished { pid } => verdict(
+            RunState::Terminated,
+            format!(
+                "runner (pid {pid}) ended without recording an exit (killed with SIGKILL or crashed)"
+            ),
+        ),
+        RunnerFacts::FallbackGone => {
+            if let Some(hint) = log.no_specs_reason() {
+                verdict(RunState::Failed, hint)
+            } else if !log.finished() {
+                verdict(
+                    RunState::Terminated,
+                    "runner process ended without a Cypress summary in the log",
+                )
+            } else if let Some(failures) = log.failures() {
+                verdict(RunState::Failed, failures)
+            } else {
+                verdict(RunState::Completed, completed_reason(log))
+            }
+        }
+    }
+}
+
+fn completed_reason(log: LogView) -> String {
+    if log.blocks.is_empty() {
+        "runner exited 0 (no Cypress summary in the log)".to_string()
+    } else {
+        "all specs passed".to_string()
+    }
+}
+
+/// A one-line progress description while the run is being watched.
+pub fn progress(log: LogView) -> String {
+    match log.blocks.last() {
+        Some(b) if b.is_finished() => {
+            "Cypress run finished; waiting for the runner to exit".to_string()
+        }
+        Some(b) => match &b.current {
+            Some(r) => format!("running spec {} of {}: {}", r.index, r.total, r.spec),
+            None => "Cypress run starting".to_string(),
+        },
+        None => "runner started; waiting for Cypress output".to_string(),
+    }
+}
+
+/// The verdict on a finished sub-run (its own summary decides).
+pub fn finished_subrun_verdict(block: &RunBlock) -> Verdict {
+    let log = LogView {
+        blocks: std::slice::from_ref(block),
+        no_specs: None,
+    };
+    match log.failures() {
+        Some(f) => verdict(RunState::Failed, f),
+        None => verdict(RunState::Completed, "all specs passed"),
+    }
+}
+
+/// The categorized parent's state once everything has ended: a summary of its sub-runs.
+pub fn parent_summary(runner_verdict: &Verdict, subrun_states: &[RunState]) -> Verdict {
+    let n = subrun_states.len();
+    let failed = subrun_states
+        .iter()
+        .filter(|s| **s == RunState::Failed)
+        .count();
+    let completed = subrun_states
+        .iter()
+        .filter(|s| **s == RunState::Completed)
+        .count();
+    let tally = format!("{n} sub-runs: {completed} completed, {failed} failed");
+    match runner_verdict.state {
+        RunState::Cancelled | RunState::Terminated | RunState::Hung | RunState::Unknown => verdict(
+            runner_verdict.state,
+            format!("{}; {tally}", runner_verdict.reason),
+        ),
+        _ if n == 0 => runner_verdict.clone(),
+        _ if failed > 0 || runner_verdict.state == RunState::Failed => verdict(
+            RunState::Failed,
+            format!("{tally}; runner: {}", runner_verdict.reason),
+        ),
+        _ => verdict(RunState::Completed, tally),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atvm_common::cypress::LogParser;
+
+    const TIMING: Timing = Timing {
+        poll: Duration::from_secs(5),
+        grace: Duration::from_secs(120),
+        hang: Duration::from_secs(90 * 60),
+        start_timeout: Duration::from_secs(900),
+        post_retry: Duration::from_secs(1800),
+    };
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_millis(1_800_000_000_000 + secs * 1000)
+    }
+
+    fn facts(runner: &RunnerFacts) -> Facts<'_> {
+        Facts {
+            now: t(100),
+            requested_at: t(0),
+            cancelled_at: None,
+            runner,
+            last_activity: t(90),
+            timing: &TIMING,
+        }
+    }
+
+    fn exited(code: i32) -> RunnerFacts {
+        RunnerFacts::Exited {
+            exit_code: Some(code),
+            signal: None,
+            stop_signal: None,
+            cancel_requested: false,
+            at: t(99),
+        }
+    }
+
+    fn blocks(log: &str) -> Vec<RunBlock> {
+        let mut p = LogParser::new();
+        p.feed(log.as_bytes());
+        p.summary().runs.clone()
+    }
+
+    const PASSED: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    ✔  All specs passed!   00:01   1   1   -   -   -  \n";
+    const WRAPPED_256: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  a.cy.js   09:01   300   44   256   -   - │\n  └──┘\n    ✖  1 of 1 failed (100%)   09:01   300   44   256   -   -  \n";
+
+    #[test]
+    fn exit_zero_without_failures_is_completed() {
+        let b = blocks(PASSED);
+        let v = run_verdict(
+            &facts(&exited(0)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(v.state, RunState::Completed);
+    }
+
+    #[test]
+    fn exit_code_wrapped_to_zero_is_still_failed() {
+        let b = blocks(WRAPPED_256);
+        let v = run_verdict(
+            &facts(&exited(0)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(v.state, RunState::Failed);
+        assert!(v.reason.contains("wrap at 256"), "{}", v.reason);
+    }
+
+    #[test]
+    fn non_zero_exit_is_failed_and_no_specs_carries_the_hint() {
+        let v = run_verdict(
+            &facts(&exited(3)),
+            LogView {
+                blocks: &[],
+                no_specs: None,
+            },
+        );
+        assert_eq!(v, verdict(RunState::Failed, "runner exited with code 3"));
+        let ns = NoSpecs {
+            pattern: Some("cypress/e2e/x/*.cy.js".into()),
+        };
+        let v = run_verdict(
+            &facts(&exited(1)),
+            LogView {
+                blocks: &[],
+                no_specs: Some(&ns),
+            },
+        );
+        assert_eq!(v.state, RunState::Failed);
+        assert!(
+            v.reason.contains("re-run the template step") && v.reason.contains("cypress/e2e/x"),
+            "{}",
+            v.reason
+        );
+    }
+
+    #[test]
+    fn cancel_wins_over_everything() {
+        let runner = exited(1);
+        let mut f = facts(&runner);
+        f.cancelled_at = Some(t(50));
+        assert_eq!(
+            run_verdict(
+                &f,
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Cancelled
+        );
+        let r = RunnerFacts::Exited {
+            exit_code: None,
+            signal: Some(15),
+            stop_signal: Some(15),
+            cancel_requested: true,
+            at: t(9),
+        };
+        assert_eq!(
+            run_verdict(
+                &facts(&r),
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Cancelled
+        );
+    }
+
+    #[test]
+    fn signals_and_vanishing_are_terminated() {
+        let killed = RunnerFacts::Exited {
+            exit_code: None,
+            signal: Some(9),
+            stop_signal: None,
+            cancel_requested: false,
+            at: t(9),
+        };
+        let v = run_verdict(
+            &facts(&killed),
+            LogView {
+                blocks: &[],
+                no_specs: None,
+            },
+        );
+        assert_eq!(v.state, RunState::Terminated);
+        assert!(v.reason.contains("SIGKILL"));
+        // A stop from outside is TERMINATED even if the command then exited with a code.
+        let stopped = RunnerFacts::Exited {
+            exit_code: Some(1),
+            signal: None,
+            stop_signal: Some(15),
+            cancel_requested: false,
+            at: t(9),
+        };
+        assert_eq!(
+            run_verdict(
+                &facts(&stopped),
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Terminated
+        );
+        let gone = RunnerFacts::Vanished { pid: 42 };
+        assert_eq!(
+            run_verdict(
+                &facts(&gone),
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Terminated
+        );
+    }
+
+    #[test]
+    fn hang_and_start_timeout() {
+        let alive = RunnerFacts::Alive { pid: 7 };
+        let mut f = facts(&alive);
+        assert_eq!(
+            run_verdict(
+                &f,
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Watching
+        );
+        f.now = t(90 + 90 * 60);
+        let v = run_verdict(
+            &f,
+            LogView {
+                blocks: &[],
+                no_specs: None,
+            },
+        );
+        assert_eq!(v.state, RunState::Hung);
+        assert!(
+            v.reason.contains(&t(90).to_string()),
+            "reason names the last activity: {}",
+            v.reason
+        );
+        let none = RunnerFacts::NotYet;
+        let mut f = facts(&none);
+        assert_eq!(
+            run_verdict(
+                &f,
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Starting
+        );
+        f.now = t(900);
+        assert_eq!(
+            run_verdict(
+                &f,
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Unknown
+        );
+    }
+
+    #[test]
+    fn fallback_runs_are_judged_by_their_log() {
+        let b = blocks(PASSED);
+        let gone = RunnerFacts::FallbackGone;
+        assert_eq!(
+            run_verdict(
+                &facts(&gone),
+                LogView {
+                    blocks: &b,
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Completed
+        );
+        assert_eq!(
+            run_verdict(
+                &facts(&gone),
+                LogView {
+                    blocks: &[],
+                    no_specs: None
+                }
+            )
+            .state,
+            RunState::Terminated
+        );
+    }
+
+    #[test]
+    fn parent_summaries() {
+        let ok = verdict(RunState::Completed, "all specs passed");
+        assert_eq!(
+            parent_summary(&ok, &[RunState::Completed, RunState::Failed]).state,
+            RunState::Failed
+        );
+        assert_eq!(
+            parent_summary(&ok, &[RunState::Completed; 3]).state,
+            RunState::Completed
+        );
+        let term = verdict(RunState::Terminated, "killed");
+        assert_eq!(
+            parent_summary(&term, &[RunState::Completed]).state,
+            RunState::Terminated
+        );
+        let failed = verdict(RunState::Failed, "runner exited with code 1");
+        assert_eq!(parent_summary(&failed, &[]), failed);
+    }
+}
