@@ -11,6 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+/// Tolerance between the precise clock and file timestamps (see [`ReporterDir::new`]).
+pub const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Failed tests kept per report file; the message shows at most 10 anyway.
 const MAX_FAILURES_PER_REPORT: usize = 50;
 
@@ -191,11 +194,14 @@ pub struct ReporterDir {
 }
 
 impl ReporterDir {
-    /// Reports modified at or after `since` (the runner's start) count.
+    /// Reports modified at or after `since` (the runner's start) count. File times come from
+    /// the kernel's coarse clock, which lags the precise clock `since` was read from by up to
+    /// a tick, so a report written right after the start can look a few milliseconds older:
+    /// allow [`CLOCK_SLACK`].
     pub fn new(dir: &Path, since: SystemTime) -> ReporterDir {
         ReporterDir {
             dir: dir.to_path_buf(),
-            since,
+            since: since.checked_sub(CLOCK_SLACK).unwrap_or(since),
             dir_mtime: None,
             entries: HashMap::new(),
         }

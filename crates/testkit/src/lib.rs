@@ -247,6 +247,43 @@ impl Env {
         }
     }
 
+    /// Write `request.json` as start-atvm-run-watcher would (for tests of the watcher
+    /// alone); `extra` fields are merged in. Returns the run id.
+    pub fn write_request(&self, build: &str, extra: Value) -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let run_id = format!("test-{}-{nanos}", std::process::id());
+        let mut req = serde_json::json!({
+            "build_name": build,
+            "run_id": run_id,
+            "requested_at": now_rfc3339(),
+        });
+        if let (Some(obj), Some(more)) = (req.as_object_mut(), extra.as_object()) {
+            for (k, v) in more {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        let dir = self.state_dir(build);
+        fs::create_dir_all(&dir).expect("state dir");
+        fs::write(
+            dir.join("request.json"),
+            serde_json::to_vec_pretty(&req).expect("json"),
+        )
+        .expect("request");
+        run_id
+    }
+
+    /// Start a binary in the background.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> std::process::Child {
+        self.cmd(name)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+
     /// Wait until the build's state.json is final and return it.
     pub fn wait_final(&self, build: &str, timeout: Duration) -> Value {
         let mut last = None;
@@ -316,6 +353,34 @@ impl Drop for Env {
             }
         }
     }
+}
+
+/// Wait for a child to exit within `timeout` (killing it and panicking otherwise).
+pub fn finish(mut child: std::process::Child, timeout: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "process did not exit within {timeout:?}; it printed:\n{}",
+                text(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Now as RFC 3339 UTC (seconds), like the tools write it.
+pub fn now_rfc3339() -> String {
+    let out = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S.%3NZ"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 pub fn read_json(path: &Path) -> Value {

@@ -868,6 +868,9 @@ impl<'a> Watcher<'a> {
             }
             failures_total = failures.len();
         }
+        // The log's summary is authoritative for how many tests failed.
+        let failed_in_log = counts.map_or(0, |c| c.failed as usize);
+        failures_total = failures_total.max(failed_in_log);
         let duration = match target {
             Target::Run => match (self.runner_started_at, self.runner_exited_at) {
                 (Some(a), Some(b)) => Some(human_duration(a.until(b))),
