@@ -202,10 +202,11 @@ impl LogParser {
     }
 
     /// Feed the next bytes of the log.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while let Some(nl) = find_newline(bytes) {
-            let (line, rest) = bytes.split_at(nl);
-            bytes = &rest[1..];
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[start..nl];
+            start = nl + 1;
             if self.skipping_long_line {
                 self.skipping_long_line = false;
                 self.partial.clear();
@@ -222,12 +223,13 @@ impl LogParser {
                 self.partial = joined;
             }
         }
-        if !bytes.is_empty() && !self.skipping_long_line {
-            if self.partial.len() + bytes.len() > MAX_LINE {
+        let rest = &bytes[start..];
+        if !rest.is_empty() && !self.skipping_long_line {
+            if self.partial.len() + rest.len() > MAX_LINE {
                 self.partial.clear();
                 self.skipping_long_line = true;
             } else {
-                self.partial.extend_from_slice(bytes);
+                self.partial.extend_from_slice(rest);
             }
         }
     }
@@ -254,7 +256,7 @@ impl LogParser {
             raw = stripped;
         }
         // A bare carriage return overwrote the line on a terminal: keep what was visible.
-        if let Some(cr) = raw.iter().rposition(|&b| b == b'\r') {
+        if let Some(cr) = memchr::memrchr(b'\r', raw) {
             raw = &raw[cr + 1..];
         }
         if self.section == Section::Top && !maybe_interesting(raw) {
@@ -491,10 +493,6 @@ fn maybe_interesting(raw: &[u8]) -> bool {
         Some(b'(' | b'R' | b'C' | 0x1b) => true,
         _ => false,
     }
-}
-
-fn find_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 /// Remove ANSI escape sequences: CSI (`ESC [ … final`), OSC (`ESC ] … BEL|ESC \`) and

@@ -53,7 +53,7 @@ impl Sink {
 }
 
 /// The watcher's resume point, stored in `state.json` as `checkpoint`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Checkpoint {
     #[serde(default)]
     log_path: Option<PathBuf>,
@@ -112,8 +112,7 @@ pub struct Watcher<'a> {
     inventory: Option<Option<Vec<Vm>>>,
     runner_started_at: Option<Timestamp>,
     runner_exited_at: Option<Timestamp>,
-    last_written: Option<Value>,
-    sub_written: Vec<Option<Value>>,
+    saved: Option<Saved>,
     failed_posts: Vec<String>,
 }
 
@@ -160,6 +159,7 @@ impl<'a> Watcher<'a> {
                     subruns.push(sub);
                 }
                 state = saved;
+                state.checkpoint = None;
                 logging::info(format!(
                     "resuming {} ({}, run {})",
                     build, state.state, request.run_id
@@ -173,7 +173,6 @@ impl<'a> Watcher<'a> {
             )),
             None => {}
         }
-        let sub_written = vec![None; subruns.len()];
         let follower = cp.log_path.as_ref().map(|p| LogFollower::new(p, cp.follow));
         Ok(Watcher {
             sd,
@@ -192,8 +191,7 @@ impl<'a> Watcher<'a> {
             inventory: None,
             runner_started_at: None,
             runner_exited_at: None,
-            last_written: None,
-            sub_written,
+            saved: None,
             failed_posts: Vec::new(),
         })
     }
@@ -228,12 +226,17 @@ impl<'a> Watcher<'a> {
         }
     }
 
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
     fn categorized(&self) -> bool {
         self.request.categorize
     }
 
-    /// One evaluation: observe everything, decide, persist, deliver.
-    fn poll(&mut self) -> Result<()> {
+    /// One evaluation: observe everything, decide, persist, deliver. (Public for the
+    /// benchmark probe, which times single polls.)
+    pub fn poll(&mut self) -> Result<()> {
         let runner = self.observe_runner();
         if let Err(e) = self.follow_log(&runner) {
             // Inputs that cannot be read: UNKNOWN, with the file named.
@@ -263,13 +266,15 @@ impl<'a> Watcher<'a> {
         if self.categorized() {
             self.decide_categorized(&facts, now)?;
         } else {
-            let summary = self.cp.parser.summary().clone();
-            let view = LogView {
-                blocks: &summary.runs,
-                no_specs: summary.no_specs.as_ref(),
+            let (verdict, counts) = {
+                let summary = self.cp.parser.summary();
+                let view = LogView {
+                    blocks: &summary.runs,
+                    no_specs: summary.no_specs.as_ref(),
+                };
+                (decide::run_verdict(&facts, view), total_counts(summary))
             };
-            let verdict = decide::run_verdict(&facts, view);
-            self.state.counts = total_counts(&summary).or_else(|| self.reporter_counts(None));
+            self.state.counts = counts.or_else(|| self.reporter_counts(None));
             if verdict.state.is_terminal() {
                 self.finish_run(verdict)?;
             } else {
@@ -670,7 +675,6 @@ impl<'a> Watcher<'a> {
             sub.group = block.group.clone();
             logging::info(format!("{}: sub-run {key} started", self.build));
             self.subruns.push(sub);
-            self.sub_written.push(None);
         }
         for (i, sub) in self.subruns.iter_mut().enumerate() {
             if let (false, Some(block)) = (sub.is_final, summary.runs.get(i)) {
@@ -1043,10 +1047,6 @@ impl<'a> Watcher<'a> {
     /// Write sub-run files and `state.json` if anything changed. Under the state lock, a
     /// cancel marker turns whatever we were about to write into CANCELLED.
     fn save(&mut self) -> Result<()> {
-        self.state.checkpoint = Some(
-            serde_json::to_value(&self.cp)
-                .map_err(|e| Error::failed(format!("cannot encode checkpoint: {e}")))?,
-        );
         if self.categorized() {
             self.state.subruns = Some(
                 self.subruns
@@ -1061,28 +1061,41 @@ impl<'a> Watcher<'a> {
                     .collect(),
             );
         }
+        // Nothing changed since the last write (the common case for an idle watcher): skip
+        // the lock, the serialisation and the fsync.
+        let unchanged = self.saved.as_ref().is_some_and(|s| {
+            s.cp == self.cp
+                && s.subruns.len() == self.subruns.len()
+                && same_but_time(&s.state, &self.state)
+                && s.subruns
+                    .iter()
+                    .zip(&self.subruns)
+                    .all(|(a, b)| same_but_time(a, b))
+        });
+        if unchanged {
+            return Ok(());
+        }
         for i in 0..self.subruns.len() {
-            let snapshot = comparable(&self.subruns[i]);
-            if self
-                .sub_written
-                .get(i)
-                .is_some_and(|w| w.as_ref() == Some(&snapshot))
-            {
+            let same = self
+                .saved
+                .as_ref()
+                .and_then(|s| s.subruns.get(i))
+                .is_some_and(|old| same_but_time(old, &self.subruns[i]));
+            if same {
                 continue;
             }
             let dir = self.target_dir(Target::Sub(i));
             fsutil::create_dir(&dir, 0o700)?;
             self.subruns[i].updated_at = Timestamp::now();
             fsutil::write_json(&dir.join("state.json"), &self.subruns[i], 0o644)?;
-            if let Some(w) = self.sub_written.get_mut(i) {
-                *w = Some(snapshot);
-            }
         }
+        let checkpoint = serde_json::to_value(&self.cp)
+            .map_err(|e| Error::failed(format!("cannot encode checkpoint: {e}")))?;
         let cancelled = self.cancelled_at()?;
         let mut next = self.state.clone();
-        let last = self.last_written.clone();
+        next.checkpoint = Some(checkpoint);
         let sd = self.sd.clone();
-        let written = sd.update_state(|_current| {
+        let mut written = sd.update_state(|_current| {
             if cancelled.is_some() && !next.is_final {
                 next.state = RunState::Cancelled;
                 next.is_final = true;
@@ -1091,34 +1104,41 @@ impl<'a> Watcher<'a> {
                     next.post.status = PostStatus::Suppressed;
                 }
             }
-            let snapshot = comparable(&next);
-            if last.as_ref() == Some(&snapshot) {
-                return Ok((None, None));
-            }
             next.updated_at = Timestamp::now();
-            Ok((Some(next.clone()), Some((next, snapshot))))
+            Ok((Some(next.clone()), next))
         })?;
-        if let Some((state, snapshot)) = written {
-            if state.state != self.state.state {
-                logging::info(format!(
-                    "{}: {} → {} ({})",
-                    self.build, self.state.state, state.state, state.reason
-                ));
-            }
-            self.state = state;
-            self.last_written = Some(snapshot);
+        // The checkpoint lives in `self.cp`; the in-memory state does not carry a copy.
+        written.checkpoint = None;
+        if written.state != self.state.state {
+            logging::info(format!(
+                "{}: {} → {} ({})",
+                self.build, self.state.state, written.state, written.reason
+            ));
         }
+        self.state = written;
+        self.saved = Some(Saved {
+            state: self.state.clone(),
+            cp: self.cp.clone(),
+            subruns: self.subruns.clone(),
+        });
         Ok(())
     }
 }
 
-/// A state without its timestamp, to tell whether anything worth writing changed.
-fn comparable(s: &State) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        o.remove("updated_at");
-    }
-    v
+/// What was last written, to tell whether anything worth writing changed.
+#[derive(Debug)]
+struct Saved {
+    state: State,
+    cp: Checkpoint,
+    subruns: Vec<State>,
+}
+
+/// Equal apart from `updated_at`.
+fn same_but_time(a: &State, b: &State) -> bool {
+    State {
+        updated_at: b.updated_at,
+        ..a.clone()
+    } == *b
 }
 
 fn exited_facts(s: &RunnerStatus) -> RunnerFacts {
