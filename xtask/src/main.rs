@@ -1,1 +1,102 @@
-fn main() {}
+//! Project tasks (`cargo xtask <task>`, see `.cargo/config.toml`):
+//!
+//! - `install [--destdir D] [--prefix P]` — build release binaries and lay out the install
+//!   tree (SPEC §10); without `--destdir` also reload systemd, check every binary's `--help`
+//!   and move a leftover `/root/atvm-watcher-service` aside.
+//! - `dist` — one tarball of the same tree (plus its SHA-256) for controllers without Rust.
+//! - `uninstall [--destdir D] [--prefix P]` — remove what install added; keep state and the
+//!   env file.
+//! - `demo` — install into `target/demo` and watch a sample run end to end.
+//! - `bench` — performance measurements (parse throughput, poll cost, RSS, idle CPU).
+//!
+//! Deliberately dependency-light: std, the `units` crate, and the system's `tar`/`sha256sum`.
+
+mod bench;
+mod demo;
+mod dist;
+mod install;
+mod layout;
+mod uninstall;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  install   [--destdir D] [--prefix /opt/atvm-watcher-service]
+  dist      [--out DIR]
+  uninstall [--destdir D] [--prefix /opt/atvm-watcher-service]
+  demo      [--keep]
+  bench     [--quick]";
+
+/// `--name value` options, plus bare `--flag`s.
+#[derive(Debug, Default)]
+pub struct Args {
+    pairs: Vec<(String, String)>,
+    flags: Vec<String>,
+}
+
+impl Args {
+    fn parse(words: &[String], with_values: &[&str], flags: &[&str]) -> Result<Args> {
+        let mut args = Args::default();
+        let mut it = words.iter();
+        while let Some(w) = it.next() {
+            if with_values.contains(&w.as_str()) {
+                let v = it.next().ok_or_else(|| format!("{w} needs a value"))?;
+                args.pairs.push((w.clone(), v.clone()));
+            } else if flags.contains(&w.as_str()) {
+                args.flags.push(w.clone());
+            } else {
+                return Err(format!("unknown option {w}\n{USAGE}"));
+            }
+        }
+        Ok(args)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.value(name).map(PathBuf::from)
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+fn run(words: &[String]) -> Result {
+    let (task, rest) = words.split_first().ok_or_else(|| USAGE.to_string())?;
+    match task.as_str() {
+        "install" => install::run(&Args::parse(rest, &["--destdir", "--prefix"], &[])?),
+        "dist" => dist::run(&Args::parse(rest, &["--out"], &[])?),
+        "uninstall" => uninstall::run(&Args::parse(rest, &["--destdir", "--prefix"], &[])?),
+        "demo" => demo::run(&Args::parse(rest, &[], &["--keep"])?),
+        "bench" => bench::run(&Args::parse(rest, &[], &["--quick"])?),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task {other:?}\n{USAGE}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    match run(&words) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

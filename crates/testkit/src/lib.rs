@@ -30,7 +30,8 @@ pub const BINARIES: [&str; 7] = [
     "cancel-atvm-run-watcher",
 ];
 
-const FAKE_SYSTEMCTL: &str = include_str!("fake-systemctl.sh");
+/// The fake systemctl script (see its header for what it emulates).
+pub const FAKE_SYSTEMCTL: &str = include_str!("fake-systemctl.sh");
 
 /// Path of a workspace binary in the target directory.
 pub fn bin(name: &str) -> PathBuf {
