@@ -5,9 +5,12 @@
 use crate::state::Counts;
 use crate::time::Timestamp;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -39,15 +42,19 @@ pub struct Report {
     pub more_failures: usize,
 }
 
+// The raw documents borrow their strings from the file's bytes (zero-copy): a report is
+// parsed for a handful of fields, and allocating every title of every passed test would
+// leave a watcher of a 10,000-spec run fragmented and several megabytes bigger.
+
 #[derive(Deserialize)]
-struct RawReport {
-    stats: RawStats,
-    #[serde(default)]
-    results: Vec<RawSuite>,
+struct RawReport<'a> {
+    stats: RawStats<'a>,
+    #[serde(default, borrow)]
+    results: Vec<RawSuite<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawStats {
+struct RawStats<'a> {
     #[serde(default)]
     tests: u64,
     #[serde(default)]
@@ -58,42 +65,42 @@ struct RawStats {
     pending: u64,
     #[serde(default)]
     skipped: u64,
-    #[serde(default)]
-    start: Option<String>,
-    #[serde(default)]
-    end: Option<String>,
+    #[serde(default, borrow)]
+    start: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    end: Option<Cow<'a, str>>,
     #[serde(default)]
     duration: Option<u64>,
 }
 
 #[derive(Deserialize)]
-struct RawSuite {
-    #[serde(default)]
-    file: Option<String>,
-    #[serde(default, rename = "fullFile")]
-    full_file: Option<String>,
-    #[serde(default)]
-    tests: Vec<RawTest>,
-    #[serde(default)]
-    suites: Vec<RawSuite>,
+struct RawSuite<'a> {
+    #[serde(default, borrow)]
+    file: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "fullFile")]
+    full_file: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tests: Vec<RawTest<'a>>,
+    #[serde(default, borrow)]
+    suites: Vec<RawSuite<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawTest {
-    #[serde(default)]
-    title: String,
-    #[serde(default, rename = "fullTitle")]
-    full_title: String,
-    #[serde(default)]
-    state: Option<String>,
-    #[serde(default)]
-    err: Option<RawErr>,
+struct RawTest<'a> {
+    #[serde(default, borrow)]
+    title: Cow<'a, str>,
+    #[serde(default, borrow, rename = "fullTitle")]
+    full_title: Cow<'a, str>,
+    #[serde(default, borrow)]
+    state: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    err: Option<RawErr<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawErr {
-    #[serde(default)]
-    message: Option<String>,
+struct RawErr<'a> {
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
 }
 
 /// Parse one mochawesome JSON document.
@@ -153,7 +160,7 @@ fn collect_failures(suite: &RawSuite, spec: &str, report: &mut Report) {
         };
         report.failures.push(FailedTest {
             spec: spec.to_string(),
-            full_title: title.clone(),
+            full_title: title.to_string(),
             error: message
                 .lines()
                 .map(str::trim)
@@ -167,12 +174,33 @@ fn collect_failures(suite: &RawSuite, spec: &str, report: &mut Report) {
     }
 }
 
+/// What is kept per report file between polls: enough for change detection, activity and
+/// counts. Failure details are read again, bounded, only when a message is written
+/// ([`ReporterDir::summarize`]): keeping every report's strings for a 10,000-spec run would
+/// cost a watcher several megabytes for nothing.
 #[derive(Debug)]
 struct Entry {
     mtime: SystemTime,
     size: u64,
-    report: Option<Report>,
+    /// `None` for a malformed file.
+    counts: Option<Counts>,
+    /// The scan that last saw this file.
+    generation: u64,
 }
+
+/// Failed tests and totals of the reports in a window, for a message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub counts: Counts,
+    /// The first failures, oldest report first, at most the number asked for.
+    pub failures: Vec<FailedTest>,
+    /// All failed tests in those reports.
+    pub failures_total: usize,
+    pub reports: usize,
+}
+
+/// Capacity of the read buffer kept between scans.
+const READ_BUFFER_KEEP: usize = 256 * 1024;
 
 /// What one scan found.
 #[derive(Debug, Default)]
@@ -191,6 +219,8 @@ pub struct ReporterDir {
     since: SystemTime,
     dir_mtime: Option<SystemTime>,
     entries: HashMap<OsString, Entry>,
+    generation: u64,
+    buf: Vec<u8>,
 }
 
 impl ReporterDir {
@@ -204,6 +234,8 @@ impl ReporterDir {
             since: since.checked_sub(CLOCK_SLACK).unwrap_or(since),
             dir_mtime: None,
             entries: HashMap::new(),
+            generation: 0,
+            buf: Vec::new(),
         }
     }
 
@@ -229,10 +261,13 @@ impl ReporterDir {
         let Ok(listing) = fs::read_dir(&self.dir) else {
             return result;
         };
-        let mut seen = Vec::new();
+        // Entries seen in this scan carry its generation; the rest were deleted.
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let mut buf = std::mem::take(&mut self.buf);
         for entry in listing.filter_map(|e| e.ok()) {
             let name = entry.file_name();
-            if !name.to_string_lossy().ends_with(".json") {
+            if !name.as_bytes().ends_with(b".json") {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
@@ -240,19 +275,17 @@ impl ReporterDir {
             if !meta.is_file() || mtime < self.since {
                 continue;
             }
-            seen.push(name.clone());
-            if let Some(e) = self.entries.get(&name)
+            if let Some(e) = self.entries.get_mut(&name)
                 && e.mtime == mtime
                 && e.size == meta.len()
             {
+                e.generation = generation;
                 continue;
             }
             let path = self.dir.join(&name);
-            let report = match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| parse_report(&b))
-            {
-                Ok(r) => Some(r),
+            buf.clear();
+            let counts = match read_into(&path, &mut buf).and_then(|_| parse_counts(&buf)) {
+                Ok(c) => Some(c),
                 Err(e) => {
                     result.warnings.push(format!(
                         "skipping malformed report: {e} ({})",
@@ -266,13 +299,17 @@ impl ReporterDir {
                 Entry {
                     mtime,
                     size: meta.len(),
-                    report,
+                    counts,
+                    generation,
                 },
             );
             result.changed = true;
         }
+        // One huge report must not pin its buffer for the rest of the run.
+        buf.shrink_to(READ_BUFFER_KEEP);
+        self.buf = buf;
         let before = self.entries.len();
-        self.entries.retain(|name, _| seen.contains(name));
+        self.entries.retain(|_, e| e.generation == generation);
         result.changed |= self.entries.len() != before;
         result
     }
@@ -282,16 +319,94 @@ impl ReporterDir {
         self.entries.values().map(|e| e.mtime).max()
     }
 
-    /// Parsed reports with their mtimes, oldest first.
-    pub fn reports(&self) -> Vec<(SystemTime, &Report)> {
-        let mut v: Vec<_> = self
-            .entries
-            .values()
-            .filter_map(|e| e.report.as_ref().map(|r| (e.mtime, r)))
-            .collect();
-        v.sort_by_key(|(m, _)| *m);
-        v
+    /// Sum of the counts of the (well-formed) reports whose mtime passes `window`.
+    pub fn counts(&self, window: impl Fn(SystemTime) -> bool) -> Option<Counts> {
+        let mut total: Option<Counts> = None;
+        for e in self.entries.values().filter(|e| window(e.mtime)) {
+            if let Some(c) = &e.counts {
+                total.get_or_insert_with(Counts::default).add(c);
+            }
+        }
+        total
     }
+
+    /// Read the reports whose mtime passes `window` and whose specs pass `specs` again,
+    /// oldest first, keeping at most `max_failures` failed tests (all are counted).
+    pub fn summarize(
+        &mut self,
+        window: impl Fn(SystemTime) -> bool,
+        specs: impl Fn(&[String]) -> bool,
+        max_failures: usize,
+    ) -> Summary {
+        let mut files: Vec<(SystemTime, OsString)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.counts.is_some() && window(e.mtime))
+            .map(|(n, e)| (e.mtime, n.clone()))
+            .collect();
+        files.sort();
+        let mut summary = Summary::default();
+        let mut buf = std::mem::take(&mut self.buf);
+        for (_, name) in files {
+            let Ok(report) =
+                read_into(&self.dir.join(&name), &mut buf).and_then(|_| parse_report(&buf))
+            else {
+                continue;
+            };
+            if !specs(&report.specs) {
+                continue;
+            }
+            summary.reports += 1;
+            summary.counts.add(&report.counts);
+            summary.failures_total += report.failures.len() + report.more_failures;
+            let room = max_failures.saturating_sub(summary.failures.len());
+            summary
+                .failures
+                .extend(report.failures.into_iter().take(room));
+        }
+        buf.shrink_to(READ_BUFFER_KEEP);
+        self.buf = buf;
+        summary
+    }
+}
+
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(buf))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Only the `stats` of a report (what every poll needs), without building the rest.
+fn parse_counts(bytes: &[u8]) -> Result<Counts, String> {
+    #[derive(Deserialize)]
+    struct StatsOnly {
+        stats: RawStatsCounts,
+    }
+    #[derive(Deserialize)]
+    struct RawStatsCounts {
+        #[serde(default)]
+        tests: u64,
+        #[serde(default)]
+        passes: u64,
+        #[serde(default)]
+        failures: u64,
+        #[serde(default)]
+        pending: u64,
+        #[serde(default)]
+        skipped: u64,
+    }
+    let s = serde_json::from_slice::<StatsOnly>(bytes)
+        .map_err(|e| e.to_string())?
+        .stats;
+    Ok(Counts {
+        tests: s.tests,
+        passed: s.passes,
+        failed: s.failures,
+        pending: s.pending,
+        skipped: s.skipped,
+    })
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
     let mut rd = ReporterDir::new(dir.path(), since);
     assert!(!rd.scan(true).changed);
     assert!(
-        rd.reports().is_empty(),
+        rd.counts(|_| true).is_none(),
         "a report older than the runner must not count"
     );
 
@@ -281,11 +281,49 @@ fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
         "{:?}",
         scan.warnings
     );
-    assert_eq!(rd.reports().len(), 1);
+    assert_eq!(rd.counts(|_| true).map(|c| c.tests), Some(2));
+    let summary = rd.summarize(|_| true, |_| true, 10);
+    assert_eq!((summary.reports, summary.failures_total), (1, 0));
     // Nothing changed: nothing re-parsed, no repeated warning.
     let again = rd.scan(true);
     assert!(!again.changed && again.warnings.is_empty());
     assert!(rd.newest_mtime().is_some_and(|m| m >= since));
+}
+
+#[test]
+fn reporter_summary_rereads_failures_bounded_oldest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let text = String::from_utf8(read("mochawesome/login.json"))
+            .expect("utf-8")
+            .replace("login.cy.js", &format!("{name}.cy.js"));
+        let path = dir.path().join(format!("{name}.json"));
+        fs::write(&path, text).expect("write");
+        let t = SystemTime::now() - Duration::from_secs(10 - i as u64);
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(t)
+            .expect("mtime");
+    }
+    let mut rd = ReporterDir::new(dir.path(), since);
+    rd.scan(true);
+    assert_eq!(rd.counts(|_| true).map(|c| c.failed), Some(3));
+    let all = rd.summarize(|_| true, |_| true, 2);
+    assert_eq!(
+        (all.reports, all.failures_total, all.failures.len()),
+        (3, 3, 2)
+    );
+    assert_eq!(all.failures[0].spec, "cypress/e2e/a.cy.js", "oldest first");
+    let only_c = rd.summarize(
+        |_| true,
+        |specs| specs.iter().any(|s| s.ends_with("c.cy.js")),
+        10,
+    );
+    assert_eq!(only_c.failures.len(), 1);
+    assert_eq!(only_c.failures[0].spec, "cypress/e2e/c.cy.js");
 }
 
 fn append(path: &std::path::Path, bytes: &[u8]) {

@@ -15,7 +15,7 @@ use atvm_common::follow::{FileId, FollowPoint, LogFollower};
 use atvm_common::inventory::{self, Vm};
 use atvm_common::mattermost::{self, Attempt, Delivery, Hooks, Message, Payload, Poster};
 use atvm_common::procfs::{self, ProcessId};
-use atvm_common::reporter::{FailedTest, Report, ReporterDir};
+use atvm_common::reporter::{self, FailedTest, ReporterDir};
 use atvm_common::state::{
     Counts, Post, PostStatus, Request, RunState, RunnerStatus, State, SubRunSummary,
 };
@@ -274,7 +274,7 @@ impl<'a> Watcher<'a> {
                 };
                 (decide::run_verdict(&facts, view), total_counts(summary))
             };
-            self.state.counts = counts.or_else(|| self.reporter_counts(None));
+            self.state.counts = counts.or_else(|| self.reporter_counts());
             if verdict.state.is_terminal() {
                 self.finish_run(verdict)?;
             } else {
@@ -767,15 +767,10 @@ impl<'a> Watcher<'a> {
             .unwrap_or_default()
     }
 
-    /// Reports for the whole run, or for sub-run `i` (by time window and spec names).
-    fn reports_for(&self, sub: Option<usize>) -> Vec<&Report> {
-        let Some(reporter) = self.reporter.as_ref() else {
-            return Vec::new();
-        };
-        let all = reporter.reports();
-        let Some(i) = sub else {
-            return all.into_iter().map(|(_, r)| r).collect();
-        };
+    /// Failed tests (at most the number a message shows) and their total, from the reports
+    /// of the whole run, or of sub-run `i`: the reports written between the end of the
+    /// previous sub-run and the end of this one, for this sub-run's specs.
+    fn report_summary(&mut self, sub: Option<usize>) -> reporter::Summary {
         let seen = |k: usize| {
             self.cp
                 .finished_seen
@@ -784,43 +779,46 @@ impl<'a> Watcher<'a> {
                 .flatten()
                 .map(Timestamp::to_system)
         };
-        let from = i
-            .checked_sub(1)
-            .and_then(seen)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let to = seen(i);
-        let specs: Vec<String> = self
-            .cp
-            .parser
-            .summary()
-            .runs
-            .get(i)
-            .map(|b| b.spec_rows.iter().map(|r| r.spec.clone()).collect())
-            .unwrap_or_default();
-        all.into_iter()
-            .filter(|(m, _)| *m > from && to.is_none_or(|t| *m <= t))
-            .filter(|(_, r)| {
+        let (from, to, specs) = match sub {
+            None => (SystemTime::UNIX_EPOCH, None, Vec::new()),
+            Some(i) => (
+                i.checked_sub(1)
+                    .and_then(seen)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                seen(i),
+                self.cp
+                    .parser
+                    .summary()
+                    .runs
+                    .get(i)
+                    .map(|b| {
+                        b.spec_rows
+                            .iter()
+                            .map(|r| r.spec.clone())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            ),
+        };
+        let Some(reporter) = self.reporter.as_mut() else {
+            return reporter::Summary::default();
+        };
+        reporter.summarize(
+            |m| m > from && to.is_none_or(|t| m <= t),
+            |report_specs| {
                 specs.is_empty()
-                    || r.specs.iter().any(|s| {
+                    || report_specs.iter().any(|s| {
                         specs
                             .iter()
                             .any(|x| s.ends_with(x.as_str()) || x.ends_with(s.as_str()))
                     })
-            })
-            .map(|(_, r)| r)
-            .collect()
+            },
+            mattermost::MAX_FAILURES_SHOWN,
+        )
     }
 
-    fn reporter_counts(&self, sub: Option<usize>) -> Option<Counts> {
-        let reports = self.reports_for(sub);
-        if reports.is_empty() {
-            return None;
-        }
-        let mut c = Counts::default();
-        for r in reports {
-            c.add(&r.counts);
-        }
-        Some(c)
+    fn reporter_counts(&self) -> Option<Counts> {
+        self.reporter.as_ref().and_then(|r| r.counts(|_| true))
     }
 
     fn message_text(&mut self, target: Target) -> String {
@@ -845,16 +843,12 @@ impl<'a> Watcher<'a> {
                 )
             }
         };
-        let reports = self.reports_for(match target {
+        let reported = self.report_summary(match target {
             Target::Run => None,
             Target::Sub(i) => Some(i),
         });
-        let mut failures: Vec<FailedTest> = reports
-            .iter()
-            .flat_map(|r| r.failures.iter().cloned())
-            .collect();
-        let mut failures_total =
-            failures.len() + reports.iter().map(|r| r.more_failures).sum::<usize>();
+        let mut failures = reported.failures;
+        let mut failures_total = reported.failures_total;
         if failures.is_empty() {
             // No reporter details: name the failing specs from the summary table.
             for b in blocks {
