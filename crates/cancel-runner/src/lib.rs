@@ -20,7 +20,7 @@ a post, run cancel-atvm-run-watcher for the same build.";
 #[command(name = "cancel-atvm-runner", version, about = "Cancel the Cypress runner of a build", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name whose runner to cancel.
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
 }
 

@@ -20,7 +20,7 @@ Cypress run itself, also run cancel-atvm-runner for the same build.";
 #[command(name = "cancel-atvm-run-watcher", version, about = "Cancel a build's watcher: mark the run CANCELLED and stop it without posting", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name whose watcher to cancel.
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
 }
 

@@ -28,7 +28,7 @@ Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.";
 #[command(name = "run-atvm-runner", version, about = "Run a build's Cypress command and record its exit (unit ExecStart)", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name (the unit instance).
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
 }
 

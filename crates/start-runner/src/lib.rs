@@ -21,7 +21,7 @@ output to <log-dir>/<build>.log. Start the watcher first (start-atvm-run does bo
 #[command(name = "start-atvm-runner", version, about = "Start the Cypress runner unit for a build", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name; also the unit instance (`atvm-runner@<build>.service`).
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
     #[command(flatten)]
     pub runner: RunnerArgs,

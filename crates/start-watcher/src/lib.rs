@@ -25,7 +25,7 @@ in that order.";
 #[command(name = "start-atvm-run-watcher", version, about = "Record a run request and start its watcher unit", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name; also the unit instance (`atvm-run-watcher@<build>.service`).
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
     #[command(flatten)]
     pub watch: WatchArgs,

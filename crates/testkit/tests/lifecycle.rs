@@ -520,6 +520,36 @@ fn start_watcher_records_every_option() {
 }
 
 #[test]
+fn every_binary_refuses_bad_build_names_before_touching_anything() {
+    let (env, hook) = setup();
+    let long = "x".repeat(129);
+    for bad in ["../x", "a/b", "", "-x", "a..b", "ünïcode", long.as_str()] {
+        for name in atvm_testkit::BINARIES {
+            let mut args = vec!["--build-name", bad];
+            if matches!(name, "start-atvm-run" | "start-atvm-runner") {
+                args.extend(["--runner-command", "true"]);
+            }
+            let out = env.run(name, &args);
+            assert_eq!(out.status.code(), Some(2), "{name} {bad:?}: {}", text(&out));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+            assert!(stderr.contains("invalid build name"), "{name}: {stderr}");
+        }
+    }
+    assert_eq!(
+        fs::read_dir(&env.state_root).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    assert_eq!(env.systemctl_calls(), "", "systemctl never called");
+    assert!(
+        fs::read_dir(&env.log_dir).unwrap().next().is_none(),
+        "no log created"
+    );
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
 fn cancelling_an_unknown_build_is_an_error() {
     let env = Env::new();
     let out = env.run(

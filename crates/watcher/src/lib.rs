@@ -42,7 +42,12 @@ fn seconds(text: &str) -> std::result::Result<f64, String> {
 #[command(name = "atvm-run-watcher", version, about = "Follow one Cypress run, decide its final state and post it to Mattermost once", after_help = EXAMPLE)]
 pub struct Cli {
     /// Build name to watch (the unit instance).
-    #[arg(long, value_name = "BUILD", required_unless_present = "test_post")]
+    #[arg(
+        long,
+        value_name = "BUILD",
+        required_unless_present = "test_post",
+        allow_hyphen_values = true
+    )]
     pub build_name: Option<String>,
     /// Seconds between polls.
     #[arg(long, env = "ATVM_POLL_SECONDS", default_value = "5", value_name = "SECONDS", value_parser = seconds)]
