@@ -48,6 +48,13 @@ pub fn warn(message: impl Display) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// A continuation of the previous error (e.g. lines quoted from a log): stderr, error
+/// priority under journald, no program prefix.
+pub fn error_detail(message: impl Display) {
+    let line = format_line(3, &message.to_string(), under_journal(), false);
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 pub fn info(message: impl Display) {
     let line = format_line(6, &message.to_string(), under_journal(), false);
     let _ = writeln!(std::io::stdout().lock(), "{line}");

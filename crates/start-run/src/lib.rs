@@ -39,7 +39,7 @@ started, (3) then the runner. Use --dry-run to print the plan without doing anyt
 )]
 pub struct Cli {
     /// Build name; also the unit instance of both units.
-    #[arg(long, value_name = "BUILD")]
+    #[arg(long, value_name = "BUILD", allow_hyphen_values = true)]
     pub build_name: String,
     #[command(flatten)]
     pub watch: WatchArgs,
@@ -156,7 +156,7 @@ fn template_step(build: &BuildName, paths: &Paths, cmd: &str) -> Result<()> {
         launch_log.display()
     ));
     for line in &tail {
-        eprintln!("  | {line}");
+        logging::error_detail(format!("  | {line}"));
     }
     Err(Error::TemplateFailed {
         status: format!("{how}; nothing was started"),
