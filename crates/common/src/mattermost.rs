@@ -492,6 +492,43 @@ mod tests {
     }
 
     #[test]
+    fn the_text_is_capped_below_mattermosts_limit() {
+        let capped = cap("x".repeat(40_000));
+        assert!(capped.chars().count() <= MAX_TEXT && capped.ends_with("…(truncated)"));
+        assert_eq!(cap("short".into()), "short");
+    }
+
+    #[test]
+    fn ten_failures_then_and_n_more() {
+        let failures: Vec<FailedTest> = (0..14)
+            .map(|i| FailedTest {
+                spec: "a.cy.js".into(),
+                full_title: format!("test {i}"),
+                error: "boom".into(),
+            })
+            .collect();
+        let request = Request::default();
+        let text = render(&Message {
+            state: RunState::Failed,
+            build: "b",
+            group: None,
+            reason: "",
+            request: &request,
+            counts: None,
+            duration: None,
+            vms: vec![],
+            run_url: None,
+            failures: &failures,
+            failures_total: 20,
+        });
+        assert!(
+            text.contains("test 9") && !text.contains("test 10"),
+            "{text}"
+        );
+        assert!(text.ends_with("and 10 more"), "{text}");
+    }
+
+    #[test]
     fn only_plain_http_urls_become_links() {
         assert_eq!(
             link("https://cloud.cypress.io/runs/1"),

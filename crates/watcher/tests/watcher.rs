@@ -128,6 +128,41 @@ fn failing_run_is_failed_with_its_failed_tests() {
 }
 
 #[test]
+fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    // Twelve copies of the real report, each with its own spec name and one failed test.
+    let real = fs::read_to_string(fixture("mochawesome/login.json")).unwrap();
+    let reports = env.root().join("reports");
+    fs::create_dir(&reports).unwrap();
+    for i in 0..12 {
+        fs::write(
+            reports.join(format!("r{i:02}.json")),
+            real.replace("login.cy.js", &format!("area{i:02}.cy.js")),
+        )
+        .unwrap();
+    }
+    let cmd = format!(
+        "cp '{}'/*.json '{}'; {}",
+        reports.display(),
+        env.reporter_dir.display(),
+        env.cypress_command("failing-2-of-20.log", 2)
+    );
+    start_runner(&env, &cmd);
+    assert_final(&env, &dry(&env), "FAILED");
+    let text = post_json(&env.state_dir(B))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        text.matches(" › Login rejects a bad password — ").count(),
+        10,
+        "{text}"
+    );
+    assert!(text.ends_with("and 2 more"), "{text}");
+}
+
+#[test]
 fn exit_code_zero_with_failures_in_the_summary_is_failed() {
     let env = Env::new();
     env.write_request(B, json!({}));
