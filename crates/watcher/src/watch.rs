@@ -212,10 +212,19 @@ impl<'a> Watcher<'a> {
             }
         }
         if self.shutdown.requested() && !self.state.is_final {
-            logging::info(format!(
-                "stopped by signal; state {} saved, not final",
-                self.state.state
-            ));
+            if self.cancelled_at()?.is_some() {
+                // Stopped by cancel-atvm-run-watcher: the run (and any open sub-run) ends
+                // CANCELLED, never posted.
+                self.finish_run(Verdict {
+                    state: RunState::Cancelled,
+                    reason: "cancelled with cancel-atvm-run-watcher".to_string(),
+                })?;
+            } else {
+                logging::info(format!(
+                    "stopped by signal; state {} saved, not final",
+                    self.state.state
+                ));
+            }
         }
         self.save()?;
         match self.failed_posts.last() {

@@ -465,6 +465,55 @@ fn a_malformed_report_is_skipped_with_a_warning() {
 
 // ----- categorized runs --------------------------------------------------------------------
 
+#[test]
+fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
+    let env = Env::new();
+    env.write_request(B, json!({"categorize": true}));
+    start_runner(
+        &env,
+        &format!(
+            "{}; sleep 30; :",
+            env.cypress_command("cut-off.log", 0)
+                .replace("; exit 0", "")
+        ),
+    );
+    env.wait_until("the runner's output", LONG, || {
+        fs::read_to_string(env.run_log(B)).is_ok_and(|t| t.contains("(2 of 3)"))
+    });
+    // A long poll: the watcher is asleep when the cancel and the SIGTERM arrive.
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+    );
+    env.wait_until("sub-run 01-linux", LONG, || {
+        env.try_state(B)
+            .is_some_and(|s| s["subruns"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+    assert!(
+        env.run("cancel-atvm-run-watcher", &["--build-name", B])
+            .status
+            .success()
+    );
+    // What systemd does next: SIGTERM.
+    std::process::Command::new("kill")
+        .args(["-TERM", &watcher.id().to_string()])
+        .status()
+        .unwrap();
+    let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
+    assert_eq!(s["subruns"][0]["state"], "CANCELLED");
+    let sub = atvm_testkit::read_json(&env.state_dir(B).join("subruns/01-linux/state.json"));
+    assert_eq!(
+        (sub["state"].as_str(), sub["final"].as_bool()),
+        (Some("CANCELLED"), Some(true))
+    );
+    assert!(!env.state_dir(B).join("subruns/01-linux/post.json").exists());
+    assert!(
+        env.run("cancel-atvm-runner", &["--build-name", B])
+            .status
+            .success()
+    );
+}
+
 /// A runner that prints the three-group fixture one group at a time, waiting for the test's
 /// go-ahead files between groups.
 fn three_groups_runner(env: &Env, exit: i32) -> String {
