@@ -130,7 +130,8 @@ fn failed_run_posts_once() {
     assert_watcher_done(&env);
     assert_eq!(hook.requests().len(), 1);
     assert!(hook.texts()[0].starts_with(":x: **FAILED**"));
-    assert_eq!(s["post"]["status"], "posted");
+    // Read again: `s` was taken the moment the state became final, before delivery.
+    assert_eq!(env.state(B)["post"]["status"], "posted");
 }
 
 /// The three-group fixture, one group at a time: the test releases each next group.

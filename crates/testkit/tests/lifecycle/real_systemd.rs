@@ -224,7 +224,8 @@ fn start_atvm_run_under_a_real_user_manager_completes_and_posts_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(hook.requests().len(), 1, "{}", manager.log());
-    assert_eq!(state["post"]["status"], "posted");
+    // Read again: `state` was taken the moment it became final, before delivery.
+    assert_eq!(env.state(B)["post"]["status"], "posted");
     let log = manager.log();
     assert!(
         log.contains("started run") && log.contains("posted COMPLETED"),
