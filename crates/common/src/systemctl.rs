@@ -21,6 +21,14 @@ impl UnitKind {
         }
     }
 
+    /// The helper that cancels what this unit does.
+    pub fn cancel_tool(self) -> &'static str {
+        match self {
+            UnitKind::Runner => "cancel-atvm-runner",
+            UnitKind::Watcher => "cancel-atvm-run-watcher",
+        }
+    }
+
     /// The instance unit: the build name itself is the instance (`%i`).
     pub fn unit(self, build: &BuildName) -> String {
         match self {
@@ -109,6 +117,24 @@ impl Systemctl {
     /// never loaded has nothing to reset, so failure here is reported but not fatal.
     pub fn reset_failed(&self, unit: &str) -> Result<()> {
         self.checked("reset-failed", &["reset-failed", unit], unit)
+    }
+
+    /// Refuse (exit 4) while the `kind` unit of `build` is running, naming the helper that
+    /// cancels it.
+    pub fn refuse_if_running(&self, kind: UnitKind, build: &BuildName) -> Result<()> {
+        let unit = kind.unit(build);
+        let activity = self.is_active(&unit)?;
+        if activity.is_running() {
+            return Err(Error::AlreadyRunning {
+                what: format!(
+                    "already {}; cancel it first with {} --build-name {build}",
+                    activity.word(),
+                    kind.cancel_tool()
+                ),
+                unit,
+            });
+        }
+        Ok(())
     }
 
     pub fn is_active(&self, unit: &str) -> Result<Activity> {

@@ -72,17 +72,8 @@ pub fn start(
             &workdir,
         ));
     }
+    systemctl.refuse_if_running(UnitKind::Runner, build)?;
     let unit = UnitKind::Runner.unit(build);
-    let activity = systemctl.is_active(&unit)?;
-    if activity.is_running() {
-        return Err(Error::AlreadyRunning {
-            what: format!(
-                "runner is already {}; cancel it first with cancel-atvm-runner --build-name {build}",
-                activity.word()
-            ),
-            unit,
-        });
-    }
     let sd = paths.state_dir(build);
     // The watcher only follows the runner whose run_id matches its request.
     let run_id = match sd.read_request()? {

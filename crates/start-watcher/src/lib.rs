@@ -73,23 +73,8 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Refuse while the watcher or runner of this build is active (exit 4).
 pub fn refuse_if_active(build: &BuildName, systemctl: &Systemctl) -> Result<()> {
-    for (kind, cancel) in [
-        (UnitKind::Watcher, "cancel-atvm-run-watcher"),
-        (UnitKind::Runner, "cancel-atvm-runner"),
-    ] {
-        let unit = kind.unit(build);
-        let activity = systemctl.is_active(&unit)?;
-        if activity.is_running() {
-            return Err(Error::AlreadyRunning {
-                what: format!(
-                    "already {}; cancel it first with {cancel} --build-name {build}",
-                    activity.word()
-                ),
-                unit,
-            });
-        }
-    }
-    Ok(())
+    systemctl.refuse_if_running(UnitKind::Watcher, build)?;
+    systemctl.refuse_if_running(UnitKind::Runner, build)
 }
 
 /// Check the Mattermost configuration the watcher will need (exit 78 if missing) and warn
