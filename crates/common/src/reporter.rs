@@ -103,18 +103,24 @@ struct RawErr<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+impl RawStats<'_> {
+    fn counts(&self) -> Counts {
+        Counts {
+            tests: self.tests,
+            passed: self.passes,
+            failed: self.failures,
+            pending: self.pending,
+            skipped: self.skipped,
+        }
+    }
+}
+
 /// Parse one mochawesome JSON document.
 pub fn parse_report(bytes: &[u8]) -> Result<Report, String> {
     let raw: RawReport = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let s = &raw.stats;
     let mut report = Report {
-        counts: Counts {
-            tests: s.tests,
-            passed: s.passes,
-            failed: s.failures,
-            pending: s.pending,
-            skipped: s.skipped,
-        },
+        counts: s.counts(),
         start: s.start.as_deref().and_then(Timestamp::parse),
         end: s.end.as_deref().and_then(Timestamp::parse),
         duration_ms: s.duration,
@@ -381,32 +387,12 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
 /// Only the `stats` of a report (what every poll needs), without building the rest.
 fn parse_counts(bytes: &[u8]) -> Result<Counts, String> {
     #[derive(Deserialize)]
-    struct StatsOnly {
-        stats: RawStatsCounts,
+    struct StatsOnly<'a> {
+        #[serde(borrow)]
+        stats: RawStats<'a>,
     }
-    #[derive(Deserialize)]
-    struct RawStatsCounts {
-        #[serde(default)]
-        tests: u64,
-        #[serde(default)]
-        passes: u64,
-        #[serde(default)]
-        failures: u64,
-        #[serde(default)]
-        pending: u64,
-        #[serde(default)]
-        skipped: u64,
-    }
-    let s = serde_json::from_slice::<StatsOnly>(bytes)
-        .map_err(|e| e.to_string())?
-        .stats;
-    Ok(Counts {
-        tests: s.tests,
-        passed: s.passes,
-        failed: s.failures,
-        pending: s.pending,
-        skipped: s.skipped,
-    })
+    let only: StatsOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(only.stats.counts())
 }
 
 #[cfg(test)]
