@@ -52,16 +52,19 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         {
             sd.write_marker(&sd.cancelled_marker(), &run_id)?;
         }
-        let mut state = current
-            .filter(|s| s.run_id == run_id)
-            .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Cancelled, ""));
-        if state.is_final && state.state != RunState::Cancelled {
+        let existing = current.filter(|s| s.run_id == run_id);
+        match &existing {
             // A result already decided (and perhaps posted) is not rewritten after the fact.
-            return Ok((None, Some(state.state)));
+            Some(s) if s.is_final && s.state != RunState::Cancelled => {
+                return Ok((None, Some(s.state)));
+            }
+            // Cancelled before: nothing to change.
+            Some(s) if s.is_final => return Ok((None, None)),
+            _ => {}
         }
-        if state.state == RunState::Cancelled && state.is_final {
-            return Ok((None, None));
-        }
+        // No state yet (the watcher never wrote one) or a live one: it becomes CANCELLED.
+        let mut state = existing
+            .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Cancelled, ""));
         state.state = RunState::Cancelled;
         state.is_final = true;
         state.reason = "cancelled with cancel-atvm-run-watcher".to_string();
