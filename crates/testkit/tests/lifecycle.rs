@@ -8,7 +8,6 @@
 mod real_systemd;
 
 use atvm_testkit::{Env, FakeWebhook, fixture, text};
-use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -250,48 +249,6 @@ fn a_hung_runner_is_hung_without_a_post() {
 }
 
 #[test]
-fn a_failed_template_step_starts_nothing() {
-    let (env, hook) = setup();
-    let out = env.run(
-        "start-atvm-run",
-        &[
-            "--build-name",
-            B,
-            "--template-command",
-            "for i in $(seq 1 30); do echo template line $i; done; exit 2",
-            "--runner-command",
-            "true",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let launch_log = env.log_dir.join(format!("{B}.launch.log"));
-    assert!(
-        stderr.contains(&launch_log.display().to_string()),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("template line 11\n") && stderr.contains("template line 30\n"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("template line 10\n"),
-        "only the last 20 lines: {stderr}"
-    );
-    assert!(stderr.contains("exit status 2"), "{stderr}");
-    assert!(
-        !env.state_dir(B).exists(),
-        "no state directory left half-made"
-    );
-    assert!(
-        !env.systemctl_calls().contains("start "),
-        "{}",
-        env.systemctl_calls()
-    );
-    assert!(hook.requests().is_empty());
-}
-
-#[test]
 fn reusing_a_build_name_after_a_cancelled_run_posts_normally() {
     let (env, hook) = setup();
     started(&env, "sleep 60; :", &[]);
@@ -400,21 +357,6 @@ fn a_runner_that_cannot_start_stops_the_watcher_and_records_unknown() {
 }
 
 #[test]
-fn dry_run_prints_the_plan_and_touches_nothing() {
-    let (env, _hook) = setup();
-    let out = start_run(&env, "npx cypress run", &["--dry-run"]);
-    assert!(out.status.success(), "{}", text(&out));
-    let plan = text(&out);
-    assert!(
-        plan.contains("template step") && plan.contains(WATCHER_UNIT) && plan.contains(RUNNER_UNIT),
-        "{plan}"
-    );
-    assert!(!env.state_dir(B).exists());
-    assert_eq!(env.systemctl_calls(), "");
-    assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
-}
-
-#[test]
 fn a_second_start_is_refused_while_the_run_is_active() {
     let (env, _hook) = setup();
     started(&env, "sleep 60; :", &[]);
@@ -436,85 +378,6 @@ fn a_second_start_is_refused_while_the_run_is_active() {
     );
     assert!(
         env.run("cancel-atvm-runner", &["--build-name", B])
-            .status
-            .success()
-    );
-}
-
-#[test]
-fn configuration_problems_are_reported_before_anything_runs() {
-    let env = Env::new();
-    let out = start_run(&env, "true", &[]);
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(
-        text(&out).contains("MATTERMOST_ATVM_WEBHOOK")
-            && text(&out).contains(&env.env_file.display().to_string()),
-        "{}",
-        text(&out)
-    );
-    assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
-
-    let (env, _hook) = setup();
-    fs::set_permissions(&env.env_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        env.run("cancel-atvm-run-watcher", &["--build-name", B])
-            .status
-            .success()
-    );
-}
-
-#[test]
-fn start_watcher_records_every_option() {
-    let (env, _hook) = setup();
-    let out = env.run(
-        "start-atvm-run-watcher",
-        &[
-            "--build-name",
-            B,
-            "--template",
-            "t1",
-            "--template-command",
-            "tc",
-            "--runner-command",
-            "rc",
-            "--config-family",
-            "cf",
-            "--config-file",
-            "cfg.json",
-            "--migration-style",
-            "ms",
-            "--integration-plugin",
-            "ip",
-            "--categorize",
-            "--scope-description",
-            "sd",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let r: Value = atvm_testkit::read_json(&env.state_dir(B).join("request.json"));
-    for (k, v) in [
-        ("template", "t1"),
-        ("template_command", "tc"),
-        ("runner_command", "rc"),
-        ("config_family", "cf"),
-        ("config_file", "cfg.json"),
-        ("migration_style", "ms"),
-        ("integration_plugin", "ip"),
-        ("scope_description", "sd"),
-    ] {
-        assert_eq!(r[k], v, "{k}");
-    }
-    assert_eq!(r["categorize"], true);
-    assert!(r["run_id"].as_str().is_some_and(|s| !s.is_empty()) && r["requested_at"].is_string());
-    assert!(
-        env.run("cancel-atvm-run-watcher", &["--build-name", B])
             .status
             .success()
     );
@@ -551,22 +414,6 @@ fn every_binary_refuses_bad_build_names_before_touching_anything() {
 }
 
 #[test]
-fn cancelling_an_unknown_build_is_an_error() {
-    let env = Env::new();
-    let out = env.run(
-        "cancel-atvm-run-watcher",
-        &["--build-name", "never-started"],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("unknown build never-started"),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
-}
-
-#[test]
 fn every_binary_answers_help_with_an_example_and_version() {
     let env = Env::new();
     for name in atvm_testkit::BINARIES {
@@ -583,20 +430,6 @@ fn every_binary_answers_help_with_an_example_and_version() {
             "{name}"
         );
     }
-}
-
-#[test]
-fn errors_under_systemd_carry_journal_priorities() {
-    let mut env = Env::new();
-    env.set("JOURNAL_STREAM", "8:1234");
-    let out = env.run("cancel-atvm-run-watcher", &["--build-name", "nope"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        format!(
-            "<3>cancel-atvm-run-watcher: unknown build nope: no state directory ({})",
-            env.state_dir("nope").display()
-        )
-    );
 }
 
 #[test]
