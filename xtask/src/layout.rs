@@ -17,15 +17,7 @@ pub const INVENTORY: &str = "vm-inventory.md";
 pub const ENV_EXAMPLE: &str = "atvm-run-watcher.env.example";
 pub const INVENTORY_EXAMPLE: &str = "vm-inventory.md.example";
 
-pub const BINARIES: [&str; 7] = [
-    "start-atvm-run",
-    "start-atvm-run-watcher",
-    "start-atvm-runner",
-    "run-atvm-runner",
-    "atvm-run-watcher",
-    "cancel-atvm-runner",
-    "cancel-atvm-run-watcher",
-];
+pub use atvm_testkit::BINARIES;
 
 /// The repository root (xtask lives in `<root>/xtask`).
 pub fn repo_root() -> PathBuf {

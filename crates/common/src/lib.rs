@@ -19,6 +19,17 @@ pub mod state;
 pub mod systemctl;
 pub mod time;
 
+/// The seven binaries of the product (SPEC §1), in the order of the SPEC's table.
+pub const BINARIES: [&str; 7] = [
+    "start-atvm-run",
+    "start-atvm-run-watcher",
+    "start-atvm-runner",
+    "run-atvm-runner",
+    "atvm-run-watcher",
+    "cancel-atvm-runner",
+    "cancel-atvm-run-watcher",
+];
+
 pub use build_name::BuildName;
 pub use error::{Error, Result};
 pub use paths::Paths;

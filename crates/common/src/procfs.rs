@@ -3,17 +3,6 @@
 
 use std::fs;
 
-/// Our own binaries carry `--build-name B` too; they are never "the runner".
-pub const OWN_BINARIES: [&str; 7] = [
-    "start-atvm-run",
-    "start-atvm-run-watcher",
-    "start-atvm-runner",
-    "run-atvm-runner",
-    "atvm-run-watcher",
-    "cancel-atvm-runner",
-    "cancel-atvm-run-watcher",
-];
-
 /// A running process as identified by pid and start time (clock ticks since boot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessId {
@@ -56,7 +45,8 @@ pub fn is_alive(id: ProcessId) -> bool {
 pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
     if let Some(prog) = argv.first() {
         let base = prog.rsplit('/').next().unwrap_or(prog);
-        if OWN_BINARIES.contains(&base) {
+        // Our own binaries carry `--build-name B` too; they are never "the runner".
+        if crate::BINARIES.contains(&base) {
             return false;
         }
     }

@@ -19,16 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The seven binaries of the workspace.
-pub const BINARIES: [&str; 7] = [
-    "start-atvm-run",
-    "start-atvm-run-watcher",
-    "start-atvm-runner",
-    "run-atvm-runner",
-    "atvm-run-watcher",
-    "cancel-atvm-runner",
-    "cancel-atvm-run-watcher",
-];
+pub use atvm_common::BINARIES;
 
 /// The fake systemctl script (see its header for what it emulates).
 pub const FAKE_SYSTEMCTL: &str = include_str!("fake-systemctl.sh");
