@@ -276,6 +276,13 @@ impl Env {
             .expect("spawn")
     }
 
+    /// Wait until the build's state.json says `state` (e.g. `WATCHING`).
+    pub fn wait_state(&self, build: &str, state: &str, timeout: Duration) {
+        self.wait_until(&format!("{build} to be {state}"), timeout, || {
+            self.try_state(build).is_some_and(|s| s["state"] == state)
+        });
+    }
+
     /// Wait until the build's state.json is final and return it.
     pub fn wait_final(&self, build: &str, timeout: Duration) -> Value {
         let mut last = None;

@@ -61,9 +61,7 @@ fn is_active(env: &Env, unit: &str) -> bool {
 }
 
 fn wait_watching(env: &Env) {
-    env.wait_until("WATCHING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
-    });
+    env.wait_state(B, "WATCHING", LONG);
 }
 
 fn unit_pid(env: &Env, unit: &str) -> String {

@@ -240,9 +240,7 @@ fn cancel_of_the_runner_is_cancelled_and_never_posted() {
     env.write_request(B, json!({}));
     start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
-    env.wait_until("WATCHING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
-    });
+    env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
@@ -256,9 +254,7 @@ fn cancel_marker_stops_the_watch_without_a_post() {
     env.write_request(B, json!({}));
     start_runner(&env, "sleep 30; :");
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
-    env.wait_until("WATCHING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
-    });
+    env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
@@ -283,9 +279,7 @@ fn runner_killed_is_terminated_and_not_posted() {
         env.state_dir(B).join("runner/status.json").exists()
     });
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
-    env.wait_until("WATCHING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
-    });
+    env.wait_state(B, "WATCHING", LONG);
     let wrapper = env.status(B)["pid"].as_u64().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-KILL", &wrapper])
@@ -392,9 +386,7 @@ fn a_stale_log_appended_to_by_an_unmanaged_runner_only_counts_new_lines() {
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
-    env.wait_until("STARTING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "STARTING")
-    });
+    env.wait_state(B, "STARTING", LONG);
     // An old-style runner (not through start-atvm-runner) appends a cut-off run.
     let log = env.run_log(B).display().to_string();
     let cut = fixture("cypress/cut-off.log").display().to_string();
@@ -653,9 +645,7 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
         "atvm-run-watcher",
         &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
     );
-    env.wait_until("WATCHING", LONG, || {
-        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
-    });
+    env.wait_state(B, "WATCHING", LONG);
     let stopped_at = Instant::now();
     std::process::Command::new("kill")
         .args(["-TERM", &watcher.id().to_string()])
