@@ -90,16 +90,7 @@ fn the_template_step_runs_in_the_automation_root_before_anything_starts() {
         format!("{}\n0\n", env.automation_root.display()),
         "{launch}"
     );
-    assert!(
-        env.run("cancel-atvm-run-watcher", &["--build-name", B])
-            .status
-            .success()
-    );
-    assert!(
-        env.run("cancel-atvm-runner", &["--build-name", B])
-            .status
-            .success()
-    );
+    env.cancel_run(B);
 }
 
 #[test]

@@ -276,6 +276,14 @@ impl Env {
             .expect("spawn")
     }
 
+    /// Cancel a run the way an operator does: the watcher, then the runner.
+    pub fn cancel_run(&self, build: &str) {
+        for tool in ["cancel-atvm-run-watcher", "cancel-atvm-runner"] {
+            let out = self.run(tool, &["--build-name", build]);
+            assert!(out.status.success(), "{tool}: {}", text(&out));
+        }
+    }
+
     /// Wait until the build's state.json says `state` (e.g. `WATCHING`).
     pub fn wait_state(&self, build: &str, state: &str, timeout: Duration) {
         self.wait_until(&format!("{build} to be {state}"), timeout, || {

@@ -196,10 +196,7 @@ fn cancelling_both_posts_nothing() {
     let (env, hook) = setup();
     started(&env, "echo '  (Run Starting)'; sleep 60; :", &[]);
     wait_watching(&env);
-    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    env.cancel_run(B);
     env.wait_unit_inactive(RUNNER_UNIT, LONG);
     assert_watcher_done(&env);
     let s = env.state(B);
@@ -251,16 +248,7 @@ fn reusing_a_build_name_after_a_cancelled_run_posts_normally() {
     let (env, hook) = setup();
     started(&env, "sleep 60; :", &[]);
     wait_watching(&env);
-    assert!(
-        env.run("cancel-atvm-run-watcher", &["--build-name", B])
-            .status
-            .success()
-    );
-    assert!(
-        env.run("cancel-atvm-runner", &["--build-name", B])
-            .status
-            .success()
-    );
+    env.cancel_run(B);
     env.wait_unit_inactive(RUNNER_UNIT, LONG);
     assert_watcher_done(&env);
 
@@ -369,16 +357,7 @@ fn a_second_start_is_refused_while_the_run_is_active() {
         before,
         "the template step did not run again"
     );
-    assert!(
-        env.run("cancel-atvm-run-watcher", &["--build-name", B])
-            .status
-            .success()
-    );
-    assert!(
-        env.run("cancel-atvm-runner", &["--build-name", B])
-            .status
-            .success()
-    );
+    env.cancel_run(B);
 }
 
 #[test]
