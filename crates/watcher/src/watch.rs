@@ -1094,12 +1094,13 @@ impl<'a> Watcher<'a> {
         }
         let checkpoint = serde_json::to_value(&self.cp)
             .map_err(|e| Error::failed(format!("cannot encode checkpoint: {e}")))?;
-        let cancelled = self.cancelled_at()?;
         let mut next = self.state.clone();
         next.checkpoint = Some(checkpoint);
         let sd = self.sd.clone();
         let mut written = sd.update_state(|_current| {
-            if cancelled.is_some() && !next.is_final {
+            // Checked under the lock the cancel helper writes its marker and state under:
+            // read before taking it, a cancel landing in between would be overwritten.
+            if !next.is_final && self.cancelled_at()?.is_some() {
                 next.state = RunState::Cancelled;
                 next.is_final = true;
                 next.reason = "cancelled with cancel-atvm-run-watcher".to_string();
