@@ -4,7 +4,7 @@
 //! and cannot overwrite the cancel.
 
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{PostStatus, RunState, State};
+use atvm_common::state::{RunState, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, logging};
 use clap::Parser;
@@ -65,13 +65,10 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         // No state yet (the watcher never wrote one) or a live one: it becomes CANCELLED.
         let mut state = existing
             .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Cancelled, ""));
-        state.state = RunState::Cancelled;
-        state.is_final = true;
-        state.reason = "cancelled with cancel-atvm-run-watcher".to_string();
-        state.updated_at = atvm_common::Timestamp::now();
-        if state.post.status != PostStatus::Posted {
-            state.post.status = PostStatus::Suppressed;
-        }
+        state.end_unposted(
+            RunState::Cancelled,
+            "cancelled with cancel-atvm-run-watcher",
+        );
         Ok((Some(state), None))
     })?;
     if let Some(final_state) = outcome {

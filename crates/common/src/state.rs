@@ -243,6 +243,20 @@ impl State {
     }
 }
 
+impl State {
+    /// End the run (or sub-run) in a state that is never posted — CANCELLED, UNKNOWN, … —
+    /// with `reason`. A post that already went out stays recorded as posted.
+    pub fn end_unposted(&mut self, state: RunState, reason: impl Into<String>) {
+        self.state = state;
+        self.is_final = true;
+        self.reason = reason.into();
+        if self.post.status != PostStatus::Posted {
+            self.post.status = PostStatus::Suppressed;
+        }
+        self.updated_at = Timestamp::now();
+    }
+}
+
 /// Marker files carry a timestamp and the run they belong to, so a marker left by an earlier
 /// run of the same build name can be told apart.
 #[derive(Clone, Debug, PartialEq, Eq)]

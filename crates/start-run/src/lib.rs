@@ -4,9 +4,9 @@
 
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{PostStatus, RunState, State};
+use atvm_common::state::{RunState, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
-use atvm_common::{BuildName, Paths, Timestamp, fsutil, logging};
+use atvm_common::{BuildName, Paths, fsutil, logging};
 use atvm_start_runner::RunnerArgs;
 use atvm_start_watcher::WatchArgs;
 use clap::Parser;
@@ -197,11 +197,7 @@ fn abandon(build: &BuildName, paths: &Paths, systemctl: &Systemctl, why: &Error)
         let mut state = current
             .filter(|s| s.run_id == run_id)
             .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Unknown, ""));
-        state.state = RunState::Unknown;
-        state.is_final = true;
-        state.reason = reason.clone();
-        state.post.status = PostStatus::Suppressed;
-        state.updated_at = Timestamp::now();
+        state.end_unposted(RunState::Unknown, reason.clone());
         Ok((Some(state), ()))
     });
     if let Err(e) = result {

@@ -1101,12 +1101,10 @@ impl<'a> Watcher<'a> {
             // Checked under the lock the cancel helper writes its marker and state under:
             // read before taking it, a cancel landing in between would be overwritten.
             if !next.is_final && self.cancelled_at()?.is_some() {
-                next.state = RunState::Cancelled;
-                next.is_final = true;
-                next.reason = "cancelled with cancel-atvm-run-watcher".to_string();
-                if next.post.status != PostStatus::Posted {
-                    next.post.status = PostStatus::Suppressed;
-                }
+                next.end_unposted(
+                    RunState::Cancelled,
+                    "cancelled with cancel-atvm-run-watcher",
+                );
             }
             next.updated_at = Timestamp::now();
             Ok((Some(next.clone()), next))
