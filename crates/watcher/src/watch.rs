@@ -493,9 +493,12 @@ impl<'a> Watcher<'a> {
         self.state.is_final = v.state.is_terminal();
     }
 
-    /// Make the (plain) run final and deliver it if it is postable.
+    /// Make the run final and deliver it if it is postable. A categorized run's own state
+    /// is posted only when the runner failed before any sub-run started; otherwise its
+    /// sub-runs did the posting.
     fn finish_run(&mut self, v: Verdict) -> Result<()> {
-        let postable = v.state.is_postable() && !self.categorized();
+        let postable = v.state.is_postable()
+            && (!self.categorized() || (self.subruns.is_empty() && v.state == RunState::Failed));
         self.set_state(v);
         if self.categorized() {
             // Sub-runs still open end with the run.
@@ -510,17 +513,27 @@ impl<'a> Watcher<'a> {
             }
         }
         if postable {
-            self.state.post.status = PostStatus::Pending;
-            let text = self.message_text(Target::Run);
-            self.state
-                .details
-                .insert("message".into(), Value::String(text));
-            self.save()?;
-            self.deliver(Target::Run)?;
-        } else if self.state.post.status == PostStatus::None && !self.categorized() {
-            self.state.post.status = PostStatus::Suppressed;
+            self.post_result(Target::Run)
+        } else {
+            if self.state.post.status == PostStatus::None && !self.categorized() {
+                self.state.post.status = PostStatus::Suppressed;
+            }
+            Ok(())
         }
-        Ok(())
+    }
+
+    /// Hand a final, postable result to delivery: mark it pending, keep the message with the
+    /// state (a restarted watcher posts exactly that text), persist, deliver.
+    fn post_result(&mut self, target: Target) -> Result<()> {
+        let text = Value::String(self.message_text(target));
+        let state = match target {
+            Target::Run => &mut self.state,
+            Target::Sub(i) => &mut self.subruns[i],
+        };
+        state.post.status = PostStatus::Pending;
+        state.details.insert("message".into(), text);
+        self.save()?;
+        self.deliver(target)
     }
 
     fn decide_categorized(&mut self, facts: &Facts, now: Timestamp) -> Result<()> {
@@ -643,17 +656,6 @@ impl<'a> Watcher<'a> {
                 let states: Vec<RunState> = self.subruns.iter().map(|s| s.state).collect();
                 let parent = decide::parent_summary(&runner_verdict, &states);
                 self.state.counts = total_counts(&summary);
-                if self.subruns.is_empty() && parent.state == RunState::Failed {
-                    // The runner failed before any sub-run started: the parent posts that.
-                    self.set_state(parent);
-                    self.state.post.status = PostStatus::Pending;
-                    let text = self.message_text(Target::Run);
-                    self.state
-                        .details
-                        .insert("message".into(), Value::String(text));
-                    self.save()?;
-                    return self.deliver(Target::Run);
-                }
                 return self.finish_run(parent);
             }
         }
@@ -712,13 +714,7 @@ impl<'a> Watcher<'a> {
                 .insert("run_url".into(), Value::String(url.to_string()));
         }
         if v.state.is_postable() {
-            self.subruns[i].post.status = PostStatus::Pending;
-            let text = self.message_text(Target::Sub(i));
-            self.subruns[i]
-                .details
-                .insert("message".into(), Value::String(text));
-            self.save()?;
-            self.deliver(Target::Sub(i))
+            self.post_result(Target::Sub(i))
         } else {
             self.subruns[i].post.status = PostStatus::Suppressed;
             self.save()
