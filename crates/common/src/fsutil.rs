@@ -148,7 +148,6 @@ pub fn effective_uid() -> u32 {
 #[derive(Debug)]
 pub struct Lock {
     _file: File,
-    path: PathBuf,
 }
 
 impl Lock {
@@ -167,10 +166,7 @@ impl Lock {
     pub fn try_exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;
         match file.try_lock() {
-            Ok(()) => Ok(Lock {
-                _file: file,
-                path: path.to_path_buf(),
-            }),
+            Ok(()) => Ok(Lock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(Error::LockHeld {
                 path: path.to_path_buf(),
             }),
@@ -182,14 +178,7 @@ impl Lock {
     pub fn exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;
         file.lock().map_err(|e| Error::io("cannot lock", path, e))?;
-        Ok(Lock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Lock { _file: file })
     }
 }
 

@@ -245,10 +245,6 @@ impl ReporterDir {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// Look for new or changed reports. Without `full`, an unchanged directory mtime means
     /// no file was added or removed and the scan stops there (files rewritten in place are
     /// picked up by the next `full` scan).

@@ -308,9 +308,6 @@ impl StateDir {
     pub fn path(&self) -> &Path {
         &self.dir
     }
-    pub fn build(&self) -> &BuildName {
-        &self.build
-    }
     pub fn exists(&self) -> bool {
         self.dir.is_dir()
     }

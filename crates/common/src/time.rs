@@ -42,10 +42,6 @@ impl Timestamp {
         Duration::from_millis(later.0.saturating_sub(self.0).max(0) as u64)
     }
 
-    pub fn plus(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(d.as_millis() as i64))
-    }
-
     /// Compact form for directory names: `20261124T193530Z`.
     pub fn compact(self) -> String {
         let (y, mo, d, h, mi, s, _) = civil(self.0);

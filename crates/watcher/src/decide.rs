@@ -43,12 +43,6 @@ pub enum RunnerFacts {
     Unreadable(String),
 }
 
-impl RunnerFacts {
-    pub fn is_active(&self) -> bool {
-        matches!(self, RunnerFacts::Alive { .. })
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
     pub now: Timestamp,

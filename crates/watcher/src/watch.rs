@@ -133,7 +133,6 @@ impl<'a> Watcher<'a> {
             RunState::Starting,
             "waiting for the runner to start",
         );
-        state.is_final = false;
         let mut cp = Checkpoint::default();
         let mut subruns = Vec::new();
         match sd.read_state()? {
@@ -681,7 +680,6 @@ impl<'a> Watcher<'a> {
                 RunState::Watching,
                 "Cypress run started",
             );
-            sub.is_final = false;
             sub.key = Some(key.clone());
             sub.group = block.group.clone();
             logging::info(format!("{}: sub-run {key} started", self.build));
