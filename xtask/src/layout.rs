@@ -248,6 +248,14 @@ pub mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// The default tree under `<dir>/dest`.
+    pub fn staged(dir: &Path) -> Tree {
+        Tree {
+            destdir: dir.join("dest"),
+            prefix: PathBuf::from(DEFAULT_PREFIX),
+        }
+    }
+
     /// A directory of stand-in binaries.
     pub fn fake_bins(dir: &Path) -> PathBuf {
         let bins = dir.join("bins");
@@ -266,10 +274,7 @@ pub mod tests {
     #[test]
     fn lays_out_the_tree_with_the_spec_modes() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = staged(dir.path());
         let bins = fake_bins(dir.path());
         lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent).unwrap();
         let root = dir.path().join("dest/opt/atvm-watcher-service");
@@ -303,10 +308,7 @@ pub mod tests {
     #[test]
     fn env_file_and_inventory_are_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = staged(dir.path());
         let bins = fake_bins(dir.path());
         lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent).unwrap();
         let env = tree.env_file();
@@ -325,10 +327,7 @@ pub mod tests {
     #[test]
     fn examples_only_leaves_operator_files_out() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = staged(dir.path());
         lay_out(&tree, &fake_bins(dir.path()), OperatorFiles::ExamplesOnly).unwrap();
         assert!(!tree.env_file().exists());
         assert!(!tree.package_root().join(INVENTORY).exists());
@@ -339,10 +338,7 @@ pub mod tests {
     #[test]
     fn a_missing_binary_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = staged(dir.path());
         let err = lay_out(
             &tree,
             &dir.path().join("nothing"),

@@ -76,10 +76,7 @@ mod tests {
     #[test]
     fn uninstall_removes_the_install_but_keeps_state_and_secrets() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = crate::layout::tests::staged(dir.path());
         layout::lay_out(
             &tree,
             &crate::layout::tests::fake_bins(dir.path()),
@@ -100,10 +97,7 @@ mod tests {
     #[test]
     fn an_edited_inventory_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = Tree {
-            destdir: dir.path().join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
+        let tree = crate::layout::tests::staged(dir.path());
         layout::lay_out(
             &tree,
             &crate::layout::tests::fake_bins(dir.path()),

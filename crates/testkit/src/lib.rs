@@ -212,13 +212,18 @@ impl Env {
         path
     }
 
-    /// A runner command that prints a Cypress log fixture (optionally pausing `pause`
-    /// seconds before its last lines) and exits with `code`.
-    pub fn cypress_command(&self, fixture_name: &str, code: i32) -> String {
+    /// A shell command that prints a Cypress log fixture (and goes on, for a runner command
+    /// that continues after it).
+    pub fn cypress_output(&self, fixture_name: &str) -> String {
         format!(
-            "cat '{}'; exit {code}",
+            "cat '{}'",
             fixture(&format!("cypress/{fixture_name}")).display()
         )
+    }
+
+    /// A runner command that prints a Cypress log fixture and exits with `code`.
+    pub fn cypress_command(&self, fixture_name: &str, code: i32) -> String {
+        format!("{}; exit {code}", self.cypress_output(fixture_name))
     }
 
     /// Poll `check` every 20 ms until it returns true; panic naming `what` after `timeout`.

@@ -269,11 +269,7 @@ fn runner_killed_is_terminated_and_not_posted() {
     env.write_request(B, json!({}));
     start_runner(
         &env,
-        &format!(
-            "{}; sleep 30; :",
-            env.cypress_command("cut-off.log", 0)
-                .replace("; exit 0", "")
-        ),
+        &format!("{}; sleep 30; :", env.cypress_output("cut-off.log")),
     );
     env.wait_until("the runner", LONG, || {
         env.state_dir(B).join("runner/status.json").exists()
@@ -463,11 +459,7 @@ fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
     env.write_request(B, json!({"categorize": true}));
     start_runner(
         &env,
-        &format!(
-            "{}; sleep 30; :",
-            env.cypress_command("cut-off.log", 0)
-                .replace("; exit 0", "")
-        ),
+        &format!("{}; sleep 30; :", env.cypress_output("cut-off.log")),
     );
     env.wait_until("the runner's output", LONG, || {
         fs::read_to_string(env.run_log(B)).is_ok_and(|t| t.contains("(2 of 3)"))
@@ -607,11 +599,7 @@ fn categorized_run_that_fails_before_any_group_posts_once_from_the_parent() {
 fn categorized_group_cut_off_by_a_kill_is_terminated_not_posted() {
     let env = Env::new();
     env.write_request(B, json!({"categorize": true}));
-    let cmd = format!(
-        "{}; kill -KILL $$",
-        env.cypress_command("cut-off.log", 0)
-            .replace("; exit 0", "")
-    );
+    let cmd = format!("{}; kill -KILL $$", env.cypress_output("cut-off.log"));
     start_runner(&env, &cmd);
     let s = assert_final(
         &env,
