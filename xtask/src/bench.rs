@@ -8,7 +8,7 @@
 //! - peak RSS of a release watcher following a run of the big log (target: < 8 MiB);
 //! - total CPU of 100 watchers idling for 60 s (10 s with --quick) (target: < 1% of a core).
 //!
-//! The in-process numbers come from a release-mode probe (`crates/watcher/examples/
+//! The in-process numbers come from a release-mode probe (`atvm-run-watcher/examples/
 //! bench-probe.rs`); RSS and idle CPU are read from /proc for the real binary.
 
 use crate::layout;
@@ -186,7 +186,7 @@ fn build_probe() -> Result<PathBuf> {
             "build",
             "--release",
             "-p",
-            "atvm-watcher",
+            "atvm-run-watcher",
             "--example",
             "bench-probe",
         ])
@@ -231,8 +231,8 @@ fn generate_log(path: &Path, target: u64) -> Result {
     if fs::metadata(path).is_ok_and(|m| m.len() >= target) {
         return Ok(());
     }
-    let fixture = fs::read_to_string(atvm_testkit::fixture("cypress/passing.log"))
-        .map_err(|e| e.to_string())?;
+    let fixture =
+        fs::read_to_string(testkit::fixture("cypress/passing.log")).map_err(|e| e.to_string())?;
     let start = fixture.find("  (Run Starting)").unwrap_or(0);
     let first_spec = fixture.find("────────").unwrap_or(fixture.len());
     let header = &fixture[..first_spec.max(start)];
@@ -295,7 +295,7 @@ fn generate_reports(dir: &Path, n: usize) -> Result {
         return Ok(());
     }
     fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let template = fs::read_to_string(atvm_testkit::fixture("mochawesome/login.json"))
+    let template = fs::read_to_string(testkit::fixture("mochawesome/login.json"))
         .map_err(|e| e.to_string())?;
     for i in 0..n {
         let text = template.replace("login.cy.js", &format!("area{i:05}.cy.js"));

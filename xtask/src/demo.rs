@@ -5,12 +5,12 @@
 
 use crate::layout::{self, DEFAULT_PREFIX, OperatorFiles, Tree};
 use crate::{Args, Result};
-use atvm_testkit::{FAKE_SYSTEMCTL, FakeWebhook, fixture};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::{FAKE_SYSTEMCTL, FakeWebhook, fixture};
 
 const BUILD: &str = "demo-redhat9.6-ubuntu24.04-w2k25";
 
@@ -40,7 +40,7 @@ pub fn run(args: &Args) -> Result {
     let automation = dirs("automation")?;
     let reporter = dirs("automation/cypress/cmcReporter")?;
     let log_dir = dirs("tmp")?;
-    for unit in atvm_units::ALL {
+    for unit in units::ALL {
         // The units run the binaries where the demo installed them.
         fs::write(units.join(unit.name), unit.render(&pkg)).map_err(|e| e.to_string())?;
     }

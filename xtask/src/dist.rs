@@ -48,7 +48,7 @@ pub fn run(args: &Args) -> Result {
 /// touches the modes of `/`, `/etc`, `/opt` or `/var`.
 pub fn members() -> Vec<String> {
     let mut m = vec![DEFAULT_PREFIX.trim_start_matches('/').to_string()];
-    for unit in atvm_units::ALL {
+    for unit in units::ALL {
         m.push(format!("{}/{}", layout::UNIT_DIR, unit.name));
     }
     m.push(layout::STATE_ROOT.to_string());

@@ -17,7 +17,7 @@ pub const INVENTORY: &str = "vm-inventory.md";
 pub const ENV_EXAMPLE: &str = "atvm-run-watcher.env.example";
 pub const INVENTORY_EXAMPLE: &str = "vm-inventory.md.example";
 
-pub use atvm_testkit::BINARIES;
+pub use testkit::BINARIES;
 
 /// The repository root (xtask lives in `<root>/xtask`).
 pub fn repo_root() -> PathBuf {
@@ -37,15 +37,8 @@ pub fn build_release() -> Result<PathBuf> {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(repo_root())
         .args(["build", "--release", "--bins"]);
-    for pkg in [
-        "atvm-start-run",
-        "atvm-start-watcher",
-        "atvm-start-runner",
-        "atvm-runner",
-        "atvm-watcher",
-        "atvm-cancel-runner",
-        "atvm-cancel-watcher",
-    ] {
+    // Package name = binary name = folder name.
+    for pkg in BINARIES {
         cmd.args(["-p", pkg]);
     }
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -188,7 +181,7 @@ pub fn lay_out(tree: &Tree, bins: &Path, operator_files: OperatorFiles) -> Resul
 
     let units = tree.unit_dir();
     mkdir(&units, None)?;
-    for unit in atvm_units::ALL {
+    for unit in units::ALL {
         write_file(&units.join(unit.name), &unit.render(&tree.prefix), 0o644)?;
     }
     report.note(format!("units (0644) in {}", units.display()));
@@ -237,7 +230,7 @@ pub fn owned_paths(tree: &Tree) -> Vec<PathBuf> {
     }
     v.push(root.join(INVENTORY_EXAMPLE));
     v.push(root.join(ENV_EXAMPLE));
-    for unit in atvm_units::ALL {
+    for unit in units::ALL {
         v.push(tree.unit_dir().join(unit.name));
     }
     v

@@ -1,0 +1,968 @@
+//! atvm-run-watcher through its binary: every terminal state with a real runner (started by
+//! start-atvm-runner under the fake systemd, printing a Cypress fixture), categorized runs,
+//! stale inputs, signals, restarts, and Mattermost delivery against a fake webhook.
+
+#![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use serde_json::{Value, json};
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+use testkit::{Env, FakeWebhook, Reply, finish, fixture, text};
+
+const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
+const RUNNER_UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+const LONG: Duration = Duration::from_secs(30);
+
+fn start_runner(env: &Env, command: &str) {
+    let out = env.run(
+        "start-atvm-runner",
+        &["--build-name", B, "--runner-command", command],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Run the watcher in the foreground until it exits.
+fn watch(env: &Env, extra: &[&str]) -> Output {
+    let mut args = vec!["--build-name", B];
+    args.extend_from_slice(extra);
+    finish(env.spawn("atvm-run-watcher", &args), LONG)
+}
+
+fn dry(env: &Env) -> Output {
+    watch(env, &["--dry-run"])
+}
+
+fn state(env: &Env) -> Value {
+    env.state(B)
+}
+
+fn post_json(dir: &Path) -> Value {
+    testkit::read_json(&dir.join("post.json"))
+}
+
+fn assert_final(env: &Env, out: &Output, expected: &str) -> Value {
+    assert_eq!(out.status.code(), Some(0), "{}", text(out));
+    let s = state(env);
+    assert_eq!(s["state"], expected, "{}\n{s:#}", text(out));
+    assert_eq!(s["final"], true);
+    s
+}
+
+// ----- terminal states ---------------------------------------------------------------------
+
+#[test]
+fn passing_run_is_completed_and_posted() {
+    let env = Env::new();
+    env.write_request(B, json!({"template": "migration"}));
+    start_runner(&env, &env.cypress_command("passing.log", 0));
+    let s = assert_final(&env, &dry(&env), "COMPLETED");
+    assert_eq!(
+        s["counts"],
+        json!({"tests": 6, "passed": 5, "failed": 0, "pending": 1, "skipped": 0})
+    );
+    assert_eq!(s["post"]["status"], "pending", "dry run delivers nothing");
+    assert_eq!(s["post"]["dry_run"], true);
+    let text = post_json(&env.state_dir(B))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.starts_with(
+            ":white_check_mark: **COMPLETED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("**Tests:** 6 · passed 5 · failed 0 · pending 1 · skipped 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("atvm-rh96-01 (redhat9.6, 192.0.2.11)") && text.contains("atvm-w2k25-01"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(https://cloud.cypress.io/projects/x7k2pq/runs/1842)"),
+        "{text}"
+    );
+    assert!(!env.state_dir(B).join("posted.marker").exists());
+}
+
+#[test]
+fn failing_run_is_failed_with_its_failed_tests() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(
+        &env,
+        &format!(
+            "sleep 0.3; cp '{}' '{}'; {}",
+            fixture("mochawesome/login.json").display(),
+            env.reporter_dir.display(),
+            env.cypress_command("failing-2-of-20.log", 2)
+        ),
+    );
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    assert!(
+        s["reason"].as_str().unwrap().contains("exited with code 2"),
+        "{s}"
+    );
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 20 specs failed"),
+        "{s}"
+    );
+    assert_eq!(s["counts"]["failed"], 2);
+    let text = post_json(&env.state_dir(B))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.starts_with(":x: **FAILED**"), "{text}");
+    assert!(text.contains("- cypress/e2e/login.cy.js › Login rejects a bad password — AssertionError: expected the error banner"), "{text}");
+    assert!(
+        text.contains("and 1 more"),
+        "the log says 2 tests failed, the report names 1: {text}"
+    );
+}
+
+#[test]
+fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    // Twelve copies of the real report, each with its own spec name and one failed test.
+    let real = fs::read_to_string(fixture("mochawesome/login.json")).unwrap();
+    let reports = env.root().join("reports");
+    fs::create_dir(&reports).unwrap();
+    for i in 0..12 {
+        fs::write(
+            reports.join(format!("r{i:02}.json")),
+            real.replace("login.cy.js", &format!("area{i:02}.cy.js")),
+        )
+        .unwrap();
+    }
+    let cmd = format!(
+        "cp '{}'/*.json '{}'; {}",
+        reports.display(),
+        env.reporter_dir.display(),
+        env.cypress_command("failing-2-of-20.log", 2)
+    );
+    start_runner(&env, &cmd);
+    assert_final(&env, &dry(&env), "FAILED");
+    let text = post_json(&env.state_dir(B))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        text.matches(" › Login rejects a bad password — ").count(),
+        10,
+        "{text}"
+    );
+    assert!(text.ends_with("and 2 more"), "{text}");
+}
+
+#[test]
+fn exit_code_zero_with_failures_in_the_summary_is_failed() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    // 256 failing tests make Cypress exit with 0.
+    start_runner(&env, &env.cypress_command("failing-2-of-20.log", 0));
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    assert!(s["reason"].as_str().unwrap().contains("wrap at 256"), "{s}");
+}
+
+#[test]
+fn no_spec_files_found_is_failed_with_the_stale_spec_pattern_hint() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, &env.cypress_command("no-specs.log", 1));
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no spec files") && reason.contains("re-run the template step"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("cypress/e2e/migration/redhat9.6/**/*.cy.js"),
+        "{reason}"
+    );
+    assert!(
+        env.state_dir(B).join("post.json").exists(),
+        "FAILED is posted"
+    );
+}
+
+#[test]
+fn coloured_output_gives_the_same_result() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, &env.cypress_command("coloured.log", 1));
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    assert_eq!(
+        s["counts"],
+        json!({"tests": 4, "passed": 3, "failed": 1, "pending": 0, "skipped": 0})
+    );
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 2 specs failed"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_log_written_in_small_chunks_while_being_read_gives_the_same_result() {
+    for block in [1, 4096] {
+        let env = Env::new();
+        env.write_request(B, json!({}));
+        let f = fixture("cypress/wrapped.log").display().to_string();
+        // Stop half-way through a line (and maybe a UTF-8 character) for longer than a poll.
+        let cmd = format!(
+            "head -c 3001 '{f}' | dd bs={block} 2>/dev/null; sleep 0.4; tail -c +3002 '{f}' | dd bs={block} 2>/dev/null; exit 0"
+        );
+        start_runner(&env, &cmd);
+        let out = watch(&env, &["--dry-run", "--poll-seconds", "0.05"]);
+        let s = assert_final(&env, &out, "COMPLETED");
+        assert_eq!(s["counts"]["tests"], 4, "{block}-byte chunks");
+        assert_eq!(
+            s["details"]["run_url"],
+            "https://cypress-dashboard.qa.example.internal/projects/cdc-e2e-cyp-12-17-4/runs/e2e-redhat9.6-ubuntu24.04-w2k25-fc-20261124",
+            "{block}-byte chunks"
+        );
+    }
+}
+
+#[test]
+fn cancel_of_the_runner_is_cancelled_and_never_posted() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    env.wait_state(B, "WATCHING", LONG);
+    let out = env.run("cancel-atvm-runner", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
+    assert_eq!(s["post"]["status"], "suppressed");
+    assert!(!env.state_dir(B).join("post.json").exists());
+}
+
+#[test]
+fn cancel_marker_stops_the_watch_without_a_post() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, "sleep 30; :");
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    env.wait_state(B, "WATCHING", LONG);
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
+    assert_eq!(s["post"]["status"], "suppressed");
+    assert!(env.state_dir(B).join("cancelled.marker").exists());
+    assert!(!env.state_dir(B).join("post.json").exists());
+}
+
+#[test]
+fn runner_killed_is_terminated_and_not_posted() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(
+        &env,
+        &format!("{}; sleep 30; :", env.cypress_output("cut-off.log")),
+    );
+    env.wait_until("the runner", LONG, || {
+        env.state_dir(B).join("runner/status.json").exists()
+    });
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    env.wait_state(B, "WATCHING", LONG);
+    let wrapper = env.status(B)["pid"].as_u64().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &wrapper])
+        .status()
+        .unwrap();
+    let s = assert_final(&env, &finish(watcher, LONG), "TERMINATED");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without recording an exit"),
+        "{s}"
+    );
+    assert_eq!(s["post"]["status"], "suppressed");
+    assert!(!env.state_dir(B).join("post.json").exists());
+    let child = env.status(B)["child_pid"].as_i64().unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{child}")])
+        .status();
+}
+
+#[test]
+fn runner_command_killed_by_a_signal_is_terminated() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, "echo '  (Run Starting)'; kill -KILL $$");
+    let s = assert_final(&env, &dry(&env), "TERMINATED");
+    assert!(s["reason"].as_str().unwrap().contains("SIGKILL"), "{s}");
+}
+
+#[test]
+fn a_silent_runner_is_hung_and_left_running() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
+    let out = watch(&env, &["--dry-run", "--hang-minutes", "0.01"]);
+    let s = assert_final(&env, &out, "HUNG");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no log or reporter activity since 20") && reason.contains("left running"),
+        "{reason}"
+    );
+    assert_eq!(s["post"]["status"], "suppressed");
+    let out = std::process::Command::new(&env.systemctl)
+        .args(["is-active", RUNNER_UNIT])
+        .env("FAKE_SYSTEMD_UNITS", &env.units_dir)
+        .env("FAKE_SYSTEMD_STATE", &env.systemd_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the hung runner is left alone");
+}
+
+#[test]
+fn no_runner_within_the_start_timeout_is_unknown() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    let started = Instant::now();
+    let out = watch(&env, &["--dry-run", "--start-timeout-seconds", "0.5"]);
+    let s = assert_final(&env, &out, "UNKNOWN");
+    assert!(s["reason"].as_str().unwrap().contains("no runner"), "{s}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(s["post"]["status"], "suppressed");
+}
+
+#[test]
+fn an_unreadable_runner_status_is_unknown_and_named() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    fs::create_dir_all(env.state_dir(B).join("runner")).unwrap();
+    fs::write(env.state_dir(B).join("runner/status.json"), "{ truncated").unwrap();
+    let s = assert_final(&env, &dry(&env), "UNKNOWN");
+    assert!(s["reason"].as_str().unwrap().contains("status.json"), "{s}");
+    assert_eq!(
+        fs::read_to_string(env.state_dir(B).join("runner/status.json")).unwrap(),
+        "{ truncated",
+        "not replaced"
+    );
+}
+
+// ----- stale inputs ------------------------------------------------------------------------
+
+#[test]
+fn a_stale_finished_log_never_completes_a_new_watch() {
+    let env = Env::new();
+    // An earlier run of the same build name left a complete, passing log behind.
+    fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
+    env.write_request(B, json!({}));
+    let out = watch(&env, &["--dry-run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        state(&env)["state"],
+        "STARTING",
+        "no runner yet: the old log means nothing"
+    );
+    // The new runner (started properly) fails; the old log is rotated away.
+    start_runner(&env, &env.cypress_command("cut-off.log", 3));
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    assert!(s["reason"].as_str().unwrap().contains("code 3"), "{s}");
+}
+
+#[test]
+fn a_stale_log_appended_to_by_an_unmanaged_runner_only_counts_new_lines() {
+    let env = Env::new();
+    fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
+    env.write_request(B, json!({}));
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    env.wait_state(B, "STARTING", LONG);
+    // An old-style runner (not through start-atvm-runner) appends a cut-off run.
+    let log = env.run_log(B).display().to_string();
+    let cut = fixture("cypress/cut-off.log").display().to_string();
+    let mut runner = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("sleep 0.5; cat '{cut}' >> '{log}'; sleep 0.5; :"),
+            "sh",
+            "--build_name",
+            B,
+        ])
+        .spawn()
+        .unwrap();
+    let s = assert_final(&env, &finish(watcher, LONG), "TERMINATED");
+    runner.wait().unwrap();
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without a Cypress summary"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_stale_report_from_an_earlier_run_is_not_counted() {
+    let env = Env::new();
+    let stale = env.reporter_dir.join("stale.json");
+    fs::copy(fixture("mochawesome/login.json"), &stale).unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    env.write_request(B, json!({}));
+    start_runner(&env, &env.cypress_command("passing.log", 0));
+    assert_final(&env, &dry(&env), "COMPLETED");
+    let text = post_json(&env.state_dir(B))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!text.contains("rejects a bad password"), "{text}");
+}
+
+#[test]
+fn a_malformed_report_is_skipped_with_a_warning() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    let broken = env.reporter_dir.join("broken.json");
+    start_runner(
+        &env,
+        &format!(
+            "echo '{{\"stats\":' > '{}'; {}",
+            broken.display(),
+            env.cypress_command("passing.log", 0)
+        ),
+    );
+    let out = dry(&env);
+    assert_final(&env, &out, "COMPLETED");
+    assert!(
+        text(&out).contains("skipping malformed report") && text(&out).contains("broken.json"),
+        "{}",
+        text(&out)
+    );
+}
+
+// ----- categorized runs --------------------------------------------------------------------
+
+#[test]
+fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
+    let env = Env::new();
+    env.write_request(B, json!({"categorize": true}));
+    start_runner(
+        &env,
+        &format!("{}; sleep 30; :", env.cypress_output("cut-off.log")),
+    );
+    env.wait_until("the runner's output", LONG, || {
+        fs::read_to_string(env.run_log(B)).is_ok_and(|t| t.contains("(2 of 3)"))
+    });
+    // A long poll: the watcher is asleep when the cancel and the SIGTERM arrive.
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+    );
+    env.wait_until("sub-run 01-linux", LONG, || {
+        env.try_state(B)
+            .is_some_and(|s| s["subruns"].as_array().is_some_and(|a| !a.is_empty()))
+    });
+    assert!(
+        env.run("cancel-atvm-run-watcher", &["--build-name", B])
+            .status
+            .success()
+    );
+    // What systemd does next: SIGTERM.
+    std::process::Command::new("kill")
+        .args(["-TERM", &watcher.id().to_string()])
+        .status()
+        .unwrap();
+    let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
+    assert_eq!(s["subruns"][0]["state"], "CANCELLED");
+    let sub = testkit::read_json(&env.state_dir(B).join("subruns/01-linux/state.json"));
+    assert_eq!(
+        (sub["state"].as_str(), sub["final"].as_bool()),
+        (Some("CANCELLED"), Some(true))
+    );
+    assert!(!env.state_dir(B).join("subruns/01-linux/post.json").exists());
+    assert!(
+        env.run("cancel-atvm-runner", &["--build-name", B])
+            .status
+            .success()
+    );
+}
+
+/// A runner that prints the three-group fixture one group at a time, waiting for the test's
+/// go-ahead files between groups.
+fn three_groups_runner(env: &Env, exit: i32) -> String {
+    let log = fs::read_to_string(fixture("cypress/categorized-3-groups.log")).unwrap();
+    let parts: Vec<&str> = log.split("=== group ").collect();
+    let mut cmd = format!("printf '%s' '{}'", parts[0].replace('\'', "'\\''"));
+    for (i, part) in parts[1..].iter().enumerate() {
+        let file = env.root().join(format!("group{i}.txt"));
+        fs::write(&file, format!("=== group {part}")).unwrap();
+        if i > 0 {
+            let go = env.root().join(format!("go{i}"));
+            cmd.push_str(&format!(
+                "; while [ ! -e '{}' ]; do sleep 0.05; done",
+                go.display()
+            ));
+        }
+        cmd.push_str(&format!("; cat '{}'", file.display()));
+    }
+    cmd.push_str(&format!("; exit {exit}"));
+    cmd
+}
+
+#[test]
+fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
+    let env = Env::new();
+    env.write_request(B, json!({"categorize": true}));
+    start_runner(&env, &three_groups_runner(&env, 1));
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--dry-run", "--grace-seconds", "0.5"],
+    );
+    let subruns = env.state_dir(B).join("subruns");
+    for (i, key) in ["01-linux", "02-windows"].iter().enumerate() {
+        env.wait_until(&format!("the post of sub-run {key}"), LONG, || {
+            subruns.join(key).join("post.json").exists()
+        });
+        let s = state(&env);
+        assert_eq!(s["final"], false, "the parent keeps watching after {key}");
+        fs::write(env.root().join(format!("go{}", i + 1)), "").unwrap();
+    }
+    let out = finish(watcher, LONG);
+    let s = assert_final(&env, &out, "FAILED");
+    let keys: Vec<&str> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["01-linux", "02-windows", "03-ubuntu-24.04"]);
+    let states: Vec<&str> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["COMPLETED", "FAILED", "COMPLETED"]);
+    assert_eq!(
+        s["post"]["status"], "none",
+        "the parent posts nothing itself"
+    );
+    assert!(!env.state_dir(B).join("post.json").exists());
+    let windows = post_json(&subruns.join("02-windows"))["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        windows.starts_with(
+            ":x: **FAILED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc · group windows"
+        ),
+        "{windows}"
+    );
+    assert!(
+        windows.contains("**Tests:** 4 · passed 3 · failed 1"),
+        "{windows}"
+    );
+    let sub = testkit::read_json(&subruns.join("03-ubuntu-24.04/state.json"));
+    assert_eq!(sub["group"], "ubuntu 24.04");
+    assert_eq!(sub["final"], true);
+}
+
+#[test]
+fn categorized_run_that_fails_before_any_group_posts_once_from_the_parent() {
+    let env = Env::new();
+    env.write_request(B, json!({"categorize": true}));
+    start_runner(&env, &env.cypress_command("no-specs.log", 1));
+    let s = assert_final(
+        &env,
+        &watch(&env, &["--dry-run", "--grace-seconds", "0.2"]),
+        "FAILED",
+    );
+    assert_eq!(s["subruns"], json!([]));
+    assert!(
+        env.state_dir(B).join("post.json").exists(),
+        "the parent posts the runner failure"
+    );
+}
+
+#[test]
+fn categorized_group_cut_off_by_a_kill_is_terminated_not_posted() {
+    let env = Env::new();
+    env.write_request(B, json!({"categorize": true}));
+    let cmd = format!("{}; kill -KILL $$", env.cypress_output("cut-off.log"));
+    start_runner(&env, &cmd);
+    let s = assert_final(
+        &env,
+        &watch(&env, &["--dry-run", "--grace-seconds", "0.2"]),
+        "TERMINATED",
+    );
+    assert_eq!(s["subruns"][0]["key"], "01-linux");
+    assert_eq!(s["subruns"][0]["state"], "TERMINATED");
+    assert!(!env.state_dir(B).join("subruns/01-linux/post.json").exists());
+}
+
+// ----- signals, restarts, locks ------------------------------------------------------------
+
+#[test]
+fn sigterm_stops_within_a_second_and_a_restart_resumes() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    let go = env.root().join("go");
+    let f = fixture("cypress/failing-2-of-20.log").display().to_string();
+    start_runner(
+        &env,
+        &format!(
+            "head -c 20000 '{f}'; while [ ! -e '{}' ]; do sleep 0.05; done; tail -c +20001 '{f}'; exit 2",
+            go.display()
+        ),
+    );
+    env.wait_until("the runner", LONG, || {
+        env.state_dir(B).join("runner/status.json").exists()
+    });
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+    );
+    env.wait_state(B, "WATCHING", LONG);
+    let stopped_at = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &watcher.id().to_string()])
+        .status()
+        .unwrap();
+    let out = finish(watcher, Duration::from_secs(5));
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = state(&env);
+    assert_eq!(s["state"], "WATCHING");
+    assert_eq!(s["final"], false);
+    let offset = s["checkpoint"]["follow"]["offset"].as_u64().unwrap();
+    assert!(offset >= 20000, "the read position was saved: {offset}");
+    fs::write(&go, "").unwrap();
+    let s = assert_final(&env, &dry(&env), "FAILED");
+    assert_eq!(
+        s["counts"]["tests"], 40,
+        "resumed mid-log with the parser's state"
+    );
+}
+
+#[test]
+fn once_evaluates_and_exits() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
+    env.wait_until("the runner", LONG, || {
+        env.state_dir(B).join("runner/status.json").exists()
+    });
+    let out = watch(&env, &["--dry-run", "--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(&env)["state"], "WATCHING");
+}
+
+#[test]
+fn a_second_watcher_for_the_same_build_exits_4() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    let first = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    env.wait_until("the first watcher", LONG, || env.try_state(B).is_some());
+    let out = watch(&env, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("watcher.lock"), "{}", text(&out));
+    std::process::Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    finish(first, LONG);
+}
+
+#[test]
+fn a_corrupt_state_file_is_reported_by_name_and_kept() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    fs::write(env.state_dir(B).join("state.json"), "{ half written").unwrap();
+    let out = dry(&env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("state.json"), "{}", text(&out));
+    assert_eq!(
+        fs::read_to_string(env.state_dir(B).join("state.json")).unwrap(),
+        "{ half written"
+    );
+}
+
+#[test]
+fn missing_request_and_missing_webhook_are_clear_errors() {
+    let env = Env::new();
+    let out = dry(&env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("request.json") && text(&out).contains("start-atvm-run-watcher"),
+        "{}",
+        text(&out)
+    );
+    env.write_request(B, json!({}));
+    let out = watch(&env, &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains(&env.env_file.display().to_string()),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+// ----- Mattermost delivery -----------------------------------------------------------------
+
+fn with_webhook(env: &mut Env, hook: &FakeWebhook) {
+    env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+    env.set("MATTERMOST_ATVM_CHANNEL", "qa-results");
+}
+
+fn completed_run(env: &Env) {
+    env.write_request(B, json!({"scope_description": "@channel nightly **matrix** @here", "config_family": "redhat @all"}));
+    start_runner(env, &env.cypress_command("passing.log", 0));
+}
+
+fn assert_no_secret(env: &Env, hook: &FakeWebhook, out: &Output) {
+    assert!(
+        !text(out).contains(hook.secret()),
+        "secret in output: {}",
+        text(out)
+    );
+    let files = env.files_containing(hook.secret());
+    assert!(files.is_empty(), "secret stored in {files:?}");
+}
+
+#[test]
+fn delivered_once_with_the_expected_payload() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let out = watch(&env, &[]);
+    let s = assert_final(&env, &out, "COMPLETED");
+    assert_eq!(s["post"]["status"], "posted");
+    assert_eq!(s["post"]["attempts"], 1);
+    assert!(env.state_dir(B).join("posted.marker").exists());
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, format!("/hooks/{}", hook.secret()));
+    let body = reqs[0].json();
+    assert_eq!(body["username"], "atvm-watcher");
+    assert_eq!(body["channel"], "qa-results");
+    let text = body["text"].as_str().unwrap();
+    for mention in ["@channel", "@here", "@all"] {
+        assert!(
+            !text.contains(mention),
+            "{mention} must be neutralised: {text}"
+        );
+    }
+    assert!(
+        text.contains("\\*\\*matrix\\*\\*"),
+        "markdown escaped: {text}"
+    );
+    assert!(text.chars().count() < 16_000);
+    assert_no_secret(&env, &hook, &out);
+    // A restarted watcher finds the run final and posted: no second post.
+    let again = watch(&env, &[]);
+    assert!(again.status.success(), "{}", testkit::text(&again));
+    assert_eq!(hook.requests().len(), 1);
+}
+
+#[test]
+fn server_errors_are_retried_until_ok() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::status(500, "oops"), Reply::status(503, "busy")]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let out = watch(&env, &[]);
+    let s = assert_final(&env, &out, "COMPLETED");
+    assert_eq!(s["post"]["status"], "posted");
+    assert_eq!(s["post"]["attempts"], 3);
+    assert_eq!(
+        hook.requests().len(),
+        3,
+        "two refused attempts and one delivery"
+    );
+    assert_eq!(
+        hook.texts()
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1,
+        "the same message each time"
+    );
+    assert_no_secret(&env, &hook, &out);
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::Status {
+        code: 429,
+        body: "slow down".into(),
+        retry_after: Some(1),
+    }]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let out = watch(&env, &[]);
+    assert_final(&env, &out, "COMPLETED");
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(
+        reqs[1].at.duration_since(reqs[0].at) >= Duration::from_millis(950),
+        "waited {:?}",
+        reqs[1].at.duration_since(reqs[0].at)
+    );
+}
+
+#[test]
+fn a_client_error_is_permanent_and_exits_1() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::status(
+        400,
+        &format!(
+            "{{\"message\":\"Invalid webhook /hooks/{}\"}}",
+            "s3cr3t-echo"
+        ),
+    )]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let out = watch(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = state(&env);
+    assert_eq!(s["state"], "COMPLETED");
+    assert_eq!(s["post"]["status"], "failed");
+    assert_eq!(s["post"]["attempts"], 1);
+    let err = s["post"]["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("HTTP 400") && err.contains(&hook.host()),
+        "{err}"
+    );
+    assert_eq!(hook.requests().len(), 1, "no retry");
+    assert!(!env.state_dir(B).join("posted.marker").exists());
+    assert_no_secret(&env, &hook, &out);
+    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once.
+    let again = watch(&env, &[]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(state(&env)["post"]["status"], "posted");
+    assert_eq!(hook.requests().len(), 2);
+    watch(&env, &[]);
+    assert_eq!(hook.requests().len(), 2, "never twice");
+}
+
+#[test]
+fn a_200_without_ok_is_not_delivered() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::status(200, "<html>captive portal</html>")]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let out = watch(&env, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = state(&env);
+    assert_eq!(s["post"]["status"], "failed");
+    assert!(
+        s["post"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("without `ok`"),
+        "{s}"
+    );
+    assert!(!env.state_dir(B).join("posted.marker").exists());
+}
+
+#[test]
+fn a_server_that_never_answers_fails_within_the_window() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::Silent; 20]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let started = Instant::now();
+    let out = watch(&env, &["--post-retry-seconds", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    let s = state(&env);
+    assert_eq!(s["post"]["status"], "failed");
+    assert!(
+        s["post"]["last_error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("timeout"),
+        "{s}"
+    );
+    assert_no_secret(&env, &hook, &out);
+}
+
+#[test]
+fn a_cancel_during_retries_stops_them() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![Reply::status(500, "down"); 1000]);
+    with_webhook(&mut env, &hook);
+    completed_run(&env);
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--post-retry-seconds", "60"],
+    );
+    env.wait_until("a first attempt", LONG, || !hook.requests().is_empty());
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = finish(watcher, LONG);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = state(&env);
+    assert_eq!(s["state"], "CANCELLED");
+    assert_eq!(s["post"]["status"], "suppressed");
+    let n = hook.requests().len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hook.requests().len(), n, "no attempts after the cancel");
+}
+
+#[test]
+fn test_post_sends_one_labelled_message() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    with_webhook(&mut env, &hook);
+    let out = env.run("atvm-run-watcher", &["--test-post"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(hook.requests().len(), 1);
+    assert!(
+        hook.texts()[0].contains("ATVM watcher test message"),
+        "{:?}",
+        hook.texts()
+    );
+    assert!(
+        text(&out).contains(&hook.host()) && !text(&out).contains(hook.secret()),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_webhook_can_come_from_the_env_file() {
+    let env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    fs::write(
+        &env.env_file,
+        format!("MATTERMOST_ATVM_WEBHOOK=\"{}\"\n", hook.url()),
+    )
+    .unwrap();
+    let out = env.run("atvm-run-watcher", &["--test-post"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(hook.requests().len(), 1);
+}

@@ -1,0 +1,83 @@
+//! cancel-atvm-run-watcher through its binary.
+
+#![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use serde_json::json;
+use std::fs;
+use testkit::{Env, text};
+
+const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
+
+#[test]
+fn cancelling_an_unknown_build_is_an_error() {
+    let env = Env::new();
+    let out = env.run(
+        "cancel-atvm-run-watcher",
+        &["--build-name", "never-started"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown build never-started"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn errors_under_systemd_carry_journal_priorities() {
+    let mut env = Env::new();
+    env.set("JOURNAL_STREAM", "8:1234");
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", "nope"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "<3>cancel-atvm-run-watcher: unknown build nope: no state directory ({})",
+            env.state_dir("nope").display()
+        )
+    );
+}
+
+#[test]
+fn cancel_marks_and_is_harmless_to_repeat() {
+    let env = Env::new();
+    let run_id = env.write_request(B, json!({}));
+    for _ in 0..2 {
+        let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("was not running"), "{}", text(&out));
+    }
+    let s = env.state(B);
+    assert_eq!(
+        (s["state"].as_str(), s["final"].as_bool()),
+        (Some("CANCELLED"), Some(true))
+    );
+    assert_eq!(s["post"]["status"], "suppressed");
+    let marker = fs::read_to_string(env.state_dir(B).join("cancelled.marker")).unwrap();
+    assert!(marker.contains(&format!("run_id={run_id}")), "{marker}");
+}
+
+#[test]
+fn a_run_that_already_ended_keeps_its_state() {
+    let env = Env::new();
+    let run_id = env.write_request(B, json!({}));
+    let done = json!({
+        "build_name": B, "run_id": run_id, "state": "COMPLETED", "final": true, "reason": "all specs passed",
+        "updated_at": "2026-11-24T10:00:00.000Z", "counts": null,
+        "post": {"status": "posted", "attempts": 1, "last_error": null}
+    });
+    fs::write(
+        env.state_dir(B).join("state.json"),
+        serde_json::to_vec(&done).unwrap(),
+    )
+    .unwrap();
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("already ended as COMPLETED"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.state(B)["state"], "COMPLETED");
+    assert!(env.state_dir(B).join("cancelled.marker").exists());
+}

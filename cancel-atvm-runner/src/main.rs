@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    atvm_common::cli::main("cancel-atvm-runner", cancel_atvm_runner::run)
+}

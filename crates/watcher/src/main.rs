@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    atvm_common::cli::main("atvm-run-watcher", atvm_watcher::run)
-}

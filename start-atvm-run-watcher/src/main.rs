@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    atvm_common::cli::main("start-atvm-run-watcher", start_atvm_run_watcher::run)
+}

@@ -1,0 +1,185 @@
+//! start-atvm-run-watcher through its binary: the request it records, the archive of an
+//! earlier run's state, and what it refuses.
+
+#![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use testkit::{Env, FakeWebhook, read_json, text};
+
+const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
+
+fn setup() -> (Env, FakeWebhook) {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+    (env, hook)
+}
+
+fn cancel(env: &Env) {
+    assert!(
+        env.run("cancel-atvm-run-watcher", &["--build-name", B])
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn every_option_is_recorded_with_a_run_id() {
+    let (env, _hook) = setup();
+    let out = env.run(
+        "start-atvm-run-watcher",
+        &[
+            "--build-name",
+            B,
+            "--template",
+            "t1",
+            "--template-command",
+            "tc",
+            "--runner-command",
+            "rc",
+            "--config-family",
+            "cf",
+            "--config-file",
+            "cfg.json",
+            "--migration-style",
+            "ms",
+            "--integration-plugin",
+            "ip",
+            "--categorize",
+            "--scope-description",
+            "sd",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let request = env.state_dir(B).join("request.json");
+    let r = read_json(&request);
+    for (k, v) in [
+        ("template", "t1"),
+        ("template_command", "tc"),
+        ("runner_command", "rc"),
+        ("config_family", "cf"),
+        ("config_file", "cfg.json"),
+        ("migration_style", "ms"),
+        ("integration_plugin", "ip"),
+        ("scope_description", "sd"),
+    ] {
+        assert_eq!(r[k], v, "{k}");
+    }
+    assert_eq!(r["categorize"], true);
+    assert!(r["run_id"].as_str().is_some_and(|s| !s.is_empty()) && r["requested_at"].is_string());
+    assert_eq!(
+        fs::metadata(&request).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        env.systemctl_calls()
+            .contains(&format!("start atvm-run-watcher@{B}.service"))
+    );
+    cancel(&env);
+}
+
+#[test]
+fn each_start_gets_a_new_run_id() {
+    let (env, _hook) = setup();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        assert!(
+            env.run("start-atvm-run-watcher", &["--build-name", B])
+                .status
+                .success()
+        );
+        ids.push(read_json(&env.state_dir(B).join("request.json"))["run_id"].clone());
+        cancel(&env);
+        env.wait_unit_inactive(
+            &format!("atvm-run-watcher@{B}.service"),
+            Duration::from_secs(20),
+        );
+    }
+    assert_ne!(ids[0], ids[1]);
+}
+
+#[test]
+fn a_too_open_env_file_is_warned_about() {
+    let (env, _hook) = setup();
+    fs::set_permissions(&env.env_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("chmod 600") && stderr.contains(&env.env_file.display().to_string()),
+        "{stderr}"
+    );
+    cancel(&env);
+}
+
+#[test]
+fn an_earlier_run_is_archived_not_inherited() {
+    let (env, _hook) = setup();
+    let old = env.state_dir(B);
+    fs::create_dir_all(old.join("subruns/01-linux")).unwrap();
+    for f in [
+        "cancelled.marker",
+        "posted.marker",
+        "state.json",
+        "subruns/01-linux/posted.marker",
+    ] {
+        fs::write(old.join(f), "from the earlier run\n").unwrap();
+    }
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("archived the previous state"),
+        "{}",
+        text(&out)
+    );
+    let entries: Vec<String> = fs::read_dir(&old)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e.ends_with(".marker") || e == "subruns"),
+        "nothing inherited: {entries:?}"
+    );
+    let archive = env.state_root.join(".archive").join(B);
+    let runs: Vec<_> = fs::read_dir(&archive)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        fs::read_to_string(runs[0].join("subruns/01-linux/posted.marker")).unwrap(),
+        "from the earlier run\n"
+    );
+    assert_eq!(
+        fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    cancel(&env);
+}
+
+#[test]
+fn a_watcher_process_holding_the_lock_is_refused() {
+    let (env, _hook) = setup();
+    // A watcher started by hand, outside systemd: the unit is inactive but the lock is held.
+    env.write_request(B, serde_json::json!({}));
+    let mut watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+    );
+    env.wait_until("the hand-started watcher", Duration::from_secs(20), || {
+        env.try_state(B).is_some()
+    });
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("watcher.lock"), "{}", text(&out));
+    assert!(
+        !env.state_root.join(".archive").exists(),
+        "nothing archived from under it"
+    );
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+}

@@ -1,0 +1,158 @@
+//! start-atvm-run through its binary: the synchronous template step and what it refuses
+//! before starting anything. (The whole run, through to Mattermost, is in the test kit's
+//! lifecycle tests.)
+
+#![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use std::fs;
+use testkit::{Env, FakeWebhook, text};
+
+const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
+const WATCHER_UNIT: &str = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+const RUNNER_UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+
+fn setup() -> (Env, FakeWebhook) {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+    (env, hook)
+}
+
+fn start_run(
+    env: &Env,
+    template: &str,
+    runner_command: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "--build-name",
+        B,
+        "--template-command",
+        template,
+        "--runner-command",
+        runner_command,
+    ];
+    args.extend_from_slice(extra);
+    env.run("start-atvm-run", &args)
+}
+
+#[test]
+fn a_failed_template_step_starts_nothing() {
+    let (env, hook) = setup();
+    let out = start_run(
+        &env,
+        "for i in $(seq 1 30); do echo template line $i; done; exit 2",
+        "true",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let launch_log = env.log_dir.join(format!("{B}.launch.log"));
+    assert!(
+        stderr.contains(&launch_log.display().to_string()),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("template line 11\n") && stderr.contains("template line 30\n"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("template line 10\n"),
+        "only the last 20 lines: {stderr}"
+    );
+    assert!(stderr.contains("exit status 2"), "{stderr}");
+    assert!(
+        !env.state_dir(B).exists(),
+        "no state directory left half-made"
+    );
+    assert!(
+        !env.systemctl_calls().contains("start "),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
+fn the_template_step_runs_in_the_automation_root_before_anything_starts() {
+    let (env, _hook) = setup();
+    // The template step sees no state directory and no started unit: it runs first.
+    let probe = format!(
+        "pwd; [ -e '{}' ] && echo state-exists; cat '{}' 2>/dev/null | grep -c start || true",
+        env.state_dir(B).display(),
+        env.systemd_dir.join("calls.log").display()
+    );
+    let out = start_run(&env, &probe, "sleep 30; :", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let launch = fs::read_to_string(env.log_dir.join(format!("{B}.launch.log"))).unwrap();
+    assert_eq!(
+        launch,
+        format!("{}\n0\n", env.automation_root.display()),
+        "{launch}"
+    );
+    env.cancel_run(B);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let (env, _hook) = setup();
+    let out = start_run(
+        &env,
+        "echo selecting specs",
+        "npx cypress run",
+        &["--dry-run"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = text(&out);
+    assert!(
+        plan.contains("template step") && plan.contains(WATCHER_UNIT) && plan.contains(RUNNER_UNIT),
+        "{plan}"
+    );
+    assert!(!env.state_dir(B).exists());
+    assert_eq!(env.systemctl_calls(), "");
+    assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
+}
+
+#[test]
+fn a_missing_webhook_is_reported_before_the_template_step_runs() {
+    let env = Env::new();
+    let out = start_run(&env, "echo selecting specs", "true", &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let msg = text(&out);
+    assert!(
+        msg.contains("MATTERMOST_ATVM_WEBHOOK")
+            && msg.contains(&env.env_file.display().to_string()),
+        "{msg}"
+    );
+    assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
+}
+
+#[test]
+fn a_symlink_at_the_launch_log_is_refused_and_nothing_starts() {
+    let (env, hook) = setup();
+    let target = env.root().join("precious");
+    fs::write(&target, "keep me\n").unwrap();
+    std::os::unix::fs::symlink(&target, env.log_dir.join(format!("{B}.launch.log"))).unwrap();
+    let out = start_run(&env, "echo pwned", "true", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "keep me\n");
+    assert!(!env.state_dir(B).exists());
+    assert!(
+        !env.systemctl_calls().contains("start "),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
+fn an_empty_runner_command_is_a_usage_error() {
+    let (env, _hook) = setup();
+    let out = start_run(&env, "echo selecting specs", "  ", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        !env.log_dir.join(format!("{B}.launch.log")).exists(),
+        "the template step did not run"
+    );
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    atvm_common::cli::main("start-atvm-runner", start_atvm_runner::run)
+}
