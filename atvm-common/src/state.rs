@@ -95,16 +95,34 @@ impl RunnerStatus {
     }
 }
 
+/// Where a run (or a categorized run's sub-run) is (SPEC §6). The first two are the only
+/// states that are not final; of the final ones only COMPLETED and FAILED are ever posted.
+/// A final state is never left again, except that a COMPLETED/FAILED result that has not
+/// been posted yet still becomes CANCELLED when a cancel arrives before the post.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunState {
+    /// The request is recorded; no runner of this run has been seen yet.
     Starting,
+    /// The runner of this run is alive and being followed (or, for a categorized run, the
+    /// grace period after it ended is running).
     Watching,
+    /// The runner exited 0 and the log shows no failing test or spec. Posted.
     Completed,
+    /// The runner exited non-zero, the log shows failures (Cypress exit codes wrap at 256),
+    /// or Cypress found no spec files. Posted.
     Failed,
+    /// Cancelled deliberately: `cancelled.marker`, or a runner stopped by
+    /// cancel-atvm-runner. Never posted.
     Cancelled,
+    /// The runner was killed by a signal or stopped without a cancel request, or vanished
+    /// without recording an exit. Never posted.
     Terminated,
+    /// The runner is alive but neither the log nor the reports changed for the hang
+    /// window; the runner is left running. Never posted.
     Hung,
+    /// No runner for this run within the start timeout, the runner refused to start, or
+    /// the inputs cannot be read. Never posted.
     Unknown,
 }
 

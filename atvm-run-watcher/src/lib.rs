@@ -3,6 +3,11 @@
 //! `atvm-run-watcher@.service`.
 
 pub mod decide;
+pub mod deliver;
+pub mod message;
+pub mod observe;
+pub mod persist;
+pub mod record;
 pub mod shutdown;
 pub mod watch;
 

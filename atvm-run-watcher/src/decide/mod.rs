@@ -1,9 +1,19 @@
 //! The state machine of SPEC §6 as pure functions: given what was observed, which state is
 //! the run (or a sub-run) in, and why. No I/O here, so every rule is unit-tested.
+//!
+//! - [`run_verdict`]: a plain run, or a sub-run cut off by the runner's end;
+//! - [`finished_subrun_verdict`] and [`parent_summary`]: a categorized run's sub-runs and
+//!   the parent once everything has ended; [`categorized::plan`] puts the categorized rules
+//!   (sub-run creation, grace, parent finish) together for one poll;
+//! - [`transition_allowed`]: which state changes a final state still admits.
+//!
+//! The states themselves are documented on [`RunState`].
+
+pub mod categorized;
 
 use atvm_common::Timestamp;
-use atvm_common::cypress::{NoSpecs, Outcome, RunBlock};
-use atvm_common::state::RunState;
+use atvm_common::cypress::{LogSummary, NoSpecs, Outcome, RunBlock};
+use atvm_common::state::{Counts, RunState};
 use atvm_common::time::human_duration;
 use std::time::Duration;
 
@@ -72,6 +82,30 @@ fn verdict(state: RunState, reason: impl Into<String>) -> Verdict {
 pub struct LogView<'a> {
     pub blocks: &'a [RunBlock],
     pub no_specs: Option<&'a NoSpecs>,
+}
+
+impl<'a> LogView<'a> {
+    /// Nothing from the log: for verdicts the log cannot change (cancel, no runner yet).
+    pub const EMPTY: LogView<'static> = LogView {
+        blocks: &[],
+        no_specs: None,
+    };
+
+    /// The whole log of a plain run.
+    pub fn whole(summary: &'a LogSummary) -> LogView<'a> {
+        LogView {
+            blocks: &summary.runs,
+            no_specs: summary.no_specs.as_ref(),
+        }
+    }
+
+    /// One block: a sub-run of a categorized run.
+    pub fn block(block: &'a RunBlock) -> LogView<'a> {
+        LogView {
+            blocks: std::slice::from_ref(block),
+            no_specs: None,
+        }
+    }
 }
 
 impl LogView<'_> {
@@ -148,103 +182,131 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
             RunState::Unknown,
             format!("runner status cannot be read: {why}"),
         ),
-        RunnerFacts::NotYet => {
-            let waited = f.requested_at.until(f.now);
-            if waited >= f.timing.start_timeout {
-                verdict(
-                    RunState::Unknown,
-                    format!(
-                        "no runner for this run within {} of the request",
-                        human_duration(f.timing.start_timeout)
-                    ),
-                )
-            } else {
-                verdict(RunState::Starting, "waiting for the runner to start")
-            }
-        }
-        RunnerFacts::Alive { pid } => {
-            let idle = f.last_activity.until(f.now);
-            if idle >= f.timing.hang {
-                verdict(
-                    RunState::Hung,
-                    format!(
-                        "no log or reporter activity since {} ({}); the runner (pid {pid}) was left running",
-                        f.last_activity,
-                        human_duration(f.timing.hang)
-                    ),
-                )
-            } else {
-                verdict(RunState::Watching, progress(log))
-            }
-        }
+        RunnerFacts::NotYet => not_started_verdict(f),
+        RunnerFacts::Alive { pid } => alive_verdict(f, *pid, log),
         RunnerFacts::Exited {
             exit_code,
             signal,
             stop_signal,
             cancel_requested,
             ..
-        } => {
-            if *cancel_requested {
-                return verdict(
-                    RunState::Cancelled,
-                    "runner cancelled with cancel-atvm-runner",
-                );
-            }
-            if let Some(sig) = stop_signal {
-                return verdict(
-                    RunState::Terminated,
-                    format!(
-                        "runner was stopped ({}) without a cancel request",
-                        signal_name(*sig)
-                    ),
-                );
-            }
-            if let Some(sig) = signal {
-                return verdict(
-                    RunState::Terminated,
-                    format!("runner command was killed by {}", signal_name(*sig)),
-                );
-            }
-            if let Some(hint) = log.no_specs_reason() {
-                return verdict(RunState::Failed, hint);
-            }
-            let code = exit_code.unwrap_or(1);
-            if code != 0 {
-                let detail = log.failures().map(|f| format!(": {f}")).unwrap_or_default();
-                return verdict(
-                    RunState::Failed,
-                    format!("runner exited with code {code}{detail}"),
-                );
-            }
-            if let Some(failures) = log.failures() {
-                // Cypress's exit code is the number of failed tests, modulo 256.
-                return verdict(
-                    RunState::Failed,
-                    format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
-                );
-            }
-            verdict(RunState::Completed, completed_reason(log))
-        }
+        } => exited_verdict(
+            Exit {
+                code: *exit_code,
+                signal: *signal,
+                stop_signal: *stop_signal,
+                cancel_requested: *cancel_requested,
+            },
+            log,
+        ),
         RunnerFacts::Vanished { pid } => verdict(
             RunState::Terminated,
             format!(
                 "runner (pid {pid}) ended without recording an exit (killed with SIGKILL or crashed)"
             ),
         ),
-        RunnerFacts::FallbackGone => {
-            if let Some(hint) = log.no_specs_reason() {
-                verdict(RunState::Failed, hint)
-            } else if !log.finished() {
-                verdict(
-                    RunState::Terminated,
-                    "runner process ended without a Cypress summary in the log",
-                )
-            } else if let Some(failures) = log.failures() {
-                verdict(RunState::Failed, failures)
-            } else {
-                verdict(RunState::Completed, completed_reason(log))
-            }
-        }
+        RunnerFacts::FallbackGone => fallback_gone_verdict(log),
+    }
+}
+
+/// No runner yet: keep waiting, or UNKNOWN once the start timeout has passed.
+fn not_started_verdict(f: &Facts) -> Verdict {
+    if f.requested_at.until(f.now) >= f.timing.start_timeout {
+        verdict(
+            RunState::Unknown,
+            format!(
+                "no runner for this run within {} of the request",
+                human_duration(f.timing.start_timeout)
+            ),
+        )
+    } else {
+        verdict(RunState::Starting, "waiting for the runner to start")
+    }
+}
+
+/// A live runner is watched, unless nothing moved for the hang window.
+fn alive_verdict(f: &Facts, pid: u32, log: LogView) -> Verdict {
+    if f.last_activity.until(f.now) >= f.timing.hang {
+        verdict(
+            RunState::Hung,
+            format!(
+                "no log or reporter activity since {} ({}); the runner (pid {pid}) was left running",
+                f.last_activity,
+                human_duration(f.timing.hang)
+            ),
+        )
+    } else {
+        verdict(RunState::Watching, progress(log))
+    }
+}
+
+/// How the wrapper recorded the runner's end.
+#[derive(Clone, Copy, Debug)]
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stop_signal: Option<i32>,
+    cancel_requested: bool,
+}
+
+/// A recorded exit: a cancel, a stop or a kill end the run unposted; otherwise the exit
+/// code and the log decide between COMPLETED and FAILED.
+fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
+    if exit.cancel_requested {
+        return verdict(
+            RunState::Cancelled,
+            "runner cancelled with cancel-atvm-runner",
+        );
+    }
+    if let Some(sig) = exit.stop_signal {
+        return verdict(
+            RunState::Terminated,
+            format!(
+                "runner was stopped ({}) without a cancel request",
+                signal_name(sig)
+            ),
+        );
+    }
+    if let Some(sig) = exit.signal {
+        return verdict(
+            RunState::Terminated,
+            format!("runner command was killed by {}", signal_name(sig)),
+        );
+    }
+    if let Some(hint) = log.no_specs_reason() {
+        return verdict(RunState::Failed, hint);
+    }
+    let code = exit.code.unwrap_or(1);
+    if code != 0 {
+        let detail = log.failures().map(|f| format!(": {f}")).unwrap_or_default();
+        return verdict(
+            RunState::Failed,
+            format!("runner exited with code {code}{detail}"),
+        );
+    }
+    if let Some(failures) = log.failures() {
+        // Cypress's exit code is the number of failed tests, modulo 256.
+        return verdict(
+            RunState::Failed,
+            format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
+        );
+    }
+    verdict(RunState::Completed, completed_reason(log))
+}
+
+/// A runner found by its command line has ended: only its log can say how.
+fn fallback_gone_verdict(log: LogView) -> Verdict {
+    if let Some(hint) = log.no_specs_reason() {
+        verdict(RunState::Failed, hint)
+    } else if !log.finished() {
+        verdict(
+            RunState::Terminated,
+            "runner process ended without a Cypress summary in the log",
+        )
+    } else if let Some(failures) = log.failures() {
+        verdict(RunState::Failed, failures)
+    } else {
+        verdict(RunState::Completed, completed_reason(log))
     }
 }
 
@@ -272,11 +334,7 @@ pub fn progress(log: LogView) -> String {
 
 /// The verdict on a finished sub-run (its own summary decides).
 pub fn finished_subrun_verdict(block: &RunBlock) -> Verdict {
-    let log = LogView {
-        blocks: std::slice::from_ref(block),
-        no_specs: None,
-    };
-    match log.failures() {
+    match LogView::block(block).failures() {
         Some(f) => verdict(RunState::Failed, f),
         None => verdict(RunState::Completed, "all specs passed"),
     }
@@ -306,6 +364,23 @@ pub fn parent_summary(runner_verdict: &Verdict, subrun_states: &[RunState]) -> V
         ),
         _ => verdict(RunState::Completed, tally),
     }
+}
+
+/// May a record in state `from` (final or not, its result posted or not) change to `to`?
+/// A state that is not final may become anything. A final state is kept, with one
+/// exception: a COMPLETED/FAILED result that has not been posted yet may still become
+/// CANCELLED (a cancel that arrives before the post goes out, SPEC §7 and §9).
+pub fn transition_allowed(from: RunState, from_final: bool, posted: bool, to: RunState) -> bool {
+    !from_final || from == to || (to == RunState::Cancelled && from.is_postable() && !posted)
+}
+
+/// The sum of the log's summary counts over `blocks` (`None` before any summary row).
+pub fn total_counts(blocks: &[RunBlock]) -> Option<Counts> {
+    let mut total: Option<Counts> = None;
+    for c in blocks.iter().filter_map(RunBlock::counts) {
+        total.get_or_insert_with(Counts::default).add(&c);
+    }
+    total
 }
 
 #[cfg(test)]
@@ -384,13 +459,7 @@ mod tests {
 
     #[test]
     fn non_zero_exit_is_failed_and_no_specs_carries_the_hint() {
-        let v = run_verdict(
-            &facts(&exited(3)),
-            LogView {
-                blocks: &[],
-                no_specs: None,
-            },
-        );
+        let v = run_verdict(&facts(&exited(3)), LogView::EMPTY);
         assert_eq!(v, verdict(RunState::Failed, "runner exited with code 3"));
         let ns = NoSpecs {
             pattern: Some("cypress/e2e/x/*.cy.js".into()),
@@ -415,17 +484,7 @@ mod tests {
         let runner = exited(1);
         let mut f = facts(&runner);
         f.cancelled_at = Some(t(50));
-        assert_eq!(
-            run_verdict(
-                &f,
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
-            RunState::Cancelled
-        );
+        assert_eq!(run_verdict(&f, LogView::EMPTY).state, RunState::Cancelled);
         let r = RunnerFacts::Exited {
             exit_code: None,
             signal: Some(15),
@@ -434,14 +493,7 @@ mod tests {
             at: t(9),
         };
         assert_eq!(
-            run_verdict(
-                &facts(&r),
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
+            run_verdict(&facts(&r), LogView::EMPTY).state,
             RunState::Cancelled
         );
     }
@@ -455,13 +507,7 @@ mod tests {
             cancel_requested: false,
             at: t(9),
         };
-        let v = run_verdict(
-            &facts(&killed),
-            LogView {
-                blocks: &[],
-                no_specs: None,
-            },
-        );
+        let v = run_verdict(&facts(&killed), LogView::EMPTY);
         assert_eq!(v.state, RunState::Terminated);
         assert!(v.reason.contains("SIGKILL"));
         // A stop from outside is TERMINATED even if the command then exited with a code.
@@ -473,26 +519,12 @@ mod tests {
             at: t(9),
         };
         assert_eq!(
-            run_verdict(
-                &facts(&stopped),
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
+            run_verdict(&facts(&stopped), LogView::EMPTY).state,
             RunState::Terminated
         );
         let gone = RunnerFacts::Vanished { pid: 42 };
         assert_eq!(
-            run_verdict(
-                &facts(&gone),
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
+            run_verdict(&facts(&gone), LogView::EMPTY).state,
             RunState::Terminated
         );
     }
@@ -501,25 +533,9 @@ mod tests {
     fn hang_and_start_timeout() {
         let alive = RunnerFacts::Alive { pid: 7 };
         let mut f = facts(&alive);
-        assert_eq!(
-            run_verdict(
-                &f,
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
-            RunState::Watching
-        );
+        assert_eq!(run_verdict(&f, LogView::EMPTY).state, RunState::Watching);
         f.now = t(90 + 90 * 60);
-        let v = run_verdict(
-            &f,
-            LogView {
-                blocks: &[],
-                no_specs: None,
-            },
-        );
+        let v = run_verdict(&f, LogView::EMPTY);
         assert_eq!(v.state, RunState::Hung);
         assert!(
             v.reason.contains(&t(90).to_string()),
@@ -528,29 +544,9 @@ mod tests {
         );
         let none = RunnerFacts::NotYet;
         let mut f = facts(&none);
-        assert_eq!(
-            run_verdict(
-                &f,
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
-            RunState::Starting
-        );
+        assert_eq!(run_verdict(&f, LogView::EMPTY).state, RunState::Starting);
         f.now = t(900);
-        assert_eq!(
-            run_verdict(
-                &f,
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
-            RunState::Unknown
-        );
+        assert_eq!(run_verdict(&f, LogView::EMPTY).state, RunState::Unknown);
     }
 
     #[test]
@@ -569,14 +565,7 @@ mod tests {
             RunState::Completed
         );
         assert_eq!(
-            run_verdict(
-                &facts(&gone),
-                LogView {
-                    blocks: &[],
-                    no_specs: None
-                }
-            )
-            .state,
+            run_verdict(&facts(&gone), LogView::EMPTY).state,
             RunState::Terminated
         );
     }

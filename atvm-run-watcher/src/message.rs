@@ -1,0 +1,178 @@
+//! What a post says about a result: assembled from a borrowed [`Input`] (the result's
+//! record, its part of the log, the failed tests the reports name, the run's VMs) and
+//! rendered by `atvm_common::mattermost`. Pure: the watcher gathers the input.
+
+use atvm_common::BuildName;
+use atvm_common::Timestamp;
+use atvm_common::cypress::RunBlock;
+use atvm_common::inventory::Vm;
+use atvm_common::mattermost::{self, Message};
+use atvm_common::reporter::{FailedTest, Summary};
+use atvm_common::state::{Request, State};
+use atvm_common::time::human_duration;
+use std::time::Duration;
+
+/// Everything a message about one result is made of.
+#[derive(Debug)]
+pub struct Input<'a> {
+    pub build: &'a BuildName,
+    pub request: &'a Request,
+    /// The result: the run's state or a sub-run's.
+    pub record: &'a State,
+    /// The result's part of the log: every block of the run, or the sub-run's one.
+    pub blocks: &'a [RunBlock],
+    /// Failed tests the reports name for this result.
+    pub reported: Summary,
+    /// When the runner started and ended (the run itself; sub-runs use their footers).
+    pub runner_times: Option<(Timestamp, Timestamp)>,
+    pub vms: &'a [Vm],
+}
+
+/// The message text for `input`.
+pub fn compose(input: Input) -> String {
+    let failures = failures(&input);
+    let failures_total = failures_total(&input, failures.len());
+    let duration = match input.runner_times {
+        Some((start, end)) => Some(human_duration(start.until(end))),
+        None => footer_duration(input.blocks),
+    };
+    let run_url = input.blocks.iter().rev().find_map(|b| b.url());
+    mattermost::render(&Message {
+        state: input.record.state,
+        build: input.build.as_str(),
+        group: input.record.group.as_deref(),
+        reason: &input.record.reason,
+        request: input.request,
+        counts: input.record.counts,
+        duration,
+        vms: input.vms.iter().collect(),
+        run_url,
+        failures: &failures,
+        failures_total,
+    })
+}
+
+/// The failed tests to list: the reports' when they name any, else the failing specs of
+/// the log's summary table.
+fn failures(input: &Input) -> Vec<FailedTest> {
+    if !input.reported.failures.is_empty() {
+        return input.reported.failures.clone();
+    }
+    input
+        .blocks
+        .iter()
+        .flat_map(|b| &b.spec_rows)
+        .filter(|r| r.counts.failed > 0 || r.mark == '✖')
+        .map(|row| FailedTest {
+            spec: row.spec.clone(),
+            full_title: format!("{} failing test(s)", row.counts.failed),
+            error: String::new(),
+        })
+        .collect()
+}
+
+/// How many tests failed in all: the log's summary is authoritative, the reports may know
+/// more names than the message shows.
+fn failures_total(input: &Input, listed: usize) -> usize {
+    let reported = if input.reported.failures.is_empty() {
+        listed
+    } else {
+        input.reported.failures_total
+    };
+    let in_log = input.record.counts.map_or(0, |c| c.failed as usize);
+    reported.max(in_log)
+}
+
+/// Sum of the blocks' footer durations (`MM:SS` or `H:MM:SS`), in words.
+pub fn footer_duration(blocks: &[RunBlock]) -> Option<String> {
+    let mut secs = 0u64;
+    let mut any = false;
+    for d in blocks
+        .iter()
+        .filter_map(|b| b.footer.as_ref()?.duration.as_deref())
+    {
+        let parts: Option<Vec<u64>> = d.split(':').map(|p| p.parse().ok()).collect();
+        if let Some(parts) = parts {
+            secs += parts.iter().fold(0, |acc, p| acc * 60 + p);
+            any = true;
+        }
+    }
+    any.then(|| human_duration(Duration::from_secs(secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atvm_common::cypress::LogParser;
+    use atvm_common::state::{Counts, RunState};
+
+    fn blocks(log: &str) -> Vec<RunBlock> {
+        let mut p = LogParser::new();
+        p.feed(log.as_bytes());
+        p.summary().runs.clone()
+    }
+
+    const FAILED: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  login.cy.js   01:02   3   1   2   -   - │\n  │ ✔  home.cy.js   00:30   1   1   -   -   - │\n  └──┘\n    ✖  1 of 2 failed (50%)   01:32   4   2   2   -   -  \n";
+
+    fn input<'a>(
+        build: &'a BuildName,
+        request: &'a Request,
+        record: &'a State,
+        blocks: &'a [RunBlock],
+    ) -> Input<'a> {
+        Input {
+            build,
+            request,
+            record,
+            blocks,
+            reported: Summary::default(),
+            runner_times: None,
+            vms: &[],
+        }
+    }
+
+    #[test]
+    fn without_reports_the_log_names_the_failing_specs_and_the_footer_the_duration() {
+        let b = blocks(FAILED);
+        let build = BuildName::parse("b1").expect("valid");
+        let request = Request::default();
+        let mut record = State::new("b1", "r", RunState::Failed, "1 of 2 specs failed");
+        record.counts = Some(Counts {
+            tests: 4,
+            passed: 2,
+            failed: 2,
+            ..Counts::default()
+        });
+        let i = input(&build, &request, &record, &b);
+        let listed = failures(&i);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].spec, "login.cy.js");
+        assert_eq!(listed[0].full_title, "2 failing test(s)");
+        assert_eq!(failures_total(&i, listed.len()), 2, "the log's count wins");
+        assert_eq!(footer_duration(&b).as_deref(), Some("1m 32s"));
+    }
+
+    #[test]
+    fn reported_failures_are_listed_and_the_runner_s_times_give_the_duration() {
+        let build = BuildName::parse("b1").expect("valid");
+        let request = Request::default();
+        let record = State::new("b1", "r", RunState::Failed, "x");
+        let mut i = input(&build, &request, &record, &[]);
+        i.reported = Summary {
+            failures: vec![FailedTest {
+                spec: "cypress/e2e/a.cy.js".into(),
+                full_title: "A fails".into(),
+                error: "boom".into(),
+            }],
+            failures_total: 12,
+            ..Summary::default()
+        };
+        assert_eq!(failures_total(&i, 1), 12);
+        i.runner_times = Some((Timestamp::from_millis(0), Timestamp::from_millis(750_000)));
+        let text = compose(i);
+        assert!(
+            text.contains("A fails — boom") && text.contains("12m 30s"),
+            "{text}"
+        );
+    }
+}

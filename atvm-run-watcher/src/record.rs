@@ -1,0 +1,302 @@
+//! The run's records and every change made to them: the run's own [`State`] and, for a
+//! categorized run, one [`State`] per sub-run. Decisions come in from [`crate::decide`];
+//! what must be posted as a result comes back as a [`Target`]. Every change of state goes
+//! through [`set`], which refuses what [`decide::transition_allowed`] forbids, so a final
+//! result is never rewritten after the fact.
+
+use crate::decide::{self, Verdict, categorized::Plan};
+use atvm_common::cypress::{LogSummary, RunBlock};
+use atvm_common::logging;
+use atvm_common::state::{Counts, Post, PostStatus, RunState, State, SubRunSummary};
+use serde_json::Value;
+
+/// Which result a post (or a message) is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The run itself.
+    Run,
+    /// Sub-run `i` (log order) of a categorized run.
+    Sub(usize),
+}
+
+/// The run's state and its sub-runs' states, as the watcher keeps them between saves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub state: State,
+    pub subruns: Vec<State>,
+    pub categorized: bool,
+}
+
+impl RunRecord {
+    pub fn state_of(&self, target: Target) -> &State {
+        match target {
+            Target::Run => &self.state,
+            Target::Sub(i) => &self.subruns[i],
+        }
+    }
+
+    pub fn state_of_mut(&mut self, target: Target) -> &mut State {
+        match target {
+            Target::Run => &mut self.state,
+            Target::Sub(i) => &mut self.subruns[i],
+        }
+    }
+
+    pub fn post_of(&mut self, target: Target) -> &mut Post {
+        &mut self.state_of_mut(target).post
+    }
+
+    /// A plain run: its counts, and its state (ending it when the verdict is terminal).
+    pub fn apply_plain(&mut self, v: Verdict, counts: Option<Counts>) -> Option<Target> {
+        self.state.counts = counts;
+        if v.state.is_terminal() {
+            self.finish_run(v)
+        } else {
+            set(&mut self.state, v);
+            None
+        }
+    }
+
+    /// A categorized run: start, update and end sub-runs as planned, then the parent.
+    /// Returns the results to post, in order.
+    pub fn apply_categorized(&mut self, plan: Plan, summary: &LogSummary) -> Vec<Target> {
+        for new in &plan.start {
+            let mut sub = State::new(
+                &self.state.build_name,
+                &self.state.run_id,
+                RunState::Watching,
+                "Cypress run started",
+            );
+            sub.key = Some(new.key.clone());
+            sub.group = new.group.clone();
+            logging::info(format!(
+                "{}: sub-run {} started",
+                self.state.build_name, new.key
+            ));
+            self.subruns.push(sub);
+        }
+        for (sub, block) in self.subruns.iter_mut().zip(&summary.runs) {
+            if !sub.is_final {
+                sub.counts = block.counts();
+                sub.reason = decide::categorized::subrun_progress(block);
+            }
+        }
+        let mut targets = Vec::new();
+        for (i, v) in plan.finish {
+            if let Some(block) = summary.runs.get(i) {
+                targets.extend(self.finish_subrun(i, v, block));
+            }
+        }
+        if plan.summarised {
+            self.state.counts = decide::total_counts(&summary.runs);
+        }
+        if plan.parent.state.is_terminal() {
+            targets.extend(self.finish_run(plan.parent));
+        } else {
+            set(&mut self.state, plan.parent);
+        }
+        targets
+    }
+
+    /// Make the run final; sub-runs still open end with it. The run's own result is posted
+    /// when postable — for a categorized run only when the runner failed before any sub-run
+    /// started (otherwise its sub-runs did the posting).
+    pub fn finish_run(&mut self, v: Verdict) -> Option<Target> {
+        let postable = v.state.is_postable()
+            && (!self.categorized || (self.subruns.is_empty() && v.state == RunState::Failed));
+        if !set(&mut self.state, v) {
+            return None;
+        }
+        let (state, reason) = (self.state.state, self.state.reason.clone());
+        for sub in self.subruns.iter_mut().filter(|s| !s.is_final) {
+            sub.state = state;
+            sub.is_final = true;
+            sub.reason = format!("run ended: {reason}");
+            sub.post.status = PostStatus::Suppressed;
+        }
+        if postable {
+            return Some(Target::Run);
+        }
+        if self.state.post.status == PostStatus::None && !self.categorized {
+            self.state.post.status = PostStatus::Suppressed;
+        }
+        None
+    }
+
+    /// End sub-run `i` by `v`; its result is posted when postable.
+    fn finish_subrun(&mut self, i: usize, v: Verdict, block: &RunBlock) -> Option<Target> {
+        let sub = &mut self.subruns[i];
+        logging::info(format!(
+            "{}: sub-run {} → {} ({})",
+            sub.build_name,
+            sub.key.as_deref().unwrap_or_default(),
+            v.state,
+            v.reason
+        ));
+        let postable = v.state.is_postable();
+        sub.state = v.state;
+        sub.reason = v.reason;
+        sub.is_final = true;
+        sub.counts = block.counts();
+        if let Some(url) = block.url() {
+            sub.details
+                .insert("run_url".into(), Value::String(url.to_string()));
+        }
+        if postable {
+            Some(Target::Sub(i))
+        } else {
+            sub.post.status = PostStatus::Suppressed;
+            None
+        }
+    }
+
+    /// A cancel arrived before `target`'s result was posted: the run ends CANCELLED and the
+    /// result is never posted.
+    pub fn cancel_before_post(&mut self, target: Target) {
+        let v = Verdict {
+            state: RunState::Cancelled,
+            reason: "cancelled with cancel-atvm-run-watcher before the result was posted".into(),
+        };
+        self.state.post.status = PostStatus::Suppressed;
+        self.finish_run(v);
+        if let Target::Sub(i) = target {
+            self.subruns[i].post.status = PostStatus::Suppressed;
+        }
+    }
+
+    /// The sub-runs as listed in the parent's `state.json`.
+    pub fn summaries(&self) -> Option<Vec<SubRunSummary>> {
+        self.categorized.then(|| {
+            self.subruns
+                .iter()
+                .map(|s| SubRunSummary {
+                    key: s.key.clone().unwrap_or_default(),
+                    group: s.group.clone(),
+                    state: s.state,
+                    counts: s.counts,
+                    post: s.post.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// Known sub-runs' final states (`None` while open), for the categorized rules.
+    pub fn subrun_states(&self) -> Vec<Option<RunState>> {
+        self.subruns
+            .iter()
+            .map(|s| s.is_final.then_some(s.state))
+            .collect()
+    }
+
+    /// A short label for log lines: `COMPLETED` or `sub-run 01-linux FAILED`.
+    pub fn label(&self, target: Target) -> String {
+        let s = self.state_of(target);
+        match target {
+            Target::Run => s.state.to_string(),
+            Target::Sub(_) => format!(
+                "sub-run {} {}",
+                s.key.as_deref().unwrap_or_default(),
+                s.state
+            ),
+        }
+    }
+}
+
+/// Change `record` to `v` if [`decide::transition_allowed`] admits it; `false` (and a
+/// warning) when it does not. Logs every actual change of state.
+pub fn set(record: &mut State, v: Verdict) -> bool {
+    let posted = record.post.status == PostStatus::Posted;
+    if !decide::transition_allowed(record.state, record.is_final, posted, v.state) {
+        logging::warn(format!(
+            "{}: refusing to change the final state {} to {} ({})",
+            record.build_name, record.state, v.state, v.reason
+        ));
+        return false;
+    }
+    if record.state != v.state {
+        logging::info(format!(
+            "{}: {} → {} ({})",
+            record.build_name, record.state, v.state, v.reason
+        ));
+    }
+    record.state = v.state;
+    record.reason = v.reason;
+    record.is_final = v.state.is_terminal();
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(categorized: bool) -> RunRecord {
+        RunRecord {
+            state: State::new("b", "r", RunState::Watching, "watching"),
+            subruns: Vec::new(),
+            categorized,
+        }
+    }
+
+    fn v(state: RunState) -> Verdict {
+        Verdict {
+            state,
+            reason: state.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_final_state_is_never_rewritten() {
+        let mut r = record(false);
+        assert_eq!(
+            r.apply_plain(v(RunState::Completed), None),
+            Some(Target::Run)
+        );
+        assert!(!set(&mut r.state, v(RunState::Failed)));
+        assert!(!set(&mut r.state, v(RunState::Watching)));
+        assert_eq!(r.state.state, RunState::Completed);
+        // ... except that a result not yet posted may still be cancelled.
+        assert!(set(&mut r.state, v(RunState::Cancelled)));
+        let mut posted = record(false);
+        posted.apply_plain(v(RunState::Failed), None);
+        posted.state.post.status = PostStatus::Posted;
+        assert!(!set(&mut posted.state, v(RunState::Cancelled)));
+    }
+
+    #[test]
+    fn unposted_ends_are_suppressed_and_postable_ends_are_targets() {
+        let mut r = record(false);
+        assert_eq!(r.apply_plain(v(RunState::Terminated), None), None);
+        assert_eq!(r.state.post.status, PostStatus::Suppressed);
+        let mut r = record(false);
+        assert_eq!(r.apply_plain(v(RunState::Watching), None), None);
+        assert_eq!(r.state.post.status, PostStatus::None);
+    }
+
+    #[test]
+    fn a_categorized_parent_posts_only_a_failure_before_any_sub_run() {
+        let mut r = record(true);
+        assert_eq!(r.finish_run(v(RunState::Completed)), None);
+        assert_eq!(r.state.post.status, PostStatus::None);
+        let mut r = record(true);
+        assert_eq!(r.finish_run(v(RunState::Failed)), Some(Target::Run));
+        let mut r = record(true);
+        r.subruns.push(State::new("b", "r", RunState::Watching, ""));
+        assert_eq!(r.finish_run(v(RunState::Failed)), None);
+        assert_eq!(r.subruns[0].state, RunState::Failed);
+        assert!(r.subruns[0].is_final);
+        assert_eq!(r.subruns[0].post.status, PostStatus::Suppressed);
+    }
+
+    #[test]
+    fn a_cancel_before_the_post_suppresses_it() {
+        let mut r = record(true);
+        let mut sub = State::new("b", "r", RunState::Completed, "all specs passed");
+        sub.post.status = PostStatus::Pending;
+        r.subruns.push(sub);
+        r.cancel_before_post(Target::Sub(0));
+        assert_eq!(r.state.state, RunState::Cancelled);
+        assert_eq!(r.state.post.status, PostStatus::Suppressed);
+        assert_eq!(r.subruns[0].state, RunState::Completed, "its result stands");
+        assert_eq!(r.subruns[0].post.status, PostStatus::Suppressed);
+    }
+}
