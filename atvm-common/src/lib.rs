@@ -34,4 +34,4 @@ pub use build_name::BuildName;
 pub use error::{Error, Result};
 pub use paths::Paths;
 pub use state::StateDir;
-pub use time::Timestamp;
+pub use time::{Moment, Timestamp};

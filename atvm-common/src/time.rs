@@ -1,5 +1,10 @@
 //! RFC 3339 UTC timestamps without a date-time crate: millisecond precision, always `Z`.
 //! Parsing accepts what we write plus numeric offsets, which mochawesome's `stats.start` uses.
+//!
+//! Waiting windows (poll, grace, hang, start timeout, retry window) are not measured on the
+//! wall clock, which an NTP step can move by hours: a [`Moment`] carries the boot's
+//! CLOCK_BOOTTIME reading with the boot id, and [`Moment::until`] uses it whenever both
+//! moments are of the same boot. Across a reboot only the wall clock is comparable.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -72,6 +77,101 @@ impl<'de> Deserialize<'de> for Timestamp {
         Timestamp::parse(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 timestamp: {text:?}")))
     }
+}
+
+/// A reading of CLOCK_BOOTTIME (nanoseconds since boot, suspend included, never stepped)
+/// and the boot it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootInstant {
+    /// `/proc/sys/kernel/random/boot_id` without dashes (systemd's `%b`).
+    pub boot_id: String,
+    pub ns: u64,
+}
+
+impl BootInstant {
+    /// Now, if the boot id can be read.
+    pub fn now() -> Option<BootInstant> {
+        Some(BootInstant {
+            boot_id: boot_id()?,
+            ns: boottime_ns()?,
+        })
+    }
+}
+
+/// A point in time as the tools record it: the wall clock for people, the boot clock for
+/// measuring how long ago it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moment {
+    pub wall: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootInstant>,
+}
+
+impl Moment {
+    pub fn now() -> Moment {
+        Moment {
+            wall: Timestamp::now(),
+            boot: BootInstant::now(),
+        }
+    }
+
+    /// A moment known only by its wall time (written by an older version, or by hand).
+    pub fn wall(wall: Timestamp) -> Moment {
+        Moment { wall, boot: None }
+    }
+
+    /// Time from `self` to `later` (zero if `later` is earlier): on the boot clock when both
+    /// are of the same boot, so a wall-clock step changes nothing; else on the wall clock.
+    pub fn until(&self, later: &Moment) -> Duration {
+        match (&self.boot, &later.boot) {
+            (Some(a), Some(b)) if a.boot_id == b.boot_id => {
+                Duration::from_nanos(b.ns.saturating_sub(a.ns))
+            }
+            _ => self.wall.until(later.wall),
+        }
+    }
+
+    /// Is `self` later than `other` (by the same rule as [`Moment::until`])?
+    pub fn is_after(&self, other: &Moment) -> bool {
+        match (&self.boot, &other.boot) {
+            (Some(a), Some(b)) if a.boot_id == b.boot_id => a.ns > b.ns,
+            _ => self.wall > other.wall,
+        }
+    }
+}
+
+impl fmt::Display for Moment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.wall.fmt(f)
+    }
+}
+
+/// The current boot's id: `ATVM_BOOT_ID` (the units set it from systemd's `%b`, because
+/// the hardened watcher unit cannot see /proc/sys), else the kernel's boot_id. Dashes are
+/// dropped and letters lower-cased so both sources compare equal.
+pub fn boot_id() -> Option<String> {
+    let raw = std::env::var("ATVM_BOOT_ID")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok())?;
+    let id: String = raw
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
+}
+
+/// CLOCK_BOOTTIME in nanoseconds.
+pub fn boottime_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Human duration for messages: `1h 02m`, `12m 30s`, `45s`.
@@ -194,6 +294,47 @@ mod tests {
         let old = Timestamp::parse("1969-12-31T23:59:59Z").expect("valid");
         assert_eq!(old.millis(), -1000);
         assert_eq!(old.to_string(), "1969-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn moments_of_one_boot_ignore_wall_clock_steps() {
+        let boot = |ns: u64| {
+            Some(BootInstant {
+                boot_id: "a".repeat(32),
+                ns,
+            })
+        };
+        let then = Moment {
+            wall: Timestamp(0),
+            boot: boot(1_000_000_000),
+        };
+        // The wall clock was stepped 90 minutes forward; 2 s really passed.
+        let now = Moment {
+            wall: Timestamp(90 * 60 * 1000),
+            boot: boot(3_000_000_000),
+        };
+        assert_eq!(then.until(&now), Duration::from_secs(2));
+        assert!(now.is_after(&then));
+        // After a reboot only the wall clock compares.
+        let rebooted = Moment {
+            wall: Timestamp(5000),
+            boot: Some(BootInstant {
+                boot_id: "b".repeat(32),
+                ns: 10,
+            }),
+        };
+        assert_eq!(then.until(&rebooted), Duration::from_secs(5));
+        assert_eq!(
+            Moment::wall(Timestamp(0)).until(&now),
+            Duration::from_secs(5400)
+        );
+    }
+
+    #[test]
+    fn this_machine_has_a_boot_clock() {
+        let a = boottime_ns().expect("CLOCK_BOOTTIME");
+        assert!(boottime_ns().expect("again") >= a);
+        assert_eq!(boot_id().map(|id| id.len()), Some(32));
     }
 
     #[test]
