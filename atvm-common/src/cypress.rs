@@ -50,6 +50,9 @@ pub struct RunBlock {
     pub recorded_run: Option<String>,
     /// The latest `Running:  <spec>  (i of n)`.
     pub current: Option<Running>,
+    /// Specs of earlier `Running:` lines of this block (the latest is `current`).
+    #[serde(default)]
+    pub specs_run: Vec<String>,
     pub spec_rows: Vec<SpecRow>,
     pub footer: Option<Footer>,
 }
@@ -125,6 +128,16 @@ impl RunBlock {
                 .spec_rows
                 .iter()
                 .any(|r| r.mark == '✖' || r.counts.failed > 0)
+    }
+
+    /// Every spec this block names, in `Running:` lines or summary rows, as Cypress
+    /// prints them (relative to the specs' common root).
+    pub fn spec_names(&self) -> impl Iterator<Item = &str> {
+        self.specs_run
+            .iter()
+            .map(String::as_str)
+            .chain(self.current.iter().map(|c| c.spec.as_str()))
+            .chain(self.spec_rows.iter().map(|r| r.spec.as_str()))
     }
 
     /// The run's Cypress Cloud URL, if it was recorded.
@@ -352,7 +365,13 @@ impl LogParser {
         } else if let Some(rest) = trimmed.strip_prefix("Running:") {
             if let Some((spec, index, total)) = parse_running(rest) {
                 let col = line.find(spec).unwrap_or(0);
-                self.block_mut().current = Some(Running {
+                let block = self.block_mut();
+                if let Some(prev) = block.current.take()
+                    && !block.specs_run.contains(&prev.spec)
+                {
+                    block.specs_run.push(prev.spec);
+                }
+                block.current = Some(Running {
                     spec: spec.to_string(),
                     index,
                     total,

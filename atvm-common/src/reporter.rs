@@ -1,14 +1,23 @@
 //! mochawesome JSON reports in the reporter directory (SPEC §6): counts, failed tests (spec,
 //! full title, first line of the error) and activity for hang detection. Only files modified
 //! after the runner started count; a malformed file is skipped with a warning.
+//!
+//! The directory is shared by every build of the controller, so a report counts for a run
+//! only when its spec is one the run's log names ([`SpecSet`]): Cypress prints spec paths
+//! relative to the specs' common root (`linux/migrate.cy.ts`), mochawesome relative to the
+//! project (`cypress/e2e/linux/migrate.cy.ts`); they match when the report's path ends with
+//! the log's on a `/` boundary. Another build's reports never enter this run's counts,
+//! activity or message.
 
 use crate::state::Counts;
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -190,8 +199,68 @@ struct Entry {
     size: u64,
     /// `None` for a malformed file.
     counts: Option<Counts>,
+    /// Hashes of every `/`-suffix of every spec path the report covers ([`SpecSet`]).
+    suffixes: Box<[u64]>,
     /// The scan that last saw this file.
     generation: u64,
+}
+
+/// The spec files a run's log names. A report belongs to the run when one of its spec paths
+/// ends with one of these on a `/` boundary. Kept as hashes of the names, so matching the
+/// reports of a 10,000-spec run costs a few bytes per report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecSet {
+    hashes: HashSet<u64>,
+}
+
+impl SpecSet {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> SpecSet {
+        SpecSet {
+            hashes: names
+                .into_iter()
+                .map(normalise)
+                .filter(|n| !n.is_empty())
+                .map(hash)
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Does a report's spec path (`cypress/e2e/linux/migrate.cy.ts`) belong to this set?
+    pub fn matches(&self, report_spec: &str) -> bool {
+        suffixes(normalise(report_spec)).any(|s| self.hashes.contains(&hash(s)))
+    }
+
+    fn matches_any(&self, suffix_hashes: &[u64]) -> bool {
+        suffix_hashes.iter().any(|h| self.hashes.contains(h))
+    }
+}
+
+fn normalise(path: &str) -> &str {
+    path.trim().trim_start_matches("./").trim_start_matches('/')
+}
+
+/// `a/b/c.js`, `b/c.js`, `c.js`: the path and every tail of it that starts after a `/`.
+fn suffixes(path: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(path).chain(path.match_indices('/').map(move |(i, _)| &path[i + 1..]))
+}
+
+fn hash(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+fn suffix_hashes(specs: &[String]) -> Box<[u64]> {
+    specs
+        .iter()
+        .flat_map(|s| suffixes(normalise(s)))
+        .filter(|s| !s.is_empty())
+        .map(hash)
+        .collect()
 }
 
 /// Failed tests and totals of the reports in a window, for a message.
@@ -286,22 +355,24 @@ impl ReporterDir {
             }
             let path = self.dir.join(&name);
             buf.clear();
-            let counts = match read_into(&path, &mut buf).and_then(|_| parse_counts(&buf)) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    result.warnings.push(format!(
-                        "skipping malformed report: {e} ({})",
-                        path.display()
-                    ));
-                    None
-                }
-            };
+            let (counts, suffixes) =
+                match read_into(&path, &mut buf).and_then(|_| parse_counts(&buf)) {
+                    Ok((c, specs)) => (Some(c), suffix_hashes(&specs)),
+                    Err(e) => {
+                        result.warnings.push(format!(
+                            "skipping malformed report: {e} ({})",
+                            path.display()
+                        ));
+                        (None, Box::default())
+                    }
+                };
             self.entries.insert(
                 name,
                 Entry {
                     mtime,
                     size: meta.len(),
                     counts,
+                    suffixes,
                     generation,
                 },
             );
@@ -316,15 +387,23 @@ impl ReporterDir {
         result
     }
 
-    /// Newest mtime of any counted report file (activity for hang detection).
-    pub fn newest_mtime(&self) -> Option<SystemTime> {
-        self.entries.values().map(|e| e.mtime).max()
+    /// Newest mtime of the run's report files (activity for hang detection).
+    pub fn newest_mtime(&self, specs: &SpecSet) -> Option<SystemTime> {
+        self.entries
+            .values()
+            .filter(|e| specs.matches_any(&e.suffixes))
+            .map(|e| e.mtime)
+            .max()
     }
 
-    /// Sum of the counts of the (well-formed) reports whose mtime passes `window`.
-    pub fn counts(&self, window: impl Fn(SystemTime) -> bool) -> Option<Counts> {
+    /// Sum of the counts of the run's (well-formed) reports.
+    pub fn counts(&self, specs: &SpecSet) -> Option<Counts> {
         let mut total: Option<Counts> = None;
-        for e in self.entries.values().filter(|e| window(e.mtime)) {
+        for e in self
+            .entries
+            .values()
+            .filter(|e| specs.matches_any(&e.suffixes))
+        {
             if let Some(c) = &e.counts {
                 total.get_or_insert_with(Counts::default).add(c);
             }
@@ -332,18 +411,21 @@ impl ReporterDir {
         total
     }
 
-    /// Read the reports whose mtime passes `window` and whose specs pass `specs` again,
-    /// oldest first, keeping at most `max_failures` failed tests (all are counted).
+    /// Read again the reports whose mtime passes `window` and whose specs belong to
+    /// `specs`, oldest first, keeping at most `max_failures` failed tests (all are
+    /// counted).
     pub fn summarize(
         &mut self,
         window: impl Fn(SystemTime) -> bool,
-        specs: impl Fn(&[String]) -> bool,
+        specs: &SpecSet,
         max_failures: usize,
     ) -> Summary {
         let mut files: Vec<(SystemTime, OsString)> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.counts.is_some() && window(e.mtime))
+            .filter(|(_, e)| {
+                e.counts.is_some() && window(e.mtime) && specs.matches_any(&e.suffixes)
+            })
             .map(|(n, e)| (e.mtime, n.clone()))
             .collect();
         files.sort();
@@ -355,7 +437,7 @@ impl ReporterDir {
             else {
                 continue;
             };
-            if !specs(&report.specs) {
+            if !report.specs.iter().any(|s| specs.matches(s)) {
                 continue;
             }
             summary.reports += 1;
@@ -380,20 +462,53 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// Only the `stats` of a report (what every poll needs), without building the rest.
-fn parse_counts(bytes: &[u8]) -> Result<Counts, String> {
+/// Only the `stats` of a report and the spec files it covers (what every poll needs),
+/// without building the rest.
+fn parse_counts(bytes: &[u8]) -> Result<(Counts, Vec<String>), String> {
     #[derive(Deserialize)]
-    struct StatsOnly<'a> {
+    struct FileOnly<'a> {
+        #[serde(default, borrow)]
+        file: Option<Cow<'a, str>>,
+        #[serde(default, borrow, rename = "fullFile")]
+        full_file: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct StatsAndFiles<'a> {
         #[serde(borrow)]
         stats: RawStats<'a>,
+        #[serde(default, borrow)]
+        results: Vec<FileOnly<'a>>,
     }
-    let only: StatsOnly = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    Ok(only.stats.counts())
+    let only: StatsAndFiles = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let specs = only
+        .results
+        .iter()
+        .filter_map(|r| r.file.as_deref().or(r.full_file.as_deref()))
+        .map(str::to_string)
+        .collect();
+    Ok((only.stats.counts(), specs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reports_match_the_log_s_specs_on_a_slash_boundary() {
+        let set = SpecSet::new(["login.cy.js", "linux/migrate.cy.ts", "./x/y.cy.js"]);
+        assert!(set.matches("cypress/e2e/login.cy.js"));
+        assert!(set.matches("/root/p/cypress/e2e/linux/migrate.cy.ts"));
+        assert!(set.matches("login.cy.js"));
+        assert!(set.matches("cypress/e2e/x/y.cy.js"));
+        assert!(
+            !set.matches("cypress/e2e/relogin.cy.js"),
+            "not on a / boundary"
+        );
+        assert!(!set.matches("cypress/e2e/windows/migrate.cy.ts"));
+        assert!(!set.matches("cypress/e2e/login.cy.js.bak"));
+        assert!(SpecSet::new([]).is_empty());
+        assert!(!SpecSet::new(["", " "]).matches("a.cy.js"));
+    }
 
     #[test]
     fn minimal_and_broken_documents() {

@@ -5,7 +5,7 @@
 
 use atvm_common::cypress::{LogParser, LogSummary, Outcome};
 use atvm_common::follow::{FileId, LogFollower};
-use atvm_common::reporter::{ReporterDir, parse_report};
+use atvm_common::reporter::{ReporterDir, SpecSet, parse_report};
 use atvm_common::state::Counts;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -260,10 +260,11 @@ fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
         .set_modified(old)
         .expect("mtime");
     let since = SystemTime::now() - Duration::from_secs(60);
+    let specs = SpecSet::new(["login.cy.js", "dashboard.cy.js"]);
     let mut rd = ReporterDir::new(dir.path(), since);
     assert!(!rd.scan(true).changed);
     assert!(
-        rd.counts(|_| true).is_none(),
+        rd.counts(&specs).is_none(),
         "a report older than the runner must not count"
     );
 
@@ -281,13 +282,19 @@ fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
         "{:?}",
         scan.warnings
     );
-    assert_eq!(rd.counts(|_| true).map(|c| c.tests), Some(2));
-    let summary = rd.summarize(|_| true, |_| true, 10);
+    assert_eq!(rd.counts(&specs).map(|c| c.tests), Some(2));
+    assert_eq!(
+        rd.counts(&SpecSet::new(["login.cy.js"])),
+        None,
+        "another run's report"
+    );
+    let summary = rd.summarize(|_| true, &specs, 10);
     assert_eq!((summary.reports, summary.failures_total), (1, 0));
     // Nothing changed: nothing re-parsed, no repeated warning.
     let again = rd.scan(true);
     assert!(!again.changed && again.warnings.is_empty());
-    assert!(rd.newest_mtime().is_some_and(|m| m >= since));
+    assert!(rd.newest_mtime(&specs).is_some_and(|m| m >= since));
+    assert_eq!(rd.newest_mtime(&SpecSet::new(["other.cy.js"])), None);
 }
 
 #[test]
@@ -310,18 +317,15 @@ fn reporter_summary_rereads_failures_bounded_oldest_first() {
     }
     let mut rd = ReporterDir::new(dir.path(), since);
     rd.scan(true);
-    assert_eq!(rd.counts(|_| true).map(|c| c.failed), Some(3));
-    let all = rd.summarize(|_| true, |_| true, 2);
+    let abc = SpecSet::new(["a.cy.js", "b.cy.js", "c.cy.js"]);
+    assert_eq!(rd.counts(&abc).map(|c| c.failed), Some(3));
+    let all = rd.summarize(|_| true, &abc, 2);
     assert_eq!(
         (all.reports, all.failures_total, all.failures.len()),
         (3, 3, 2)
     );
     assert_eq!(all.failures[0].spec, "cypress/e2e/a.cy.js", "oldest first");
-    let only_c = rd.summarize(
-        |_| true,
-        |specs| specs.iter().any(|s| s.ends_with("c.cy.js")),
-        10,
-    );
+    let only_c = rd.summarize(|_| true, &SpecSet::new(["e2e/c.cy.js"]), 10);
     assert_eq!(only_c.failures.len(), 1);
     assert_eq!(only_c.failures[0].spec, "cypress/e2e/c.cy.js");
 }

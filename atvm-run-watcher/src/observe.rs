@@ -12,7 +12,7 @@ use atvm_common::follow::{FileId, FollowPoint, LogFollower};
 use atvm_common::inventory::{self, Vm};
 use atvm_common::mattermost;
 use atvm_common::procfs::{self, ProcessId};
-use atvm_common::reporter::{self, ReporterDir};
+use atvm_common::reporter::{self, ReporterDir, SpecSet};
 use atvm_common::state::{Counts, RunnerStatus};
 use atvm_common::{Timestamp, logging};
 use std::path::PathBuf;
@@ -43,6 +43,8 @@ pub struct Observer {
     reporter: Option<ReporterDir>,
     last_full_scan: Option<Instant>,
     inventory: Option<Option<Vec<Vm>>>,
+    /// The run's specs, and the parser's line count they were taken at.
+    specs: (u64, SpecSet),
     pub runner_started_at: Option<Timestamp>,
     pub runner_exited_at: Option<Timestamp>,
 }
@@ -65,6 +67,7 @@ impl Observer {
             return Ok(None);
         }
         self.scan_reporter(ctx, cp);
+        self.refresh_specs(cp);
         let now = Timestamp::now();
         let cancelled_at = cancelled_at(&ctx.sd, &ctx.request)?;
         let last_activity = self.last_activity(ctx, cp);
@@ -240,12 +243,13 @@ impl Observer {
         }
     }
 
-    /// The latest sign of life: new log bytes, the runner's start, a new report.
+    /// The latest sign of life: new log bytes, the runner's start, a new report of this
+    /// run.
     fn last_activity(&self, ctx: &Ctx, cp: &mut Checkpoint) -> Timestamp {
         let newest_report = self
             .reporter
             .as_ref()
-            .and_then(|r| r.newest_mtime())
+            .and_then(|r| r.newest_mtime(&self.specs.1))
             .map(Timestamp::from_system);
         let t = [cp.last_activity, self.runner_started_at, newest_report]
             .into_iter()
@@ -255,9 +259,17 @@ impl Observer {
         t
     }
 
-    /// Counts from the reports, for a run whose log has no summary yet.
+    /// Counts from this run's reports, for a run whose log has no summary yet.
     pub fn reporter_counts(&self) -> Option<Counts> {
-        self.reporter.as_ref().and_then(|r| r.counts(|_| true))
+        self.reporter.as_ref().and_then(|r| r.counts(&self.specs.1))
+    }
+
+    /// The specs the log names change only when it grows: recompute them then.
+    fn refresh_specs(&mut self, cp: &Checkpoint) {
+        let lines = cp.parser.summary().lines;
+        if self.specs.0 != lines || lines == 0 {
+            self.specs = (lines, run_specs(cp));
+        }
     }
 
     /// Failed tests (at most the number a message shows) and their total, from the reports
@@ -271,19 +283,15 @@ impl Observer {
                 .flatten()
                 .map(Timestamp::to_system)
         };
+        let runs = &cp.parser.summary().runs;
         let (from, to, specs) = match sub {
-            None => (SystemTime::UNIX_EPOCH, None, Vec::new()),
+            None => (SystemTime::UNIX_EPOCH, None, self.specs.1.clone()),
             Some(i) => (
                 i.checked_sub(1)
                     .and_then(seen)
                     .unwrap_or(SystemTime::UNIX_EPOCH),
                 seen(i),
-                cp.parser
-                    .summary()
-                    .runs
-                    .get(i)
-                    .map(|b| b.spec_rows.iter().map(|r| r.spec.clone()).collect())
-                    .unwrap_or_default(),
+                SpecSet::new(runs.get(i).into_iter().flat_map(|b| b.spec_names())),
             ),
         };
         let Some(reporter) = self.reporter.as_mut() else {
@@ -291,7 +299,7 @@ impl Observer {
         };
         reporter.summarize(
             |m| m > from && to.is_none_or(|t| m <= t),
-            |report_specs| specs_match(&specs, report_specs),
+            &specs,
             mattermost::MAX_FAILURES_SHOWN,
         )
     }
@@ -316,15 +324,9 @@ impl Observer {
     }
 }
 
-/// Does a report (covering `report_specs`) belong to a log naming `specs`? An empty list
-/// (the whole run) takes every report.
-fn specs_match(specs: &[String], report_specs: &[String]) -> bool {
-    specs.is_empty()
-        || report_specs.iter().any(|s| {
-            specs
-                .iter()
-                .any(|x| s.ends_with(x.as_str()) || x.ends_with(s.as_str()))
-        })
+/// Every spec the run's log names so far: the reports that belong to this run.
+fn run_specs(cp: &Checkpoint) -> SpecSet {
+    SpecSet::new(cp.parser.summary().runs.iter().flat_map(|b| b.spec_names()))
 }
 
 fn exited_facts(s: &RunnerStatus) -> RunnerFacts {

@@ -93,11 +93,20 @@ fn passing_run_is_completed_and_posted() {
 fn failing_run_is_failed_with_its_failed_tests() {
     let env = Env::new();
     env.write_request(B, json!({}));
+    // The real report, as written for one of the specs this run's log names.
+    let report = env.root().join("area07.json");
+    fs::write(
+        &report,
+        fs::read_to_string(fixture("mochawesome/login.json"))
+            .unwrap()
+            .replace("login.cy.js", "area07.cy.js"),
+    )
+    .unwrap();
     start_runner(
         &env,
         &format!(
             "sleep 0.3; cp '{}' '{}'; {}",
-            fixture("mochawesome/login.json").display(),
+            report.display(),
             env.reporter_dir.display(),
             env.cypress_command("failing-2-of-20.log", 2)
         ),
@@ -120,7 +129,7 @@ fn failing_run_is_failed_with_its_failed_tests() {
         .unwrap()
         .to_string();
     assert!(text.starts_with(":x: **FAILED**"), "{text}");
-    assert!(text.contains("- cypress/e2e/login.cy.js › Login rejects a bad password — AssertionError: expected the error banner"), "{text}");
+    assert!(text.contains("- cypress/e2e/area07.cy.js › Login rejects a bad password — AssertionError: expected the error banner"), "{text}");
     assert!(
         text.contains("and 1 more"),
         "the log says 2 tests failed, the report names 1: {text}"
@@ -131,14 +140,15 @@ fn failing_run_is_failed_with_its_failed_tests() {
 fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
     let env = Env::new();
     env.write_request(B, json!({}));
-    // Twelve copies of the real report, each with its own spec name and one failed test.
+    // Twelve copies of the real report, each for one of the log's specs, with one failed
+    // test each.
     let real = fs::read_to_string(fixture("mochawesome/login.json")).unwrap();
     let reports = env.root().join("reports");
     fs::create_dir(&reports).unwrap();
     for i in 0..12 {
         fs::write(
             reports.join(format!("r{i:02}.json")),
-            real.replace("login.cy.js", &format!("area{i:02}.cy.js")),
+            real.replace("login.cy.js", &format!("area{:02}.cy.js", i + 1)),
         )
         .unwrap();
     }
