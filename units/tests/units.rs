@@ -36,7 +36,7 @@ fn workspace_binaries() -> BTreeSet<String> {
 #[test]
 fn every_exec_start_names_a_workspace_binary() {
     let bins = workspace_binaries();
-    assert_eq!(bins.len(), 7, "{bins:?}");
+    assert_eq!(bins.len(), 8, "{bins:?}");
     for unit in ALL {
         let text = unit.render(Path::new("/opt/atvm-watcher-service"));
         let cmd = exec_start(&text).expect("ExecStart");

@@ -31,7 +31,7 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
-/// `cargo build --release` of the seven binaries; returns the directory they are in.
+/// `cargo build --release` of the product binaries; returns the directory they are in.
 pub fn build_release() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut cmd = Command::new(cargo);

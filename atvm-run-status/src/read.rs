@@ -1,0 +1,381 @@
+//! Reading the state root without getting in anyone's way. No lock is taken: the writers
+//! replace every file atomically, so a plain read sees a whole old or a whole new file, and
+//! a watcher or start helper never waits on us. Files are opened without following symbolic
+//! links (SPEC §4) and without blocking on a FIFO, and a file that cannot be read becomes an
+//! error in its run's record instead of ending the listing.
+
+use crate::view::{
+    Detail, FileError, Groups, MarkerView, PostView, RunView, RunnerView, SubRunView,
+};
+use atvm_common::error::{Error, Result};
+use atvm_common::state::{Marker, Request, RunnerStatus, State};
+use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
+use serde::de::DeserializeOwned;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Larger than any state file the writers make; a bound so a stray huge file cannot eat
+/// the controller's memory.
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Where one run's files are: a build's current directory or one of its archives.
+#[derive(Debug)]
+pub struct Source {
+    pub build: BuildName,
+    /// The archive's directory name; `None` for the current run.
+    pub archive: Option<String>,
+    pub dir: StateDir,
+}
+
+/// Every current run (and with `all` every archived one) under the state root.
+pub fn all_runs(paths: &Paths, all: bool) -> Result<Vec<Source>> {
+    let root = &paths.state_root;
+    check_root(root)?;
+    let mut sources = Vec::new();
+    for (name, path) in subdirs(root).map_err(|e| Error::io("cannot list state root", root, e))? {
+        match BuildName::parse(&name) {
+            Ok(build) => sources.push(Source {
+                dir: paths.state_dir(&build),
+                build,
+                archive: None,
+            }),
+            Err(e) => logging::warn(format!(
+                "ignoring a directory that is not a build: {e} ({})",
+                path.display()
+            )),
+        }
+    }
+    if all {
+        let archive_root = paths.archive_root();
+        for (name, _) in subdirs(&archive_root).or_else(absent_is_empty(&archive_root))? {
+            if let Ok(build) = BuildName::parse(&name) {
+                sources.extend(archives(paths, &build)?);
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// One build's current run (and with `all` its archives); an unknown build is an error.
+pub fn build_runs(paths: &Paths, build: &BuildName, all: bool) -> Result<Vec<Source>> {
+    check_root(&paths.state_root)?;
+    let dir = paths.state_dir(build);
+    let mut sources = Vec::new();
+    if fs::symlink_metadata(dir.path()).is_ok() {
+        sources.push(Source {
+            build: build.clone(),
+            archive: None,
+            dir,
+        });
+    }
+    if all {
+        sources.extend(archives(paths, build)?);
+    }
+    if sources.is_empty() {
+        let what = if all {
+            "no state directory and no archive"
+        } else {
+            "no state directory"
+        };
+        return Err(Error::file(
+            format!("unknown build {build}: {what}"),
+            paths.state_dir(build).path(),
+        ));
+    }
+    Ok(sources)
+}
+
+/// `<state-root>/.archive/<build>/<stamp>/`: each is a whole state directory moved aside.
+fn archives(paths: &Paths, build: &BuildName) -> Result<Vec<Source>> {
+    let base = paths.archive_root().join(build.as_str());
+    let mut out = Vec::new();
+    for (stamp, path) in subdirs(&base).or_else(absent_is_empty(&base))? {
+        // Archive names are timestamps (`20261124T193530Z`, `…-001`), which pass the build
+        // name rule; that lets StateDir name the files inside as it does for a current run.
+        match BuildName::parse(&stamp) {
+            Ok(name) => out.push(Source {
+                build: build.clone(),
+                dir: StateDir::new(&base, &name),
+                archive: Some(stamp),
+            }),
+            Err(_) => logging::warn(format!(
+                "ignoring an archive with an unexpected name ({})",
+                path.display()
+            )),
+        }
+    }
+    Ok(out)
+}
+
+fn absent_is_empty(path: &Path) -> impl FnOnce(io::Error) -> Result<Vec<(String, PathBuf)>> {
+    move |e| match e.kind() {
+        io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => Err(Error::io("cannot list archive", path, e)),
+    }
+}
+
+/// Directories (and symbolic links, so they are reported rather than hidden) in `dir`,
+/// without dot entries (`.archive`, temp files) or plain files (locks).
+fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if !name.starts_with('.') && (kind.is_dir() || kind.is_symlink()) {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+/// The state root must be a directory owned by us and writable by no one else (SPEC §4):
+/// otherwise what it says cannot be trusted, and we refuse (exit 1) naming it.
+fn check_root(root: &Path) -> Result<()> {
+    let meta = fs::metadata(root).map_err(|e| Error::io("cannot read state root", root, e))?;
+    if !meta.is_dir() {
+        return Err(Error::file("state root is not a directory", root));
+    }
+    check_private(root, &meta)
+}
+
+fn check_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    if meta.uid() != fsutil::effective_uid() {
+        return Err(Error::file(
+            format!("refusing to read: owned by uid {}, not by us", meta.uid()),
+            path,
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(Error::file(
+            format!(
+                "refusing to read: writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ),
+            path,
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of `path`, or `None` when it does not exist. A symbolic link, a FIFO or
+/// anything else that is not a regular file is refused, never followed or waited on.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::file("refusing to follow a symbolic link", path));
+        }
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file("refusing to read: not a regular file", path));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Error::file("refusing to read: larger than 16 MiB", path));
+    }
+    Ok(Some(bytes))
+}
+
+/// [`fsutil::read_json`]'s contract (absent is `None`, a file that does not parse is an
+/// error naming it) on top of [`read_file`].
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let Some(bytes) = read_file(path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::file(format!("does not parse as expected: {e}"), path))
+}
+
+/// Collects the errors of one run's files while the rest is still read.
+struct Reader {
+    errors: Vec<FileError>,
+}
+
+impl Reader {
+    fn json<T: DeserializeOwned>(&mut self, path: &Path) -> Option<T> {
+        self.keep(path, read_json(path))
+    }
+
+    fn marker(&mut self, path: &Path) -> Option<MarkerView> {
+        let bytes = self.keep(path, read_file(path))?;
+        let m = Marker::parse(&String::from_utf8_lossy(&bytes));
+        Some(MarkerView {
+            at: m.at,
+            run_id: m.run_id,
+        })
+    }
+
+    fn keep<T>(&mut self, path: &Path, result: Result<Option<T>>) -> Option<T> {
+        result.unwrap_or_else(|e| {
+            self.push(path, e);
+            None
+        })
+    }
+
+    fn push(&mut self, path: &Path, e: Error) {
+        self.errors.push(FileError {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        });
+    }
+}
+
+/// Read one run: its summary, and with `detail` everything else. Units are left `None`;
+/// the caller asks systemctl for all of them at once.
+pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView {
+    let mut r = Reader { errors: Vec::new() };
+    let dir = src.dir.path();
+    let (readable, mtime) = match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            r.push(dir, Error::file("refusing to follow a symbolic link", dir));
+            (false, None)
+        }
+        Ok(m) => {
+            let readable = check_private(dir, &m).map_err(|e| r.push(dir, e)).is_ok();
+            (readable, m.modified().ok().map(Timestamp::from_system))
+        }
+        // Archived by a start helper between the listing and now, for instance.
+        Err(e) => {
+            r.push(dir, Error::io("cannot read", dir, e));
+            (false, None)
+        }
+    };
+    let (request, state) = if readable {
+        (
+            r.json::<Request>(&src.dir.request()),
+            r.json::<State>(&src.dir.state()),
+        )
+    } else {
+        (None, None)
+    };
+    let updated_at = state.as_ref().map(|s| s.updated_at);
+    let requested_at = request.as_ref().map(|q| q.requested_at);
+    let since = updated_at.or(requested_at);
+    let categorized = request.as_ref().is_some_and(|q| q.categorize)
+        || state.as_ref().is_some_and(|s| s.subruns.is_some());
+    let groups = categorized.then(|| {
+        let subruns = state
+            .as_ref()
+            .and_then(|s| s.subruns.as_deref())
+            .unwrap_or_default();
+        Groups {
+            done: subruns.iter().filter(|s| s.state.is_terminal()).count(),
+            total: subruns.len(),
+        }
+    });
+    // A run whose directory cannot be read still gets every detail key (null), as documented.
+    let detail = detail.then(|| {
+        read_detail(
+            &mut r,
+            src,
+            paths,
+            readable,
+            request.clone(),
+            state.as_ref(),
+        )
+    });
+    RunView {
+        build_name: src.build.to_string(),
+        archive: src.archive.clone(),
+        dir: dir.to_path_buf(),
+        run_id: state
+            .as_ref()
+            .map(|s| s.run_id.clone())
+            .or_else(|| request.as_ref().map(|q| q.run_id.clone())),
+        state: state.as_ref().map(|s| s.state),
+        is_final: state.as_ref().map(|s| s.is_final),
+        reason: state.as_ref().map(|s| s.reason.clone()),
+        requested_at,
+        updated_at,
+        age_seconds: since.map(|t| t.until(now).as_secs()),
+        counts: state.as_ref().and_then(|s| s.counts),
+        post: state.as_ref().map(|s| PostView::from(&s.post)),
+        groups,
+        watcher_unit: None,
+        errors: r.errors,
+        detail,
+        sort_time: since.or(mtime).unwrap_or_default(),
+    }
+}
+
+fn read_detail(
+    r: &mut Reader,
+    src: &Source,
+    paths: &Paths,
+    readable: bool,
+    request: Option<Request>,
+    state: Option<&State>,
+) -> Detail {
+    let sd = &src.dir;
+    let status: Option<RunnerStatus> = readable.then(|| r.json(&sd.runner_status())).flatten();
+    let details = state.map(|s| &s.details);
+    let text = |key: &str| {
+        details
+            .and_then(|d| d.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let run_log = status
+        .as_ref()
+        .map(|s| s.log_path.clone())
+        .or_else(|| text("log").map(PathBuf::from))
+        .unwrap_or_else(|| paths.run_log(&src.build));
+    let subruns = state.and_then(|s| s.subruns.as_ref()).map(|list| {
+        list.iter()
+            .map(|sum| {
+                // The key names a directory: read it only if it is a plain file name.
+                let own: Option<State> = match BuildName::parse(&sum.key) {
+                    Ok(_) => r.json(&sd.subrun_dir(&sum.key).join("state.json")),
+                    Err(_) => {
+                        let e = Error::file(
+                            format!("sub-run key {:?} is not a plain file name", sum.key),
+                            sd.state(),
+                        );
+                        r.push(&sd.state(), e);
+                        None
+                    }
+                };
+                SubRunView {
+                    key: sum.key.clone(),
+                    group: sum.group.clone(),
+                    state: sum.state,
+                    is_final: own.as_ref().map(|s| s.is_final),
+                    reason: own.as_ref().map(|s| s.reason.clone()),
+                    updated_at: own.as_ref().map(|s| s.updated_at),
+                    counts: sum.counts,
+                    post: PostView::from(&sum.post),
+                }
+            })
+            .collect()
+    });
+    Detail {
+        request,
+        runner: status.as_ref().map(RunnerView::from),
+        runner_unit: None,
+        run_log,
+        launch_log: paths.launch_log(&src.build),
+        progress: text("progress"),
+        run_url: text("run_url"),
+        last_activity: text("last_activity").and_then(|t| Timestamp::parse(&t)),
+        cancelled: readable.then(|| r.marker(&sd.cancelled_marker())).flatten(),
+        posted: readable.then(|| r.marker(&sd.posted_marker())).flatten(),
+        last_error: state.and_then(|s| s.post.last_error.clone()),
+        subruns,
+    }
+}

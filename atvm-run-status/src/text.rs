@@ -1,0 +1,341 @@
+//! The text views: one table line per run, or everything about one run. Text that comes
+//! from logs (reasons, errors) has its control characters replaced, so a line stays one
+//! line and nothing in a state file can drive the operator's terminal.
+
+use crate::view::{Detail, MarkerView, PostView, RunView, SubRunView, UnitView};
+use atvm_common::Timestamp;
+use atvm_common::state::{Counts, PostStatus};
+use atvm_common::time::human_duration;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Width of the table's REASON column when the terminal's width is unknown (`COLUMNS`).
+pub const REASON_WIDTH: usize = 60;
+/// The REASON column never gets narrower than this, however wide the other columns are.
+const MIN_REASON_WIDTH: usize = 20;
+
+/// The table: a header and one line per run, in the given order. `columns` is the
+/// terminal's width when known; the reason is cut to fit it, or to [`REASON_WIDTH`].
+pub fn table(runs: &[RunView], with_archive: bool, columns: Option<usize>) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "BUILD", "ARCHIVED", "STATE", "FINAL", "POST", "GROUPS", "AGE", "UNIT", "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for run in runs {
+        rows.push(vec![
+            clean(&run.build_name),
+            run.archive.clone().unwrap_or_else(|| "-".into()),
+            match (run.state, run.errors.is_empty()) {
+                (Some(s), _) => s.to_string(),
+                (None, true) => "-".into(),
+                (None, false) => "ERROR".into(),
+            },
+            yes_no(run.is_final),
+            run.post
+                .as_ref()
+                .map_or("-".into(), |p| post_word(p).to_string()),
+            run.groups
+                .as_ref()
+                .map_or("-".into(), |g| format!("{}/{}", g.done, g.total)),
+            run.age_seconds
+                .map_or("-".into(), |s| age(Duration::from_secs(s))),
+            run.watcher_unit.as_ref().map_or("-".into(), unit_word),
+            row_reason(run),
+        ]);
+    }
+    if !with_archive {
+        for row in &mut rows {
+            row.remove(1);
+        }
+    }
+    let last = rows[0].len() - 1;
+    let widths: Vec<usize> = (0..last)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let used: usize = widths.iter().map(|w| w + 2).sum();
+    let reason_width = columns.map_or(REASON_WIDTH, |c| {
+        c.saturating_sub(used).max(MIN_REASON_WIDTH)
+    });
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        line.push_str(&cut(&row[last], reason_width));
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The reason, or for a run whose files could not be read, the first such error.
+fn row_reason(run: &RunView) -> String {
+    match run.errors.first() {
+        Some(e) => {
+            let file = e.path.strip_prefix(&run.dir).unwrap_or(&e.path);
+            let file = if file.as_os_str().is_empty() {
+                &run.dir
+            } else {
+                file
+            };
+            let error = e
+                .error
+                .rsplit_once(" (")
+                .map_or(e.error.as_str(), |(w, _)| w);
+            clean(&format!("unreadable {}: {error}", file.display()))
+        }
+        None => clean(run.reason.as_deref().unwrap_or("")),
+    }
+}
+
+/// Everything about one run, label per line.
+pub fn detail(run: &RunView, now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        let _ = writeln!(out, "  {label:<15}{}", clean(&value));
+    };
+    let title = match &run.archive {
+        Some(a) => format!("{} (archived {a})", run.build_name),
+        None => run.build_name.clone(),
+    };
+    let state = match (run.state, run.is_final) {
+        (Some(s), Some(true)) => format!("{s} (final)"),
+        (Some(s), _) => format!("{s} (not final)"),
+        (None, _) => "- (no state.json yet)".into(),
+    };
+    line("state", state);
+    line("reason", run.reason.clone().unwrap_or_else(|| "-".into()));
+    line("run id", opt(run.run_id.as_deref()));
+    line("requested", when(run.requested_at, now));
+    line("updated", when(run.updated_at, now));
+    line("tests", run.counts.as_ref().map_or("-".into(), counts));
+    line("post", run.post.as_ref().map_or("-".into(), post));
+    let d = run.detail.as_ref();
+    line("last error", opt(d.and_then(|d| d.last_error.as_deref())));
+    line("watcher unit", unit(run.watcher_unit.as_ref()));
+    if let Some(d) = d {
+        runner_lines(d, now, &mut line);
+    }
+    line("state dir", run.dir.display().to_string());
+    let mut text = format!("{}\n{out}", clean(&title));
+    if let Some(request) = d.and_then(|d| d.request.as_ref()) {
+        text.push_str("  request\n");
+        let options = [
+            ("template", request.template.as_deref()),
+            ("template cmd", request.template_command.as_deref()),
+            ("runner cmd", request.runner_command.as_deref()),
+            ("config family", request.config_family.as_deref()),
+            ("config file", request.config_file.as_deref()),
+            ("migration", request.migration_style.as_deref()),
+            ("integration", request.integration_plugin.as_deref()),
+            ("scope", request.scope_description.as_deref()),
+            (
+                "categorize",
+                Some(if request.categorize { "yes" } else { "no" }),
+            ),
+        ];
+        for (label, value) in options {
+            let _ = writeln!(text, "    {label:<15}{}", clean(value.unwrap_or("-")));
+        }
+    }
+    if let Some(subruns) = d.and_then(|d| d.subruns.as_deref()) {
+        text.push_str(&subrun_table(subruns));
+    }
+    if !run.errors.is_empty() {
+        text.push_str("  errors\n");
+        for e in &run.errors {
+            let _ = writeln!(text, "    {}", clean(&e.error));
+        }
+    }
+    text
+}
+
+fn runner_lines(d: &Detail, now: Timestamp, line: &mut impl FnMut(&str, String)) {
+    line("runner unit", unit(d.runner_unit.as_ref()));
+    let runner = d
+        .runner
+        .as_ref()
+        .map_or("- (no runner/status.json)".into(), |r| {
+            let mut s = format!(
+                "pid {} (command {}), started {}",
+                r.pid,
+                r.child_pid,
+                when(Some(r.started_at), now)
+            );
+            match (r.exited_at, r.exit_code, r.signal) {
+                (Some(at), Some(code), _) => s.push_str(&format!(", exited {at} with code {code}")),
+                (Some(at), None, Some(sig)) => {
+                    s.push_str(&format!(", killed {at} by signal {sig}"))
+                }
+                (Some(at), None, None) => s.push_str(&format!(", exited {at}")),
+                (None, ..) => s.push_str(", no exit recorded"),
+            }
+            if r.cancel_requested {
+                s.push_str(", cancel requested");
+            }
+            s
+        });
+    line("runner", runner);
+    line("run log", d.run_log.display().to_string());
+    line("launch log", d.launch_log.display().to_string());
+    line("progress", opt(d.progress.as_deref()));
+    line("run url", opt(d.run_url.as_deref()));
+    line("last activity", when(d.last_activity, now));
+    line("cancelled", marker(d.cancelled.as_ref()));
+    line("posted", marker(d.posted.as_ref()));
+}
+
+fn subrun_table(subruns: &[SubRunView]) -> String {
+    let mut rows =
+        vec![["KEY", "GROUP", "STATE", "FINAL", "POST", "TESTS", "REASON"].map(String::from)];
+    for s in subruns {
+        rows.push([
+            clean(&s.key),
+            clean(s.group.as_deref().unwrap_or("-")),
+            s.state.to_string(),
+            yes_no(s.is_final),
+            post(&s.post),
+            s.counts.as_ref().map_or("-".into(), counts),
+            clean(s.reason.as_deref().unwrap_or("-")),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("  sub-runs ({})\n", subruns.len());
+    for row in rows {
+        let mut line = String::from("    ");
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        line.push_str(&row[6]);
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn post_word(p: &PostView) -> &'static str {
+    match p.status {
+        PostStatus::None => "none",
+        PostStatus::Pending => "pending",
+        PostStatus::Posted => "posted",
+        PostStatus::Failed => "failed",
+        PostStatus::Suppressed => "suppressed",
+    }
+}
+
+fn post(p: &PostView) -> String {
+    let mut s = post_word(p).to_string();
+    if p.dry_run {
+        s.push_str(" (dry run)");
+    }
+    if p.attempts > 0 {
+        let plural = if p.attempts == 1 { "" } else { "s" };
+        s.push_str(&format!(", {} attempt{plural}", p.attempts));
+    }
+    if let Some(at) = p.posted_at {
+        s.push_str(&format!(", posted {at}"));
+    }
+    s
+}
+
+fn counts(c: &Counts) -> String {
+    format!(
+        "{} · passed {} · failed {} · pending {} · skipped {}",
+        c.tests, c.passed, c.failed, c.pending, c.skipped
+    )
+}
+
+fn unit(u: Option<&UnitView>) -> String {
+    match u {
+        None => "-".into(),
+        Some(u) => match (&u.active, &u.error) {
+            (Some(word), _) => format!("{} {word}", u.name),
+            (None, Some(e)) => format!("{} ? ({e})", u.name),
+            (None, None) => format!("{} ?", u.name),
+        },
+    }
+}
+
+fn unit_word(u: &UnitView) -> String {
+    u.active.as_deref().map_or("?".into(), clean)
+}
+
+fn marker(m: Option<&MarkerView>) -> String {
+    match m {
+        None => "-".into(),
+        Some(m) => format!(
+            "{} (run {})",
+            m.at.map_or("?".into(), |t| t.to_string()),
+            opt(m.run_id.as_deref())
+        ),
+    }
+}
+
+fn when(t: Option<Timestamp>, now: Timestamp) -> String {
+    t.map_or("-".into(), |t| format!("{t} ({} ago)", age(t.until(now))))
+}
+
+/// `45s`, `12m 30s`, `3h 05m`, `2d 04h`: short enough for a table column.
+pub fn age(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 86_400 {
+        human_duration(d)
+    } else {
+        format!("{}d {:02}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+fn yes_no(b: Option<bool>) -> String {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
+    }
+    .into()
+}
+
+fn opt(s: Option<&str>) -> String {
+    s.unwrap_or("-").to_string()
+}
+
+/// One line, no terminal control sequences.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `s` cut to `max` characters, the cut marked with `…`.
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_stay_short() {
+        assert_eq!(age(Duration::from_secs(45)), "45s");
+        assert_eq!(age(Duration::from_secs(3 * 3600 + 300)), "3h 05m");
+        assert_eq!(age(Duration::from_secs(2 * 86_400 + 4 * 3600)), "2d 04h");
+    }
+
+    #[test]
+    fn reasons_are_cut_and_cleaned() {
+        assert_eq!(cut("abcdef", 4), "abc…");
+        assert_eq!(cut("abc", 4), "abc");
+        assert_eq!(clean("a\nb\x1b[31mc"), "a b [31mc");
+    }
+}
