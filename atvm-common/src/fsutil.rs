@@ -1,12 +1,17 @@
 //! File primitives with the guarantees SPEC §4/§5 ask for: atomic replacement (temp file in
 //! the same directory, fsync, rename, fsync of the directory), JSON that is reported by name
 //! when it does not parse, safe creation of logs in world-writable directories, and locks.
+//!
+//! Nothing in the state root is opened through a symbolic link: reads, locks and markers
+//! use `O_NOFOLLOW` (a planted `watcher.lock -> /etc/x` fails instead of making root create
+//! `/etc/x`), new files are created with `O_EXCL`, and directories are checked to be real
+//! directories owned by us and writable by no one else ([`check_private_dir`]).
 
 use crate::error::{Error, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,23 +68,124 @@ pub fn write_json(path: &Path, value: &impl Serialize, mode: u32) -> Result<()> 
     write_atomic(path, &bytes, mode)
 }
 
+/// Larger than any file the tools write; a bound so a stray huge file cannot eat memory.
+pub const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Open `path` for reading without following a symbolic link or blocking on a FIFO, and
+/// check it is a regular file. `Ok(None)` when it does not exist.
+pub fn open_regular(path: &Path) -> Result<Option<(File, fs::Metadata)>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::file("refusing to follow a symbolic link", path));
+        }
+        Err(e) => return Err(Error::io("cannot read", path, e)),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file("refusing to read: not a regular file", path));
+    }
+    Ok(Some((file, meta)))
+}
+
+/// The bytes of `path` (see [`open_regular`]), with its metadata; `Ok(None)` when absent.
+pub fn read_file(path: &Path) -> Result<Option<(Vec<u8>, fs::Metadata)>> {
+    let Some((file, meta)) = open_regular(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_READ_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if bytes.len() as u64 > MAX_READ_BYTES {
+        return Err(Error::file("refusing to read: larger than 16 MiB", path));
+    }
+    Ok(Some((bytes, meta)))
+}
+
 /// Read and parse a JSON file. `Ok(None)` when it does not exist; a file that does not parse
 /// is an error naming the file, never silently replaced.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
+    let Some((bytes, _)) = read_file(path)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Error::file(format!("does not parse as expected: {e}"), path))
 }
 
-/// Create `dir` (and parents) and set it to `mode`.
+/// Refuse (exit 1, naming the path) a directory we are about to trust that is a symbolic
+/// link, not a directory, owned by someone else, or writable by group or others: whoever
+/// can write there can forge what it holds (SPEC §4).
+pub fn check_private_dir(dir: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| Error::io("cannot use", dir, e))?;
+    check_private_meta(dir, &meta)
+}
+
+fn check_private_meta(dir: &Path, meta: &fs::Metadata) -> Result<()> {
+    let refuse = |why: String| {
+        Err(Error::file(
+            format!("refusing to use directory: {why}"),
+            dir,
+        ))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("it is a symbolic link".into());
+    }
+    if !meta.is_dir() {
+        return refuse("not a directory".into());
+    }
+    if meta.uid() != effective_uid() {
+        return refuse(format!("owned by uid {}, not by us", meta.uid()));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return refuse(format!("writable by group or others (mode {mode:04o})"));
+    }
+    Ok(())
+}
+
+/// Create `dir` (its parents as needed) or take the one that is there, check it is ours
+/// ([`check_private_dir`]) and set it to `mode` — through the opened directory, so a link
+/// swapped in meanwhile is never chmod'ed.
 pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("cannot create directory", dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("cannot create directory", parent, e))?;
+            }
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io("cannot create directory", dir, e)),
+            }
+        }
+        Err(e) => return Err(Error::io("cannot create directory", dir, e)),
+    }
+    let handle = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| Error::io("cannot open directory", dir, e))?;
+    let meta = handle
+        .metadata()
+        .map_err(|e| Error::io("cannot open directory", dir, e))?;
+    // Group/world-writable is about to be fixed by the chmod; ownership is not.
+    if meta.uid() != effective_uid() {
+        return check_private_meta(dir, &meta);
+    }
+    handle
+        .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io("cannot set mode of", dir, e))
 }
 
@@ -152,14 +258,30 @@ pub struct Lock {
 
 impl Lock {
     fn open(path: &Path) -> Result<File> {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|e| Error::io("cannot open lock", path, e))
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => {
+                    Error::file("refusing to open lock: it is a symbolic link", path)
+                }
+                _ => Error::io("cannot open lock", path, e),
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("cannot open lock", path, e))?;
+        if !meta.is_file() {
+            return Err(Error::file(
+                "refusing to open lock: not a regular file",
+                path,
+            ));
+        }
+        Ok(file)
     }
 
     /// Take the lock or fail at once with `LockHeld` (exit 4).
@@ -244,6 +366,37 @@ mod tests {
         assert_eq!(err.exit_code(), 4);
         drop(held);
         Lock::try_exclusive(&p).expect("free again");
+    }
+
+    #[test]
+    fn locks_and_reads_never_follow_a_planted_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("elsewhere");
+        let link = dir.path().join("watcher.lock");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = Lock::try_exclusive(&link).expect_err("symlink");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(!target.exists(), "the link's target was created");
+        fs::write(&target, b"{}").expect("write");
+        let err = read_json::<serde_json::Value>(&link).expect_err("symlink");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn private_dirs_are_ours_and_closed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join("a/b");
+        create_dir(&d, 0o700).expect("create with parents");
+        check_private_dir(&d).expect("ours");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = check_private_dir(&d).expect_err("world-writable");
+        assert!(err.to_string().contains("mode 0777"), "{err}");
+        create_dir(&d, 0o700).expect("an existing dir of ours is fixed");
+        check_private_dir(&d).expect("closed again");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&d, &link).expect("symlink");
+        assert!(check_private_dir(&link).is_err());
+        assert!(create_dir(&link, 0o700).is_err(), "never through a link");
     }
 
     #[test]

@@ -419,27 +419,40 @@ impl StateDir {
 
     /// Read a marker: `None` when absent. Returns the parsed content and its mtime.
     pub fn read_marker(&self, path: &Path) -> Result<Option<(Marker, Timestamp)>> {
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("cannot read marker", path, e)),
+        let Some((bytes, meta)) = fsutil::read_file(path)? else {
+            return Ok(None);
         };
-        let mtime = fs::metadata(path)
-            .and_then(|m| m.modified())
+        let mtime = meta
+            .modified()
             .map(Timestamp::from_system)
             .map_err(|e| Error::io("cannot read marker", path, e))?;
-        Ok(Some((Marker::parse(&text), mtime)))
+        Ok(Some((
+            Marker::parse(&String::from_utf8_lossy(&bytes)),
+            mtime,
+        )))
     }
 
     pub fn write_marker(&self, path: &Path, run_id: &str) -> Result<()> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| Error::io("cannot create", parent, e))?;
+            fsutil::create_dir(parent, 0o700)?;
         }
         fsutil::write_atomic(
             path,
             Marker::render(Timestamp::now(), run_id).as_bytes(),
             0o644,
         )
+    }
+
+    /// Refuse a state root or build directory that is not ours alone (SPEC §4). The build
+    /// directory is checked only if it exists.
+    pub fn check(&self) -> Result<()> {
+        if let Some(root) = self.dir.parent() {
+            fsutil::check_private_dir(root)?;
+        }
+        match fs::symlink_metadata(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => fsutil::check_private_dir(&self.dir),
+        }
     }
 
     /// Move the whole directory to `<state-root>/.archive/<build>/<UTC-timestamp>/` and keep

@@ -11,14 +11,9 @@ use atvm_common::error::{Error, Result};
 use atvm_common::state::{Marker, Request, RunnerStatus, State};
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
 use serde::de::DeserializeOwned;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-
-/// Larger than any state file the writers make; a bound so a stray huge file cannot eat
-/// the controller's memory.
-const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where one run's files are: a build's current directory or one of its archives.
 #[derive(Debug)]
@@ -134,72 +129,8 @@ fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 /// The state root must be a directory owned by us and writable by no one else (SPEC §4):
 /// otherwise what it says cannot be trusted, and we refuse (exit 1) naming it.
 fn check_root(root: &Path) -> Result<()> {
-    let meta = fs::metadata(root).map_err(|e| Error::io("cannot read state root", root, e))?;
-    if !meta.is_dir() {
-        return Err(Error::file("state root is not a directory", root));
-    }
-    check_private(root, &meta)
-}
-
-fn check_private(path: &Path, meta: &fs::Metadata) -> Result<()> {
-    if meta.uid() != fsutil::effective_uid() {
-        return Err(Error::file(
-            format!("refusing to read: owned by uid {}, not by us", meta.uid()),
-            path,
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(Error::file(
-            format!(
-                "refusing to read: writable by group or others (mode {:o})",
-                meta.mode() & 0o7777
-            ),
-            path,
-        ));
-    }
-    Ok(())
-}
-
-/// The bytes of `path`, or `None` when it does not exist. A symbolic link, a FIFO or
-/// anything else that is not a regular file is refused, never followed or waited on.
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(Error::file("refusing to follow a symbolic link", path));
-        }
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::file("refusing to read: not a regular file", path));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("cannot read", path, e))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Error::file("refusing to read: larger than 16 MiB", path));
-    }
-    Ok(Some(bytes))
-}
-
-/// [`fsutil::read_json`]'s contract (absent is `None`, a file that does not parse is an
-/// error naming it) on top of [`read_file`].
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    let Some(bytes) = read_file(path)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::file(format!("does not parse as expected: {e}"), path))
+    fs::symlink_metadata(root).map_err(|e| Error::io("cannot read state root", root, e))?;
+    fsutil::check_private_dir(root)
 }
 
 /// Collects the errors of one run's files while the rest is still read.
@@ -209,11 +140,11 @@ struct Reader {
 
 impl Reader {
     fn json<T: DeserializeOwned>(&mut self, path: &Path) -> Option<T> {
-        self.keep(path, read_json(path))
+        self.keep(path, fsutil::read_json(path))
     }
 
     fn marker(&mut self, path: &Path) -> Option<MarkerView> {
-        let bytes = self.keep(path, read_file(path))?;
+        let (bytes, _) = self.keep(path, fsutil::read_file(path))?;
         let m = Marker::parse(&String::from_utf8_lossy(&bytes));
         Some(MarkerView {
             at: m.at,
@@ -247,7 +178,9 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             (false, None)
         }
         Ok(m) => {
-            let readable = check_private(dir, &m).map_err(|e| r.push(dir, e)).is_ok();
+            let readable = fsutil::check_private_dir(dir)
+                .map_err(|e| r.push(dir, e))
+                .is_ok();
             (readable, m.modified().ok().map(Timestamp::from_system))
         }
         // Archived by a start helper between the listing and now, for instance.
