@@ -104,6 +104,21 @@ impl MattermostConfig {
     }
 }
 
+/// A positive number of seconds from the environment variable `var`, else `default`; a
+/// value that is not one is a usage error naming the variable.
+pub fn seconds_from_env(var: &str, default: f64) -> Result<std::time::Duration> {
+    let value = match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => return Ok(std::time::Duration::from_secs_f64(default)),
+    };
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(Error::Usage(format!(
+            "{var}={value:?} is not a positive number of seconds"
+        ))),
+    }
+}
+
 /// Parse a systemd-style `EnvironmentFile`: `KEY=VALUE` lines, `#`/`;` comments, optional
 /// `export `, values optionally in single or double quotes.
 pub fn parse_env_file(text: &str) -> HashMap<String, String> {

@@ -46,6 +46,10 @@ pub enum Error {
     #[error("another watcher holds the lock ({})", path.display())]
     LockHeld { path: PathBuf },
 
+    /// The runner unit started but its wrapper refused the run, or never confirmed it.
+    #[error("the runner did not start ({unit}): {why}")]
+    RunnerStart { unit: String, why: String },
+
     #[error("systemctl {action} failed: {detail} ({unit})")]
     Systemctl {
         action: &'static str,
@@ -69,7 +73,7 @@ impl Error {
             Error::Io { .. } | Error::File { .. } | Error::Failed(_) => exit::FAILURE,
             Error::TemplateFailed { .. } => exit::TEMPLATE_FAILED,
             Error::AlreadyRunning { .. } | Error::LockHeld { .. } => exit::ALREADY_RUNNING,
-            Error::Systemctl { .. } => exit::SYSTEMCTL,
+            Error::Systemctl { .. } | Error::RunnerStart { .. } => exit::SYSTEMCTL,
             Error::Config { .. } => exit::CONFIG,
         }
     }

@@ -296,6 +296,20 @@ impl Lock {
         }
     }
 
+    /// [`Lock::try_exclusive`], trying again for up to `patience` while someone else holds
+    /// it (for locks that others only probe for an instant).
+    pub fn try_exclusive_within(path: &Path, patience: std::time::Duration) -> Result<Lock> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match Lock::try_exclusive(path) {
+                Err(Error::LockHeld { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Wait for the lock; for short critical sections such as a read-modify-write.
     pub fn exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;

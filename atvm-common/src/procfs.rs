@@ -1,7 +1,11 @@
 //! Process identity from /proc: is a recorded pid still the same process (pid + start time),
-//! and the fallback search for runs not started through start-atvm-runner (SPEC §6).
+//! and the fallback search for runs not started through start-atvm-runner (SPEC §6): who
+//! names the build, who is ours (by executable, not by name), who owns what, and who holds
+//! a log open for writing.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// A running process as identified by pid and start time (clock ticks since boot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,13 +47,6 @@ pub fn is_alive(id: ProcessId) -> bool {
 
 /// Does this argv carry `--build_name B` / `--build-name B` (or the `=` forms)?
 pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
-    if let Some(prog) = argv.first() {
-        let base = prog.rsplit('/').next().unwrap_or(prog);
-        // Our own binaries carry `--build-name B` too; they are never "the runner".
-        if crate::BINARIES.contains(&base) {
-            return false;
-        }
-    }
     argv.windows(2)
         .any(|w| matches!(w[0], "--build_name" | "--build-name") && w[1] == build)
         || argv.iter().any(|a| {
@@ -59,37 +56,184 @@ pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
         })
 }
 
-/// The oldest live process (other than us) whose command line names `build`.
-pub fn find_by_build_name(build: &str) -> Option<ProcessId> {
-    let me = std::process::id();
-    let mut found: Option<ProcessId> = None;
-    for entry in fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&raw);
-        let argv: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
-        if !argv_names_build(&argv, build) {
-            continue;
-        }
-        if let Some(start_ticks) = start_ticks(pid) {
-            let candidate = ProcessId { pid, start_ticks };
-            if found.is_none_or(|f| candidate.start_ticks < f.start_ticks) {
-                found = Some(candidate);
+/// The project's own binaries, recognised by what a process runs (`/proc/<pid>/exe`), not
+/// by what it calls itself: `start-atvm-run-watcher.sh`, a copy or a link of a package
+/// binary is still ours, and never "the runner" (SPEC §6).
+#[derive(Clone, Debug, Default)]
+pub struct OwnBinaries {
+    /// (device, inode) of every package binary, and of the running program itself.
+    files: Vec<(u64, u64)>,
+    /// `<package-root>/<binary>`: how an upgraded (deleted) binary still shows in `exe`.
+    paths: Vec<String>,
+}
+
+impl OwnBinaries {
+    pub fn new(package_root: &Path) -> OwnBinaries {
+        let mut own = OwnBinaries::default();
+        let candidates = crate::BINARIES
+            .iter()
+            .map(|name| package_root.join(name))
+            .chain(std::iter::once(PathBuf::from("/proc/self/exe")));
+        for path in candidates {
+            if let Ok(meta) = fs::metadata(&path) {
+                own.files.push((meta.dev(), meta.ino()));
             }
+            if let Ok(real) = fs::canonicalize(&path) {
+                own.paths.push(real.to_string_lossy().into_owned());
+            }
+            own.paths.push(path.to_string_lossy().into_owned());
+        }
+        own
+    }
+
+    /// Is `pid` running one of our binaries?
+    pub fn runs_in(&self, pid: u32) -> bool {
+        let exe = format!("/proc/{pid}/exe");
+        if let Ok(meta) = fs::metadata(&exe)
+            && self.files.contains(&(meta.dev(), meta.ino()))
+        {
+            return true;
+        }
+        // Replaced by an upgrade while running: the link reads `<path> (deleted)`.
+        fs::read_link(&exe).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            let target = target.strip_suffix(" (deleted)").unwrap_or(&target);
+            self.paths.iter().any(|p| p == target)
+        })
+    }
+}
+
+/// What /proc says about one process, for the fallback search.
+#[derive(Clone, Debug)]
+struct Proc {
+    id: ProcessId,
+    ppid: u32,
+    names_build: bool,
+}
+
+/// Fields 4 (ppid) and 6 (session) of /proc/<pid>/stat.
+fn stat_ids(pid: u32) -> Option<(u32, i32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+/// The session a process belongs to.
+pub fn session(pid: u32) -> Option<i32> {
+    stat_ids(pid).map(|(_, sid)| sid)
+}
+
+/// Real and effective uid of a process (`Uid:` in /proc/<pid>/status).
+pub fn uids(pid: u32) -> Option<(u32, u32)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>().ok());
+    Some((ids.next()??, ids.next()??))
+}
+
+fn pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn argv(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .split('\0')
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The runner of a run not started through start-atvm-runner (SPEC §6): the oldest live
+/// process whose command line names `build`, that belongs to `uid` (no other user's process
+/// is ever adopted), is not one of our binaries, and does not merely wrap one of them
+/// (`sudo`, `timeout` or a shell whose descendant is ours).
+pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<ProcessId> {
+    let me = std::process::id();
+    let procs: Vec<Proc> = pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let (ppid, _) = stat_ids(pid)?;
+            let start_ticks = start_ticks(pid)?;
+            let names_build = argv(pid).is_some_and(|a| {
+                let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+                argv_names_build(&argv, build)
+            });
+            Some(Proc {
+                id: ProcessId { pid, start_ticks },
+                ppid,
+                names_build,
+            })
+        })
+        .collect();
+    procs
+        .iter()
+        .filter(|p| p.names_build)
+        .filter(|p| uids(p.id.pid).is_some_and(|(real, eff)| real == uid && eff == uid))
+        .filter(|p| !own.runs_in(p.id.pid) && !wraps_own(p.id.pid, &procs, own))
+        .map(|p| p.id)
+        .min_by_key(|id| id.start_ticks)
+}
+
+/// Does a descendant of `pid` run one of our binaries?
+fn wraps_own(pid: u32, procs: &[Proc], own: &OwnBinaries) -> bool {
+    let mut frontier = vec![pid];
+    let mut seen = 0;
+    while let Some(parent) = frontier.pop() {
+        for child in procs.iter().filter(|p| p.ppid == parent) {
+            if own.runs_in(child.id.pid) {
+                return true;
+            }
+            seen += 1;
+            if seen > 10_000 {
+                return false;
+            }
+            frontier.push(child.id.pid);
         }
     }
-    found
+    false
+}
+
+/// Is the file `(dev, ino)` open for writing by `pid` or by any process of `pid`'s session
+/// (`… > /tmp/B.log` holds it in the runner itself, `… | tee /tmp/B.log` in its sibling)?
+pub fn held_for_writing(pid: u32, dev: u64, ino: u64) -> bool {
+    let Some(sid) = session(pid) else {
+        return false;
+    };
+    pids()
+        .into_iter()
+        .filter(|&p| p == pid || session(p) == Some(sid))
+        .any(|p| writes_file(p, dev, ino))
+}
+
+fn writes_file(pid: u32, dev: u64, ino: u64) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| e.ok()).any(|fd| {
+        let same = fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
+        same && open_for_writing(pid, &fd.file_name().to_string_lossy())
+    })
+}
+
+/// `flags:` in /proc/<pid>/fdinfo/<fd> is octal; its low two bits are the access mode.
+fn open_for_writing(pid: u32, fd: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .is_some_and(|flags| flags & 0o3 != 0)
+    })
 }
 
 #[cfg(test)]
@@ -111,17 +255,37 @@ mod tests {
     }
 
     #[test]
-    fn recognises_both_flag_spellings_but_not_our_own_tools() {
+    fn recognises_both_flag_spellings() {
         assert!(argv_names_build(
             &["node", "run.js", "--build_name", "b1"],
             "b1"
         ));
         assert!(argv_names_build(&["x", "--build-name=b1"], "b1"));
         assert!(!argv_names_build(&["x", "--build-name", "b10"], "b1"));
-        assert!(!argv_names_build(
-            &["/opt/p/atvm-run-watcher", "--build-name", "b1"],
-            "b1"
-        ));
+        assert!(!argv_names_build(&["sh", "-c", "x --build-name b1"], "b1"));
+    }
+
+    #[test]
+    fn we_are_our_own_binary_and_uids_and_sessions_read() {
+        let own = OwnBinaries::new(Path::new("/nonexistent"));
+        assert!(own.runs_in(std::process::id()), "/proc/self/exe is ours");
+        assert!(!own.runs_in(1) || std::process::id() == 1);
+        let euid = crate::fsutil::effective_uid();
+        assert_eq!(uids(std::process::id()).map(|(_, e)| e), Some(euid));
+        assert!(session(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn a_log_held_open_for_writing_is_found_and_a_read_only_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("b.log");
+        let f = fs::File::create(&log).expect("create");
+        let meta = f.metadata().expect("meta");
+        let me = std::process::id();
+        assert!(held_for_writing(me, meta.dev(), meta.ino()));
+        drop(f);
+        let _reader = fs::File::open(&log).expect("open");
+        assert!(!held_for_writing(me, meta.dev(), meta.ino()));
     }
 
     #[test]
@@ -136,17 +300,21 @@ mod tests {
             ])
             .spawn()
             .expect("spawn");
+        let own = OwnBinaries::new(Path::new("/nonexistent"));
+        let uid = crate::fsutil::effective_uid();
         // Until the child has exec'ed, its command line is still ours.
         let mut found = None;
         for _ in 0..200 {
-            found = find_by_build_name("procfs-test-build");
+            found = find_fallback("procfs-test-build", uid, &own);
             if found.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let other_user = find_fallback("procfs-test-build", uid.wrapping_add(1), &own);
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found.map(|f| f.pid), Some(child.id()));
+        assert_eq!(other_user, None, "another user's process is never adopted");
     }
 }

@@ -9,7 +9,7 @@
 use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Lock};
-use crate::time::Timestamp;
+use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -25,6 +25,9 @@ pub struct Request {
     /// Unique per start; every other record of the run carries it.
     pub run_id: String,
     pub requested_at: Timestamp,
+    /// The boot clock at the request: the start timeout is measured on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_boot: Option<BootInstant>,
     #[serde(default)]
     pub template: Option<String>,
     #[serde(default)]
@@ -45,6 +48,16 @@ pub struct Request {
     pub scope_description: Option<String>,
 }
 
+impl Request {
+    /// When the run was requested.
+    pub fn requested(&self) -> Moment {
+        Moment {
+            wall: self.requested_at,
+            boot: self.requested_boot.clone(),
+        }
+    }
+}
+
 /// `runner/spec.json`: what run-atvm-runner should run. Mode 0600: it holds a command line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerSpec {
@@ -54,6 +67,10 @@ pub struct RunnerSpec {
     pub workdir: PathBuf,
     pub log_path: PathBuf,
     pub created_at: Timestamp,
+    /// Unique per start-atvm-runner call; the wrapper echoes it in `status.json`, which is
+    /// how the start helper confirms that this start (not an earlier one) was taken up.
+    #[serde(default)]
+    pub start_id: String,
 }
 
 /// `runner/status.json`: written by run-atvm-runner at start and exit, and by
@@ -73,6 +90,16 @@ pub struct RunnerStatus {
     pub log_path: PathBuf,
     pub log_inode: u64,
     pub log_dev: u64,
+    /// The spec's `start_id` this wrapper ran.
+    #[serde(default)]
+    pub start_id: String,
+    /// The boot clock at the start: a status from an earlier boot is never alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_boot: Option<BootInstant>,
+    /// Why the wrapper could not start the command (the path it refused is named); it
+    /// exited 1 and the run ends UNKNOWN at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     #[serde(default)]
     pub cancel_requested: bool,
     #[serde(default)]
@@ -87,11 +114,35 @@ pub struct RunnerStatus {
     /// The signal that killed the child, when it did not exit normally.
     #[serde(default)]
     pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_boot: Option<BootInstant>,
 }
 
 impl RunnerStatus {
     pub fn has_exited(&self) -> bool {
         self.exited_at.is_some()
+    }
+
+    pub fn started(&self) -> Moment {
+        Moment {
+            wall: self.started_at,
+            boot: self.started_boot.clone(),
+        }
+    }
+
+    pub fn exited(&self) -> Option<Moment> {
+        self.exited_at.map(|wall| Moment {
+            wall,
+            boot: self.exited_boot.clone(),
+        })
+    }
+
+    /// Was this status written during an earlier boot? Its pid means nothing now.
+    pub fn from_earlier_boot(&self, boot_id: Option<&str>) -> bool {
+        match (&self.started_boot, boot_id) {
+            (Some(b), Some(now)) => b.boot_id != now,
+            _ => false,
+        }
     }
 }
 
@@ -510,6 +561,50 @@ fn prune_archives(base: &Path, keep: usize) -> Result<()> {
         fs::remove_dir_all(&path).map_err(|e| Error::io("cannot prune archive", &path, e))?;
     }
     Ok(())
+}
+
+/// The per-build start lock (SPEC §6): every start helper holds it for its whole sequence,
+/// so concurrent starts of one build are serialised and a second one exits 4 at once,
+/// before it archives or records anything. It is its own file outside the build directory
+/// (which a start moves to the archive), not `watcher.lock`.
+#[derive(Debug)]
+pub struct StartLock {
+    _lock: Lock,
+}
+
+impl StartLock {
+    pub fn path(state_root: &Path, build: &BuildName) -> PathBuf {
+        state_root
+            .join(".locks")
+            .join(format!("{build}.start.lock"))
+    }
+
+    pub fn acquire(state_root: &Path, build: &BuildName) -> Result<StartLock> {
+        let path = StartLock::path(state_root, build);
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir(dir, 0o700)?;
+        }
+        match Lock::try_exclusive(&path) {
+            Ok(lock) => Ok(StartLock { _lock: lock }),
+            Err(Error::LockHeld { path }) => Err(Error::AlreadyRunning {
+                what: format!("another start of {build} is in progress"),
+                unit: path.display().to_string(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Without taking it or creating anything: is a start of `build` in progress?
+    pub fn held(state_root: &Path, build: &BuildName) -> Result<bool> {
+        let path = StartLock::path(state_root, build);
+        let Some((file, _)) = fsutil::open_regular(&path)? else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            file.try_lock_shared(),
+            Err(fs::TryLockError::WouldBlock)
+        ))
+    }
 }
 
 /// A run id unique per start: time, pid and a few bits of clock noise.

@@ -99,8 +99,9 @@ impl BootInstant {
 }
 
 /// A point in time as the tools record it: the wall clock for people, the boot clock for
-/// measuring how long ago it was.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// measuring how long ago it was. Reads a plain timestamp too (what checkpoints written
+/// before moments existed hold).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Moment {
     pub wall: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +138,25 @@ impl Moment {
             (Some(a), Some(b)) if a.boot_id == b.boot_id => a.ns > b.ns,
             _ => self.wall > other.wall,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Moment {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Wall(Timestamp),
+            Full {
+                wall: Timestamp,
+                #[serde(default)]
+                boot: Option<BootInstant>,
+            },
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::Wall(wall) => Moment::wall(wall),
+            Repr::Full { wall, boot } => Moment { wall, boot },
+        })
     }
 }
 
@@ -328,6 +348,15 @@ mod tests {
             Moment::wall(Timestamp(0)).until(&now),
             Duration::from_secs(5400)
         );
+    }
+
+    #[test]
+    fn moments_read_their_own_form_and_plain_timestamps() {
+        let m = Moment::now();
+        let json = serde_json::to_string(&m).expect("json");
+        assert_eq!(serde_json::from_str::<Moment>(&json).expect("parse"), m);
+        let old: Moment = serde_json::from_str("\"2026-11-24T19:45:30.123Z\"").expect("parse");
+        assert_eq!(old, Moment::wall(Timestamp(1_795_549_530_123)));
     }
 
     #[test]

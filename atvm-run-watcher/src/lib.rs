@@ -2,6 +2,7 @@
 //! COMPLETED/FAILED results to Mattermost exactly once (SPEC §6, §7). The ExecStart of
 //! `atvm-run-watcher@.service`.
 
+pub mod clock;
 pub mod decide;
 pub mod deliver;
 pub mod message;
@@ -114,13 +115,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     };
     let sd = paths.state_dir(&build);
+    sd.check()?;
     let request = sd.read_request()?.ok_or_else(|| {
         Error::file(
             "no request for this build: start the watcher with start-atvm-run-watcher",
             sd.request(),
         )
     })?;
-    let _lock = Lock::try_exclusive(&sd.watcher_lock())?;
+    // A start helper's probe of the lock may hold it for an instant: a watcher that lost
+    // that race exits 4 and would never be restarted, so it tries for a moment first.
+    let _lock = Lock::try_exclusive_within(&sd.watcher_lock(), Duration::from_secs(1))?;
     let shutdown = shutdown::Shutdown::install()?;
     let mut watcher = Watcher::resume(paths, build, request, timing, sink, &shutdown)?;
     watcher.run(cli.once)

@@ -1,20 +1,22 @@
 //! Everything the watcher learns from outside, once per poll: the runner (its status file,
 //! /proc, or the command-line fallback), the run log (followed from the checkpoint's
-//! offset, only the file whose identity the runner recorded), the reporter directory, the
-//! last activity, and the cancel marker. Also the inputs a message needs (failed tests from
-//! the reports, the inventory). Nothing here decides anything.
+//! offset, only the file whose identity the runner recorded — or, for a fallback runner,
+//! the one its session holds open for writing), the reporter directory (only this run's
+//! reports), the last activity, and the cancel marker. Also the inputs a message needs
+//! (failed tests from the reports, the inventory). Nothing here decides anything.
 
 use crate::decide::RunnerFacts;
 use crate::persist::{Checkpoint, cancelled_at};
 use crate::watch::Ctx;
 use atvm_common::error::{Error, Result};
-use atvm_common::follow::{FileId, FollowPoint, LogFollower};
+use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::inventory::{self, Vm};
 use atvm_common::mattermost;
-use atvm_common::procfs::{self, ProcessId};
+use atvm_common::procfs::{self, OwnBinaries, ProcessId};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
-use atvm_common::state::{Counts, RunnerStatus};
-use atvm_common::{Timestamp, logging};
+use atvm_common::state::{Counts, RunnerSpec, RunnerStatus};
+use atvm_common::{Moment, Timestamp, fsutil, logging};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,18 +28,18 @@ const FULL_REPORTER_SCAN: Duration = Duration::from_secs(60);
 /// What one poll observed.
 #[derive(Debug)]
 pub struct Observation {
-    pub now: Timestamp,
+    pub now: Moment,
     pub runner: RunnerFacts,
     /// The run's `runner/status.json`, when there is one for this run.
     pub status: Option<RunnerStatus>,
     /// The run log could not be read: the run ends UNKNOWN with this reason.
     pub log_error: Option<String>,
     pub cancelled_at: Option<Timestamp>,
-    pub last_activity: Timestamp,
+    pub last_activity: Moment,
 }
 
-/// The watcher's open inputs, kept between polls.
-#[derive(Debug, Default)]
+/// The watcher's open inputs and what it learnt about the runner, kept between polls.
+#[derive(Debug)]
 pub struct Observer {
     follower: Option<LogFollower>,
     reporter: Option<ReporterDir>,
@@ -45,32 +47,52 @@ pub struct Observer {
     inventory: Option<Option<Vec<Vm>>>,
     /// The run's specs, and the parser's line count they were taken at.
     specs: (u64, SpecSet),
+    /// Newest modification time of this run's reports seen so far.
+    newest_report: Option<SystemTime>,
+    own: OwnBinaries,
+    uid: u32,
+    /// This run is started through start-atvm-runner: the fallback never applies.
+    managed: bool,
+    /// A process that named the build at the last poll: adopted if it still does.
+    candidate: Option<ProcessId>,
+    runner_started: Option<Moment>,
     pub runner_started_at: Option<Timestamp>,
     pub runner_exited_at: Option<Timestamp>,
 }
 
 impl Observer {
     /// Resume following the log where the checkpoint says reading stopped.
-    pub fn resume(cp: &Checkpoint) -> Observer {
+    pub fn resume(ctx: &Ctx, cp: &Checkpoint) -> Observer {
         Observer {
             follower: cp.log_path.as_ref().map(|p| LogFollower::new(p, cp.follow)),
-            ..Observer::default()
+            reporter: None,
+            last_full_scan: None,
+            inventory: None,
+            specs: (0, SpecSet::default()),
+            newest_report: None,
+            own: OwnBinaries::new(&ctx.paths.package_root),
+            uid: fsutil::effective_uid(),
+            managed: ctx.request.runner_command.is_some(),
+            candidate: None,
+            runner_started: None,
+            runner_started_at: None,
+            runner_exited_at: None,
         }
     }
 
     /// Observe everything once. `None` when a stop was requested while the log was read
     /// (the poll is abandoned; what was read is in the checkpoint).
     pub fn observe(&mut self, ctx: &Ctx, cp: &mut Checkpoint) -> Result<Option<Observation>> {
-        let (runner, status) = self.runner(ctx, cp);
-        let log_error = self.follow_log(ctx, cp, status.as_ref()).err();
+        let now = ctx.clock.now();
+        let (runner, status) = self.runner(ctx, cp, &now);
+        let log_error = self.follow_log(ctx, cp, status.as_ref(), &now).err();
         if log_error.is_none() && ctx.shutdown.requested() {
             return Ok(None);
         }
         self.scan_reporter(ctx, cp);
         self.refresh_specs(cp);
-        let now = Timestamp::now();
         let cancelled_at = cancelled_at(&ctx.sd, &ctx.request)?;
-        let last_activity = self.last_activity(ctx, cp);
+        let last_activity = self.last_activity(ctx, cp, &now);
         Ok(Some(Observation {
             now,
             runner,
@@ -81,28 +103,72 @@ impl Observer {
         }))
     }
 
-    /// The runner of this run: by its status file, else (runs not started through
-    /// start-atvm-runner) by a process whose command line names the build.
-    fn runner(&mut self, ctx: &Ctx, cp: &mut Checkpoint) -> (RunnerFacts, Option<RunnerStatus>) {
+    /// The runner of this run (SPEC §6, "Run identity"): by its status file when the run
+    /// was started through start-atvm-runner (before that status appears: not yet), else by
+    /// the command-line fallback.
+    fn runner(
+        &mut self,
+        ctx: &Ctx,
+        cp: &mut Checkpoint,
+        now: &Moment,
+    ) -> (RunnerFacts, Option<RunnerStatus>) {
         let status = match ctx.sd.read_status() {
             Ok(s) => s.filter(|s| s.run_id == ctx.request.run_id),
             Err(e) => return (RunnerFacts::Unreadable(e.to_string()), None),
         };
-        match status {
-            Some(status) => {
-                let (facts, status) = self.managed_runner(ctx, status);
-                (facts, Some(status))
+        if let Some(status) = status {
+            self.managed = true;
+            self.drop_fallback(cp);
+            if let Some(why) = &status.refused {
+                return (RunnerFacts::Refused(why.clone()), Some(status));
             }
-            None => (self.fallback_runner(ctx, cp), None),
+            let (facts, status) = self.managed_runner(ctx, status, now);
+            return (facts, Some(status));
+        }
+        if self.is_managed(ctx) {
+            self.drop_fallback(cp);
+            return (RunnerFacts::NotYet, None);
+        }
+        (self.fallback_runner(ctx, cp, now), None)
+    }
+
+    /// Is there a `runner/spec.json` of this run (start-atvm-runner wrote it)?
+    fn is_managed(&mut self, ctx: &Ctx) -> bool {
+        if !self.managed {
+            let spec: Option<RunnerSpec> = fsutil::read_json(&ctx.sd.runner_spec()).ok().flatten();
+            self.managed = spec.is_some_and(|s| s.run_id == ctx.request.run_id);
+        }
+        self.managed
+    }
+
+    /// A fallback adopted before the run turned out to be managed is forgotten, with what
+    /// was read of its log.
+    fn drop_fallback(&mut self, cp: &mut Checkpoint) {
+        if let Some(id) = cp.fallback.take() {
+            logging::info(format!(
+                "no longer following pid {}: this run is started through start-atvm-runner",
+                id.pid
+            ));
+            cp.fallback_log = None;
+            cp.follow = None;
+            cp.log_path = None;
+            cp.parser = Default::default();
+            self.follower = None;
         }
     }
 
-    fn managed_runner(&mut self, ctx: &Ctx, status: RunnerStatus) -> (RunnerFacts, RunnerStatus) {
-        self.note_runner_times(&status);
+    fn managed_runner(
+        &mut self,
+        ctx: &Ctx,
+        status: RunnerStatus,
+        now: &Moment,
+    ) -> (RunnerFacts, RunnerStatus) {
+        self.note_runner(&status);
         let id = ProcessId {
             pid: status.pid,
             start_ticks: status.pid_start_ticks,
         };
+        let this_boot = now.boot.as_ref().map(|b| b.boot_id.as_str());
         let facts = if status.pid == 0 {
             // Cancelled before the wrapper had started.
             if status.cancel_requested {
@@ -112,13 +178,16 @@ impl Observer {
             }
         } else if status.has_exited() {
             exited_facts(&status)
+        } else if status.from_earlier_boot(this_boot) {
+            // The machine rebooted under the run: that pid is some other process now.
+            RunnerFacts::Vanished { pid: status.pid }
         } else if procfs::is_alive(id) {
             RunnerFacts::Alive { pid: status.pid }
         } else {
             // It may have recorded its exit between our read and the liveness check.
             match ctx.sd.read_status() {
                 Ok(Some(again)) if again.run_id == status.run_id && again.has_exited() => {
-                    self.note_runner_times(&again);
+                    self.note_runner(&again);
                     return (exited_facts(&again), again);
                 }
                 _ => RunnerFacts::Vanished { pid: status.pid },
@@ -127,37 +196,49 @@ impl Observer {
         (facts, status)
     }
 
-    fn fallback_runner(&mut self, ctx: &Ctx, cp: &mut Checkpoint) -> RunnerFacts {
+    /// A run not started through start-atvm-runner: the process found by its command line,
+    /// adopted once it has been seen at two polls in a row (a `sudo` that has not exec'ed
+    /// our tool yet is gone by then).
+    fn fallback_runner(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> RunnerFacts {
         match cp.fallback {
-            Some(id) if procfs::is_alive(id) => RunnerFacts::Alive { pid: id.pid },
-            Some(_) => RunnerFacts::FallbackGone,
-            None => match procfs::find_by_build_name(ctx.build.as_str()) {
-                Some(id) => {
-                    logging::info(format!(
-                        "following runner pid {} found by its --build_name {}",
-                        id.pid, ctx.build
-                    ));
-                    cp.fallback = Some(id);
-                    self.runner_started_at.get_or_insert_with(Timestamp::now);
-                    RunnerFacts::Alive { pid: id.pid }
-                }
-                None => RunnerFacts::NotYet,
-            },
+            Some(id) if procfs::is_alive(id) => return RunnerFacts::Alive { pid: id.pid },
+            Some(_) => return RunnerFacts::FallbackGone,
+            None => {}
+        }
+        let found = procfs::find_fallback(ctx.build.as_str(), self.uid, &self.own);
+        let seen_before = found.is_some() && found == self.candidate;
+        self.candidate = found;
+        match found {
+            Some(id) if seen_before => {
+                logging::info(format!(
+                    "following runner pid {} found by its --build_name {}",
+                    id.pid, ctx.build
+                ));
+                cp.fallback = Some(id);
+                self.runner_started = Some(now.clone());
+                self.runner_started_at.get_or_insert(now.wall);
+                RunnerFacts::Alive { pid: id.pid }
+            }
+            _ => RunnerFacts::NotYet,
         }
     }
 
-    fn note_runner_times(&mut self, status: &RunnerStatus) {
+    fn note_runner(&mut self, status: &RunnerStatus) {
+        self.runner_started = Some(status.started());
         self.runner_started_at = Some(status.started_at);
         self.runner_exited_at = status.exited_at;
     }
 
-    /// Which file is this run's log, and which identity must it have?
+    /// Which file is this run's log, and which identity must it have? The file the runner
+    /// recorded; for a fallback runner, the file at the log path that a process of the run
+    /// holds open for writing (and only if it is ours alone).
     fn log_target(
+        &self,
         ctx: &Ctx,
         cp: &mut Checkpoint,
         status: Option<&RunnerStatus>,
     ) -> Option<(PathBuf, FileId)> {
-        if let Some(s) = status.filter(|s| s.pid != 0) {
+        if let Some(s) = status.filter(|s| s.pid != 0 && s.refused.is_none()) {
             return Some((
                 s.log_path.clone(),
                 FileId {
@@ -166,29 +247,26 @@ impl Observer {
                 },
             ));
         }
+        let runner = cp.fallback?;
         let path = ctx.paths.run_log(&ctx.build);
         let current = std::fs::symlink_metadata(&path)
             .ok()
-            .filter(|m| m.file_type().is_file());
-        if cp.fallback.is_none() {
-            // No runner yet: remember what is at the path now, so an earlier run's log is
-            // never mistaken for this run's.
-            if !cp.baseline_taken {
-                cp.baseline_taken = true;
-                cp.baseline = current.map(|m| FollowPoint {
-                    file: FileId::of(&m),
-                    offset: m.len(),
-                });
+            .filter(|m| m.is_file() && m.uid() == self.uid && m.mode() & 0o022 == 0)
+            .map(|m| FileId::of(&m));
+        if let Some(id) = current {
+            if cp.fallback_log == Some(id) {
+                return Some((path, id));
             }
-            return None;
+            if procfs::held_for_writing(runner.pid, id.dev, id.ino) {
+                logging::info(format!(
+                    "reading {}: held open for writing by the runner's session",
+                    path.display()
+                ));
+                cp.fallback_log = Some(id);
+                return Some((path, id));
+            }
         }
-        let id = FileId::of(&current?);
-        if cp.follow.is_none()
-            && let Some(base) = cp.baseline.filter(|b| b.file == id)
-        {
-            cp.follow = Some(base);
-        }
-        Some((path, id))
+        cp.fallback_log.map(|id| (path, id))
     }
 
     /// Read what is new in the run log into the checkpoint's parser.
@@ -197,8 +275,9 @@ impl Observer {
         ctx: &Ctx,
         cp: &mut Checkpoint,
         status: Option<&RunnerStatus>,
+        now: &Moment,
     ) -> Result<()> {
-        let Some((path, expected)) = Self::log_target(ctx, cp, status) else {
+        let Some((path, expected)) = self.log_target(ctx, cp, status) else {
             return Ok(());
         };
         if self.follower.as_ref().is_none_or(|f| f.path() != path) {
@@ -214,7 +293,7 @@ impl Observer {
                 .map_err(|e| Error::io("cannot read the run log", &path, e))?;
             cp.follow = follower.point();
             if progress.bytes > 0 {
-                cp.last_activity = Some(Timestamp::now());
+                cp.last_activity = Some(now.clone());
             }
             if !progress.more || ctx.shutdown.requested() {
                 return Ok(());
@@ -244,19 +323,25 @@ impl Observer {
     }
 
     /// The latest sign of life: new log bytes, the runner's start, a new report of this
-    /// run.
-    fn last_activity(&self, ctx: &Ctx, cp: &mut Checkpoint) -> Timestamp {
-        let newest_report = self
+    /// run (noted when it is seen: report times are wall-clock times).
+    fn last_activity(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> Moment {
+        let newest = self
             .reporter
             .as_ref()
-            .and_then(|r| r.newest_mtime(&self.specs.1))
-            .map(Timestamp::from_system);
-        let t = [cp.last_activity, self.runner_started_at, newest_report]
+            .and_then(|r| r.newest_mtime(&self.specs.1));
+        if newest.is_some() && newest > self.newest_report {
+            self.newest_report = newest;
+            cp.last_activity = Some(now.clone());
+        }
+        let latest = [cp.last_activity.clone(), self.runner_started.clone()]
             .into_iter()
             .flatten()
-            .fold(ctx.request.requested_at, Timestamp::max);
-        cp.last_activity = Some(t);
-        t
+            .fold(
+                ctx.request.requested(),
+                |a, b| if b.is_after(&a) { b } else { a },
+            );
+        cp.last_activity = Some(latest.clone());
+        latest
     }
 
     /// Counts from this run's reports, for a run whose log has no summary yet.
@@ -335,6 +420,6 @@ fn exited_facts(s: &RunnerStatus) -> RunnerFacts {
         signal: s.signal,
         stop_signal: s.stop_signal,
         cancel_requested: s.cancel_requested,
-        at: s.exited_at.unwrap_or(s.started_at),
+        at: s.exited().unwrap_or_else(|| s.started()),
     }
 }

@@ -10,15 +10,16 @@ use crate::record::RunRecord;
 use crate::watch::Ctx;
 use atvm_common::cypress::LogParser;
 use atvm_common::error::{Error, Result};
-use atvm_common::follow::FollowPoint;
+use atvm_common::follow::{FileId, FollowPoint};
 use atvm_common::procfs::ProcessId;
 use atvm_common::state::{Request, RunState, State};
-use atvm_common::{StateDir, Timestamp, fsutil, logging};
+use atvm_common::{Moment, StateDir, Timestamp, fsutil, logging};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// The watcher's resume point, stored in `state.json` as `checkpoint`. The serde names are
-/// a stored format: a watcher restarted across an upgrade resumes from them.
+/// a stored format: a watcher restarted across an upgrade resumes from them (fields that
+/// are gone are ignored, new ones default).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     #[serde(default)]
@@ -27,22 +28,20 @@ pub struct Checkpoint {
     pub follow: Option<FollowPoint>,
     #[serde(default)]
     pub parser: LogParser,
-    /// The log file found at the path before any runner existed (fallback runs): its old
-    /// content belongs to an earlier run and is skipped.
-    #[serde(default)]
-    pub baseline: Option<FollowPoint>,
-    #[serde(default)]
-    pub baseline_taken: bool,
     /// A runner found by its command line (not started through start-atvm-runner).
     #[serde(default)]
     pub fallback: Option<ProcessId>,
+    /// The log that runner was seen holding open for writing: the only file read as its
+    /// output.
     #[serde(default)]
-    pub last_activity: Option<Timestamp>,
+    pub fallback_log: Option<FileId>,
+    #[serde(default)]
+    pub last_activity: Option<Moment>,
     /// Since when no runner has been active (categorized grace period).
     #[serde(default)]
-    pub runner_inactive_since: Option<Timestamp>,
+    pub runner_inactive_since: Option<Moment>,
     /// When each block's `(Run Finished)` was first seen (assigns reporter files to
-    /// sub-runs).
+    /// sub-runs; compared with the reports' modification times, so wall-clock).
     #[serde(default)]
     pub finished_seen: Vec<Option<Timestamp>>,
 }

@@ -5,6 +5,7 @@
 //! A result is posted exactly once: its message is kept with its state before the first
 //! attempt, and `posted.marker` is written only after Mattermost answered `ok`.
 
+use crate::clock::{self, Clock};
 use crate::decide::{self, Facts, LogView, Timing, categorized};
 use crate::deliver::{self, Job, Ledger, Outcome};
 use crate::message::{self, Input};
@@ -29,6 +30,7 @@ pub struct Ctx<'a> {
     pub timing: Timing,
     pub sink: Sink,
     pub shutdown: &'a Shutdown,
+    pub clock: &'a dyn Clock,
 }
 
 #[derive(Debug)]
@@ -53,7 +55,7 @@ impl<'a> Watcher<'a> {
         shutdown: &'a Shutdown,
     ) -> Result<Watcher<'a>> {
         let sd = paths.state_dir(&build);
-        let ctx = Ctx {
+        Watcher::with_ctx(Ctx {
             paths,
             sd,
             build,
@@ -61,10 +63,15 @@ impl<'a> Watcher<'a> {
             timing,
             sink,
             shutdown,
-        };
+            clock: &clock::SYSTEM,
+        })
+    }
+
+    /// A watcher working in `ctx` (tests pass their own clock there).
+    pub fn with_ctx(ctx: Ctx<'a>) -> Result<Watcher<'a>> {
         let (record, cp) = persist::load(&ctx)?;
         Ok(Watcher {
-            observer: Observer::resume(&cp),
+            observer: Observer::resume(&ctx, &cp),
             ctx,
             record,
             cp,
@@ -139,11 +146,11 @@ impl<'a> Watcher<'a> {
         self.note_details(obs);
         let timing = self.ctx.timing;
         let facts = Facts {
-            now: obs.now,
-            requested_at: self.ctx.request.requested_at,
+            now: obs.now.clone(),
+            requested: self.ctx.request.requested(),
             cancelled_at: obs.cancelled_at,
             runner: &obs.runner,
-            last_activity: obs.last_activity,
+            last_activity: obs.last_activity.clone(),
             timing: &timing,
         };
         if let Some(error) = &obs.log_error {
@@ -169,14 +176,14 @@ impl<'a> Watcher<'a> {
             &facts,
             &summary,
             &self.record.subrun_states(),
-            self.cp.runner_inactive_since,
+            self.cp.runner_inactive_since.clone(),
         );
-        self.cp.runner_inactive_since = plan.runner_inactive_since;
+        self.cp.runner_inactive_since = plan.runner_inactive_since.clone();
         for &i in &plan.finished_seen {
             self.cp
                 .finished_seen
                 .resize(summary.runs.len().max(i + 1), None);
-            self.cp.finished_seen[i].get_or_insert(obs.now);
+            self.cp.finished_seen[i].get_or_insert(obs.now.wall);
         }
         self.record.apply_categorized(plan, &summary)
     }

@@ -386,28 +386,34 @@ fn a_stale_finished_log_never_completes_a_new_watch() {
     assert!(s["reason"].as_str().unwrap().contains("code 3"), "{s}");
 }
 
+/// Start a runner by hand, as operators did before these tools (`python3
+/// ./run-sorry-cypress.py … --build_name B > /tmp/B.log &`): a process naming the build,
+/// with `stdout` going where the caller says.
+fn detached_runner(script: &str, build: &str, stdout: std::process::Stdio) -> std::process::Child {
+    std::process::Command::new("sh")
+        .args(["-c", script, "sh", "--build_name", build])
+        .stdout(stdout)
+        .spawn()
+        .unwrap()
+}
+
 #[test]
-fn a_stale_log_appended_to_by_an_unmanaged_runner_only_counts_new_lines() {
+fn a_stale_log_that_no_process_of_the_run_holds_open_is_never_read() {
+    // Its own build name: the fallback looks at every process of the machine.
+    const B: &str = "e2e-fallback-stale";
     let env = Env::new();
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
-    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
-    env.wait_state(B, "STARTING", LONG);
-    // An old-style runner (not through start-atvm-runner) appends a cut-off run.
-    let log = env.run_log(B).display().to_string();
-    let cut = fixture("cypress/cut-off.log").display().to_string();
-    let mut runner = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("sleep 0.5; cat '{cut}' >> '{log}'; sleep 0.5; :"),
-            "sh",
-            "--build_name",
-            B,
-        ])
-        .spawn()
-        .unwrap();
-    let s = assert_final(&env, &finish(watcher, LONG), "TERMINATED");
+    // An old-style runner that never writes the log.
+    let mut runner = detached_runner("sleep 1; :", B, std::process::Stdio::null());
+    let out = finish(
+        env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]),
+        LONG,
+    );
     runner.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = env.state(B);
+    assert_eq!(s["state"], "TERMINATED", "{s}");
     assert!(
         s["reason"]
             .as_str()
@@ -415,6 +421,33 @@ fn a_stale_log_appended_to_by_an_unmanaged_runner_only_counts_new_lines() {
             .contains("without a Cypress summary"),
         "{s}"
     );
+    assert!(!env.state_dir(B).join("post.json").exists());
+}
+
+#[test]
+fn a_detached_runner_found_by_its_build_name_is_followed_from_its_log() {
+    const B: &str = "e2e-fallback-detached";
+    let env = Env::new();
+    // An earlier run's failing log is in the way; the new run's redirection replaces it.
+    fs::copy(fixture("cypress/failing-2-of-20.log"), env.run_log(B)).unwrap();
+    // The run is launched first, the watcher after it (how the old validation did it).
+    let log = fs::File::create(env.run_log(B)).unwrap();
+    let script = format!(
+        "cat '{}'; sleep 1; :",
+        fixture("cypress/passing.log").display()
+    );
+    let mut runner = detached_runner(&script, B, log.into());
+    env.write_request(B, json!({}));
+    let out = finish(
+        env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]),
+        LONG,
+    );
+    runner.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = env.state(B);
+    assert_eq!(s["state"], "COMPLETED", "{s}\n{}", text(&out));
+    assert_eq!(s["counts"]["tests"], 6);
+    assert!(env.state_dir(B).join("post.json").exists());
 }
 
 #[test]

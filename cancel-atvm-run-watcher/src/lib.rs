@@ -37,6 +37,7 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
             sd.path(),
         ));
     }
+    sd.check()?;
     let request = sd.read_request()?;
     let unit = UnitKind::Watcher.unit(build);
     let outcome = sd.update_state(|current| {

@@ -33,6 +33,7 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     let unit = UnitKind::Runner.unit(build);
     let sd = paths.state_dir(build);
     let activity = systemctl.is_active(&unit)?;
+    sd.check()?;
     let status = if sd.exists() { sd.read_status()? } else { None };
     let wrapper = status
         .as_ref()

@@ -6,12 +6,12 @@
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
 use atvm_common::state::{RunnerSpec, RunnerStatus};
+use atvm_common::time::BootInstant;
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging, procfs};
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -34,58 +34,25 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<u8> {
     let build = BuildName::parse(&cli.build_name)?;
-    let sd = Paths::from_env().state_dir(&build);
-    let spec = read_spec(&sd, &build)?;
+    let paths = Paths::from_env();
+    let sd = paths.state_dir(&build);
+    // A state directory someone else could write to cannot be trusted with a record either.
+    sd.check()?;
     // Register before spawning: a stop that arrives during start-up is queued, not lost.
     let signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))?;
-    let mut log = fsutil::create_fresh_log(&spec.log_path)?;
-    let log_meta = log
-        .metadata()
-        .map_err(|e| Error::io("cannot stat log", &spec.log_path, e))?;
-    let me = procfs::self_id().ok_or_else(|| Error::failed("cannot read /proc/self/stat"))?;
-    let mut status = RunnerStatus {
-        build_name: build.to_string(),
-        run_id: spec.run_id.clone(),
-        pid: me.pid,
-        pid_start_ticks: me.start_ticks,
-        child_pid: 0,
-        started_at: Timestamp::now(),
-        log_path: spec.log_path.clone(),
-        log_inode: log_meta.ino(),
-        log_dev: log_meta.dev(),
-        ..RunnerStatus::default()
-    };
-
-    let spawned = (|| -> std::io::Result<std::process::Child> {
-        Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&spec.command)
-            .current_dir(&spec.workdir)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log.try_clone()?)
-            .env_remove(WEBHOOK_VAR)
-            .spawn()
-    })();
-    let mut child = match spawned {
-        Ok(child) => child,
+    let started = match prepare(&sd, &build) {
+        Ok(started) => started,
         Err(e) => {
-            // Leave a trace in the log and an exit record, so the watcher reports FAILED
-            // instead of waiting for a runner that never came.
-            let what = format!("cannot start /bin/sh in {}: {e}", spec.workdir.display());
-            let _ = writeln!(log, "run-atvm-runner: {what}");
-            status.exited_at = Some(Timestamp::now());
-            status.exit_code = Some(127);
-            write_start_status(&sd, status)?;
-            return Err(Error::failed(format!(
-                "{what} ({})",
-                sd.runner_spec().display()
-            )));
+            refuse(&sd, &paths, &build, &e)?;
+            return Err(e);
         }
     };
-    drop(log);
+    let Started {
+        spec,
+        mut status,
+        mut child,
+    } = started;
     status.child_pid = child.id();
     write_start_status(&sd, status)?;
     logging::info(format!(
@@ -119,6 +86,100 @@ pub fn run(cli: Cli) -> Result<u8> {
     let code = exit_code(exit);
     logging::info(format!("run {} ended: {}", spec.run_id, describe(exit)));
     Ok(code)
+}
+
+/// A command running under the wrapper, with the status to record for it.
+struct Started {
+    spec: RunnerSpec,
+    status: RunnerStatus,
+    child: std::process::Child,
+}
+
+/// Everything that can refuse a run, in order: the spec, the working directory, the log
+/// (never through a link or someone else's file in /tmp), starting `/bin/sh`.
+fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
+    let spec = read_spec(sd, build)?;
+    if !spec.workdir.is_dir() {
+        return Err(Error::file(
+            "runner working directory does not exist",
+            &spec.workdir,
+        ));
+    }
+    let log = fsutil::create_fresh_log(&spec.log_path)?;
+    let log_meta = log
+        .metadata()
+        .map_err(|e| Error::io("cannot stat log", &spec.log_path, e))?;
+    let me = procfs::self_id().ok_or_else(|| Error::failed("cannot read /proc/self/stat"))?;
+    let status = RunnerStatus {
+        build_name: build.to_string(),
+        run_id: spec.run_id.clone(),
+        start_id: spec.start_id.clone(),
+        pid: me.pid,
+        pid_start_ticks: me.start_ticks,
+        child_pid: 0,
+        started_at: Timestamp::now(),
+        started_boot: BootInstant::now(),
+        log_path: spec.log_path.clone(),
+        log_inode: log_meta.ino(),
+        log_dev: log_meta.dev(),
+        ..RunnerStatus::default()
+    };
+    let child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&spec.command)
+        .current_dir(&spec.workdir)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(clone(&log, &spec.log_path)?)
+        .stderr(clone(&log, &spec.log_path)?)
+        .env_remove(WEBHOOK_VAR)
+        .spawn()
+        .map_err(|e| Error::io("cannot start /bin/sh in", &spec.workdir, e))?;
+    Ok(Started {
+        spec,
+        status,
+        child,
+    })
+}
+
+fn clone(log: &fs::File, path: &std::path::Path) -> Result<fs::File> {
+    log.try_clone()
+        .map_err(|e| Error::io("cannot use log", path, e))
+}
+
+/// The run cannot start: say why in `status.json` (SPEC §5), so the watcher ends the run
+/// UNKNOWN at once and the start helper reports the reason, instead of both waiting for a
+/// runner that never comes. The run is the request's (the spec itself may be what was
+/// refused); the start id is the spec's, if it can be read at all.
+fn refuse(sd: &StateDir, paths: &Paths, build: &BuildName, why: &Error) -> Result<()> {
+    if !sd.exists() {
+        // No run of this build was ever requested: nobody waits for a record.
+        return Ok(());
+    }
+    let spec: Option<RunnerSpec> = fsutil::read_json(&sd.runner_spec()).ok().flatten();
+    let run_id = sd
+        .read_request()
+        .ok()
+        .flatten()
+        .map(|r| r.run_id)
+        .or_else(|| spec.as_ref().map(|s| s.run_id.clone()))
+        .unwrap_or_default();
+    let me = procfs::self_id();
+    let status = RunnerStatus {
+        build_name: build.to_string(),
+        run_id,
+        start_id: spec.map(|s| s.start_id).unwrap_or_default(),
+        pid: me.map_or(std::process::id(), |m| m.pid),
+        pid_start_ticks: me.map_or(0, |m| m.start_ticks),
+        started_at: Timestamp::now(),
+        started_boot: BootInstant::now(),
+        log_path: paths.run_log(build),
+        refused: Some(why.to_string()),
+        exited_at: Some(Timestamp::now()),
+        ..RunnerStatus::default()
+    };
+    sd.create_runner_dir()?;
+    sd.update_status(|_| Ok((Some(status), ())))
 }
 
 /// The spec holds a command that runs as root: refuse one that someone else could have
@@ -182,6 +243,7 @@ fn record_exit(sd: &StateDir, exit: ExitStatus, stop_signal: Option<i32>) -> Res
             ));
         };
         status.exited_at = Some(Timestamp::now());
+        status.exited_boot = BootInstant::now();
         status.exit_code = exit.code();
         status.signal = exit.signal();
         status.stop_signal = stop_signal;

@@ -6,8 +6,9 @@
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Output;
 use std::time::Duration;
-use testkit::{Env, text};
+use testkit::{Env, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -59,6 +60,26 @@ fn manual_systemctl(env: &mut Env) {
     env.set("ATVM_SYSTEMCTL", fake.display().to_string());
 }
 
+/// With [`manual_systemctl`]: start-atvm-runner records the spec and waits for the wrapper
+/// to confirm, while the test plays systemd and runs the wrapper itself once the spec is
+/// there. Returns the starter, to be finished after the wrapper ran.
+fn start_by_hand(env: &Env, args: &[&str]) -> std::process::Child {
+    let spec = env.state_dir(B).join("runner/spec.json");
+    let _ = fs::remove_file(&spec);
+    let mut full = vec!["--build-name", B];
+    full.extend_from_slice(args);
+    let starter = env.spawn("start-atvm-runner", &full);
+    env.wait_until("the runner spec", WAIT, || spec.exists());
+    starter
+}
+
+/// [`start_by_hand`] for `command`, then the wrapper; both outputs.
+fn run_by_hand(env: &Env, command: &str) -> (Output, Output) {
+    let starter = start_by_hand(env, &["--runner-command", command]);
+    let wrapper = env.run("run-atvm-runner", &["--build-name", B]);
+    (wrapper, finish(starter, WAIT))
+}
+
 #[test]
 fn exit_zero_is_recorded_with_pid_log_inode_and_output() {
     let env = Env::new();
@@ -97,13 +118,12 @@ fn exit_zero_is_recorded_with_pid_log_inode_and_output() {
 fn the_wrapper_exits_with_the_commands_code() {
     let mut env = Env::new();
     manual_systemctl(&mut env);
-    start(&env, "echo failing; exit 7");
-    let out = env.run("run-atvm-runner", &["--build-name", B]);
+    let (out, starter) = run_by_hand(&env, "echo failing; exit 7");
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
     assert_eq!(env.status(B)["exit_code"], 7);
+    assert!(starter.status.success(), "confirmed: {}", text(&starter));
 
-    start(&env, "kill -KILL $$");
-    let out = env.run("run-atvm-runner", &["--build-name", B]);
+    let (out, _) = run_by_hand(&env, "kill -KILL $$");
     assert_eq!(out.status.code(), Some(128 + 9), "{}", text(&out));
     let status = env.status(B);
     assert_eq!(status["signal"], 9);
@@ -224,8 +244,7 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_never_written_through() {
     let target = env.root().join("etc-passwd-stand-in");
     fs::write(&target, "precious\n").unwrap();
     std::os::unix::fs::symlink(&target, env.run_log(B)).unwrap();
-    start(&env, "echo pwned");
-    let out = env.run("run-atvm-runner", &["--build-name", B]);
+    let (out, starter) = run_by_hand(&env, "echo pwned");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let msg = text(&out);
     assert!(
@@ -240,9 +259,20 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_never_written_through() {
             .file_type()
             .is_symlink()
     );
+    // Nothing ran, and the refusal is on record for the watcher and the start helper.
+    let status = env.status(B);
     assert!(
-        !env.state_dir(B).join("runner/status.json").exists(),
-        "nothing ran"
+        status["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains(&env.run_log(B).display().to_string())),
+        "{status}"
+    );
+    assert_eq!(status["child_pid"], 0);
+    assert_eq!(starter.status.code(), Some(5), "{}", text(&starter));
+    assert!(
+        text(&starter).contains("symbolic link") && text(&starter).contains("atvm-runner@"),
+        "{}",
+        text(&starter)
     );
 }
 
@@ -250,10 +280,11 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_never_written_through() {
 fn a_group_writable_spec_is_refused() {
     let mut env = Env::new();
     manual_systemctl(&mut env);
-    start(&env, "echo hi");
+    let starter = start_by_hand(&env, &["--runner-command", "echo hi"]);
     let spec = env.state_dir(B).join("runner/spec.json");
     fs::set_permissions(&spec, fs::Permissions::from_mode(0o660)).unwrap();
     let out = env.run("run-atvm-runner", &["--build-name", B]);
+    assert_eq!(finish(starter, WAIT).status.code(), Some(5));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains("group- or world-writable")
@@ -280,11 +311,10 @@ fn a_missing_spec_names_the_file_and_the_fix() {
 fn fifty_megabytes_of_output_are_logged_completely() {
     let mut env = Env::new();
     manual_systemctl(&mut env);
-    start(
+    let (out, _) = run_by_hand(
         &env,
         "dd if=/dev/zero bs=1048576 count=50 2>/dev/null | tr '\\0' x; echo; echo tail-marker",
     );
-    let out = env.run("run-atvm-runner", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
     let log = env.run_log(B);
     assert_eq!(
@@ -301,8 +331,7 @@ fn the_webhook_secret_never_reaches_the_command() {
         "MATTERMOST_ATVM_WEBHOOK",
         "http://127.0.0.1:9/hooks/never-leak-this",
     );
-    start(&env, "echo \"webhook=${MATTERMOST_ATVM_WEBHOOK:-unset}\"");
-    let out = env.run("run-atvm-runner", &["--build-name", B]);
+    let (out, _) = run_by_hand(&env, "echo \"webhook=${MATTERMOST_ATVM_WEBHOOK:-unset}\"");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         fs::read_to_string(env.run_log(B)).unwrap(),
@@ -316,23 +345,21 @@ fn the_command_runs_in_its_workdir_in_its_own_process_group() {
     manual_systemctl(&mut env);
     let workdir = env.root().join("work here");
     fs::create_dir(&workdir).unwrap();
-    let out = env.run(
-        "start-atvm-runner",
+    let starter = start_by_hand(
+        &env,
         &[
-            "--build-name",
-            B,
             "--runner-command",
             "pwd; ps -o pgid= -p $$ | tr -d ' '; echo $$",
             "--workdir",
             workdir.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
     assert!(
         env.run("run-atvm-runner", &["--build-name", B])
             .status
             .success()
     );
+    assert!(finish(starter, WAIT).status.success());
     let log = fs::read_to_string(env.run_log(B)).unwrap();
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines[0], workdir.display().to_string());

@@ -3,11 +3,13 @@
 
 use atvm_common::config::{MattermostConfig, env_file_warning};
 use atvm_common::error::{Error, Result};
-use atvm_common::fsutil::{self, Lock};
-use atvm_common::state::{Request, new_run_id};
+use atvm_common::fsutil;
+use atvm_common::state::{Request, StartLock, new_run_id};
 use atvm_common::systemctl::{Systemctl, UnitKind};
+use atvm_common::time::BootInstant;
 use atvm_common::{BuildName, Paths, Timestamp, logging};
 use clap::Parser;
+use start_atvm_runner::checked_state_root;
 
 const EXAMPLE: &str = "\
 Example:
@@ -29,6 +31,9 @@ pub struct Cli {
     pub build_name: String,
     #[command(flatten)]
     pub watch: WatchArgs,
+    /// Check everything a start would check and say what it would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What the run is about; recorded in `request.json` and shown in the Mattermost message.
@@ -62,12 +67,13 @@ pub struct WatchArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    start(
-        &build,
-        &Paths::from_env(),
-        &Systemctl::from_env(),
-        &cli.watch,
-    )?;
+    let paths = Paths::from_env();
+    let systemctl = Systemctl::from_env();
+    if cli.dry_run {
+        return dry_run(&build, &paths, &systemctl);
+    }
+    let lock = StartLock::acquire(&checked_state_root(&paths)?, &build)?;
+    start(&build, &paths, &systemctl, &cli.watch, &lock)?;
     Ok(())
 }
 
@@ -87,29 +93,70 @@ pub fn check_config(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-/// Archive, record the request, start the unit and confirm it is running.
+/// Every check a start makes, without writing anything (`--dry-run` of the start helpers):
+/// the configuration, the units, the state root's and build directory's ownership, no other
+/// start in progress, and no watcher process holding the build's lock.
+pub fn preflight(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
+    check_config(paths)?;
+    refuse_if_active(build, systemctl)?;
+    start_atvm_runner::preflight(build, paths)?;
+    refuse_if_locked(build, paths)
+}
+
+fn dry_run(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
+    preflight(build, paths, systemctl)?;
+    let sd = paths.state_dir(build);
+    let archive = if sd.exists() {
+        format!(
+            "move {} to {}/{build}/<time>/, ",
+            sd.path().display(),
+            paths.archive_root().display()
+        )
+    } else {
+        String::new()
+    };
+    logging::info(format!(
+        "would {archive}write {}, start {} (--dry-run: nothing done)",
+        sd.request().display(),
+        UnitKind::Watcher.unit(build)
+    ));
+    Ok(())
+}
+
+/// A watcher started by hand (outside systemd) still holds its lock.
+fn refuse_if_locked(build: &BuildName, paths: &Paths) -> Result<()> {
+    let sd = paths.state_dir(build);
+    let Some((file, _)) = fsutil::open_regular(&sd.watcher_lock())? else {
+        return Ok(());
+    };
+    // A shared probe: a watcher starting right now still gets its exclusive lock after
+    // us, and one that holds it makes us refuse.
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::AlreadyRunning {
+            what: format!(
+                "a watcher process for {build} holds {}",
+                sd.watcher_lock().display()
+            ),
+            unit: UnitKind::Watcher.unit(build),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Archive, record the request, start the unit and confirm it is running. The caller holds
+/// the build's start lock.
 pub fn start(
     build: &BuildName,
     paths: &Paths,
     systemctl: &Systemctl,
     args: &WatchArgs,
+    _held: &StartLock,
 ) -> Result<Request> {
     refuse_if_active(build, systemctl)?;
     check_config(paths)?;
     let sd = paths.state_dir(build);
-    if sd.exists() {
-        // A watcher started by hand (outside systemd) still holds its lock.
-        Lock::try_exclusive(&sd.watcher_lock()).map_err(|e| match e {
-            Error::LockHeld { path } => Error::AlreadyRunning {
-                what: format!("a watcher process for {build} holds {}", path.display()),
-                unit: UnitKind::Watcher.unit(build),
-            },
-            other => other,
-        })?;
-    }
-    if !paths.state_root.exists() {
-        fsutil::create_dir(&paths.state_root, 0o700)?;
-    }
+    sd.check()?;
+    refuse_if_locked(build, paths)?;
     if let Some(to) = sd.archive(&paths.archive_root())? {
         logging::info(format!(
             "archived the previous state of {build} to {}",
@@ -121,6 +168,7 @@ pub fn start(
         build_name: build.to_string(),
         run_id: new_run_id(),
         requested_at: Timestamp::now(),
+        requested_boot: BootInstant::now(),
         template: args.template.clone(),
         template_command: args.template_command.clone(),
         runner_command: args.runner_command.clone(),

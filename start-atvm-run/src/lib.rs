@@ -4,12 +4,12 @@
 
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{RunState, State};
+use atvm_common::state::{RunState, StartLock, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, fsutil, logging};
 use clap::Parser;
 use start_atvm_run_watcher::WatchArgs;
-use start_atvm_runner::RunnerArgs;
+use start_atvm_runner::{RunnerArgs, checked_state_root};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -46,7 +46,7 @@ pub struct Cli {
     /// Working directory of the runner command [default: $ATVM_AUTOMATION_ROOT].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
-    /// Print what would be done, do nothing.
+    /// Check everything a start would check and print what it would do; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -59,18 +59,22 @@ pub fn run(cli: Cli) -> Result<()> {
         runner_command: cli.watch.runner_command.clone().unwrap_or_default(),
         workdir: cli.workdir.clone(),
     };
-    if cli.dry_run {
-        print_plan(&build, &paths, &cli.watch, &runner);
-        return Ok(());
-    }
     // Everything that can be refused is refused before the template step runs.
     if runner.runner_command.trim().is_empty() {
         return Err(Error::Usage(
             "--runner-command must not be empty".to_string(),
         ));
     }
+    if cli.dry_run {
+        start_atvm_run_watcher::preflight(&build, &paths, &systemctl)?;
+        print_plan(&build, &paths, &cli.watch, &runner);
+        return Ok(());
+    }
+    // Held for the whole sequence: a second start of this build exits 4 at once.
+    let lock = StartLock::acquire(&checked_state_root(&paths)?, &build)?;
     start_atvm_run_watcher::refuse_if_active(&build, &systemctl)?;
     start_atvm_run_watcher::check_config(&paths)?;
+    paths.state_dir(&build).check()?;
     if let Some(cmd) = cli
         .watch
         .template_command
@@ -79,8 +83,8 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         template_step(&build, &paths, cmd)?;
     }
-    start_atvm_run_watcher::start(&build, &paths, &systemctl, &cli.watch)?;
-    if let Err(e) = start_atvm_runner::start(&build, &paths, &systemctl, &runner) {
+    start_atvm_run_watcher::start(&build, &paths, &systemctl, &cli.watch, &lock)?;
+    if let Err(e) = start_atvm_runner::start(&build, &paths, &systemctl, &runner, &lock) {
         abandon(&build, &paths, &systemctl, &e);
         return Err(e);
     }

@@ -109,7 +109,14 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
         "{plan}"
     );
     assert!(!env.state_dir(B).exists());
-    assert_eq!(env.systemctl_calls(), "");
+    // It asks whether the units run (a real start would refuse then), and changes nothing.
+    assert!(
+        env.systemctl_calls()
+            .lines()
+            .all(|call| call.starts_with("is-active ")),
+        "{}",
+        env.systemctl_calls()
+    );
     assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
 }
 

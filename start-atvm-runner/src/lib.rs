@@ -1,12 +1,18 @@
 //! start-atvm-runner: record the runner command in `runner/spec.json` and start
 //! `atvm-runner@<build>.service` (SPEC §5).
 
+use atvm_common::config;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{RunnerSpec, new_run_id};
+use atvm_common::state::{RunnerSpec, StartLock, new_run_id};
 use atvm_common::systemctl::{Systemctl, UnitKind};
-use atvm_common::{BuildName, Paths, Timestamp, fsutil, logging};
+use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
 use clap::Parser;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long to wait for the wrapper to confirm (or refuse) the start (SPEC §5).
+pub const CONFIRM_VAR: &str = "ATVM_START_CONFIRM_SECONDS";
 
 const EXAMPLE: &str = "\
 Example:
@@ -25,6 +31,9 @@ pub struct Cli {
     pub build_name: String,
     #[command(flatten)]
     pub runner: RunnerArgs,
+    /// Check everything a start would check and say what it would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// The runner's options, shared with start-atvm-run.
@@ -40,23 +49,27 @@ pub struct RunnerArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    start(
-        &build,
-        &Paths::from_env(),
-        &Systemctl::from_env(),
-        &cli.runner,
-    )?;
+    let paths = Paths::from_env();
+    let systemctl = Systemctl::from_env();
+    if cli.dry_run {
+        return dry_run(&build, &paths, &systemctl, &cli.runner);
+    }
+    let lock = StartLock::acquire(&checked_state_root(&paths)?, &build)?;
+    start(&build, &paths, &systemctl, &cli.runner, &lock)?;
     Ok(())
 }
 
-/// Refuse while the runner unit is active, write the spec, `reset-failed`, `start`.
-/// Returns the run id the runner will report.
-pub fn start(
-    build: &BuildName,
-    paths: &Paths,
-    systemctl: &Systemctl,
-    args: &RunnerArgs,
-) -> Result<String> {
+/// The state root, created if missing, and refused unless it is ours alone (SPEC §4).
+pub fn checked_state_root(paths: &Paths) -> Result<PathBuf> {
+    if fs::symlink_metadata(&paths.state_root).is_err() {
+        fsutil::create_dir(&paths.state_root, 0o700)?;
+    }
+    fsutil::check_private_dir(&paths.state_root)?;
+    Ok(paths.state_root.clone())
+}
+
+/// The command and working directory the runner would get: refused when empty or missing.
+fn checked_command(paths: &Paths, args: &RunnerArgs) -> Result<PathBuf> {
     if args.runner_command.trim().is_empty() {
         return Err(Error::Usage(
             "--runner-command must not be empty".to_string(),
@@ -72,9 +85,61 @@ pub fn start(
             &workdir,
         ));
     }
+    Ok(absolute(&workdir))
+}
+
+/// `--dry-run`: every check of a real start, then what it would do; nothing is written.
+fn dry_run(
+    build: &BuildName,
+    paths: &Paths,
+    systemctl: &Systemctl,
+    args: &RunnerArgs,
+) -> Result<()> {
+    let workdir = checked_command(paths, args)?;
+    preflight(build, paths)?;
+    systemctl.refuse_if_running(UnitKind::Runner, build)?;
+    logging::info(format!(
+        "would start {}: /bin/sh -c {:?} in {}, log {} (--dry-run: nothing done)",
+        UnitKind::Runner.unit(build),
+        args.runner_command,
+        workdir.display(),
+        paths.run_log(build).display()
+    ));
+    Ok(())
+}
+
+/// The checks about the state root a dry run can make without writing: ownership and mode
+/// of what exists, and no start of the build in progress.
+pub fn preflight(build: &BuildName, paths: &Paths) -> Result<()> {
+    if fs::symlink_metadata(&paths.state_root).is_ok() {
+        paths.state_dir(build).check()?;
+        if StartLock::held(&paths.state_root, build)? {
+            return Err(Error::AlreadyRunning {
+                what: format!("another start of {build} is in progress"),
+                unit: StartLock::path(&paths.state_root, build)
+                    .display()
+                    .to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuse while the runner unit is active, write the spec, `reset-failed`, `start`, and
+/// wait until the wrapper confirms it took this start up (or refused it: exit 5). Returns
+/// the run id the runner reports. The caller holds the build's start lock.
+pub fn start(
+    build: &BuildName,
+    paths: &Paths,
+    systemctl: &Systemctl,
+    args: &RunnerArgs,
+    _held: &StartLock,
+) -> Result<String> {
+    let workdir = checked_command(paths, args)?;
     systemctl.refuse_if_running(UnitKind::Runner, build)?;
     let unit = UnitKind::Runner.unit(build);
     let sd = paths.state_dir(build);
+    sd.check()?;
     // The watcher only follows the runner whose run_id matches its request.
     let run_id = match sd.read_request()? {
         Some(request) => request.run_id,
@@ -84,9 +149,10 @@ pub fn start(
         build_name: build.to_string(),
         run_id: run_id.clone(),
         command: args.runner_command.clone(),
-        workdir: absolute(&workdir),
+        workdir,
         log_path: paths.run_log(build),
         created_at: Timestamp::now(),
+        start_id: new_run_id(),
     };
     sd.create_runner_dir()?;
     fsutil::write_json(&sd.runner_spec(), &spec, 0o600)?;
@@ -94,11 +160,42 @@ pub fn start(
     // was never loaded has nothing to reset, which systemctl reports as an error: ignore it.
     let _ = systemctl.reset_failed(&unit);
     systemctl.start(&unit)?;
+    confirm(&sd, &spec, &unit)?;
     logging::info(format!(
         "started {unit} (run {run_id}); log: {}",
         spec.log_path.display()
     ));
     Ok(run_id)
+}
+
+/// Wait up to `ATVM_START_CONFIRM_SECONDS` (10) for the wrapper's status of this start.
+fn confirm(sd: &StateDir, spec: &RunnerSpec, unit: &str) -> Result<()> {
+    let window = config::seconds_from_env(CONFIRM_VAR, 10.0)?;
+    let deadline = Instant::now() + window;
+    loop {
+        match sd.read_status() {
+            Ok(Some(s)) if s.start_id == spec.start_id => {
+                return match s.refused {
+                    Some(why) => Err(Error::RunnerStart {
+                        unit: unit.to_string(),
+                        why,
+                    }),
+                    None => Ok(()),
+                };
+            }
+            // Half-written by someone else or not there yet: look again.
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                return Err(Error::RunnerStart {
+                    unit: unit.to_string(),
+                    why: format!(
+                        "no status from its wrapper within {}s; see journalctl -u {unit}",
+                        window.as_secs_f64()
+                    ),
+                });
+            }
+        }
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -14,7 +14,7 @@ use super::{
     Facts, LogView, RunnerFacts, Verdict, finished_subrun_verdict, parent_summary, progress,
     run_verdict, verdict,
 };
-use atvm_common::Timestamp;
+use atvm_common::Moment;
 use atvm_common::cypress::{LogSummary, RunBlock};
 use atvm_common::state::RunState;
 use atvm_common::time::human_duration;
@@ -39,7 +39,7 @@ pub struct Plan {
     /// Sub-runs whose `(Run Finished)` was seen for the first time now.
     pub finished_seen: Vec<usize>,
     /// Since when no runner has been active (`None` while one is).
-    pub runner_inactive_since: Option<Timestamp>,
+    pub runner_inactive_since: Option<Moment>,
     /// The parent's state: STARTING/WATCHING while the run goes on, terminal when it ends.
     pub parent: Verdict,
     /// The parent ended as the summary of its sub-runs (its counts are their totals).
@@ -52,7 +52,7 @@ pub fn plan(
     f: &Facts,
     summary: &LogSummary,
     subruns: &[Option<RunState>],
-    inactive_since: Option<Timestamp>,
+    inactive_since: Option<Moment>,
 ) -> Plan {
     let runner_ended = matches!(
         f.runner,
@@ -94,7 +94,7 @@ pub fn plan(
             plan.runner_inactive_since = None;
             plan.parent = alive_parent(f, summary, open, &states);
         }
-        RunnerFacts::NotYet | RunnerFacts::Unreadable(_) => {
+        RunnerFacts::NotYet | RunnerFacts::Unreadable(_) | RunnerFacts::Refused(_) => {
             plan.parent = run_verdict(f, LogView::EMPTY);
         }
         RunnerFacts::Exited { .. } | RunnerFacts::Vanished { .. } | RunnerFacts::FallbackGone => {
@@ -160,16 +160,16 @@ fn ended_parent(
     plan: &mut Plan,
 ) {
     let ended = match f.runner {
-        RunnerFacts::Exited { at, .. } => *at,
-        _ => f.now,
+        RunnerFacts::Exited { at, .. } => at.clone(),
+        _ => f.now.clone(),
     };
-    let since = *plan.runner_inactive_since.get_or_insert(ended);
+    let since = plan.runner_inactive_since.get_or_insert(ended).clone();
     if let Some(i) = open {
         let v = run_verdict(f, LogView::block(&summary.runs[i]));
         states[i] = Some(v.state);
         plan.finish.push((i, v));
     }
-    if since.until(f.now) < f.timing.grace {
+    if since.until(&f.now) < f.timing.grace {
         plan.parent = verdict(
             RunState::Watching,
             format!(
@@ -210,14 +210,20 @@ mod tests {
         post_retry: Duration::from_secs(1800),
     };
 
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_millis(1_800_000_000_000 + secs * 1000)
+    fn t(secs: i64) -> Moment {
+        Moment {
+            wall: atvm_common::Timestamp::from_millis(1_800_000_000_000 + secs * 1000),
+            boot: Some(atvm_common::time::BootInstant {
+                boot_id: "b".repeat(32),
+                ns: (10_000 + secs) as u64 * 1_000_000_000,
+            }),
+        }
     }
 
     fn facts(runner: &RunnerFacts) -> Facts<'_> {
         Facts {
             now: t(1000),
-            requested_at: t(0),
+            requested: t(0),
             cancelled_at: None,
             runner,
             last_activity: t(990),
@@ -375,7 +381,7 @@ mod tests {
         ));
         let runner = RunnerFacts::Alive { pid: 7 };
         let mut f = facts(&runner);
-        f.cancelled_at = Some(t(999));
+        f.cancelled_at = Some(t(999).wall);
         let p = plan(&f, &s, &[], None);
         assert_eq!(p.start.len(), 2);
         assert!(

@@ -11,10 +11,10 @@
 
 pub mod categorized;
 
-use atvm_common::Timestamp;
 use atvm_common::cypress::{LogSummary, NoSpecs, Outcome, RunBlock};
 use atvm_common::state::{Counts, RunState};
 use atvm_common::time::human_duration;
+use atvm_common::{Moment, Timestamp};
 use std::time::Duration;
 
 /// The watcher's timing knobs (SPEC §2).
@@ -41,8 +41,10 @@ pub enum RunnerFacts {
         signal: Option<i32>,
         stop_signal: Option<i32>,
         cancel_requested: bool,
-        at: Timestamp,
+        at: Moment,
     },
+    /// The wrapper could not start the run (log, spec or workdir refused); why.
+    Refused(String),
     /// Recorded as started, now dead, and no exit was recorded (SIGKILL, crash).
     Vanished {
         pid: u32,
@@ -53,14 +55,16 @@ pub enum RunnerFacts {
     Unreadable(String),
 }
 
+/// What one evaluation knows. Times are [`Moment`]s: windows are measured on the boot
+/// clock, so a wall-clock step alone never ends a run.
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
-    pub now: Timestamp,
-    pub requested_at: Timestamp,
+    pub now: Moment,
+    pub requested: Moment,
     /// When cancel-atvm-run-watcher marked this run cancelled.
     pub cancelled_at: Option<Timestamp>,
     pub runner: &'a RunnerFacts,
-    pub last_activity: Timestamp,
+    pub last_activity: Moment,
     pub timing: &'a Timing,
 }
 
@@ -182,6 +186,10 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
             RunState::Unknown,
             format!("runner status cannot be read: {why}"),
         ),
+        RunnerFacts::Refused(why) => verdict(
+            RunState::Unknown,
+            format!("the runner refused to start: {why}"),
+        ),
         RunnerFacts::NotYet => not_started_verdict(f),
         RunnerFacts::Alive { pid } => alive_verdict(f, *pid, log),
         RunnerFacts::Exited {
@@ -211,7 +219,7 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
 
 /// No runner yet: keep waiting, or UNKNOWN once the start timeout has passed.
 fn not_started_verdict(f: &Facts) -> Verdict {
-    if f.requested_at.until(f.now) >= f.timing.start_timeout {
+    if f.requested.until(&f.now) >= f.timing.start_timeout {
         verdict(
             RunState::Unknown,
             format!(
@@ -226,7 +234,7 @@ fn not_started_verdict(f: &Facts) -> Verdict {
 
 /// A live runner is watched, unless nothing moved for the hang window.
 fn alive_verdict(f: &Facts, pid: u32, log: LogView) -> Verdict {
-    if f.last_activity.until(f.now) >= f.timing.hang {
+    if f.last_activity.until(&f.now) >= f.timing.hang {
         verdict(
             RunState::Hung,
             format!(
@@ -396,14 +404,21 @@ mod tests {
         post_retry: Duration::from_secs(1800),
     };
 
-    fn t(secs: i64) -> Timestamp {
-        Timestamp::from_millis(1_800_000_000_000 + secs * 1000)
+    /// A moment `secs` into the test: wall and boot clock agree.
+    fn t(secs: i64) -> Moment {
+        Moment {
+            wall: Timestamp::from_millis(1_800_000_000_000 + secs * 1000),
+            boot: Some(atvm_common::time::BootInstant {
+                boot_id: "b".repeat(32),
+                ns: (1_000 + secs) as u64 * 1_000_000_000,
+            }),
+        }
     }
 
     fn facts(runner: &RunnerFacts) -> Facts<'_> {
         Facts {
             now: t(100),
-            requested_at: t(0),
+            requested: t(0),
             cancelled_at: None,
             runner,
             last_activity: t(90),
@@ -483,7 +498,7 @@ mod tests {
     fn cancel_wins_over_everything() {
         let runner = exited(1);
         let mut f = facts(&runner);
-        f.cancelled_at = Some(t(50));
+        f.cancelled_at = Some(t(50).wall);
         assert_eq!(run_verdict(&f, LogView::EMPTY).state, RunState::Cancelled);
         let r = RunnerFacts::Exited {
             exit_code: None,
