@@ -199,7 +199,7 @@ fi
 # Phase 1: check everything, write nothing (scratch files go to a private temp directory).
 # ---------------------------------------------------------------------------------------
 if [ "$HAVE_DEST" = yes ]; then
-    say "installing into the staging root $DEST (--destdir)"
+    say "installing into the staging root $DEST (not the controller itself)"
 fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/atvm-install.XXXXXX") || exit 1
 trap 'rm -rf "$WORK"' EXIT

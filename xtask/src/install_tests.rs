@@ -13,15 +13,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const ROOT: &str = "opt/atvm-watcher-service";
-const UNITS: &str = "etc/systemd/system";
+pub const ROOT: &str = "opt/atvm-watcher-service";
+pub const UNITS: &str = "etc/systemd/system";
 const ENV: &str = "etc/atvm-run-watcher.env";
 const ENV_TEXT: &str = "MATTERMOST_ATVM_WEBHOOK=https://chat.example.com/hooks/old-secret\n\
                         MATTERMOST_ATVM_CHANNEL=qa-e2e-results\n";
 const INVENTORY_TEXT: &str =
     "| VM | OS | IP |\n|---|---|---|\n| rh96-01 | redhat9.6 | 10.0.0.5 |\n";
 /// The old install's shell scripts (the watcher was `atvm_run_watcher.py`).
-const OLD_SCRIPTS: [&str; 6] = [
+pub const OLD_SCRIPTS: [&str; 6] = [
     "start-atvm-run",
     "start-atvm-run-watcher",
     "start-atvm-runner",
@@ -30,11 +30,11 @@ const OLD_SCRIPTS: [&str; 6] = [
     "cancel-atvm-run-watcher",
 ];
 
-fn old_script(name: &str) -> String {
+pub fn old_script(name: &str) -> String {
     format!("#!/bin/bash\n# {name}.sh of the old script install\necho old {name}\n")
 }
 
-fn old_unit(name: &str) -> String {
+pub fn old_unit(name: &str) -> String {
     format!(
         "# old {name} of the script install\n[Service]\nExecStart=/opt/atvm-watcher-service/old %i\n"
     )
@@ -174,7 +174,7 @@ fn tarball_install(unpacked: &Path, args: &[&str]) -> Output {
 }
 
 /// The single `<dir>/<UTC timestamp>` directory.
-fn only_stamp(dir: &Path) -> PathBuf {
+pub fn only_stamp(dir: &Path) -> PathBuf {
     let stamps: Vec<_> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -189,7 +189,7 @@ fn only_stamp(dir: &Path) -> PathBuf {
 }
 
 /// What installing over `old_install` must leave; returns the two `.replaced` directories.
-fn check_migrated(dest: &Path, stdout: &str) -> (PathBuf, PathBuf) {
+pub fn check_migrated(dest: &Path, stdout: &str) -> (PathBuf, PathBuf) {
     let root = dest.join(ROOT);
     for name in BINARIES {
         let bin = root.join(name);

@@ -18,6 +18,8 @@ mod bench;
 mod completions;
 mod demo;
 mod dist;
+#[cfg(test)]
+mod docs_tests;
 mod install;
 #[cfg(test)]
 mod install_tests;
