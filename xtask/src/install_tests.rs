@@ -531,9 +531,9 @@ fn bad_arguments_exit_2() {
         vec!["--frobnicate"],
     ] {
         let out = Command::new(&script)
-            .args(&args)
             .arg("--destdir")
             .arg(dir.path())
+            .args(&args)
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
@@ -672,4 +672,18 @@ fn a_failed_rename_puts_the_old_install_back() {
     );
     assert!(err.contains("the previous install was put back"), "{err}");
     check_old_install_intact(&dest, &before);
+}
+
+#[test]
+fn the_installer_passes_shellcheck() {
+    let script = layout::repo_root().join(INSTALLER);
+    match Command::new("shellcheck")
+        .arg("-s")
+        .arg("sh")
+        .arg(&script)
+        .output()
+    {
+        Ok(out) => assert!(out.status.success(), "{}", text(&out)),
+        Err(e) => eprintln!("skipped: no shellcheck ({e})"),
+    }
 }
