@@ -211,7 +211,7 @@ CHECKED="|"
 
 problem() { printf '%s\n' "$*" >>"$PROBLEMS"; }
 
-for tool in sha256sum sed mktemp readlink cp mv ln chmod chown find sort date id; do
+for tool in sha256sum sed grep mktemp readlink dirname basename cp mv ln chmod chown find sort date id; do
     command -v "$tool" >/dev/null 2>&1 || problem "the $tool command is missing"
 done
 if [ "$HAVE_DEST" = no ] && [ "$IS_ROOT" = no ]; then
