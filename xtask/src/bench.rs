@@ -9,7 +9,8 @@
 //! - total CPU of 100 watchers idling for 60 s (10 s with --quick) (target: < 1% of a core).
 //!
 //! The in-process numbers come from a release-mode probe (`atvm-run-watcher/examples/
-//! bench-probe.rs`); RSS and idle CPU are read from /proc for the real binary.
+//! bench-probe.rs`); RSS and idle CPU are read from /proc for the real binary (CPU in
+//! nanoseconds from `/proc/<pid>/schedstat`: clock ticks are too coarse for idle watchers).
 
 use crate::layout;
 use crate::{Args, Result};
@@ -436,21 +437,17 @@ fn fake_run_exit(root: &Path, build: &str) -> Result {
     fs::write(&p, text).map_err(|e| e.to_string())
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<u64> = s
-                .rsplit(')')
-                .next()?
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            Some(f.iter().sum())
-        })
-        .unwrap_or(0)
+/// Nanoseconds `pid` has spent on a CPU: the first field of `/proc/<pid>/schedstat`. The
+/// clock ticks of `/proc/<pid>/stat` (10 ms each) round an idle watcher's few microseconds per
+/// poll down to zero, so a sum of them says nothing; the scheduler's own count does.
+fn cpu_nanos(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/schedstat");
+    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    parse_schedstat(&text).ok_or_else(|| format!("unexpected content in {path}: {text:?}"))
+}
+
+fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// CPU of `n` watchers polling (default 5 s) a run whose runner is alive and silent.
@@ -486,21 +483,10 @@ fn idle_cpu(watcher: &Path, log: &Path, dir: &Path, n: usize, idle: Duration) ->
     }
     // Let every watcher finish its first poll (reading the log) before measuring.
     std::thread::sleep(Duration::from_secs(3));
-    let clk = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
-    let before: u64 = watchers.iter().map(|c| cpu_ticks(c.id())).sum();
+    let before = total_cpu_nanos(&watchers);
     let t = Instant::now();
     std::thread::sleep(idle);
-    let after: u64 = watchers.iter().map(|c| cpu_ticks(c.id())).sum();
+    let after = total_cpu_nanos(&watchers);
     let secs = t.elapsed().as_secs_f64();
     for w in &mut watchers {
         let _ = w.kill();
@@ -508,5 +494,25 @@ fn idle_cpu(watcher: &Path, log: &Path, dir: &Path, n: usize, idle: Duration) ->
     }
     let _ = runner.kill();
     let _ = runner.wait();
-    Ok((after.saturating_sub(before)) as f64 / clk / secs * 100.0)
+    // Only now, so that an unreadable count still stops every watcher first.
+    let (before, after) = (before?, after?);
+    Ok(after.saturating_sub(before) as f64 / 1e9 / secs * 100.0)
+}
+
+fn total_cpu_nanos(watchers: &[Child]) -> Result<u64> {
+    watchers.iter().map(|c| cpu_nanos(c.id())).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_gives_nanoseconds_on_cpu() {
+        assert_eq!(parse_schedstat("123456789 4567 89\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat(""), None);
+        // This process has run, so its count is above zero (and below an hour).
+        let own = cpu_nanos(std::process::id()).unwrap();
+        assert!(own > 0 && own < 3_600_000_000_000, "{own}");
+    }
 }

@@ -3,7 +3,7 @@
 //! kit's fake systemctl runs the installed units' ExecStart lines, and a local webhook on
 //! 127.0.0.1 prints what the watcher posts.
 
-use crate::layout::{self, DEFAULT_PREFIX, OperatorFiles, Tree};
+use crate::layout::{self, DEFAULT_PREFIX, Tree};
 use crate::{Args, Result};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +24,12 @@ pub fn run(args: &Args) -> Result {
         destdir: demo.join("root"),
         prefix: PathBuf::from(DEFAULT_PREFIX),
     };
-    layout::lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent)?;
+    layout::run_installer(crate::install::command(
+        &bins,
+        &demo.join("stage"),
+        Some(&tree.destdir),
+        &tree.prefix,
+    )?)?;
     crate::install::check_help(&tree.package_root())?;
     println!("demo: installed into {}", tree.destdir.display());
 

@@ -1,8 +1,10 @@
-//! `cargo xtask dist`: one tarball of the install tree to unpack at `/` on a controller
-//! without Rust, with a `.sha256` beside it. Operator-owned files (the env file, the
-//! inventory) ship only as `*.example`, so unpacking can never overwrite them.
+//! `cargo xtask dist [--out DIR]`: one tarball of the staged tree (see layout.rs) for a
+//! controller without Rust, with a `.sha256` beside it. It unpacks into one directory,
+//! `atvm-watcher-service-<version>-<arch>/`, whose executable `install` (the same script
+//! `cargo xtask install` runs) puts the tree in place. Operator-owned files (the env file,
+//! the inventory) ship only as examples, so nothing in the tarball can overwrite them.
 
-use crate::layout::{self, DEFAULT_PREFIX, OperatorFiles, Tree};
+use crate::layout;
 use crate::{Args, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,51 +15,39 @@ pub fn run(args: &Args) -> Result {
         .path("--out")
         .unwrap_or_else(|| layout::target_dir().join("dist"));
     let bins = layout::build_release()?;
-    let stage = out.join("root");
-    if stage.exists() {
-        fs::remove_dir_all(&stage).map_err(|e| format!("cannot clear {}: {e}", stage.display()))?;
-    }
-    let tree = Tree {
-        destdir: stage.clone(),
-        prefix: PathBuf::from(DEFAULT_PREFIX),
+    let (tarball, sha) = build(&bins, &out)?;
+    let file = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default()
     };
-    layout::lay_out(&tree, &bins, OperatorFiles::ExamplesOnly)?;
-    let name = format!(
-        "atvm-watcher-service-{}-{}.tar.gz",
-        workspace_version()?,
-        std::env::consts::ARCH
-    );
-    let tarball = out.join(name);
-    let sha = package(&stage, &tarball)?;
     println!("dist: {}", tarball.display());
     println!("dist: {}", sha.display());
     println!(
-        "dist: on the controller: sha256sum -c {} && tar -xzf {} -C /   (see docs/install.md)",
-        sha.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        tarball
-            .file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
+        "dist: on the controller, as root: sha256sum -c {} && tar -xzf {} && cd {} && ./install   (see docs/install.md)",
+        file(&sha),
+        file(&tarball),
+        layout::dist_name()?
     );
     Ok(())
 }
 
-/// The members of the tarball: the leaves of the tree only, so unpacking at `/` never
-/// touches the modes of `/`, `/etc`, `/opt` or `/var`.
-pub fn members() -> Vec<String> {
-    let mut m = vec![DEFAULT_PREFIX.trim_start_matches('/').to_string()];
-    for unit in units::ALL {
-        m.push(format!("{}/{}", layout::UNIT_DIR, unit.name));
-    }
-    m.push(layout::STATE_ROOT.to_string());
-    m
+/// Stage the tree with the binaries in `bins` under `out` and tar it there. Returns the
+/// tarball and its checksum file.
+pub fn build(bins: &Path, out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let stage = layout::stage(out, bins)?;
+    let name = layout::dist_name()?;
+    let tarball = out.join(format!("{name}.tar.gz"));
+    let sha = package(&stage, &tarball)?;
+    Ok((tarball, sha))
 }
 
-/// Tar `stage` (root-owned, sorted, fixed mtime: reproducible) into `tarball` and write
-/// `<tarball>.sha256` in `sha256sum -c` format. Returns the checksum file.
+/// Tar the directory `stage` (root-owned, sorted, fixed mtime: reproducible) into `tarball`
+/// and write `<tarball>.sha256` in `sha256sum -c` format. Returns the checksum file.
 pub fn package(stage: &Path, tarball: &Path) -> Result<PathBuf> {
+    let (Some(parent), Some(top)) = (stage.parent(), stage.file_name()) else {
+        return Err(format!("cannot package {}", stage.display()));
+    };
     if let Some(dir) = tarball.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
@@ -67,10 +57,10 @@ pub fn package(stage: &Path, tarball: &Path) -> Result<PathBuf> {
         .arg("--file")
         .arg(tarball)
         .arg("--directory")
-        .arg(stage)
+        .arg(parent)
         .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner"])
         .arg(format!("--mtime=@{}", source_date_epoch()))
-        .args(members())
+        .arg(top)
         .status()
         .map_err(|e| format!("cannot run tar: {e}"))?;
     if !status.success() {
@@ -119,77 +109,50 @@ fn source_date_epoch() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `[workspace.package] version` from the root manifest.
-fn workspace_version() -> Result<String> {
-    let manifest = layout::repo_root().join("Cargo.toml");
-    let text = fs::read_to_string(&manifest)
-        .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
-    let mut in_section = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_section = line == "[workspace.package]";
-        } else if let (true, Some(v)) = (in_section, line.strip_prefix("version = ")) {
-            return Ok(v.trim_matches('"').to_string());
-        }
-    }
-    Err("no [workspace.package] version in Cargo.toml".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_tarball_holds_the_tree_as_root_with_the_spec_modes() {
+    fn the_tarball_unpacks_into_one_directory_with_an_executable_install() {
         let dir = tempfile::tempdir().unwrap();
-        let stage = dir.path().join("root");
-        let tree = Tree {
-            destdir: stage.clone(),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        };
-        layout::lay_out(
-            &tree,
-            &crate::layout::tests::fake_bins(dir.path()),
-            OperatorFiles::ExamplesOnly,
-        )
-        .unwrap();
-        let tarball = dir.path().join("out/x.tar.gz");
-        let sha = package(&stage, &tarball).unwrap();
+        let bins = crate::layout::tests::fake_bins(dir.path());
+        let (tarball, sha) = build(&bins, &dir.path().join("out")).unwrap();
+        let name = layout::dist_name().unwrap();
+        assert_eq!(
+            tarball.file_name().unwrap().to_string_lossy(),
+            format!("{name}.tar.gz")
+        );
         let listing = Command::new("tar")
             .args(["-tvzf"])
             .arg(&tarball)
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&listing.stdout).to_string();
-        let line = |name: &str| {
+        let line = |path: &str| {
             listing
                 .lines()
-                .find(|l| l.ends_with(name))
-                .unwrap_or_else(|| panic!("{name} missing:\n{listing}"))
+                .find(|l| l.ends_with(&format!(" {name}/{path}")))
+                .unwrap_or_else(|| panic!("{path} missing:\n{listing}"))
                 .to_string()
         };
-        assert!(
-            line("opt/atvm-watcher-service/atvm-run-watcher").starts_with("-rwxr-xr-x 0/0"),
-            "{listing}"
-        );
-        assert!(
-            line("opt/atvm-watcher-service/atvm-run-watcher.sh -> atvm-run-watcher")
-                .starts_with("lrwxrwxrwx 0/0")
-        );
-        assert!(line("etc/systemd/system/atvm-runner@.service").starts_with("-rw-r--r-- 0/0"));
-        assert!(line("var/lib/atvm-run-watcher/").starts_with("drwx------ 0/0"));
-        assert!(
-            !listing.contains("atvm-run-watcher.env\n")
-                && !listing
-                    .lines()
-                    .any(|l| l.ends_with("etc/atvm-run-watcher.env")),
-            "the env file is never shipped: {listing}"
-        );
+        assert!(line("install").starts_with("-rwxr-xr-x 0/0"), "{listing}");
+        assert!(line("bin/atvm-run-watcher").starts_with("-rwxr-xr-x 0/0"));
+        assert!(line("units/atvm-runner@.service.in").starts_with("-rw-r--r-- 0/0"));
+        assert!(line("share/man/man1/start-atvm-run.1").starts_with("-rw-r--r-- 0/0"));
+        line("examples/atvm-run-watcher.env.example");
+        for l in listing.lines() {
+            let path = l.split_whitespace().last().unwrap();
+            assert!(
+                path.starts_with(&format!("{name}/")),
+                "outside {name}/: {l}"
+            );
+        }
         assert!(
             !listing
                 .lines()
-                .any(|l| l.ends_with(" ./") || l.ends_with(" opt/") || l.ends_with(" etc/")),
-            "no parent directories: {listing}"
+                .any(|l| l.ends_with("/atvm-run-watcher.env")),
+            "the env file is never shipped: {listing}"
         );
         let check = Command::new("sha256sum")
             .arg("-c")
@@ -202,10 +165,5 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&check.stdout)
         );
-    }
-
-    #[test]
-    fn the_version_comes_from_the_workspace() {
-        assert_eq!(workspace_version().unwrap().split('.').count(), 3);
     }
 }

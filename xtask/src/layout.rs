@@ -1,23 +1,36 @@
-//! The install tree (SPEC §10), shared by install, dist, uninstall and demo: which files go
-//! where with which mode. Laying it out needs only a directory of built binaries, so it is
-//! tested without a release build.
+//! The install tree (SPEC §10), staged once for every install path. `cargo xtask dist` tars
+//! the staged directory, `cargo xtask install` and `demo` run its `install` script (the one
+//! install implementation, `packaging/install.sh`), and `cargo xtask uninstall` runs the same
+//! script with `--uninstall`. Staging needs only a directory of built binaries, so the whole
+//! install is tested without a release build.
+//!
+//! The staged directory, `atvm-watcher-service-<version>-<arch>/`:
+//!
+//! | path | what |
+//! |---|---|
+//! | `install` | the installer (`packaging/install.sh`), 0755 |
+//! | `INSTALL.md`, `VERSION` | `docs/install.md`; the workspace version |
+//! | `bin/<name>` | the binaries |
+//! | `units/<unit>.in` | the unit templates of `units::ALL` (rendered for `--prefix` by `install`) |
+//! | `share/…` | completions and man pages, as under `/usr/local/share` |
+//! | `examples/` | `vm-inventory.md.example`, `atvm-run-watcher.env.example` |
 
 use crate::Result;
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const DEFAULT_PREFIX: &str = "/opt/atvm-watcher-service";
 pub const ENV_FILE: &str = "etc/atvm-run-watcher.env";
-pub const UNIT_DIR: &str = "etc/systemd/system";
 pub const STATE_ROOT: &str = "var/lib/atvm-run-watcher";
 pub const INVENTORY: &str = "vm-inventory.md";
 pub const ENV_EXAMPLE: &str = "atvm-run-watcher.env.example";
 pub const INVENTORY_EXAMPLE: &str = "vm-inventory.md.example";
+/// The installer, relative to the repository root.
+pub const INSTALLER: &str = "packaging/install.sh";
 
-pub use testkit::BINARIES;
+pub use atvm_common::BINARIES;
 
 /// The repository root (xtask lives in `<root>/xtask`).
 pub fn repo_root() -> PathBuf {
@@ -53,6 +66,7 @@ pub fn under(destdir: &Path, path: &Path) -> PathBuf {
     destdir.join(path.strip_prefix("/").unwrap_or(path))
 }
 
+/// Where an install puts things, for the tasks that look at an installed tree.
 #[derive(Debug, Clone)]
 pub struct Tree {
     /// Where the tree is rooted (`/` for a real install).
@@ -65,9 +79,6 @@ impl Tree {
     pub fn package_root(&self) -> PathBuf {
         under(&self.destdir, &self.prefix)
     }
-    pub fn unit_dir(&self) -> PathBuf {
-        self.destdir.join(UNIT_DIR)
-    }
     pub fn env_file(&self) -> PathBuf {
         self.destdir.join(ENV_FILE)
     }
@@ -76,164 +87,122 @@ impl Tree {
     }
 }
 
-/// What a layout did, for the operator.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub lines: Vec<String>,
-}
-
-impl Report {
-    fn note(&mut self, line: String) {
-        self.lines.push(line);
+/// `[workspace.package] version` from the root manifest.
+pub fn workspace_version() -> Result<String> {
+    let manifest = repo_root().join("Cargo.toml");
+    let text = fs::read_to_string(&manifest)
+        .map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[workspace.package]";
+        } else if let (true, Some(v)) = (in_section, line.strip_prefix("version = ")) {
+            return Ok(v.trim_matches('"').to_string());
+        }
     }
+    Err("no [workspace.package] version in Cargo.toml".to_string())
 }
 
-fn io_err(what: &str, path: &Path) -> impl Fn(io::Error) -> String {
-    let msg = format!("{what} ({})", path.display());
-    move |e| format!("{msg}: {e}")
+/// `atvm-watcher-service-<version>-<arch>`: the staged directory and the tarball's name.
+pub fn dist_name() -> Result<String> {
+    Ok(format!(
+        "atvm-watcher-service-{}-{}",
+        workspace_version()?,
+        std::env::consts::ARCH
+    ))
+}
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result {
+    fs::copy(from, to).map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+    set_mode(to, mode)
+}
+
+fn write(to: &Path, content: &[u8], mode: u32) -> Result {
+    fs::write(to, content).map_err(|e| format!("cannot write {}: {e}", to.display()))?;
+    set_mode(to, mode)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io_err("cannot set mode", path))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
 }
 
-/// root:root where we can (installing as root); a staging tree built as a user keeps the
-/// user's ownership (the dist tarball records root anyway).
-fn own_by_root(path: &Path) {
-    let _ = std::os::unix::fs::lchown(path, Some(0), Some(0));
+fn mkdir(path: &Path) -> Result {
+    fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
-/// Copy `from` to `to` atomically (temp + rename), so a running binary is replaced, not
-/// rewritten in place.
-fn install_file(from: &Path, to: &Path, mode: u32) -> Result {
-    let tmp = to.with_extension("xtask-tmp");
-    fs::copy(from, &tmp).map_err(io_err("cannot copy", from))?;
-    set_mode(&tmp, mode)?;
-    own_by_root(&tmp);
-    fs::rename(&tmp, to).map_err(io_err("cannot install", to))
-}
-
-fn write_file(to: &Path, content: &str, mode: u32) -> Result {
-    let tmp = to.with_extension("xtask-tmp");
-    fs::write(&tmp, content).map_err(io_err("cannot write", &tmp))?;
-    set_mode(&tmp, mode)?;
-    own_by_root(&tmp);
-    fs::rename(&tmp, to).map_err(io_err("cannot install", to))
-}
-
-fn mkdir(path: &Path, mode: Option<u32>) -> Result {
-    fs::create_dir_all(path).map_err(io_err("cannot create directory", path))?;
-    if let Some(mode) = mode {
-        set_mode(path, mode)?;
+/// Stage the tree in a fresh `<parent>/<dist_name>` with the binaries from `bins`; returns
+/// the staged directory.
+pub fn stage(parent: &Path, bins: &Path) -> Result<PathBuf> {
+    let dir = parent.join(dist_name()?);
+    if fs::symlink_metadata(&dir).is_ok() {
+        fs::remove_dir_all(&dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
     }
-    Ok(())
-}
-
-/// Options for operator-owned files: a real install creates them when absent; the dist
-/// tarball ships only their examples, so unpacking it can never overwrite them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OperatorFiles {
-    CreateIfAbsent,
-    ExamplesOnly,
-}
-
-/// Lay out the tree with binaries taken from `bins`.
-pub fn lay_out(tree: &Tree, bins: &Path, operator_files: OperatorFiles) -> Result<Report> {
-    let mut report = Report::default();
-    let root = tree.package_root();
-    mkdir(&root, Some(0o755))?;
+    let root = repo_root();
+    mkdir(&dir.join("bin"))?;
+    copy(&root.join(INSTALLER), &dir.join("install"), 0o755)?;
+    copy(
+        &root.join("docs/install.md"),
+        &dir.join("INSTALL.md"),
+        0o644,
+    )?;
+    write(
+        &dir.join("VERSION"),
+        format!("{}\n", workspace_version()?).as_bytes(),
+        0o644,
+    )?;
     for name in BINARIES {
         let from = bins.join(name);
         if !from.is_file() {
             return Err(format!("binary {name} is not built ({})", from.display()));
         }
-        install_file(&from, &root.join(name), 0o755)?;
-        // `<name>.sh` for callers of the old scripts.
-        let link = root.join(format!("{name}.sh"));
-        match fs::symlink_metadata(&link) {
-            Ok(m) if m.file_type().is_symlink() => {
-                fs::remove_file(&link).map_err(io_err("cannot replace", &link))?
-            }
-            Ok(_) => {
-                return Err(format!(
-                    "{} exists and is not a symlink; move it away first",
-                    link.display()
-                ));
-            }
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(name, &link).map_err(io_err("cannot link", &link))?;
-        own_by_root(&link);
+        copy(&from, &dir.join("bin").join(name), 0o755)?;
     }
-    report.note(format!(
-        "binaries (0755) and .sh links in {}",
-        root.display()
-    ));
-
-    let inventory_src = repo_root().join("inventory/vm-inventory.md");
-    let inventory_text =
-        fs::read_to_string(&inventory_src).map_err(io_err("cannot read", &inventory_src))?;
-    let env_src = repo_root().join("packaging").join(ENV_EXAMPLE);
-    let env_text = fs::read_to_string(&env_src).map_err(io_err("cannot read", &env_src))?;
-    write_file(&root.join(INVENTORY_EXAMPLE), &inventory_text, 0o644)?;
-    write_file(&root.join(ENV_EXAMPLE), &env_text, 0o644)?;
-
-    let units = tree.unit_dir();
-    mkdir(&units, None)?;
+    mkdir(&dir.join("units"))?;
     for unit in units::ALL {
-        write_file(&units.join(unit.name), &unit.render(&tree.prefix), 0o644)?;
+        let to = dir.join("units").join(format!("{}.in", unit.name));
+        write(&to, unit.template().as_bytes(), 0o644)?;
     }
-    report.note(format!("units (0644) in {}", units.display()));
-
-    let state = tree.state_root();
-    mkdir(&state, Some(0o700))?;
-    own_by_root(&state);
-    report.note(format!("state root (0700) {}", state.display()));
-
-    if operator_files == OperatorFiles::CreateIfAbsent {
-        let inventory = root.join(INVENTORY);
-        if inventory.exists() {
-            report.note(format!("kept the existing {}", inventory.display()));
-        } else {
-            write_file(&inventory, &inventory_text, 0o644)?;
-            report.note(format!(
-                "example inventory written to {}: list the controller's VMs there",
-                inventory.display()
-            ));
-        }
-        let env_file = tree.env_file();
-        if env_file.exists() {
-            report.note(format!(
-                "kept the existing {} (never overwritten)",
-                env_file.display()
-            ));
-        } else {
-            mkdir(env_file.parent().unwrap_or(Path::new("/")), None)?;
-            write_file(&env_file, &env_text, 0o600)?;
-            report.note(format!(
-                "created {} (0600): set MATTERMOST_ATVM_WEBHOOK in it",
-                env_file.display()
-            ));
-        }
-    }
-    Ok(report)
+    crate::completions::generate(&dir.join("share"))?;
+    mkdir(&dir.join("examples"))?;
+    copy(
+        &root.join("inventory/vm-inventory.md"),
+        &dir.join("examples").join(INVENTORY_EXAMPLE),
+        0o644,
+    )?;
+    copy(
+        &root.join("packaging").join(ENV_EXAMPLE),
+        &dir.join("examples").join(ENV_EXAMPLE),
+        0o644,
+    )?;
+    Ok(dir)
 }
 
-/// Paths (relative to the destdir) of everything `lay_out` creates that uninstall removes.
-pub fn owned_paths(tree: &Tree) -> Vec<PathBuf> {
-    let root = tree.package_root();
-    let mut v = Vec::new();
-    for name in BINARIES {
-        v.push(root.join(name));
-        v.push(root.join(format!("{name}.sh")));
+/// The installer `script` for `destdir` (none: the controller itself) and `prefix`. The
+/// script also honours a `DESTDIR` environment variable; xtask's `--destdir` is the only way
+/// in here, so a stray `DESTDIR` in the caller's shell cannot redirect a real install.
+pub fn installer(script: &Path, destdir: Option<&Path>, prefix: &Path) -> Command {
+    let mut cmd = Command::new(script);
+    cmd.env_remove("DESTDIR").arg("--prefix").arg(prefix);
+    if let Some(d) = destdir {
+        cmd.arg("--destdir").arg(d);
     }
-    v.push(root.join(INVENTORY_EXAMPLE));
-    v.push(root.join(ENV_EXAMPLE));
-    for unit in units::ALL {
-        v.push(tree.unit_dir().join(unit.name));
+    cmd
+}
+
+/// Run the installer with its output going to ours.
+pub fn run_installer(mut cmd: Command) -> Result {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed ({status})",
+            cmd.get_program().to_string_lossy()
+        ))
     }
-    v
 }
 
 #[cfg(test)]
@@ -241,15 +210,8 @@ pub mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// The default tree under `<dir>/dest`.
-    pub fn staged(dir: &Path) -> Tree {
-        Tree {
-            destdir: dir.join("dest"),
-            prefix: PathBuf::from(DEFAULT_PREFIX),
-        }
-    }
-
-    /// A directory of stand-in binaries.
+    /// A directory of stand-in binaries: each answers anything (`--help` included) with its
+    /// name.
     pub fn fake_bins(dir: &Path) -> PathBuf {
         let bins = dir.join("bins");
         fs::create_dir_all(&bins).unwrap();
@@ -265,79 +227,49 @@ pub mod tests {
     }
 
     #[test]
-    fn lays_out_the_tree_with_the_spec_modes() {
+    fn stages_the_payload_the_installer_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = staged(dir.path());
-        let bins = fake_bins(dir.path());
-        lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent).unwrap();
-        let root = dir.path().join("dest/opt/atvm-watcher-service");
+        let stage = stage(dir.path(), &fake_bins(dir.path())).unwrap();
+        assert_eq!(
+            stage.file_name().unwrap().to_string_lossy(),
+            dist_name().unwrap()
+        );
+        assert_eq!(mode(&stage.join("install")), 0o755);
+        assert_eq!(
+            fs::read(stage.join("install")).unwrap(),
+            fs::read(repo_root().join(INSTALLER)).unwrap()
+        );
         for name in BINARIES {
-            assert_eq!(mode(&root.join(name)), 0o755, "{name}");
-            assert_eq!(
-                fs::read_link(root.join(format!("{name}.sh"))).unwrap(),
-                PathBuf::from(name)
-            );
-        }
-        for unit in ["atvm-runner@.service", "atvm-run-watcher@.service"] {
-            let p = dir.path().join("dest/etc/systemd/system").join(unit);
-            assert_eq!(mode(&p), 0o644);
+            assert_eq!(mode(&stage.join("bin").join(name)), 0o755, "{name}");
+            assert!(stage.join(format!("share/man/man1/{name}.1")).is_file());
             assert!(
-                fs::read_to_string(&p)
-                    .unwrap()
-                    .contains("ExecStart=/opt/atvm-watcher-service/")
+                stage
+                    .join(format!("share/bash-completion/completions/{name}"))
+                    .is_file()
             );
         }
-        assert_eq!(
-            mode(&dir.path().join("dest/etc/atvm-run-watcher.env")),
-            0o600
-        );
-        assert_eq!(
-            mode(&dir.path().join("dest/var/lib/atvm-run-watcher")),
-            0o700
-        );
-        assert_eq!(mode(&root.join("vm-inventory.md")), 0o644);
-    }
-
-    #[test]
-    fn env_file_and_inventory_are_never_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = staged(dir.path());
-        let bins = fake_bins(dir.path());
-        lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent).unwrap();
-        let env = tree.env_file();
-        let inv = tree.package_root().join(INVENTORY);
-        fs::write(&env, "MATTERMOST_ATVM_WEBHOOK=https://chat/hooks/x\n").unwrap();
-        fs::write(&inv, "| VM | OS |\n|---|---|\n| mine | fc |\n").unwrap();
-        let report = lay_out(&tree, &bins, OperatorFiles::CreateIfAbsent).unwrap();
-        assert_eq!(
-            fs::read_to_string(&env).unwrap(),
-            "MATTERMOST_ATVM_WEBHOOK=https://chat/hooks/x\n"
-        );
-        assert!(fs::read_to_string(&inv).unwrap().contains("mine"));
-        assert!(report.lines.iter().any(|l| l.contains("never overwritten")));
-    }
-
-    #[test]
-    fn examples_only_leaves_operator_files_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let tree = staged(dir.path());
-        lay_out(&tree, &fake_bins(dir.path()), OperatorFiles::ExamplesOnly).unwrap();
-        assert!(!tree.env_file().exists());
-        assert!(!tree.package_root().join(INVENTORY).exists());
-        assert!(tree.package_root().join(INVENTORY_EXAMPLE).exists());
-        assert!(tree.package_root().join(ENV_EXAMPLE).exists());
+        for unit in units::ALL {
+            let text = fs::read_to_string(stage.join(format!("units/{}.in", unit.name))).unwrap();
+            assert_eq!(text, unit.template());
+        }
+        assert!(stage.join("examples").join(ENV_EXAMPLE).is_file());
+        assert!(stage.join("examples").join(INVENTORY_EXAMPLE).is_file());
+        assert!(stage.join("INSTALL.md").is_file());
+        // Staging again starts from scratch.
+        fs::write(stage.join("stray"), "x").unwrap();
+        let again = super::stage(dir.path(), &fake_bins(dir.path())).unwrap();
+        assert!(!again.join("stray").exists());
     }
 
     #[test]
     fn a_missing_binary_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let tree = staged(dir.path());
-        let err = lay_out(
-            &tree,
-            &dir.path().join("nothing"),
-            OperatorFiles::CreateIfAbsent,
-        )
-        .unwrap_err();
+        let err = stage(dir.path(), &dir.path().join("nothing")).unwrap_err();
         assert!(err.contains("start-atvm-run is not built"), "{err}");
+    }
+
+    #[test]
+    fn the_version_comes_from_the_workspace() {
+        assert_eq!(workspace_version().unwrap().split('.').count(), 3);
     }
 }

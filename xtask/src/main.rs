@@ -1,20 +1,28 @@
 //! Project tasks (`cargo xtask <task>`, see `.cargo/config.toml`):
 //!
-//! - `install [--destdir D] [--prefix P]` — build release binaries and lay out the install
-//!   tree (SPEC §10); without `--destdir` also reload systemd, check every binary's `--help`
-//!   and move a leftover `/root/atvm-watcher-service` aside.
-//! - `dist` — one tarball of the same tree (plus its SHA-256) for controllers without Rust.
-//! - `uninstall [--destdir D] [--prefix P]` — remove what install added; keep state and the
-//!   env file.
+//! - `install [--destdir D] [--prefix P]` — build release binaries, stage the install tree
+//!   and run its installer (`packaging/install.sh`, SPEC §10): replaces an old install,
+//!   keeping what it replaces in `.replaced/`; without `--destdir` it also reloads systemd,
+//!   checks every binary's `--help` and moves a leftover `/root/atvm-watcher-service` aside.
+//! - `dist` — one tarball of the same staged tree, installer included (plus its SHA-256), for
+//!   controllers without Rust.
+//! - `uninstall [--destdir D] [--prefix P]` — the installer's `--uninstall`: remove what
+//!   install added; keep state, the env file, an edited inventory and `.replaced/`.
 //! - `demo` — install into `target/demo` and watch a sample run end to end.
 //! - `bench` — performance measurements (parse throughput, poll cost, RSS, idle CPU).
 //!
-//! Deliberately dependency-light: std, the `units` crate, and the system's `tar`/`sha256sum`.
+//! Deliberately dependency-light: std, the `units` crate, the tool crates' clap definitions
+//! (for completions and man pages), and the system's `sh`, `tar` and `sha256sum`.
 
 mod bench;
+mod completions;
 mod demo;
 mod dist;
+#[cfg(test)]
+mod docs_tests;
 mod install;
+#[cfg(test)]
+mod install_tests;
 mod layout;
 mod uninstall;
 
