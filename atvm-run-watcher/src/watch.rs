@@ -13,7 +13,7 @@ use atvm_common::cypress::{LogParser, LogSummary, RunBlock};
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, FollowPoint, LogFollower};
 use atvm_common::inventory::{self, Vm};
-use atvm_common::mattermost::{self, Attempt, Delivery, Hooks, Message, Payload, Poster};
+use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Message, Payload, Poster};
 use atvm_common::procfs::{self, ProcessId};
 use atvm_common::reporter::{self, FailedTest, ReporterDir};
 use atvm_common::state::{
@@ -27,6 +27,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// The payload a postable result is delivered with, kept beside its `state.json`.
+const PAYLOAD_FILE: &str = "payload.json";
+
 /// Log bytes parsed between two checks for a stop request.
 const READ_SLICE: u64 = 64 * 1024 * 1024;
 /// Rescan every reporter file (not just on directory changes) this often.
@@ -38,16 +41,24 @@ pub enum Sink {
     Mattermost {
         poster: Arc<dyn Poster>,
         channel: Option<String>,
+        format: Format,
     },
     DryRun {
         channel: Option<String>,
+        format: Format,
     },
 }
 
 impl Sink {
     fn channel(&self) -> Option<&str> {
         match self {
-            Sink::Mattermost { channel, .. } | Sink::DryRun { channel } => channel.as_deref(),
+            Sink::Mattermost { channel, .. } | Sink::DryRun { channel, .. } => channel.as_deref(),
+        }
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            Sink::Mattermost { format, .. } | Sink::DryRun { format, .. } => *format,
         }
     }
 }
@@ -521,16 +532,21 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// Hand a final, postable result to delivery: mark it pending, keep the message with the
-    /// state (a restarted watcher posts exactly that text), persist, deliver.
+    /// Hand a final, postable result to delivery: mark it pending, keep the payload in
+    /// `payload.json` beside the state (a restarted watcher posts exactly those bytes; it is
+    /// too big for `state.json`), persist, deliver.
     fn post_result(&mut self, target: Target) -> Result<()> {
-        let text = Value::String(self.message_text(target));
+        let payload = self.message_payload(target);
+        if let Sink::Mattermost { .. } = self.sink {
+            let dir = self.target_dir(target);
+            fsutil::create_dir(&dir, 0o700)?;
+            fsutil::write_json(&dir.join(PAYLOAD_FILE), &payload, 0o600)?;
+        }
         let state = match target {
             Target::Run => &mut self.state,
             Target::Sub(i) => &mut self.subruns[i],
         };
         state.post.status = PostStatus::Pending;
-        state.details.insert("message".into(), text);
         self.save()?;
         self.deliver(target)
     }
@@ -824,7 +840,7 @@ impl<'a> Watcher<'a> {
         self.reporter.as_ref().and_then(|r| r.counts(|_| true))
     }
 
-    fn message_text(&mut self, target: Target) -> String {
+    fn message_payload(&mut self, target: Target) -> Payload {
         let vms = self.inventory();
         let summary = self.cp.parser.summary().clone();
         let (state, reason, counts, group, blocks): (_, _, _, _, &[RunBlock]) = match target {
@@ -885,7 +901,14 @@ impl<'a> Watcher<'a> {
             .find_map(|b| b.url())
             .map(str::to_string);
         let request = self.request.clone();
-        mattermost::render(&Message {
+        let seen = |k: usize| self.cp.finished_seen.get(k).copied().flatten();
+        let (started, ended) = match target {
+            Target::Run => (self.runner_started_at, self.runner_exited_at),
+            Target::Sub(0) => (self.runner_started_at, seen(0)),
+            Target::Sub(i) => (seen(i - 1), seen(i)),
+        };
+        let host = mattermost::host_name();
+        let message = Message {
             state,
             build: self.build.as_str(),
             group: group.as_deref(),
@@ -897,7 +920,11 @@ impl<'a> Watcher<'a> {
             run_url: run_url.as_deref(),
             failures: &failures,
             failures_total,
-        })
+            host: &host,
+            started,
+            ended,
+        };
+        Payload::build(&message, self.sink.channel(), self.sink.format())
     }
 
     // ----- delivery --------------------------------------------------------------------------
@@ -929,17 +956,14 @@ impl<'a> Watcher<'a> {
             post.status = PostStatus::Posted;
             return self.save();
         }
-        let text = match target {
-            Target::Run => self.state.details.get("message"),
-            Target::Sub(i) => self.subruns[i].details.get("message"),
-        }
-        .and_then(Value::as_str)
-        .map(str::to_string);
-        let text = match text {
-            Some(t) => t,
-            None => self.message_text(target),
+        let kept = match self.sink {
+            Sink::Mattermost { .. } => fsutil::read_json::<Payload>(&dir.join(PAYLOAD_FILE))?,
+            Sink::DryRun { .. } => None,
         };
-        let payload = Payload::new(self.sink.channel(), text);
+        let payload = match kept {
+            Some(p) => p,
+            None => self.message_payload(target),
+        };
         let poster = match &self.sink {
             Sink::DryRun { .. } => {
                 fsutil::create_dir(&dir, 0o700)?;

@@ -12,10 +12,12 @@ pub mod client;
 pub mod deliver;
 pub mod message;
 
+pub use crate::config::Format;
 pub use client::{
     Answer, Attempt, Client, MAX_CONNECT_TIMEOUT, MAX_REQUEST_TIMEOUT, Poster, classify, timeouts,
 };
 pub use deliver::{Delivery, Hooks, backoff, deliver};
 pub use message::{
-    MAX_FAILURES_SHOWN, MAX_TEXT, Message, Payload, USERNAME, inert, render, test_message,
+    Attachment, Field, MAX_FAILURES_SHOWN, MAX_PAYLOAD, MAX_VMS_SHOWN, Message, Payload, USERNAME,
+    host_name,
 };
