@@ -4,6 +4,9 @@
 
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
+#[path = "watcher/message.rs"]
+mod message;
+
 use serde_json::{Value, json};
 use std::fs;
 use std::path::Path;
