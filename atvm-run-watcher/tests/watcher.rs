@@ -858,11 +858,18 @@ fn a_client_error_is_permanent_and_exits_1() {
     assert_eq!(hook.requests().len(), 1, "no retry");
     assert!(!env.state_dir(B).join("posted.marker").exists());
     assert_no_secret(&env, &hook, &out);
-    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once.
+    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once, the
+    // payload kept from the first attempt (a rebuilt one would lose its VMs now).
+    fs::write(&env.inventory, "").unwrap();
     let again = watch(&env, &[]);
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(state(&env)["post"]["status"], "posted");
-    assert_eq!(hook.requests().len(), 2);
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[0].body, reqs[1].body,
+        "a restart posts the kept payload byte for byte"
+    );
     watch(&env, &[]);
     assert_eq!(hook.requests().len(), 2, "never twice");
 }
