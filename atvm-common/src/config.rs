@@ -1,8 +1,10 @@
-//! Mattermost configuration: `MATTERMOST_ATVM_WEBHOOK` / `MATTERMOST_ATVM_CHANNEL` from the
-//! process environment, else from the env file (SPEC §2). The webhook URL is a secret: the
-//! [`Webhook`] type never prints it, only its host.
+//! Mattermost configuration: `MATTERMOST_ATVM_WEBHOOK`, `MATTERMOST_ATVM_CHANNEL` and
+//! `MATTERMOST_ATVM_FORMAT`, each from the process environment, else from the env file
+//! (SPEC §2, §7). The webhook URL is a secret: the [`Webhook`] type never prints it, only its
+//! host, and [`Webhook::redact`] removes it from anything a server or the HTTP client said.
 
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
@@ -12,6 +14,30 @@ use std::path::Path;
 
 pub const WEBHOOK_VAR: &str = "MATTERMOST_ATVM_WEBHOOK";
 pub const CHANNEL_VAR: &str = "MATTERMOST_ATVM_CHANNEL";
+pub const FORMAT_VAR: &str = "MATTERMOST_ATVM_FORMAT";
+
+/// What a post looks like (`MATTERMOST_ATVM_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A message attachment (colour bar, title, fields, footer): the default.
+    #[default]
+    Attachment,
+    /// One Markdown message with the same content, for servers that render attachments
+    /// badly.
+    Text,
+}
+
+impl Format {
+    /// `attachment` (or empty) and `text`, in any case; `None` for anything else.
+    pub fn parse(value: &str) -> Option<Format> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "attachment" | "attachments" => Some(Format::Attachment),
+            "text" => Some(Format::Text),
+            _ => None,
+        }
+    }
+}
 
 /// A webhook URL. `Debug` and `Display` show the host only.
 #[derive(Clone, PartialEq, Eq)]
@@ -42,19 +68,131 @@ impl Webhook {
 }
 
 impl Webhook {
-    /// `text` with the URL and its secret path replaced, for server answers and error
-    /// messages that might echo them.
+    /// `text` with every spelling of the webhook's secret replaced by `[redacted]`, for
+    /// anything that came from the server or from the HTTP client before it is logged or
+    /// stored.
+    ///
+    /// The secret is the URL's path and query (the "key"); userinfo counts too. A server or
+    /// proxy may echo it raw, percent-encoded (any mix of literal characters and `%XX`, hex in
+    /// either case), decoded, in another letter case, with doubled slashes (`//hooks/…`),
+    /// JSON-escaped slashes (`\/`), or only the bare key. So the match is made on decoded
+    /// bytes, ASCII case-insensitively, with a `/` in the key matching any run of slashes,
+    /// against: the key, its path, its query, and each path segment and query value of at
+    /// least [`MIN_SECRET_PIECE`] bytes other than `hooks` (shorter pieces are too common
+    /// to hide without hiding ordinary words). Replacing a little too much is the safe side.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.replace(&self.0, "[webhook]");
-        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
-        if let Some(i) = rest.find('/') {
-            let path = &rest[i..];
-            if path.len() > 3 {
-                out = out.replace(path, "/[redacted]");
+        let patterns = self.secret_patterns();
+        if patterns.is_empty() {
+            return text.to_string();
+        }
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match patterns.iter().find_map(|p| match_secret(bytes, i, p)) {
+                Some(end) => {
+                    out.extend_from_slice(REDACTED.as_bytes());
+                    i = end;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
             }
         }
-        out
+        String::from_utf8_lossy(&out).into_owned()
     }
+
+    /// The decoded, lower-cased spellings [`Webhook::redact`] looks for, longest first.
+    fn secret_patterns(&self) -> Vec<Vec<u8>> {
+        let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
+        let rest = rest.split('#').next().unwrap_or("");
+        let (authority, key) = match rest.find(['/', '?']) {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (path, query) = key.split_once('?').unwrap_or((key, ""));
+        let mut pieces: Vec<&str> = vec![key, path, query];
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            pieces.push(userinfo);
+            pieces.extend(userinfo.split_once(':').map(|(_, password)| password));
+        }
+        pieces.extend(path.split('/'));
+        pieces.extend(
+            query
+                .split('&')
+                .map(|pair| pair.split_once('=').map_or(pair, |(_, value)| value)),
+        );
+        let mut patterns: Vec<Vec<u8>> = pieces
+            .into_iter()
+            .map(secret_pattern)
+            .filter(|p| {
+                let meaningful: Vec<u8> = p.iter().copied().filter(|&b| b != b'/').collect();
+                meaningful.len() >= MIN_SECRET_PIECE && meaningful != b"hooks"
+            })
+            .collect();
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        patterns.dedup();
+        patterns
+    }
+}
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "[redacted]";
+
+/// Path segments and query values shorter than this are not treated as secret on their own
+/// (a Mattermost key is 26 characters; `hooks`, `api`, `v4` are not secrets).
+pub const MIN_SECRET_PIECE: usize = 6;
+
+/// A piece of the URL as [`match_secret`] compares it: percent-decoded, ASCII lower-case,
+/// runs of `/` collapsed to one.
+fn secret_pattern(piece: &str) -> Vec<u8> {
+    let bytes = piece.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some((b, next)) = decode_unit(bytes, i) {
+        if !(b == b'/' && out.last() == Some(&b'/')) {
+            out.push(b.to_ascii_lowercase());
+        }
+        i = next;
+    }
+    out
+}
+
+/// One byte of `text` at `i`: a `%XX` escape (either hex case) or a literal byte; and where
+/// the next unit starts.
+fn decode_unit(text: &[u8], i: usize) -> Option<(u8, usize)> {
+    let b = *text.get(i)?;
+    let hex = |j: usize| text.get(j).and_then(|c| (*c as char).to_digit(16));
+    if b == b'%'
+        && let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2))
+    {
+        return Some(((hi * 16 + lo) as u8, i + 3));
+    }
+    // A JSON-escaped slash reads as a slash.
+    if b == b'\\' && text.get(i + 1) == Some(&b'/') {
+        return Some((b'/', i + 2));
+    }
+    Some((b, i + 1))
+}
+
+/// If `pattern` is spelt in `text` starting at `start` (see [`Webhook::redact`]), where
+/// that spelling ends.
+fn match_secret(text: &[u8], start: usize, pattern: &[u8]) -> Option<usize> {
+    let mut t = start;
+    for &want in pattern {
+        let (got, next) = decode_unit(text, t)?;
+        if got.to_ascii_lowercase() != want {
+            return None;
+        }
+        t = next;
+        if want == b'/' {
+            while let Some((b'/', next)) = decode_unit(text, t) {
+                t = next;
+            }
+        }
+    }
+    Some(t)
 }
 
 impl fmt::Debug for Webhook {
@@ -73,25 +211,39 @@ impl fmt::Display for Webhook {
 pub struct MattermostConfig {
     pub webhook: Option<Webhook>,
     pub channel: Option<String>,
+    pub format: Format,
 }
 
 impl MattermostConfig {
-    /// From the process environment first, then the env file. A missing env file is fine
-    /// (nothing configured); an unreadable one is an error naming it.
+    /// Each variable from the process environment first, then the env file. A missing env
+    /// file is fine (nothing configured); an unreadable one is an error naming it, and so is
+    /// a format other than `attachment` or `text` (exit 78: a typo should stop the start
+    /// helper, not silently change every post).
     pub fn load(env_file: &Path) -> Result<MattermostConfig> {
         let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let mut webhook = from_env(WEBHOOK_VAR);
         let mut channel = from_env(CHANNEL_VAR);
-        if webhook.is_none() || channel.is_none() {
+        let mut format = from_env(FORMAT_VAR);
+        if webhook.is_none() || channel.is_none() || format.is_none() {
             let file = read_env_file(env_file)?;
             webhook = webhook.or_else(|| file.get(WEBHOOK_VAR).cloned());
             channel = channel.or_else(|| file.get(CHANNEL_VAR).cloned());
+            format = format.or_else(|| file.get(FORMAT_VAR).cloned());
         }
+        let format = format.unwrap_or_default();
+        let format = Format::parse(&format).ok_or_else(|| Error::Config {
+            what: format!(
+                "{FORMAT_VAR} is {:?}: use `attachment` (the default) or `text`",
+                format.chars().take(40).collect::<String>()
+            ),
+            path: env_file.to_path_buf(),
+        })?;
         Ok(MattermostConfig {
             webhook: webhook
                 .filter(|w| !w.trim().is_empty())
                 .map(|w| Webhook::new(&w)),
             channel: channel.filter(|c| !c.trim().is_empty()),
+            format,
         })
     }
 
@@ -182,6 +334,140 @@ mod tests {
             "bad hook /hooks/s3cr3t?x=1 at https://user:pw@chat.example.com:8443/hooks/s3cr3t?x=1",
         );
         assert!(!said.contains("s3cr3t"), "{said}");
+    }
+
+    const KEY: &str = "Xk3p9qWmZ7rT1bYc5dF8gH2jLa";
+
+    fn hook() -> Webhook {
+        Webhook::new(&format!("https://chat.example.com/hooks/{KEY}"))
+    }
+
+    fn assert_redacted(w: &Webhook, said: &str) {
+        let out = w.redact(said);
+        assert!(
+            !out.to_lowercase().contains(&KEY.to_lowercase()[..8]),
+            "{said:?} -> {out:?}"
+        );
+        assert!(out.contains(REDACTED), "{said:?} -> {out:?}");
+    }
+
+    #[test]
+    fn the_raw_key_and_the_whole_url_are_redacted() {
+        let w = hook();
+        assert_redacted(
+            &w,
+            &format!("POST https://chat.example.com/hooks/{KEY} failed"),
+        );
+        assert_redacted(&w, &format!("no such hook /hooks/{KEY}"));
+        assert_eq!(
+            w.redact(&format!("at https://chat.example.com/hooks/{KEY}: 404")),
+            "at https://chat.example.com[redacted]: 404"
+        );
+    }
+
+    #[test]
+    fn any_letter_case_is_redacted() {
+        let w = hook();
+        assert_redacted(&w, &format!("/HOOKS/{}", KEY.to_uppercase()));
+        assert_redacted(&w, &format!("/hooks/{}", KEY.to_lowercase()));
+    }
+
+    #[test]
+    fn percent_encoded_forms_are_redacted() {
+        let w = hook();
+        let all: String = format!("/hooks/{KEY}")
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect();
+        assert_eq!(w.redact(&all), REDACTED);
+        assert_eq!(w.redact(&all.to_lowercase()), REDACTED);
+        // Every other character encoded, hex in alternating case.
+        let mixed: String = format!("/hooks/{KEY}")
+            .bytes()
+            .enumerate()
+            .map(|(i, b)| match i % 4 {
+                0 => format!("%{b:02x}"),
+                2 => format!("%{b:02X}"),
+                _ => (b as char).to_string(),
+            })
+            .collect();
+        assert_eq!(w.redact(&format!("path={mixed}.")), "path=[redacted].");
+        assert_eq!(w.redact(&format!("%2Fhooks%2F{KEY}")), REDACTED);
+        assert_eq!(w.redact(&format!("%2f%2FHOOKS%2f{KEY}?")), "[redacted]?");
+    }
+
+    #[test]
+    fn a_url_that_is_itself_encoded_is_redacted_decoded_too() {
+        let w = Webhook::new("https://h/hooks/abc%2Fdef%3Dghi");
+        for said in [
+            "/hooks/abc/def=ghi",
+            "/hooks/abc%2fdef%3dghi",
+            "abc/DEF=ghi",
+        ] {
+            let out = w.redact(said);
+            assert!(!out.contains("def"), "{said:?} -> {out:?}");
+        }
+    }
+
+    #[test]
+    fn double_slashes_json_escapes_and_the_bare_key_are_redacted() {
+        let w = hook();
+        assert_eq!(w.redact(&format!("//hooks/{KEY}")), REDACTED);
+        assert_eq!(w.redact(&format!("/hooks//{KEY}")), REDACTED);
+        assert_redacted(&w, &format!("{{\"path\":\"\\/hooks\\/{KEY}\"}}"));
+        assert_redacted(&w, &format!("invalid key {KEY}."));
+        assert_redacted(&w, &format!("invalid key {}", KEY.to_uppercase()));
+        // A configured URL with a doubled slash still hides an echo with a single one.
+        let w2 = Webhook::new(&format!("https://chat.example.com//hooks/{KEY}"));
+        assert_redacted(&w2, &format!("/hooks/{KEY}"));
+    }
+
+    #[test]
+    fn query_values_and_userinfo_are_secret_too() {
+        let w = Webhook::new("https://bot:pa55word@h:8443/api/hooks?token=t0k3nv4lue&x=1");
+        let out = w.redact("token T0K3NV4LUE for bot:pa55word rejected; try api or hooks");
+        assert!(
+            !out.to_lowercase().contains("t0k3n") && !out.contains("pa55word"),
+            "{out}"
+        );
+        assert!(
+            out.contains("try api or hooks"),
+            "short pieces and `hooks` stay readable: {out}"
+        );
+    }
+
+    #[test]
+    fn text_without_the_key_is_unchanged() {
+        let w = hook();
+        let said = "HTTP 500 from chat.example.com: é ünïcode %zz %4 \\ hooks";
+        assert_eq!(w.redact(said), said);
+        assert_eq!(Webhook::new("https://h/").redact("a/b//c"), "a/b//c");
+    }
+
+    #[test]
+    fn the_format_is_attachment_unless_text_is_asked_for() {
+        assert_eq!(Format::parse(""), Some(Format::Attachment));
+        assert_eq!(Format::parse(" Attachment "), Some(Format::Attachment));
+        assert_eq!(Format::parse("TEXT"), Some(Format::Text));
+        assert_eq!(Format::parse("html"), None);
+    }
+
+    #[test]
+    fn the_format_comes_from_the_env_file_and_a_bad_one_is_exit_78() {
+        if std::env::var_os(FORMAT_VAR).is_some() {
+            return; // the process environment wins; nothing to test here
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("env");
+        fs::write(&p, "MATTERMOST_ATVM_FORMAT=text\n").expect("write");
+        assert_eq!(
+            MattermostConfig::load(&p).expect("load").format,
+            Format::Text
+        );
+        fs::write(&p, "MATTERMOST_ATVM_FORMAT=fancy\n").expect("write");
+        let e = MattermostConfig::load(&p).expect_err("bad format");
+        assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
+        assert!(e.to_string().contains("fancy"), "{e}");
     }
 
     #[test]

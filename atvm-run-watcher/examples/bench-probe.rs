@@ -115,7 +115,10 @@ fn polls(log: &Path, reporter: &Path, n: u32) {
         build,
         request,
         timing,
-        Sink::DryRun { channel: None },
+        Sink::DryRun {
+            channel: None,
+            format: Default::default(),
+        },
         &shutdown,
     )
     .unwrap();

@@ -8,12 +8,16 @@
 
 use crate::shutdown::Shutdown;
 use atvm_common::error::Result;
-use atvm_common::mattermost::{self, Attempt, Delivery, Hooks, Payload, Poster};
+use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{Post, PostStatus, Request};
 use atvm_common::{StateDir, fsutil, logging};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where a postable result's payload is kept from the moment it is due until it is
+/// delivered, beside its `state.json`: a restarted watcher posts exactly those bytes.
+pub const PAYLOAD_FILE: &str = "payload.json";
 
 /// Where results go: Mattermost, or `post.json` files with `--dry-run`.
 #[derive(Clone, Debug)]
@@ -21,16 +25,24 @@ pub enum Sink {
     Mattermost {
         poster: Arc<dyn Poster>,
         channel: Option<String>,
+        format: Format,
     },
     DryRun {
         channel: Option<String>,
+        format: Format,
     },
 }
 
 impl Sink {
-    fn channel(&self) -> Option<&str> {
+    pub fn channel(&self) -> Option<&str> {
         match self {
-            Sink::Mattermost { channel, .. } | Sink::DryRun { channel } => channel.as_deref(),
+            Sink::Mattermost { channel, .. } | Sink::DryRun { channel, .. } => channel.as_deref(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        match self {
+            Sink::Mattermost { format, .. } | Sink::DryRun { format, .. } => *format,
         }
     }
 }
@@ -49,7 +61,7 @@ pub trait Ledger {
 pub struct Job<'a> {
     /// The result's directory: the state directory, or the sub-run's.
     pub dir: PathBuf,
-    pub text: String,
+    pub payload: Payload,
     /// For log lines: `COMPLETED`, `sub-run 01-linux FAILED`.
     pub label: String,
     pub sd: &'a StateDir,
@@ -85,12 +97,12 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
         ledger.record(&post)?;
         return Ok(Outcome::Posted);
     }
-    let payload = Payload::new(job.sink.channel(), job.text.clone());
+    let payload = &job.payload;
     let poster = match job.sink {
         Sink::DryRun { .. } => {
             fsutil::create_dir(&job.dir, 0o700)?;
             let path = job.dir.join("post.json");
-            fsutil::write_json(&path, &payload, 0o644)?;
+            fsutil::write_json(&path, payload, 0o644)?;
             logging::info(format!("dry run: payload written to {}", path.display()));
             post.dry_run = true;
             ledger.record(&post)?;

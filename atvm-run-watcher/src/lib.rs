@@ -104,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
         Sink::DryRun {
             channel: config.channel,
+            format: config.format,
         }
     } else {
         let config = MattermostConfig::load(&paths.env_file)?;
@@ -112,6 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Sink::Mattermost {
             poster,
             channel: config.channel,
+            format: config.format,
         }
     };
     let sd = paths.state_dir(&build);
@@ -133,10 +135,10 @@ pub fn run(cli: Cli) -> Result<()> {
 fn test_post(paths: &Paths, window: Duration) -> Result<()> {
     let config = MattermostConfig::load(&paths.env_file)?;
     let webhook = config.require_webhook(&paths.env_file)?.clone();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let payload = Payload::new(
+    let payload = Payload::test(
+        &mattermost::host_name(),
         config.channel.as_deref(),
-        mattermost::test_message(host.trim()),
+        config.format,
     );
     let client = Client::new(webhook.clone(), window);
     match client.attempt(&payload.to_json()) {

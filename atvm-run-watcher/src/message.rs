@@ -1,12 +1,13 @@
 //! What a post says about a result: assembled from a borrowed [`Input`] (the result's
-//! record, its part of the log, the failed tests the reports name, the run's VMs) and
-//! rendered by `atvm_common::mattermost`. Pure: the watcher gathers the input.
+//! record, its part of the log, the failed tests the reports name, the run's VMs) into the
+//! whole webhook [`Payload`] by `atvm_common::mattermost`. Pure: the watcher gathers the
+//! input.
 
 use atvm_common::BuildName;
 use atvm_common::Timestamp;
 use atvm_common::cypress::RunBlock;
 use atvm_common::inventory::Vm;
-use atvm_common::mattermost::{self, Message};
+use atvm_common::mattermost::{Format, Message, Payload};
 use atvm_common::reporter::{FailedTest, Summary};
 use atvm_common::state::{Request, State};
 use atvm_common::time::human_duration;
@@ -25,11 +26,17 @@ pub struct Input<'a> {
     pub reported: Summary,
     /// When the runner started and ended (the run itself; sub-runs use their footers).
     pub runner_times: Option<(Timestamp, Timestamp)>,
+    /// Start and end shown in the footer (the run's runner, or the sub-run's block).
+    pub started: Option<Timestamp>,
+    pub ended: Option<Timestamp>,
     pub vms: &'a [Vm],
+    pub host: &'a str,
+    pub channel: Option<&'a str>,
+    pub format: Format,
 }
 
-/// The message text for `input`.
-pub fn compose(input: Input) -> String {
+/// The payload posted for `input`.
+pub fn compose(input: Input) -> Payload {
     let failures = failures(&input);
     let failures_total = failures_total(&input, failures.len());
     let duration = match input.runner_times {
@@ -37,7 +44,7 @@ pub fn compose(input: Input) -> String {
         None => footer_duration(input.blocks),
     };
     let run_url = input.blocks.iter().rev().find_map(|b| b.url());
-    mattermost::render(&Message {
+    let message = Message {
         state: input.record.state,
         build: input.build.as_str(),
         group: input.record.group.as_deref(),
@@ -49,7 +56,11 @@ pub fn compose(input: Input) -> String {
         run_url,
         failures: &failures,
         failures_total,
-    })
+        host: input.host,
+        started: input.started,
+        ended: input.ended,
+    };
+    Payload::build(&message, input.channel, input.format)
 }
 
 /// The failed tests to list: the reports' when they name any, else the failing specs of
@@ -127,7 +138,12 @@ mod tests {
             blocks,
             reported: Summary::default(),
             runner_times: None,
+            started: None,
+            ended: None,
             vms: &[],
+            host: "controller-1",
+            channel: None,
+            format: Format::Text,
         }
     }
 
@@ -169,7 +185,7 @@ mod tests {
         };
         assert_eq!(failures_total(&i, 1), 12);
         i.runner_times = Some((Timestamp::from_millis(0), Timestamp::from_millis(750_000)));
-        let text = compose(i);
+        let text = compose(i).to_json();
         assert!(
             text.contains("A fails — boom") && text.contains("12m 30s"),
             "{text}"

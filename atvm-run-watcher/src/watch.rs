@@ -2,7 +2,7 @@
 //! [`crate::observe`] reads the runner, the log and the reports; [`crate::decide`] says what
 //! state that is; [`crate::record`] applies it to the run's records; [`crate::persist`]
 //! writes them if they changed; [`crate::deliver`] posts every result that became due.
-//! A result is posted exactly once: its message is kept with its state before the first
+//! A result is posted exactly once: its payload is kept beside its state before the first
 //! attempt, and `posted.marker` is written only after Mattermost answered `ok`.
 
 use crate::clock::{self, Clock};
@@ -14,9 +14,11 @@ use crate::persist::{self, Checkpoint, Store};
 use crate::record::{RunRecord, Target};
 use crate::shutdown::Shutdown;
 use atvm_common::error::{Error, Result};
+use atvm_common::mattermost::{self, Payload};
 use atvm_common::state::{Post, PostStatus, Request, RunState, State};
-use atvm_common::{BuildName, Paths, StateDir, logging};
-use serde_json::{Value, json};
+use atvm_common::{BuildName, Paths, StateDir, fsutil, logging};
+use serde_json::json;
+use std::path::PathBuf;
 
 pub use crate::deliver::Sink;
 
@@ -219,21 +221,35 @@ impl<'a> Watcher<'a> {
         self.store.save(&self.ctx, &mut self.record, &self.cp)
     }
 
-    /// Post every result in `due`, in order: first keep its message with its state (a
-    /// restarted watcher posts exactly that text), then deliver.
+    /// Post every result in `due`, in order: first keep its payload beside its state (a
+    /// restarted watcher posts exactly those bytes), mark it pending, then deliver.
     fn deliver(&mut self, due: &[Target]) -> Result<()> {
         for &target in due {
-            let text = Value::String(self.compose(target));
-            let state = self.record.state_of_mut(target);
-            state.post.status = PostStatus::Pending;
-            state.details.insert("message".into(), text);
+            let payload = self.compose(target);
+            if let Sink::Mattermost { .. } = self.ctx.sink {
+                let dir = self.target_dir(target);
+                fsutil::create_dir(&dir, 0o700)?;
+                fsutil::write_json(&dir.join(deliver::PAYLOAD_FILE), &payload, 0o600)?;
+            }
+            self.record.post_of(target).status = PostStatus::Pending;
             self.save()?;
-            self.deliver_one(target)?;
+            self.deliver_one(target, Some(payload))?;
             if self.ctx.shutdown.requested() {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// The directory of `target`'s files: the state directory, or the sub-run's.
+    fn target_dir(&self, target: Target) -> PathBuf {
+        match target {
+            Target::Run => self.ctx.sd.path().to_path_buf(),
+            Target::Sub(i) => {
+                let key = self.record.subruns[i].key.as_deref();
+                self.ctx.sd.subrun_dir(key.unwrap_or("unknown"))
+            }
+        }
     }
 
     /// A restarted watcher whose run is already final: deliver what is still owed.
@@ -245,12 +261,12 @@ impl<'a> Watcher<'a> {
                 "{}: retrying the pending {} post",
                 self.ctx.build, self.record.state.state
             ));
-            self.deliver_one(Target::Run)?;
+            self.deliver_one(Target::Run, None)?;
         }
         for i in 0..self.record.subruns.len() {
             let sub = &self.record.subruns[i];
             if sub.state.is_postable() && owed(&sub.post) && !self.ctx.shutdown.requested() {
-                self.deliver_one(Target::Sub(i))?;
+                self.deliver_one(Target::Sub(i), None)?;
             }
         }
         if self.failed_posts.is_empty() {
@@ -262,22 +278,21 @@ impl<'a> Watcher<'a> {
         Ok(())
     }
 
-    fn deliver_one(&mut self, target: Target) -> Result<()> {
-        let kept = self.record.state_of(target).details.get("message");
-        let text = match kept.and_then(Value::as_str) {
-            Some(t) => t.to_string(),
-            None => self.compose(target),
+    /// Deliver `target`'s `payload`, or the one kept for it (made afresh if there is none).
+    fn deliver_one(&mut self, target: Target, payload: Option<Payload>) -> Result<()> {
+        let dir = self.target_dir(target);
+        let kept = match (payload, &self.ctx.sink) {
+            (Some(p), _) => Some(p),
+            (None, Sink::Mattermost { .. }) => fsutil::read_json(&dir.join(deliver::PAYLOAD_FILE))?,
+            (None, Sink::DryRun { .. }) => None,
         };
-        let dir = match target {
-            Target::Run => self.ctx.sd.path().to_path_buf(),
-            Target::Sub(i) => {
-                let key = self.record.subruns[i].key.as_deref();
-                self.ctx.sd.subrun_dir(key.unwrap_or("unknown"))
-            }
+        let payload = match kept {
+            Some(p) => p,
+            None => self.compose(target),
         };
         let job = Job {
             dir,
-            text,
+            payload,
             label: self.record.label(target),
             sd: &self.ctx.sd,
             request: &self.ctx.request,
@@ -301,9 +316,9 @@ impl<'a> Watcher<'a> {
         self.save()
     }
 
-    /// The message for `target`, from its record, its part of the log, its reports and
+    /// The payload for `target`, from its record, its part of the log, its reports and
     /// the run's VMs.
-    fn compose(&mut self, target: Target) -> String {
+    fn compose(&mut self, target: Target) -> Payload {
         let vms = self.observer.vms(&self.ctx);
         let sub = match target {
             Target::Run => None,
@@ -315,14 +330,23 @@ impl<'a> Watcher<'a> {
             None => &runs[..],
             Some(i) => runs.get(i..=i).unwrap_or(&[]),
         };
-        let runner_times = match (
-            sub,
+        let (start, end) = (
             self.observer.runner_started_at,
             self.observer.runner_exited_at,
-        ) {
+        );
+        let runner_times = match (sub, start, end) {
             (None, Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
+        // A sub-run runs from the end of the one before it (or the runner's start) to its
+        // own `(Run Finished)`.
+        let seen = |k: usize| self.cp.finished_seen.get(k).copied().flatten();
+        let (started, ended) = match sub {
+            None => (start, end),
+            Some(0) => (start, seen(0)),
+            Some(i) => (seen(i - 1), seen(i)),
+        };
+        let host = mattermost::host_name();
         message::compose(Input {
             build: &self.ctx.build,
             request: &self.ctx.request,
@@ -330,7 +354,12 @@ impl<'a> Watcher<'a> {
             blocks,
             reported,
             runner_times,
+            started,
+            ended,
             vms: &vms,
+            host: &host,
+            channel: self.ctx.sink.channel(),
+            format: self.ctx.sink.format(),
         })
     }
 }

@@ -4,12 +4,15 @@
 
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
+#[path = "watcher/message.rs"]
+mod message;
+
 use serde_json::{Value, json};
 use std::fs;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
-use testkit::{Env, FakeWebhook, Reply, finish, fixture, text};
+use testkit::{Env, FakeWebhook, Reply, attachment, field, finish, fixture, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const RUNNER_UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -64,27 +67,27 @@ fn passing_run_is_completed_and_posted() {
     );
     assert_eq!(s["post"]["status"], "pending", "dry run delivers nothing");
     assert_eq!(s["post"]["dry_run"], true);
-    let text = post_json(&env.state_dir(B))["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let post = post_json(&env.state_dir(B));
+    let text = post["text"].as_str().unwrap();
     assert!(
-        text.starts_with(
-            ":white_check_mark: **COMPLETED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc"
-        ),
+        text.starts_with("COMPLETED · build `e2e-redhat9.6-ubuntu24.04-w2k25-fc`"),
         "{text}"
     );
-    assert!(
-        text.contains("**Tests:** 6 · passed 5 · failed 0 · pending 1 · skipped 0"),
-        "{text}"
+    let a = attachment(&post);
+    assert_eq!(a["title"], "COMPLETED · e2e-redhat9.6-ubuntu24.04-w2k25-fc");
+    assert_eq!(a["color"], "#2E7D32", "green for COMPLETED");
+    assert_eq!(
+        field(&post, "Tests").as_deref(),
+        Some("6 · passed 5 · failed 0 · pending 1 · skipped 0")
     );
+    let vms = field(&post, "VMs").unwrap();
     assert!(
-        text.contains("atvm-rh96-01 (redhat9.6, 192.0.2.11)") && text.contains("atvm-w2k25-01"),
-        "{text}"
+        vms.contains("atvm-rh96-01 (redhat9.6, 192.0.2.11)") && vms.contains("atvm-w2k25-01"),
+        "{vms}"
     );
-    assert!(
-        text.contains("(https://cloud.cypress.io/projects/x7k2pq/runs/1842)"),
-        "{text}"
+    assert_eq!(
+        a["title_link"],
+        "https://cloud.cypress.io/projects/x7k2pq/runs/1842"
     );
     assert!(!env.state_dir(B).join("posted.marker").exists());
 }
@@ -124,12 +127,15 @@ fn failing_run_is_failed_with_its_failed_tests() {
         "{s}"
     );
     assert_eq!(s["counts"]["failed"], 2);
-    let text = post_json(&env.state_dir(B))["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(text.starts_with(":x: **FAILED**"), "{text}");
-    assert!(text.contains("- cypress/e2e/area07.cy.js › Login rejects a bad password — AssertionError: expected the error banner"), "{text}");
+    let post = post_json(&env.state_dir(B));
+    let a = attachment(&post);
+    assert!(
+        post["text"].as_str().unwrap().starts_with("FAILED · "),
+        "{post}"
+    );
+    assert_eq!(a["color"], "#C62828", "red for FAILED");
+    let text = a["text"].as_str().unwrap();
+    assert!(text.contains("- `cypress/e2e/area07.cy.js › Login rejects a bad password — AssertionError: expected the error banner`"), "{text}");
     assert!(
         text.contains("and 1 more"),
         "the log says 2 tests failed, the report names 1: {text}"
@@ -160,10 +166,8 @@ fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
     );
     start_runner(&env, &cmd);
     assert_final(&env, &dry(&env), "FAILED");
-    let text = post_json(&env.state_dir(B))["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let post = post_json(&env.state_dir(B));
+    let text = attachment(&post)["text"].as_str().unwrap();
     assert_eq!(
         text.matches(" › Login rejects a bad password — ").count(),
         10,
@@ -465,10 +469,7 @@ fn a_stale_report_from_an_earlier_run_is_not_counted() {
     env.write_request(B, json!({}));
     start_runner(&env, &env.cypress_command("passing.log", 0));
     assert_final(&env, &dry(&env), "COMPLETED");
-    let text = post_json(&env.state_dir(B))["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let text = post_json(&env.state_dir(B)).to_string();
     assert!(!text.contains("rejects a bad password"), "{text}");
 }
 
@@ -602,18 +603,22 @@ fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
         "the parent posts nothing itself"
     );
     assert!(!env.state_dir(B).join("post.json").exists());
-    let windows = post_json(&subruns.join("02-windows"))["text"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let windows = post_json(&subruns.join("02-windows"));
     assert!(
-        windows.starts_with(
-            ":x: **FAILED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc · group windows"
-        ),
+        windows["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILED · build `e2e-redhat9.6-ubuntu24.04-w2k25-fc` · group `windows`"),
         "{windows}"
     );
+    assert_eq!(
+        attachment(&windows)["title"],
+        "FAILED · e2e-redhat9.6-ubuntu24.04-w2k25-fc · windows"
+    );
     assert!(
-        windows.contains("**Tests:** 4 · passed 3 · failed 1"),
+        field(&windows, "Tests")
+            .unwrap()
+            .starts_with("4 · passed 3 · failed 1"),
         "{windows}"
     );
     let sub = testkit::read_json(&subruns.join("03-ubuntu-24.04/state.json"));
@@ -805,18 +810,17 @@ fn delivered_once_with_the_expected_payload() {
     let body = reqs[0].json();
     assert_eq!(body["username"], "atvm-watcher");
     assert_eq!(body["channel"], "qa-results");
-    let text = body["text"].as_str().unwrap();
-    for mention in ["@channel", "@here", "@all"] {
-        assert!(
-            !text.contains(mention),
-            "{mention} must be neutralised: {text}"
-        );
-    }
-    assert!(
-        text.contains("\\*\\*matrix\\*\\*"),
-        "markdown escaped: {text}"
+    // Options are Markdown field values: in code, where nothing is a mention or formatting.
+    assert_eq!(
+        field(&body, "Scope").as_deref(),
+        Some("`@channel nightly **matrix** @here`")
     );
-    assert!(text.chars().count() < 16_000);
+    assert_eq!(
+        field(&body, "Config family").as_deref(),
+        Some("`redhat @all`")
+    );
+    assert!(!body["text"].as_str().unwrap().contains('@'), "{body}");
+    assert!(reqs[0].body.chars().count() < 16_000);
     assert_no_secret(&env, &hook, &out);
     // A restarted watcher finds the run final and posted: no second post.
     let again = watch(&env, &[]);
@@ -897,11 +901,18 @@ fn a_client_error_is_permanent_and_exits_1() {
     assert_eq!(hook.requests().len(), 1, "no retry");
     assert!(!env.state_dir(B).join("posted.marker").exists());
     assert_no_secret(&env, &hook, &out);
-    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once.
+    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once, the
+    // payload kept from the first attempt (a rebuilt one would lose its VMs now).
+    fs::write(&env.inventory, "").unwrap();
     let again = watch(&env, &[]);
     assert!(again.status.success(), "{}", text(&again));
     assert_eq!(state(&env)["post"]["status"], "posted");
-    assert_eq!(hook.requests().len(), 2);
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[0].body, reqs[1].body,
+        "a restart posts the kept payload byte for byte"
+    );
     watch(&env, &[]);
     assert_eq!(hook.requests().len(), 2, "never twice");
 }

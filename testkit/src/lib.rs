@@ -10,7 +10,7 @@
 
 pub mod webhook;
 
-pub use webhook::{FakeWebhook, Reply};
+pub use webhook::{Echo, FakeWebhook, Reply, attachment, field};
 
 use serde_json::Value;
 use std::fs;

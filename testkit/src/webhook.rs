@@ -1,5 +1,8 @@
 //! A fake Mattermost incoming webhook on 127.0.0.1: records every request and answers from a
-//! script (then `ok`), so delivery can be tested without the network.
+//! script (then `ok`), so delivery can be tested without the network. Besides plain statuses
+//! the script can redirect (to a second fake that would answer `ok`, so a test can prove it
+//! was never reached), answer late, or echo the request's key back in the ways a real server
+//! or proxy might ([`Echo`]), for the tests that the key never leaks.
 
 use serde_json::Value;
 use std::collections::VecDeque;
@@ -19,6 +22,12 @@ pub enum Reply {
     },
     /// Accept the connection and never answer.
     Silent,
+    /// A redirect (301, 302, 307, 308, …) to `location`.
+    Redirect { code: u16, location: String },
+    /// `reply`, sent `delay` after the request was received and recorded.
+    Delayed { delay: Duration, reply: Box<Reply> },
+    /// `code` with a body that echoes the request's path in the form `echo`.
+    Echo { code: u16, echo: Echo },
 }
 
 impl Reply {
@@ -27,6 +36,87 @@ impl Reply {
             code,
             body: body.to_string(),
             retry_after: None,
+        }
+    }
+
+    pub fn redirect(code: u16, location: &str) -> Reply {
+        Reply::Redirect {
+            code,
+            location: location.to_string(),
+        }
+    }
+
+    pub fn delayed(delay: Duration, reply: Reply) -> Reply {
+        Reply::Delayed {
+            delay,
+            reply: Box::new(reply),
+        }
+    }
+
+    pub fn echo(code: u16, echo: Echo) -> Reply {
+        Reply::Echo { code, echo }
+    }
+}
+
+/// How a server may echo the webhook's key (the request path `/hooks/<key>`) back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// `/hooks/<key>` as sent.
+    Raw,
+    /// `/HOOKS/<KEY>`.
+    Upper,
+    /// `//hooks/<key>`.
+    DoubleSlash,
+    /// Every other character as `%XX`, hex case alternating: `%2fh%6Fo…`.
+    PercentEncoded,
+    /// The key alone, without `/hooks/`.
+    Bare,
+    /// Inside the `message` (and `detailed_error`) of a Mattermost JSON error.
+    MattermostJson,
+}
+
+impl Echo {
+    pub const ALL: [Echo; 6] = [
+        Echo::Raw,
+        Echo::Upper,
+        Echo::DoubleSlash,
+        Echo::PercentEncoded,
+        Echo::Bare,
+        Echo::MattermostJson,
+    ];
+
+    /// The key-bearing text this form puts in a body, for a request to `path`.
+    pub fn fragment(self, path: &str) -> String {
+        match self {
+            Echo::Raw | Echo::MattermostJson => path.to_string(),
+            Echo::Upper => path.to_uppercase(),
+            Echo::DoubleSlash => format!("/{path}"),
+            Echo::PercentEncoded => path
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| match i % 4 {
+                    0 => format!("%{b:02x}"),
+                    2 => format!("%{b:02X}"),
+                    _ => char::from(b).to_string(),
+                })
+                .collect(),
+            Echo::Bare => path.rsplit('/').next().unwrap_or(path).to_string(),
+        }
+    }
+
+    /// The whole body of the answer.
+    pub fn body(self, path: &str) -> String {
+        let fragment = self.fragment(path);
+        match self {
+            Echo::MattermostJson => serde_json::json!({
+                "id": "web.incoming_webhook.invalid.app_error",
+                "message": format!("Invalid webhook: {fragment}"),
+                "detailed_error": format!("no hook at {fragment}"),
+                "request_id": "fake-request-id",
+                "status_code": 400,
+            })
+            .to_string(),
+            _ => format!("no such webhook: {fragment}"),
         }
     }
 }
@@ -42,6 +132,21 @@ impl Recorded {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
+}
+
+/// The first attachment of a payload (`Null` in the text format).
+pub fn attachment(payload: &Value) -> &Value {
+    &payload["attachments"][0]
+}
+
+/// The value of the attachment field titled `title`, if the payload has one.
+pub fn field(payload: &Value, title: &str) -> Option<String> {
+    attachment(payload)["fields"]
+        .as_array()?
+        .iter()
+        .find(|f| f["title"] == title)
+        .and_then(|f| f["value"].as_str())
+        .map(str::to_string)
 }
 
 #[derive(Debug)]
@@ -97,6 +202,15 @@ impl FakeWebhook {
         &self.secret
     }
 
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests
+            .len()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.inner
             .lock()
@@ -105,7 +219,8 @@ impl FakeWebhook {
             .clone()
     }
 
-    /// Text of every recorded post, in order.
+    /// Top-level `text` of every recorded post (the one-line summary of an attachment
+    /// post, the whole message in the text format), in order.
     pub fn texts(&self) -> Vec<String> {
         self.requests()
             .iter()
@@ -147,33 +262,46 @@ fn serve(stream: TcpStream, inner: &Mutex<Inner>) {
     let reply = {
         let mut g = inner.lock().unwrap_or_else(|e| e.into_inner());
         g.requests.push(Recorded {
-            path,
+            path: path.clone(),
             body: String::from_utf8_lossy(&body).into_owned(),
             at: Instant::now(),
         });
         g.script.pop_front().unwrap_or(Reply::Ok)
     };
-    let mut stream = stream;
-    let (code, text, retry_after) = match reply {
-        Reply::Ok => (200, "ok".to_string(), None),
+    answer(stream, reply, &path);
+}
+
+fn answer(mut stream: TcpStream, reply: Reply, path: &str) {
+    let mut headers = String::new();
+    let (code, text) = match reply {
+        Reply::Ok => (200, "ok".to_string()),
         Reply::Status {
             code,
             body,
             retry_after,
-        } => (code, body, retry_after),
+        } => {
+            if let Some(s) = retry_after {
+                headers.push_str(&format!("Retry-After: {s}\r\n"));
+            }
+            (code, body)
+        }
         Reply::Silent => {
             std::thread::sleep(Duration::from_secs(120));
             return;
         }
+        Reply::Redirect { code, location } => {
+            headers.push_str(&format!("Location: {location}\r\n"));
+            (code, String::new())
+        }
+        Reply::Delayed { delay, reply } => {
+            std::thread::sleep(delay);
+            return answer(stream, *reply, path);
+        }
+        Reply::Echo { code, echo } => (code, echo.body(path)),
     };
-    let mut response = format!(
-        "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n",
+    let response = format!(
+        "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{text}",
         text.len()
     );
-    if let Some(s) = retry_after {
-        response.push_str(&format!("Retry-After: {s}\r\n"));
-    }
-    response.push_str("\r\n");
-    response.push_str(&text);
     let _ = stream.write_all(response.as_bytes());
 }

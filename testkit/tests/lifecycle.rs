@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
-use testkit::{Env, FakeWebhook, fixture, text};
+use testkit::{Env, FakeWebhook, field, fixture, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const WATCHER_UNIT: &str = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -88,13 +88,10 @@ fn completed_run_posts_once() {
     assert_eq!(s["state"], "COMPLETED", "{s:#}");
     assert_watcher_done(&env);
     assert_eq!(hook.requests().len(), 1);
-    let text = &hook.texts()[0];
-    assert!(
-        text.contains("**COMPLETED**")
-            && text.contains("**Template:** migration")
-            && text.contains("**Config family:** redhat"),
-        "{text}"
-    );
+    let post = hook.requests()[0].json();
+    assert!(hook.texts()[0].starts_with("COMPLETED · "), "{post}");
+    assert_eq!(field(&post, "Template").as_deref(), Some("`migration`"));
+    assert_eq!(field(&post, "Config family").as_deref(), Some("`redhat`"));
     // The safe order: template (synchronous), watcher, runner.
     let calls = env.systemctl_calls();
     let w = calls.find(&format!("start {WATCHER_UNIT}")).unwrap();
@@ -126,7 +123,11 @@ fn failed_run_posts_once() {
     assert_eq!(s["state"], "FAILED");
     assert_watcher_done(&env);
     assert_eq!(hook.requests().len(), 1);
-    assert!(hook.texts()[0].starts_with(":x: **FAILED**"));
+    assert!(
+        hook.texts()[0].starts_with("FAILED · "),
+        "{:?}",
+        hook.texts()
+    );
     // Read again: `s` was taken the moment the state became final, before delivery.
     assert_eq!(env.state(B)["post"]["status"], "posted");
 }
@@ -170,15 +171,19 @@ fn categorized_three_groups_post_in_order_with_the_watcher_alive_between() {
     assert_watcher_done(&env);
     let texts = hook.texts();
     assert_eq!(texts.len(), 3, "{texts:#?}");
-    assert!(texts[0].starts_with(":white_check_mark: **COMPLETED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc · group linux"), "{}", texts[0]);
     assert!(
-        texts[1].starts_with(
-            ":x: **FAILED** · build e2e-redhat9.6-ubuntu24.04-w2k25-fc · group windows"
-        ),
+        texts[0]
+            .starts_with("COMPLETED · build `e2e-redhat9.6-ubuntu24.04-w2k25-fc` · group `linux`"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[1]
+            .starts_with("FAILED · build `e2e-redhat9.6-ubuntu24.04-w2k25-fc` · group `windows`"),
         "{}",
         texts[1]
     );
-    assert!(texts[2].contains("· group ubuntu 24.04"), "{}", texts[2]);
+    assert!(texts[2].contains("· group `ubuntu 24.04`"), "{}", texts[2]);
     for key in ["01-linux", "02-windows", "03-ubuntu-24.04"] {
         assert!(
             env.state_dir(B)
