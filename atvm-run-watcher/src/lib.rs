@@ -9,6 +9,7 @@ pub mod message;
 pub mod observe;
 pub mod persist;
 pub mod record;
+pub mod resume;
 pub mod shutdown;
 pub mod watch;
 
@@ -16,6 +17,7 @@ use atvm_common::config::MattermostConfig;
 use atvm_common::error::{Error, Result};
 use atvm_common::fsutil::Lock;
 use atvm_common::mattermost::{self, Attempt, Client, Payload, Poster};
+use atvm_common::systemctl::Systemctl;
 use atvm_common::{BuildName, Paths, logging};
 use clap::Parser;
 use decide::Timing;
@@ -51,7 +53,7 @@ pub struct Cli {
     #[arg(
         long,
         value_name = "BUILD",
-        required_unless_present = "test_post",
+        required_unless_present_any = ["test_post", "resume_all"],
         allow_hyphen_values = true
     )]
     pub build_name: Option<String>,
@@ -77,8 +79,12 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
     /// Send one labelled test message to the configured webhook and exit.
-    #[arg(long, conflicts_with_all = ["once", "dry_run"])]
+    #[arg(long, conflicts_with_all = ["once", "dry_run", "resume_all"])]
     pub test_post: bool,
+    /// Start the watcher unit of every run that is not final or still owes a post (what
+    /// the boot-time unit atvm-run-watcher-resume.service runs after a reboot).
+    #[arg(long, conflicts_with_all = ["once", "dry_run", "build_name"])]
+    pub resume_all: bool,
 }
 
 impl Cli {
@@ -98,6 +104,9 @@ pub fn run(cli: Cli) -> Result<()> {
     let timing = cli.timing();
     if cli.test_post {
         return test_post(&paths, timing.post_retry);
+    }
+    if cli.resume_all {
+        return resume::resume_all(&paths, &Systemctl::from_env());
     }
     let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
     let sink = if cli.dry_run {

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
-use testkit::{Env, FakeWebhook, Reply, attachment, field, finish, fixture, text};
+use testkit::{Env, FakeWebhook, Posting, Reply, attachment, field, finish, fixture, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const RUNNER_UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -1019,4 +1019,77 @@ fn the_webhook_can_come_from_the_env_file() {
     let out = env.run("atvm-run-watcher", &["--test-post"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(hook.requests().len(), 1);
+}
+
+// ----- boot resume ---------------------------------------------------------------------------
+
+/// A runner status as run-atvm-runner writes it, for a run of an earlier boot: its pid and
+/// start time are those of a process that is alive now (pid 1), as can happen after a
+/// reboot, so only the boot id tells it is not that run's runner.
+fn status_from_an_earlier_boot(env: &Env, build: &str, run_id: &str) {
+    let stat = fs::read_to_string("/proc/1/stat").unwrap();
+    let ticks: u64 = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let dir = env.state_dir(build).join("runner");
+    fs::create_dir_all(&dir).unwrap();
+    let status = json!({
+        "build_name": build, "run_id": run_id, "start_id": "s1",
+        "pid": 1, "pid_start_ticks": ticks, "child_pid": 2,
+        "started_at": testkit::now_rfc3339(),
+        "started_boot": {"boot_id": "0".repeat(32), "ns": 1},
+        "log_path": env.run_log(build), "log_inode": 1, "log_dev": 1,
+    });
+    fs::write(dir.join("status.json"), status.to_string()).unwrap();
+}
+
+#[test]
+fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state() {
+    let p = Posting::new(vec![]);
+    // A run that was being watched when the machine went down.
+    let open = "e2e-resume-open";
+    let run_id = p.write_request(open, json!({}));
+    status_from_an_earlier_boot(&p, open, &run_id);
+    fs::write(
+        p.state_dir(open).join("state.json"),
+        json!({"build_name": open, "run_id": run_id, "state": "WATCHING", "final": false,
+               "reason": "running spec 3 of 20", "updated_at": testkit::now_rfc3339(),
+               "counts": null, "post": {"status": "none", "attempts": 0, "last_error": null}})
+        .to_string(),
+    )
+    .unwrap();
+    // A run that ended and was reported: left alone.
+    let done = "e2e-resume-done";
+    let done_id = p.write_request(done, json!({}));
+    let done_state = json!({"build_name": done, "run_id": done_id, "state": "COMPLETED",
+        "final": true, "reason": "all specs passed", "updated_at": testkit::now_rfc3339(),
+        "counts": null, "post": {"status": "posted", "attempts": 1, "last_error": null}});
+    fs::write(p.state_dir(done).join("state.json"), done_state.to_string()).unwrap();
+
+    let out = p.run("atvm-run-watcher", &["--resume-all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&format!("atvm-run-watcher@{open}.service")));
+    assert!(!text(&out).contains(done), "{}", text(&out));
+    let s = p.wait_final(open, LONG);
+    assert_eq!(s["state"], "TERMINATED", "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without recording an exit"),
+        "pid 1 of this boot is not the run's runner: {s}"
+    );
+    p.wait_unit_inactive(&format!("atvm-run-watcher@{open}.service"), LONG);
+    assert_eq!(p.hook.count(), 0, "TERMINATED is never posted");
+    assert_eq!(p.state(done), done_state, "a reported run is not touched");
+    // Resuming again finds nothing to do.
+    let again = p.run("atvm-run-watcher", &["--resume-all"]);
+    assert!(
+        again.status.success() && !text(&again).contains("resumed"),
+        "{}",
+        text(&again)
+    );
 }

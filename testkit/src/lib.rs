@@ -91,6 +91,9 @@ impl Env {
         fs::set_permissions(&env_file, fs::Permissions::from_mode(0o600)).expect("chmod");
         for name in BINARIES {
             std::os::unix::fs::symlink(bin(name), package_root.join(name)).expect("link binary");
+            // The drop-in names old callers use, as the install tree has them.
+            std::os::unix::fs::symlink(name, package_root.join(format!("{name}.sh")))
+                .expect("link .sh name");
         }
         for unit in units::ALL {
             fs::write(units_dir.join(unit.name), unit.render(&package_root)).expect("render unit");
@@ -154,8 +157,14 @@ impl Env {
     }
 
     /// A command for a workspace binary with a cleared environment: PATH plus our variables.
+    /// `name` may be a drop-in name (`start-atvm-run.sh`): it runs through the package
+    /// root's link, as an old caller would.
     pub fn cmd(&self, name: &str) -> Command {
-        let mut c = Command::new(bin(name));
+        let program = match name.strip_suffix(".sh") {
+            Some(_) => self.package_root.join(name),
+            None => bin(name),
+        };
+        let mut c = Command::new(program);
         c.env_clear();
         c.env(
             "PATH",
@@ -344,6 +353,60 @@ impl Env {
             }
         }
         hits
+    }
+}
+
+/// An [`Env`] whose Mattermost webhook is a [`FakeWebhook`] it owns: for tests that watch
+/// a run to its end for real and look at what was posted.
+#[derive(Debug)]
+pub struct Posting {
+    pub env: Env,
+    pub hook: FakeWebhook,
+}
+
+impl Posting {
+    /// A fresh environment posting to a webhook that answers `script`, then `ok`.
+    pub fn new(script: Vec<Reply>) -> Posting {
+        let mut env = Env::new();
+        let hook = FakeWebhook::start(script);
+        env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+        Posting { env, hook }
+    }
+
+    /// The payloads received, in order.
+    pub fn posts(&self) -> Vec<Value> {
+        self.hook.requests().iter().map(|r| r.json()).collect()
+    }
+
+    /// The one payload received (panics unless exactly one was).
+    pub fn only_post(&self) -> Value {
+        let posts = self.posts();
+        assert_eq!(posts.len(), 1, "expected exactly one post: {posts:#?}");
+        posts.into_iter().next().unwrap_or(Value::Null)
+    }
+
+    /// Fail unless the webhook secret appears nowhere: not in `out`, not in any file.
+    pub fn assert_no_secret(&self, out: &Output) {
+        assert!(
+            !text(out).contains(self.hook.secret()),
+            "secret in output: {}",
+            text(out)
+        );
+        let files = self.env.files_containing(self.hook.secret());
+        assert!(files.is_empty(), "secret stored in {files:?}");
+    }
+}
+
+impl std::ops::Deref for Posting {
+    type Target = Env;
+    fn deref(&self) -> &Env {
+        &self.env
+    }
+}
+
+impl std::ops::DerefMut for Posting {
+    fn deref_mut(&mut self) -> &mut Env {
+        &mut self.env
     }
 }
 
