@@ -232,10 +232,12 @@ pub enum PostStatus {
     /// Nothing to post (yet, or ever for a categorized parent).
     #[default]
     None,
-    /// A postable result waits for delivery.
+    /// A postable result is owed: every start of the watcher delivers it first.
     Pending,
+    /// Mattermost answered `ok` (and `posted.marker` says so).
     Posted,
-    /// Delivery failed for good (a restart tries again).
+    /// Delivery failed for good (a permanent answer, or the retry window ran out). Final:
+    /// never re-sent by a restart.
     Failed,
     /// The state is one that is never posted (CANCELLED, TERMINATED, HUNG, UNKNOWN).
     Suppressed,
@@ -249,9 +251,6 @@ pub struct Post {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posted_at: Option<Timestamp>,
-    /// `--dry-run` wrote the payload to `post.json` instead of posting.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
 }
 
 /// One categorized sub-run as listed in the parent's `state.json`.
@@ -313,6 +312,16 @@ impl State {
 }
 
 impl State {
+    /// Is a post of this record, or of one of the sub-runs it lists, still owed?
+    pub fn owes_a_post(&self) -> bool {
+        self.post.status == PostStatus::Pending
+            || self
+                .subruns
+                .iter()
+                .flatten()
+                .any(|s| s.post.status == PostStatus::Pending)
+    }
+
     /// End the run (or sub-run) in a state that is never posted — CANCELLED, UNKNOWN, … —
     /// with `reason`. A post that already went out stays recorded as posted.
     pub fn end_unposted(&mut self, state: RunState, reason: impl Into<String>) {
@@ -492,6 +501,26 @@ impl StateDir {
             Marker::render(Timestamp::now(), run_id).as_bytes(),
             0o644,
         )
+    }
+
+    /// Write `<marker>.ready`: the marker `marker` will be, for run `run_id`. Done before a
+    /// post is sent, while there is room on the disk; after Mattermost's `ok` only
+    /// [`StateDir::commit_marker`]'s rename is left, which needs no free space, so a
+    /// delivered post is recorded (and never sent again) even when the disk is full.
+    pub fn prepare_marker(&self, marker: &Path, run_id: &str) -> Result<()> {
+        self.write_marker(&fsutil::with_suffix(marker, ".ready"), run_id)
+    }
+
+    /// Turn the prepared `<marker>.ready` into `marker`, durably.
+    pub fn commit_marker(&self, marker: &Path) -> Result<()> {
+        let ready = fsutil::with_suffix(marker, ".ready");
+        fs::rename(&ready, marker).map_err(|e| Error::io("cannot record", marker, e))?;
+        if let Some(dir) = marker.parent() {
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Error::io("cannot record", marker, e))?;
+        }
+        Ok(())
     }
 
     /// Refuse a state root or build directory that is not ours alone (SPEC §4). The build

@@ -231,9 +231,6 @@ fn post_word(p: &PostView) -> &'static str {
 
 fn post(p: &PostView) -> String {
     let mut s = post_word(p).to_string();
-    if p.dry_run {
-        s.push_str(" (dry run)");
-    }
     if p.attempts > 0 {
         let plural = if p.attempts == 1 { "" } else { "s" };
         s.push_str(&format!(", {} attempt{plural}", p.attempts));

@@ -79,7 +79,6 @@ pub struct PostView {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub posted_at: Option<Timestamp>,
-    pub dry_run: bool,
 }
 
 impl From<&Post> for PostView {
@@ -89,7 +88,6 @@ impl From<&Post> for PostView {
             attempts: p.attempts,
             last_error: p.last_error.clone(),
             posted_at: p.posted_at,
-            dry_run: p.dry_run,
         }
     }
 }

@@ -216,7 +216,7 @@ fn json_lists_the_same_runs_with_every_key() {
     assert_eq!(w["groups"], json!({"done": 1, "total": 2}));
     assert_eq!(
         w["post"],
-        json!({"status": "none", "attempts": 0, "last_error": null, "posted_at": null, "dry_run": false})
+        json!({"status": "none", "attempts": 0, "last_error": null, "posted_at": null})
     );
     assert_eq!(
         w["watcher_unit"],
@@ -650,7 +650,7 @@ fn it_answers_promptly_while_another_process_holds_the_locks() {
 
 #[test]
 fn it_answers_while_a_real_watcher_follows_a_run() {
-    let env = Env::new();
+    let env = testkit::Posting::new(vec![]);
     env.write_request(B, json!({}));
     let out = env.run(
         "start-atvm-runner",
@@ -665,7 +665,7 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
     env.wait_until("the runner", LONG, || {
         env.state_dir(B).join("runner/status.json").exists()
     });
-    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     let lock = env.state_dir(B).join("watcher.lock");
     env.wait_until("the watcher to hold its lock", LONG, || locked(&lock));
 

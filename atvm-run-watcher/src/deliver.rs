@@ -1,16 +1,24 @@
-//! The life of one post: owed, on its way (attempts recorded as they go), then delivered,
-//! failed for good, cancelled or interrupted. The narrow boundary is [`Ledger`]: delivery
-//! reads and writes nothing of the watcher but the post record it is given, through the
-//! ledger, so it can be reasoned about (and tested) alone.
+//! The life of one post (SPEC §7): owed, attempted (each attempt durably recorded before it
+//! is sent), then delivered, failed for good, cancelled or interrupted. The narrow boundary
+//! is [`Ledger`]: delivery touches nothing of the watcher but the post record it is given,
+//! through the ledger, so the guarantees can be read here in one place:
+//!
+//! | step | if the watcher stops (SIGTERM) | if it dies (SIGKILL, power) | if the disk is full |
+//! |---|---|---|---|
+//! | before the attempt is recorded | owed; the next start sends it | the same | nothing is sent; it waits |
+//! | request on the wire | the answer is awaited and recorded | next start re-sends (the one duplicate window) | — |
+//! | answered `ok`, not yet recorded | recorded first, then exit | next start re-sends | the prepared marker is renamed (needs no space) |
+//! | recorded | nothing more is sent | nothing more is sent | — |
 //!
 //! `posted.marker` is written only after Mattermost answered `ok` and is checked first, so
-//! a result that was delivered is never posted again.
+//! a result that was delivered is never posted again; a permanent failure is recorded as
+//! `failed` and never re-sent.
 
 use crate::shutdown::Shutdown;
 use atvm_common::error::Result;
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{Post, PostStatus, Request};
-use atvm_common::{StateDir, fsutil, logging};
+use atvm_common::{StateDir, Timestamp, fsutil, logging};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +26,9 @@ use std::time::Duration;
 /// Where a postable result's payload is kept from the moment it is due until it is
 /// delivered, beside its `state.json`: a restarted watcher posts exactly those bytes.
 pub const PAYLOAD_FILE: &str = "payload.json";
+
+/// How long to wait between tries of a record that could not be written (a full disk).
+const RECORD_RETRY: Duration = Duration::from_secs(2);
 
 /// Where results go: Mattermost, or `post.json` files with `--dry-run`.
 #[derive(Clone, Debug)]
@@ -45,6 +56,10 @@ impl Sink {
             Sink::Mattermost { format, .. } | Sink::DryRun { format, .. } => *format,
         }
     }
+
+    pub fn is_dry_run(&self) -> bool {
+        matches!(self, Sink::DryRun { .. })
+    }
 }
 
 /// What delivery needs from the watcher: a place to record the post as it changes, and
@@ -71,12 +86,28 @@ pub struct Job<'a> {
     pub shutdown: &'a Shutdown,
 }
 
+impl Job<'_> {
+    fn marker(&self) -> PathBuf {
+        self.dir.join("posted.marker")
+    }
+
+    /// Was this result delivered already (by this or an earlier watcher)?
+    fn delivered_before(&self) -> Result<bool> {
+        Ok(self
+            .sd
+            .read_marker(&self.marker())?
+            .is_some_and(|(m, mtime)| {
+                m.belongs_to(&self.request.run_id, self.request.requested_at, mtime)
+            }))
+    }
+}
+
 /// How a delivery ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Delivered now, or earlier (its `posted.marker` was there).
     Posted,
-    /// `--dry-run`: the payload went to `post.json`.
+    /// `--dry-run`: the payload went to `post.json`; nothing else was written.
     DryRun,
     /// Failed for good; the error names the webhook's host only.
     Failed(String),
@@ -88,61 +119,60 @@ pub enum Outcome {
 
 /// Deliver `job`, starting from its recorded `post`.
 pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Outcome> {
-    let marker = job.dir.join("posted.marker");
-    let already = job.sd.read_marker(&marker)?.is_some_and(|(m, mtime)| {
-        m.belongs_to(&job.request.run_id, job.request.requested_at, mtime)
-    });
-    if already {
-        post.status = PostStatus::Posted;
-        ledger.record(&post)?;
-        return Ok(Outcome::Posted);
-    }
-    let payload = &job.payload;
     let poster = match job.sink {
-        Sink::DryRun { .. } => {
-            fsutil::create_dir(&job.dir, 0o700)?;
-            let path = job.dir.join("post.json");
-            fsutil::write_json(&path, payload, 0o644)?;
-            logging::info(format!("dry run: payload written to {}", path.display()));
-            post.dry_run = true;
-            ledger.record(&post)?;
-            return Ok(Outcome::DryRun);
-        }
+        Sink::DryRun { .. } => return dry_run(job),
         Sink::Mattermost { poster, .. } => Arc::clone(poster),
     };
-    post.status = PostStatus::Pending;
-    ledger.record(&post)?;
+    if job.delivered_before()? {
+        post.status = PostStatus::Posted;
+        record_until_done(job, ledger, &post);
+        return Ok(Outcome::Posted);
+    }
     let delivery = {
         let mut hooks = AttemptLog {
+            job,
             post: &mut post,
             ledger,
-            shutdown: job.shutdown,
-            build: &job.request.build_name,
         };
         let attempts = hooks.post.attempts;
         mattermost::deliver(
             &poster,
-            &payload.to_json(),
+            &job.payload.to_json(),
             job.window,
             attempts,
             &mut hooks,
         )
     };
-    let outcome = conclude(job, &mut post, delivery)?;
-    ledger.record(&post)?;
+    let outcome = conclude(job, &mut post, delivery);
+    if outcome != Outcome::Cancelled {
+        record_until_done(job, ledger, &post);
+    }
     Ok(outcome)
 }
 
-/// Record a finished delivery in `post` (and the marker for a delivered one).
-fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
+/// `--dry-run`: the would-be payload in `post.json`, and nothing else written (SPEC §6).
+fn dry_run(job: &Job) -> Result<Outcome> {
+    fsutil::create_dir(&job.dir, 0o700)?;
+    let path = job.dir.join("post.json");
+    fsutil::write_json(&path, &job.payload, 0o644)?;
+    logging::info(format!(
+        "dry run: {} would be posted; payload in {}",
+        job.label,
+        path.display()
+    ));
+    Ok(Outcome::DryRun)
+}
+
+/// Turn how the delivery loop ended into the post's record.
+fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
     let (build, label) = (&job.request.build_name, &job.label);
-    Ok(match delivery {
+    match delivery {
         Delivery::Delivered { attempts } => {
-            job.sd
-                .write_marker(&job.dir.join("posted.marker"), &job.request.run_id)?;
+            commit_marker(job);
             post.status = PostStatus::Posted;
             post.attempts = attempts;
-            post.posted_at = Some(atvm_common::Timestamp::now());
+            post.posted_at = Some(Timestamp::now());
+            post.last_error = None;
             logging::info(format!(
                 "{build}: posted {label} to Mattermost after {attempts} attempt(s)"
             ));
@@ -152,7 +182,9 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
             post.status = PostStatus::Failed;
             post.attempts = attempts;
             post.last_error = Some(error.clone());
-            logging::error(format!("{build}: could not post {label}: {error}"));
+            logging::error(format!(
+                "{build}: could not post {label}, failed for good (never re-sent): {error}"
+            ));
             Outcome::Failed(error)
         }
         Delivery::Cancelled { attempts } => {
@@ -164,35 +196,107 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
         }
         Delivery::Interrupted { attempts } => {
             post.attempts = attempts;
-            post.last_error =
-                Some("interrupted by a stop request; the next start retries".to_string());
+            post.last_error = Some("stopped before the post was delivered; owed".to_string());
+            logging::info(format!(
+                "{build}: stopped; the {label} post stays owed and the next start delivers it"
+            ));
             Outcome::Interrupted
         }
-    })
+    }
 }
 
-/// The delivery loop's hooks: record each attempt, re-check the cancel marker, sleep on
-/// the shutdown pipe.
+/// Record a delivered post's marker. The prepared marker is renamed (no free space
+/// needed); failing that it is written afresh, again and again, until it is there or the
+/// watcher is stopped — it is never sent again either way.
+fn commit_marker(job: &Job) {
+    let marker = job.marker();
+    let mut tries = 0u32;
+    loop {
+        let done = job
+            .sd
+            .commit_marker(&marker)
+            .or_else(|_| job.sd.write_marker(&marker, &job.request.run_id));
+        match done {
+            Ok(()) => return,
+            Err(e) if tries == 0 => logging::error(format!(
+                "{}: {} was delivered but cannot be recorded yet; retrying, never re-sending: {e}",
+                job.request.build_name, job.label
+            )),
+            Err(_) => {}
+        }
+        tries += 1;
+        if !job.shutdown.sleep(RECORD_RETRY) {
+            logging::error(format!(
+                "{}: stopped before the delivery of {} was recorded; a restart may post it again",
+                job.request.build_name, job.label
+            ));
+            return;
+        }
+    }
+}
+
+/// Write the post's record, trying again while the disk refuses (until a stop request).
+fn record_until_done(job: &Job, ledger: &mut dyn Ledger, post: &Post) {
+    let mut tries = 0u32;
+    while let Err(e) = ledger.record(post) {
+        if tries == 0 {
+            logging::warn(format!("cannot record the {} post yet: {e}", job.label));
+        }
+        tries += 1;
+        if !job.shutdown.sleep(RECORD_RETRY) {
+            return;
+        }
+    }
+}
+
+/// The delivery loop's hooks: record each attempt before it goes out (with the payload and
+/// the prepared marker), re-check the cancel marker, sleep on the shutdown pipe.
 struct AttemptLog<'a> {
+    job: &'a Job<'a>,
     post: &'a mut Post,
     ledger: &'a mut dyn Ledger,
-    shutdown: &'a Shutdown,
-    build: &'a str,
+}
+
+impl AttemptLog<'_> {
+    /// Everything that must be on disk before attempt `n` may be sent.
+    fn record_attempt(&mut self, n: u32) -> Result<()> {
+        let job = self.job;
+        let payload = job.dir.join(PAYLOAD_FILE);
+        if fsutil::open_regular(&payload)?.is_none() {
+            fsutil::write_json(&payload, &job.payload, 0o600)?;
+        }
+        job.sd.prepare_marker(&job.marker(), &job.request.run_id)?;
+        let mut next = self.post.clone();
+        next.status = PostStatus::Pending;
+        next.attempts = n;
+        self.ledger.record(&next)?;
+        *self.post = next;
+        Ok(())
+    }
 }
 
 impl Hooks for AttemptLog<'_> {
     fn cancelled(&mut self) -> bool {
         self.ledger.cancelled()
     }
-    fn attempting(&mut self, n: u32) {
-        self.post.attempts = n;
-        if let Err(e) = self.ledger.record(self.post) {
-            logging::warn(e);
+    fn attempting(&mut self, n: u32) -> bool {
+        match self.record_attempt(n) {
+            Ok(()) => true,
+            Err(e) => {
+                logging::warn(format!(
+                    "{}: not sending attempt {n} of the {} post: it cannot be recorded ({e})",
+                    self.job.request.build_name, self.job.label
+                ));
+                false
+            }
         }
     }
     fn attempted(&mut self, _n: u32, outcome: &Attempt) {
-        if let Attempt::Retry { error, .. } | Attempt::Permanent { error } = outcome {
-            logging::warn(format!("{}: post attempt failed: {error}", self.build));
+        if let Attempt::Retry { error, .. } = outcome {
+            logging::warn(format!(
+                "{}: post attempt failed: {error}",
+                self.job.request.build_name
+            ));
             self.post.last_error = Some(error.clone());
             if let Err(e) = self.ledger.record(self.post) {
                 logging::warn(e);
@@ -200,9 +304,9 @@ impl Hooks for AttemptLog<'_> {
         }
     }
     fn sleep(&mut self, d: Duration) -> bool {
-        self.shutdown.sleep(d)
+        self.job.shutdown.sleep(d)
     }
     fn stop_requested(&mut self) -> bool {
-        self.shutdown.requested()
+        self.job.shutdown.requested()
     }
 }

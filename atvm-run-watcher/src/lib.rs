@@ -133,9 +133,25 @@ pub fn run(cli: Cli) -> Result<()> {
             sd.request(),
         )
     })?;
-    // A start helper's probe of the lock may hold it for an instant: a watcher that lost
-    // that race exits 4 and would never be restarted, so it tries for a moment first.
-    let _lock = Lock::try_exclusive_within(&sd.watcher_lock(), Duration::from_secs(1))?;
+    // A dry run writes nothing (but post.json), so it takes no lock and can preview a run
+    // while its watcher works. A real watcher holds watcher.lock; a start helper's probe of
+    // it may hold it for an instant, so it tries for a moment before it exits 4.
+    let _lock = match cli.dry_run {
+        true => None,
+        false => Some(
+            Lock::try_exclusive_within(&sd.watcher_lock(), Duration::from_secs(1)).map_err(
+                |e| match e {
+                    Error::LockHeld { path } => Error::AlreadyRunning {
+                        what: format!(
+                            "another watcher of {build} is running; see it with atvm-run-status --build-name {build}, or preview with --once --dry-run"
+                        ),
+                        unit: path.display().to_string(),
+                    },
+                    other => other,
+                },
+            )?,
+        ),
+    };
     let shutdown = shutdown::Shutdown::install()?;
     let mut watcher = Watcher::resume(paths, build, request, timing, sink, &shutdown)?;
     watcher.run(cli.once)

@@ -138,6 +138,11 @@ impl Store {
     /// holds what was written.
     pub fn save(&mut self, ctx: &Ctx, record: &mut RunRecord, cp: &Checkpoint) -> Result<()> {
         record.state.subruns = record.summaries();
+        if ctx.sink.is_dry_run() {
+            // A dry run writes nothing but post.json: a later real watcher behaves exactly
+            // as if it never happened (SPEC §6).
+            return Ok(());
+        }
         if self.unchanged(record, cp) {
             return Ok(());
         }

@@ -150,18 +150,38 @@ impl RunRecord {
         }
     }
 
-    /// A cancel arrived before `target`'s result was posted: the run ends CANCELLED and the
-    /// result is never posted.
-    pub fn cancel_before_post(&mut self, target: Target) {
-        let v = Verdict {
-            state: RunState::Cancelled,
-            reason: "cancelled with cancel-atvm-run-watcher before the result was posted".into(),
-        };
-        self.state.post.status = PostStatus::Suppressed;
-        self.finish_run(v);
-        if let Target::Sub(i) = target {
-            self.subruns[i].post.status = PostStatus::Suppressed;
+    /// A cancel (its marker): the run ends CANCELLED unless its own result was posted,
+    /// open sub-runs end with it, and no owed post of the run or of a sub-run is ever sent.
+    /// A run that already ended unposted (TERMINATED, say) keeps its state.
+    pub fn cancel(&mut self) {
+        let s = &self.state;
+        let posted = s.post.status == PostStatus::Posted;
+        if decide::transition_allowed(s.state, s.is_final, posted, RunState::Cancelled) {
+            if self.state.post.status == PostStatus::Pending {
+                self.state.post.status = PostStatus::Suppressed;
+            }
+            self.finish_run(Verdict {
+                state: RunState::Cancelled,
+                reason: "cancelled with cancel-atvm-run-watcher".into(),
+            });
         }
+        for sub in &mut self.subruns {
+            if sub.post.status == PostStatus::Pending {
+                sub.post.status = PostStatus::Suppressed;
+            }
+        }
+    }
+
+    /// The results whose post is owed (every start of the watcher delivers them first).
+    pub fn owed(&self) -> Vec<Target> {
+        let run = (self.state.post.status == PostStatus::Pending).then_some(Target::Run);
+        let subs = self
+            .subruns
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state.is_postable() && s.post.status == PostStatus::Pending)
+            .map(|(i, _)| Target::Sub(i));
+        run.into_iter().chain(subs).collect()
     }
 
     /// The sub-runs as listed in the parent's `state.json`.
@@ -288,15 +308,46 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_before_the_post_suppresses_it() {
+    fn a_cancel_suppresses_every_owed_post_but_keeps_what_was_posted() {
         let mut r = record(true);
-        let mut sub = State::new("b", "r", RunState::Completed, "all specs passed");
-        sub.post.status = PostStatus::Pending;
-        r.subruns.push(sub);
-        r.cancel_before_post(Target::Sub(0));
+        let mut pending = State::new("b", "r", RunState::Completed, "all specs passed");
+        pending.post.status = PostStatus::Pending;
+        let mut posted = State::new("b", "r", RunState::Failed, "1 failed");
+        posted.post.status = PostStatus::Posted;
+        r.subruns = vec![
+            posted,
+            pending,
+            State::new("b", "r", RunState::Watching, ""),
+        ];
+        assert_eq!(r.owed(), [Target::Sub(1)]);
+        r.cancel();
         assert_eq!(r.state.state, RunState::Cancelled);
-        assert_eq!(r.state.post.status, PostStatus::Suppressed);
-        assert_eq!(r.subruns[0].state, RunState::Completed, "its result stands");
-        assert_eq!(r.subruns[0].post.status, PostStatus::Suppressed);
+        assert_eq!(r.subruns[0].post.status, PostStatus::Posted);
+        assert_eq!(r.subruns[1].state, RunState::Completed, "its result stands");
+        assert_eq!(r.subruns[1].post.status, PostStatus::Suppressed);
+        assert_eq!(r.subruns[2].state, RunState::Cancelled);
+        assert!(r.owed().is_empty());
+    }
+
+    #[test]
+    fn a_cancel_leaves_a_posted_or_unposted_ended_run_as_it_is() {
+        let mut r = record(false);
+        r.apply_plain(v(RunState::Completed), None);
+        r.state.post.status = PostStatus::Posted;
+        r.cancel();
+        assert_eq!(r.state.state, RunState::Completed);
+        let mut r = record(false);
+        r.apply_plain(v(RunState::Terminated), None);
+        r.cancel();
+        assert_eq!(r.state.state, RunState::Terminated);
+        let mut r = record(false);
+        r.apply_plain(v(RunState::Failed), None);
+        r.state.post.status = PostStatus::Pending;
+        assert_eq!(r.owed(), [Target::Run]);
+        r.cancel();
+        assert_eq!(
+            (r.state.state, r.state.post.status),
+            (RunState::Cancelled, PostStatus::Suppressed)
+        );
     }
 }

@@ -5,7 +5,6 @@
 //! machine) and owed posts go out.
 
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{PostStatus, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, fsutil, logging};
 use std::fs;
@@ -63,7 +62,7 @@ fn resume(paths: &Paths, systemctl: &Systemctl, build: &BuildName) -> Result<()>
     let why = match sd.read_state()? {
         None => "no state yet",
         Some(s) if !s.is_final => "not final",
-        Some(s) if owes_a_post(&s) => "a post is still owed",
+        Some(s) if s.owes_a_post() => "a post is still owed",
         Some(_) => return Ok(()),
     };
     let unit = UnitKind::Watcher.unit(build);
@@ -75,14 +74,4 @@ fn resume(paths: &Paths, systemctl: &Systemctl, build: &BuildName) -> Result<()>
     systemctl.start(&unit)?;
     logging::info(format!("resumed {unit} ({why})"));
     Ok(())
-}
-
-/// Is a post of the run, or of one of its sub-runs, still to be delivered?
-pub fn owes_a_post(state: &State) -> bool {
-    state.post.status == PostStatus::Pending
-        || state
-            .subruns
-            .iter()
-            .flatten()
-            .any(|s| s.post.status == PostStatus::Pending)
 }

@@ -82,23 +82,27 @@ impl<'a> Watcher<'a> {
         })
     }
 
-    /// Watch until the run is final (or once), then report whether every post went out.
+    /// Deliver what is owed, watch until the run is final (or once), then report whether
+    /// every post went out.
     pub fn run(&mut self, once: bool) -> Result<()> {
-        if self.record.state.is_final {
-            self.deliver_owed()?;
-        } else {
-            loop {
-                self.poll()?;
-                let stop = self.ctx.shutdown.requested();
-                if self.record.state.is_final || once || stop || !self.sleep() {
-                    break;
-                }
+        // At every start, before anything else: posts still owed, final run or not.
+        self.deliver_owed()?;
+        while !self.record.state.is_final && !self.ctx.shutdown.requested() {
+            self.poll()?;
+            if self.record.state.is_final || once || !self.sleep() {
+                break;
             }
         }
-        if self.ctx.shutdown.requested() && !self.record.state.is_final {
+        if self.ctx.shutdown.requested() {
             self.stopped()?;
         }
-        self.save()?;
+        self.save_final()?;
+        if self.ctx.sink.is_dry_run() {
+            logging::info(format!(
+                "dry run: {} would be {} ({}); nothing was written but post.json",
+                self.ctx.build, self.record.state.state, self.record.state.reason
+            ));
+        }
         match self.failed_posts.last() {
             Some(error) => Err(Error::failed(format!(
                 "Mattermost delivery failed for good: {error}"
@@ -117,7 +121,7 @@ impl<'a> Watcher<'a> {
             return Ok(());
         };
         let due = self.decide_and_apply(&obs);
-        self.save()?;
+        self.save_or_warn();
         self.deliver(&due)
     }
 
@@ -125,15 +129,13 @@ impl<'a> Watcher<'a> {
         self.ctx.shutdown.sleep(self.ctx.timing.poll)
     }
 
-    /// Stopped by a signal before the run was final: CANCELLED if the cancel helper asked
-    /// for it (open sub-runs too, never posted), otherwise left as it is for a restart.
+    /// Stopped by a signal: if the cancel helper asked for it, the run (and open sub-runs)
+    /// end CANCELLED and owed posts are never sent; otherwise everything is left for a
+    /// restart.
     fn stopped(&mut self) -> Result<()> {
         if persist::cancelled_at(&self.ctx.sd, &self.ctx.request)?.is_some() {
-            self.record.finish_run(decide::Verdict {
-                state: RunState::Cancelled,
-                reason: "cancelled with cancel-atvm-run-watcher".to_string(),
-            });
-        } else {
+            self.record.cancel();
+        } else if !self.record.state.is_final {
             logging::info(format!(
                 "stopped by signal; state {} saved, not final",
                 self.record.state.state
@@ -221,22 +223,42 @@ impl<'a> Watcher<'a> {
         self.store.save(&self.ctx, &mut self.record, &self.cp)
     }
 
-    /// Post every result in `due`, in order: first keep its payload beside its state (a
-    /// restarted watcher posts exactly those bytes), mark it pending, then deliver.
+    /// Save between polls. A save that fails (a full disk) is not the end of the watch: the
+    /// records stay in memory and the next poll writes them again.
+    fn save_or_warn(&mut self) {
+        if let Err(e) = self.save() {
+            logging::warn(format!("cannot save the state yet; will try again: {e}"));
+        }
+    }
+
+    /// The last save: tried again while the disk refuses it, until it works or a stop
+    /// request gives up (then the error is the exit status).
+    fn save_final(&mut self) -> Result<()> {
+        loop {
+            match self.save() {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    logging::warn(format!("cannot save the final state yet: {e}"));
+                    if !self.ctx.shutdown.sleep(std::time::Duration::from_secs(2)) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Post every result in `due`, in order. Each becomes owed first (`pending`); the
+    /// delivery keeps its payload beside its state before the first attempt, so a
+    /// restarted watcher posts exactly those bytes.
     fn deliver(&mut self, due: &[Target]) -> Result<()> {
         for &target in due {
-            let payload = self.compose(target);
-            if let Sink::Mattermost { .. } = self.ctx.sink {
-                let dir = self.target_dir(target);
-                fsutil::create_dir(&dir, 0o700)?;
-                fsutil::write_json(&dir.join(deliver::PAYLOAD_FILE), &payload, 0o600)?;
-            }
-            self.record.post_of(target).status = PostStatus::Pending;
-            self.save()?;
-            self.deliver_one(target, Some(payload))?;
             if self.ctx.shutdown.requested() {
                 break;
             }
+            let payload = self.compose(target);
+            self.record.post_of(target).status = PostStatus::Pending;
+            self.save_or_warn();
+            self.deliver_one(target, Some(payload))?;
         }
         Ok(())
     }
@@ -252,24 +274,22 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// A restarted watcher whose run is already final: deliver what is still owed.
+    /// Every post still owed by the run or a sub-run (left by an earlier watcher that was
+    /// stopped or died), delivered before anything else.
     fn deliver_owed(&mut self) -> Result<()> {
-        let owed =
-            |p: &Post| matches!(p.status, PostStatus::Pending | PostStatus::Failed) && !p.dry_run;
-        if owed(&self.record.state.post) {
-            logging::info(format!(
-                "{}: retrying the pending {} post",
-                self.ctx.build, self.record.state.state
-            ));
-            self.deliver_one(Target::Run, None)?;
-        }
-        for i in 0..self.record.subruns.len() {
-            let sub = &self.record.subruns[i];
-            if sub.state.is_postable() && owed(&sub.post) && !self.ctx.shutdown.requested() {
-                self.deliver_one(Target::Sub(i), None)?;
+        let owed = self.record.owed();
+        for &target in &owed {
+            if self.ctx.shutdown.requested() {
+                break;
             }
+            logging::info(format!(
+                "{}: delivering the owed {} post",
+                self.ctx.build,
+                self.record.label(target)
+            ));
+            self.deliver_one(target, None)?;
         }
-        if self.failed_posts.is_empty() {
+        if self.record.state.is_final && self.failed_posts.is_empty() {
             logging::info(format!(
                 "{}: run is final ({}); nothing left to do",
                 self.ctx.build, self.record.state.state
@@ -281,10 +301,9 @@ impl<'a> Watcher<'a> {
     /// Deliver `target`'s `payload`, or the one kept for it (made afresh if there is none).
     fn deliver_one(&mut self, target: Target, payload: Option<Payload>) -> Result<()> {
         let dir = self.target_dir(target);
-        let kept = match (payload, &self.ctx.sink) {
-            (Some(p), _) => Some(p),
-            (None, Sink::Mattermost { .. }) => fsutil::read_json(&dir.join(deliver::PAYLOAD_FILE))?,
-            (None, Sink::DryRun { .. }) => None,
+        let kept = match payload {
+            Some(p) => Some(p),
+            None => fsutil::read_json(&dir.join(deliver::PAYLOAD_FILE))?,
         };
         let payload = match kept {
             Some(p) => p,
@@ -310,10 +329,11 @@ impl<'a> Watcher<'a> {
         };
         match deliver::deliver(&job, post, &mut ledger)? {
             Outcome::Failed(error) => self.failed_posts.push(error),
-            Outcome::Cancelled => self.record.cancel_before_post(target),
+            Outcome::Cancelled => self.record.cancel(),
             Outcome::Posted | Outcome::DryRun | Outcome::Interrupted => {}
         }
-        self.save()
+        self.save_or_warn();
+        Ok(())
     }
 
     /// The payload for `target`, from its record, its part of the log, its reports and

@@ -9,7 +9,6 @@ mod message;
 
 use serde_json::{Value, json};
 use std::fs;
-use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 use testkit::{Env, FakeWebhook, Posting, Reply, attachment, field, finish, fixture, text};
@@ -33,16 +32,8 @@ fn watch(env: &Env, extra: &[&str]) -> Output {
     finish(env.spawn("atvm-run-watcher", &args), LONG)
 }
 
-fn dry(env: &Env) -> Output {
-    watch(env, &["--dry-run"])
-}
-
 fn state(env: &Env) -> Value {
     env.state(B)
-}
-
-fn post_json(dir: &Path) -> Value {
-    testkit::read_json(&dir.join("post.json"))
 }
 
 fn assert_final(env: &Env, out: &Output, expected: &str) -> Value {
@@ -57,17 +48,16 @@ fn assert_final(env: &Env, out: &Output, expected: &str) -> Value {
 
 #[test]
 fn passing_run_is_completed_and_posted() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({"template": "migration"}));
     start_runner(&env, &env.cypress_command("passing.log", 0));
-    let s = assert_final(&env, &dry(&env), "COMPLETED");
+    let s = assert_final(&env, &watch(&env, &[]), "COMPLETED");
     assert_eq!(
         s["counts"],
         json!({"tests": 6, "passed": 5, "failed": 0, "pending": 1, "skipped": 0})
     );
-    assert_eq!(s["post"]["status"], "pending", "dry run delivers nothing");
-    assert_eq!(s["post"]["dry_run"], true);
-    let post = post_json(&env.state_dir(B));
+    assert_eq!(s["post"]["status"], "posted");
+    let post = env.only_post();
     let text = post["text"].as_str().unwrap();
     assert!(
         text.starts_with("COMPLETED · build `e2e-redhat9.6-ubuntu24.04-w2k25-fc`"),
@@ -89,12 +79,12 @@ fn passing_run_is_completed_and_posted() {
         a["title_link"],
         "https://cloud.cypress.io/projects/x7k2pq/runs/1842"
     );
-    assert!(!env.state_dir(B).join("posted.marker").exists());
+    assert!(env.state_dir(B).join("posted.marker").exists());
 }
 
 #[test]
 fn failing_run_is_failed_with_its_failed_tests() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     // The real report, as written for one of the specs this run's log names.
     let report = env.root().join("area07.json");
@@ -114,7 +104,7 @@ fn failing_run_is_failed_with_its_failed_tests() {
             env.cypress_command("failing-2-of-20.log", 2)
         ),
     );
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert!(
         s["reason"].as_str().unwrap().contains("exited with code 2"),
         "{s}"
@@ -127,7 +117,7 @@ fn failing_run_is_failed_with_its_failed_tests() {
         "{s}"
     );
     assert_eq!(s["counts"]["failed"], 2);
-    let post = post_json(&env.state_dir(B));
+    let post = env.only_post();
     let a = attachment(&post);
     assert!(
         post["text"].as_str().unwrap().starts_with("FAILED · "),
@@ -144,7 +134,7 @@ fn failing_run_is_failed_with_its_failed_tests() {
 
 #[test]
 fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     // Twelve copies of the real report, each for one of the log's specs, with one failed
     // test each.
@@ -165,8 +155,8 @@ fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
         env.cypress_command("failing-2-of-20.log", 2)
     );
     start_runner(&env, &cmd);
-    assert_final(&env, &dry(&env), "FAILED");
-    let post = post_json(&env.state_dir(B));
+    assert_final(&env, &watch(&env, &[]), "FAILED");
+    let post = env.only_post();
     let text = attachment(&post)["text"].as_str().unwrap();
     assert_eq!(
         text.matches(" › Login rejects a bad password — ").count(),
@@ -178,20 +168,20 @@ fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
 
 #[test]
 fn exit_code_zero_with_failures_in_the_summary_is_failed() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     // 256 failing tests make Cypress exit with 0.
     start_runner(&env, &env.cypress_command("failing-2-of-20.log", 0));
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert!(s["reason"].as_str().unwrap().contains("wrap at 256"), "{s}");
 }
 
 #[test]
 fn no_spec_files_found_is_failed_with_the_stale_spec_pattern_hint() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, &env.cypress_command("no-specs.log", 1));
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     let reason = s["reason"].as_str().unwrap();
     assert!(
         reason.contains("no spec files") && reason.contains("re-run the template step"),
@@ -201,18 +191,15 @@ fn no_spec_files_found_is_failed_with_the_stale_spec_pattern_hint() {
         reason.contains("cypress/e2e/migration/redhat9.6/**/*.cy.js"),
         "{reason}"
     );
-    assert!(
-        env.state_dir(B).join("post.json").exists(),
-        "FAILED is posted"
-    );
+    assert_eq!(env.hook.count(), 1, "FAILED is posted");
 }
 
 #[test]
 fn coloured_output_gives_the_same_result() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, &env.cypress_command("coloured.log", 1));
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert_eq!(
         s["counts"],
         json!({"tests": 4, "passed": 3, "failed": 1, "pending": 0, "skipped": 0})
@@ -229,7 +216,7 @@ fn coloured_output_gives_the_same_result() {
 #[test]
 fn a_log_written_in_small_chunks_while_being_read_gives_the_same_result() {
     for block in [1, 4096] {
-        let env = Env::new();
+        let env = Posting::new(vec![]);
         env.write_request(B, json!({}));
         let f = fixture("cypress/wrapped.log").display().to_string();
         // Stop half-way through a line (and maybe a UTF-8 character) for longer than a poll.
@@ -237,7 +224,7 @@ fn a_log_written_in_small_chunks_while_being_read_gives_the_same_result() {
             "head -c 3001 '{f}' | dd bs={block} 2>/dev/null; sleep 0.4; tail -c +3002 '{f}' | dd bs={block} 2>/dev/null; exit 0"
         );
         start_runner(&env, &cmd);
-        let out = watch(&env, &["--dry-run", "--poll-seconds", "0.05"]);
+        let out = watch(&env, &["--poll-seconds", "0.05"]);
         let s = assert_final(&env, &out, "COMPLETED");
         assert_eq!(s["counts"]["tests"], 4, "{block}-byte chunks");
         assert_eq!(
@@ -250,36 +237,36 @@ fn a_log_written_in_small_chunks_while_being_read_gives_the_same_result() {
 
 #[test]
 fn cancel_of_the_runner_is_cancelled_and_never_posted() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
-    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
-    assert!(!env.state_dir(B).join("post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
 }
 
 #[test]
 fn cancel_marker_stops_the_watch_without_a_post() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, "sleep 30; :");
-    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
     assert!(env.state_dir(B).join("cancelled.marker").exists());
-    assert!(!env.state_dir(B).join("post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
 }
 
 #[test]
 fn runner_killed_is_terminated_and_not_posted() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(
         &env,
@@ -288,7 +275,7 @@ fn runner_killed_is_terminated_and_not_posted() {
     env.wait_until("the runner", LONG, || {
         env.state_dir(B).join("runner/status.json").exists()
     });
-    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_state(B, "WATCHING", LONG);
     let wrapper = env.status(B)["pid"].as_u64().unwrap().to_string();
     std::process::Command::new("kill")
@@ -304,7 +291,7 @@ fn runner_killed_is_terminated_and_not_posted() {
         "{s}"
     );
     assert_eq!(s["post"]["status"], "suppressed");
-    assert!(!env.state_dir(B).join("post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
     let child = env.status(B)["child_pid"].as_i64().unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{child}")])
@@ -313,19 +300,19 @@ fn runner_killed_is_terminated_and_not_posted() {
 
 #[test]
 fn runner_command_killed_by_a_signal_is_terminated() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, "echo '  (Run Starting)'; kill -KILL $$");
-    let s = assert_final(&env, &dry(&env), "TERMINATED");
+    let s = assert_final(&env, &watch(&env, &[]), "TERMINATED");
     assert!(s["reason"].as_str().unwrap().contains("SIGKILL"), "{s}");
 }
 
 #[test]
 fn a_silent_runner_is_hung_and_left_running() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
-    let out = watch(&env, &["--dry-run", "--hang-minutes", "0.01"]);
+    let out = watch(&env, &["--hang-minutes", "0.01"]);
     let s = assert_final(&env, &out, "HUNG");
     let reason = s["reason"].as_str().unwrap();
     assert!(
@@ -344,10 +331,10 @@ fn a_silent_runner_is_hung_and_left_running() {
 
 #[test]
 fn no_runner_within_the_start_timeout_is_unknown() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     let started = Instant::now();
-    let out = watch(&env, &["--dry-run", "--start-timeout-seconds", "0.5"]);
+    let out = watch(&env, &["--start-timeout-seconds", "0.5"]);
     let s = assert_final(&env, &out, "UNKNOWN");
     assert!(s["reason"].as_str().unwrap().contains("no runner"), "{s}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -356,11 +343,11 @@ fn no_runner_within_the_start_timeout_is_unknown() {
 
 #[test]
 fn an_unreadable_runner_status_is_unknown_and_named() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     fs::create_dir_all(env.state_dir(B).join("runner")).unwrap();
     fs::write(env.state_dir(B).join("runner/status.json"), "{ truncated").unwrap();
-    let s = assert_final(&env, &dry(&env), "UNKNOWN");
+    let s = assert_final(&env, &watch(&env, &[]), "UNKNOWN");
     assert!(s["reason"].as_str().unwrap().contains("status.json"), "{s}");
     assert_eq!(
         fs::read_to_string(env.state_dir(B).join("runner/status.json")).unwrap(),
@@ -373,11 +360,11 @@ fn an_unreadable_runner_status_is_unknown_and_named() {
 
 #[test]
 fn a_stale_finished_log_never_completes_a_new_watch() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     // An earlier run of the same build name left a complete, passing log behind.
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
-    let out = watch(&env, &["--dry-run", "--once"]);
+    let out = watch(&env, &["--once"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         state(&env)["state"],
@@ -386,7 +373,7 @@ fn a_stale_finished_log_never_completes_a_new_watch() {
     );
     // The new runner (started properly) fails; the old log is rotated away.
     start_runner(&env, &env.cypress_command("cut-off.log", 3));
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert!(s["reason"].as_str().unwrap().contains("code 3"), "{s}");
 }
 
@@ -405,15 +392,12 @@ fn detached_runner(script: &str, build: &str, stdout: std::process::Stdio) -> st
 fn a_stale_log_that_no_process_of_the_run_holds_open_is_never_read() {
     // Its own build name: the fallback looks at every process of the machine.
     const B: &str = "e2e-fallback-stale";
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
     // An old-style runner that never writes the log.
     let mut runner = detached_runner("sleep 1; :", B, std::process::Stdio::null());
-    let out = finish(
-        env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]),
-        LONG,
-    );
+    let out = finish(env.spawn("atvm-run-watcher", &["--build-name", B]), LONG);
     runner.wait().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = env.state(B);
@@ -425,13 +409,13 @@ fn a_stale_log_that_no_process_of_the_run_holds_open_is_never_read() {
             .contains("without a Cypress summary"),
         "{s}"
     );
-    assert!(!env.state_dir(B).join("post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
 }
 
 #[test]
 fn a_detached_runner_found_by_its_build_name_is_followed_from_its_log() {
     const B: &str = "e2e-fallback-detached";
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     // An earlier run's failing log is in the way; the new run's redirection replaces it.
     fs::copy(fixture("cypress/failing-2-of-20.log"), env.run_log(B)).unwrap();
     // The run is launched first, the watcher after it (how the old validation did it).
@@ -442,21 +426,18 @@ fn a_detached_runner_found_by_its_build_name_is_followed_from_its_log() {
     );
     let mut runner = detached_runner(&script, B, log.into());
     env.write_request(B, json!({}));
-    let out = finish(
-        env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]),
-        LONG,
-    );
+    let out = finish(env.spawn("atvm-run-watcher", &["--build-name", B]), LONG);
     runner.wait().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let s = env.state(B);
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", text(&out));
     assert_eq!(s["counts"]["tests"], 6);
-    assert!(env.state_dir(B).join("post.json").exists());
+    assert_eq!(env.hook.count(), 1, "COMPLETED is posted");
 }
 
 #[test]
 fn a_stale_report_from_an_earlier_run_is_not_counted() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     let stale = env.reporter_dir.join("stale.json");
     fs::copy(fixture("mochawesome/login.json"), &stale).unwrap();
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
@@ -468,14 +449,14 @@ fn a_stale_report_from_an_earlier_run_is_not_counted() {
         .unwrap();
     env.write_request(B, json!({}));
     start_runner(&env, &env.cypress_command("passing.log", 0));
-    assert_final(&env, &dry(&env), "COMPLETED");
-    let text = post_json(&env.state_dir(B)).to_string();
+    assert_final(&env, &watch(&env, &[]), "COMPLETED");
+    let text = env.only_post().to_string();
     assert!(!text.contains("rejects a bad password"), "{text}");
 }
 
 #[test]
 fn a_malformed_report_is_skipped_with_a_warning() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     let broken = env.reporter_dir.join("broken.json");
     start_runner(
@@ -486,7 +467,7 @@ fn a_malformed_report_is_skipped_with_a_warning() {
             env.cypress_command("passing.log", 0)
         ),
     );
-    let out = dry(&env);
+    let out = watch(&env, &[]);
     assert_final(&env, &out, "COMPLETED");
     assert!(
         text(&out).contains("skipping malformed report") && text(&out).contains("broken.json"),
@@ -499,7 +480,7 @@ fn a_malformed_report_is_skipped_with_a_warning() {
 
 #[test]
 fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({"categorize": true}));
     start_runner(
         &env,
@@ -511,7 +492,7 @@ fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
     // A long poll: the watcher is asleep when the cancel and the SIGTERM arrive.
     let watcher = env.spawn(
         "atvm-run-watcher",
-        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+        &["--build-name", B, "--poll-seconds", "30"],
     );
     env.wait_until("sub-run 01-linux", LONG, || {
         env.try_state(B)
@@ -534,7 +515,7 @@ fn cancelling_a_categorized_run_cancels_its_open_sub_run() {
         (sub["state"].as_str(), sub["final"].as_bool()),
         (Some("CANCELLED"), Some(true))
     );
-    assert!(!env.state_dir(B).join("subruns/01-linux/post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
     assert!(
         env.run("cancel-atvm-runner", &["--build-name", B])
             .status
@@ -566,17 +547,17 @@ fn three_groups_runner(env: &Env, exit: i32) -> String {
 
 #[test]
 fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({"categorize": true}));
     start_runner(&env, &three_groups_runner(&env, 1));
     let watcher = env.spawn(
         "atvm-run-watcher",
-        &["--build-name", B, "--dry-run", "--grace-seconds", "0.5"],
+        &["--build-name", B, "--grace-seconds", "0.5"],
     );
     let subruns = env.state_dir(B).join("subruns");
     for (i, key) in ["01-linux", "02-windows"].iter().enumerate() {
         env.wait_until(&format!("the post of sub-run {key}"), LONG, || {
-            subruns.join(key).join("post.json").exists()
+            env.hook.count() == i + 1
         });
         let s = state(&env);
         assert_eq!(s["final"], false, "the parent keeps watching after {key}");
@@ -602,8 +583,21 @@ fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
         s["post"]["status"], "none",
         "the parent posts nothing itself"
     );
-    assert!(!env.state_dir(B).join("post.json").exists());
-    let windows = post_json(&subruns.join("02-windows"));
+    let groups: Vec<String> = env
+        .posts()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        groups.len(),
+        3,
+        "one post per group, none from the parent: {groups:#?}"
+    );
+    assert!(
+        groups.iter().all(|t| t.contains("· group `")),
+        "{groups:#?}"
+    );
+    let windows = env.posts()[1].clone();
     assert!(
         windows["text"]
             .as_str()
@@ -628,42 +622,35 @@ fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
 
 #[test]
 fn categorized_run_that_fails_before_any_group_posts_once_from_the_parent() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({"categorize": true}));
     start_runner(&env, &env.cypress_command("no-specs.log", 1));
-    let s = assert_final(
-        &env,
-        &watch(&env, &["--dry-run", "--grace-seconds", "0.2"]),
-        "FAILED",
-    );
+    let s = assert_final(&env, &watch(&env, &["--grace-seconds", "0.2"]), "FAILED");
     assert_eq!(s["subruns"], json!([]));
-    assert!(
-        env.state_dir(B).join("post.json").exists(),
-        "the parent posts the runner failure"
-    );
+    assert_eq!(env.hook.count(), 1, "the parent posts the runner failure");
 }
 
 #[test]
 fn categorized_group_cut_off_by_a_kill_is_terminated_not_posted() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({"categorize": true}));
     let cmd = format!("{}; kill -KILL $$", env.cypress_output("cut-off.log"));
     start_runner(&env, &cmd);
     let s = assert_final(
         &env,
-        &watch(&env, &["--dry-run", "--grace-seconds", "0.2"]),
+        &watch(&env, &["--grace-seconds", "0.2"]),
         "TERMINATED",
     );
     assert_eq!(s["subruns"][0]["key"], "01-linux");
     assert_eq!(s["subruns"][0]["state"], "TERMINATED");
-    assert!(!env.state_dir(B).join("subruns/01-linux/post.json").exists());
+    assert_eq!(env.hook.count(), 0, "nothing posted");
 }
 
 // ----- signals, restarts, locks ------------------------------------------------------------
 
 #[test]
 fn sigterm_stops_within_a_second_and_a_restart_resumes() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     let go = env.root().join("go");
     let f = fixture("cypress/failing-2-of-20.log").display().to_string();
@@ -679,7 +666,7 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
     });
     let watcher = env.spawn(
         "atvm-run-watcher",
-        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+        &["--build-name", B, "--poll-seconds", "30"],
     );
     env.wait_state(B, "WATCHING", LONG);
     let stopped_at = Instant::now();
@@ -700,7 +687,7 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
     let offset = s["checkpoint"]["follow"]["offset"].as_u64().unwrap();
     assert!(offset >= 20000, "the read position was saved: {offset}");
     fs::write(&go, "").unwrap();
-    let s = assert_final(&env, &dry(&env), "FAILED");
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert_eq!(
         s["counts"]["tests"], 40,
         "resumed mid-log with the parser's state"
@@ -709,24 +696,24 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
 
 #[test]
 fn once_evaluates_and_exits() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     start_runner(&env, "echo '  (Run Starting)'; sleep 30; :");
     env.wait_until("the runner", LONG, || {
         env.state_dir(B).join("runner/status.json").exists()
     });
-    let out = watch(&env, &["--dry-run", "--once"]);
+    let out = watch(&env, &["--once"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(state(&env)["state"], "WATCHING");
 }
 
 #[test]
 fn a_second_watcher_for_the_same_build_exits_4() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
-    let first = env.spawn("atvm-run-watcher", &["--build-name", B, "--dry-run"]);
+    let first = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_until("the first watcher", LONG, || env.try_state(B).is_some());
-    let out = watch(&env, &["--dry-run"]);
+    let out = watch(&env, &[]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("watcher.lock"), "{}", text(&out));
     std::process::Command::new("kill")
@@ -738,10 +725,10 @@ fn a_second_watcher_for_the_same_build_exits_4() {
 
 #[test]
 fn a_corrupt_state_file_is_reported_by_name_and_kept() {
-    let env = Env::new();
+    let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     fs::write(env.state_dir(B).join("state.json"), "{ half written").unwrap();
-    let out = dry(&env);
+    let out = watch(&env, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("state.json"), "{}", text(&out));
     assert_eq!(
@@ -753,7 +740,7 @@ fn a_corrupt_state_file_is_reported_by_name_and_kept() {
 #[test]
 fn missing_request_and_missing_webhook_are_clear_errors() {
     let env = Env::new();
-    let out = dry(&env);
+    let out = watch(&env, &["--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("request.json") && text(&out).contains("start-atvm-run-watcher"),
@@ -901,20 +888,19 @@ fn a_client_error_is_permanent_and_exits_1() {
     assert_eq!(hook.requests().len(), 1, "no retry");
     assert!(!env.state_dir(B).join("posted.marker").exists());
     assert_no_secret(&env, &hook, &out);
-    // A restart (systemd's Restart=on-failure) tries again, and posts exactly once, the
-    // payload kept from the first attempt (a rebuilt one would lose its VMs now).
-    fs::write(&env.inventory, "").unwrap();
-    let again = watch(&env, &[]);
-    assert!(again.status.success(), "{}", text(&again));
-    assert_eq!(state(&env)["post"]["status"], "posted");
-    let reqs = hook.requests();
-    assert_eq!(reqs.len(), 2);
-    assert_eq!(
-        reqs[0].body, reqs[1].body,
-        "a restart posts the kept payload byte for byte"
-    );
-    watch(&env, &[]);
-    assert_eq!(hook.requests().len(), 2, "never twice");
+    // A permanent failure is final: a restart (by hand, or after a reboot) never re-sends
+    // it — the server would refuse it again, or worse, take it twice.
+    for _ in 0..2 {
+        let again = watch(&env, &[]);
+        assert!(again.status.success(), "{}", text(&again));
+        assert!(
+            text(&again).contains("nothing left to do"),
+            "{}",
+            text(&again)
+        );
+    }
+    assert_eq!(state(&env)["post"]["status"], "failed");
+    assert_eq!(hook.requests().len(), 1, "sent once, never again");
 }
 
 #[test]

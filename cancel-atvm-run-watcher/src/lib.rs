@@ -4,9 +4,9 @@
 //! and cannot overwrite the cancel.
 
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{RunState, State};
+use atvm_common::state::{PostStatus, RunState, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
-use atvm_common::{BuildName, Paths, logging};
+use atvm_common::{BuildName, Paths, StateDir, logging};
 use clap::Parser;
 
 const EXAMPLE: &str = "\
@@ -29,6 +29,17 @@ pub fn run(cli: Cli) -> Result<()> {
     cancel(&build, &Paths::from_env(), &Systemctl::from_env())
 }
 
+/// What the cancel found under the state lock.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// The run's result was posted: it stays as it is (SPEC §9).
+    Reported(RunState),
+    /// The run had already ended without anything owed (TERMINATED, say): kept.
+    EndedUnposted(RunState),
+    /// Marked CANCELLED now (or it already was).
+    Cancelled,
+}
+
 pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
     let sd = paths.state_dir(build);
     if !sd.exists() {
@@ -38,56 +49,85 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         ));
     }
     sd.check()?;
-    let request = sd.read_request()?;
+    let found = mark_cancelled(build, &sd)?;
+    if let Found::Reported(state) = found {
+        logging::info(format!(
+            "{build} was already reported ({state}, posted); nothing to cancel"
+        ));
+        return Ok(());
+    }
     let unit = UnitKind::Watcher.unit(build);
-    let outcome = sd.update_state(|current| {
+    let activity = systemctl.is_active(&unit)?;
+    if activity.is_running() {
+        // The watcher finishes a post already on the wire before it exits: afterwards the
+        // state says whether that post went out.
+        systemctl.stop(&unit)?;
+    }
+    let stopped = match activity.is_running() {
+        true => format!("{unit} stopped"),
+        false => format!("{unit} was not running ({})", activity.word()),
+    };
+    let now = sd
+        .read_state()?
+        .filter(|s| s.post.status == PostStatus::Posted);
+    match (now, found) {
+        (Some(s), _) => logging::info(format!(
+            "{build} was already reported: its {} post was delivered before the cancel took effect; {stopped}",
+            s.state
+        )),
+        (None, Found::EndedUnposted(state)) => logging::info(format!(
+            "{build} had already ended as {state} (never posted); marked cancelled; {stopped}"
+        )),
+        (None, _) => logging::info(format!(
+            "cancelled {build}: state CANCELLED, nothing posted; {stopped}"
+        )),
+    }
+    Ok(())
+}
+
+/// Under the state lock (so a watcher saving at the same moment sees it): write the
+/// marker and make the run CANCELLED — unless its result was already posted.
+fn mark_cancelled(build: &BuildName, sd: &StateDir) -> Result<Found> {
+    let request = sd.read_request()?;
+    sd.update_state(|current| {
         let run_id = request
             .as_ref()
             .map(|r| r.run_id.clone())
             .or_else(|| current.as_ref().map(|s| s.run_id.clone()))
             .unwrap_or_default();
-        let existing = sd.read_marker(&sd.cancelled_marker())?;
-        if existing
+        let existing = current.filter(|s| s.run_id == run_id);
+        if let Some(s) = existing
             .as_ref()
-            .is_none_or(|(m, _)| m.run_id.as_deref() != Some(run_id.as_str()))
+            .filter(|s| s.post.status == PostStatus::Posted)
         {
+            return Ok((None, Found::Reported(s.state)));
+        }
+        let marked = sd.read_marker(&sd.cancelled_marker())?;
+        if marked.is_none_or(|(m, _)| m.run_id.as_deref() != Some(run_id.as_str())) {
             sd.write_marker(&sd.cancelled_marker(), &run_id)?;
         }
-        let existing = current.filter(|s| s.run_id == run_id);
-        match &existing {
-            // A result already decided (and perhaps posted) is not rewritten after the fact.
-            Some(s) if s.is_final && s.state != RunState::Cancelled => {
-                return Ok((None, Some(s.state)));
+        match existing {
+            Some(s) if s.is_final && !s.owes_a_post() && s.state != RunState::Cancelled => {
+                Ok((None, Found::EndedUnposted(s.state)))
             }
-            // Cancelled before: nothing to change.
-            Some(s) if s.is_final => return Ok((None, None)),
-            _ => {}
+            Some(s) if s.is_final && !s.owes_a_post() => Ok((None, Found::Cancelled)),
+            // No state yet, a live run, or a result not delivered yet: CANCELLED, and no
+            // owed post (the run's or a sub-run's) will go out.
+            existing => {
+                let mut state = existing.unwrap_or_else(|| {
+                    State::new(build.as_str(), &run_id, RunState::Cancelled, "")
+                });
+                state.end_unposted(
+                    RunState::Cancelled,
+                    "cancelled with cancel-atvm-run-watcher",
+                );
+                for sub in state.subruns.iter_mut().flatten() {
+                    if sub.post.status == PostStatus::Pending {
+                        sub.post.status = PostStatus::Suppressed;
+                    }
+                }
+                Ok((Some(state), Found::Cancelled))
+            }
         }
-        // No state yet (the watcher never wrote one) or a live one: it becomes CANCELLED.
-        let mut state = existing
-            .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Cancelled, ""));
-        state.end_unposted(
-            RunState::Cancelled,
-            "cancelled with cancel-atvm-run-watcher",
-        );
-        Ok((Some(state), None))
-    })?;
-    if let Some(final_state) = outcome {
-        logging::info(format!(
-            "{build} already ended as {final_state}; marked cancelled, state left as it is"
-        ));
-    }
-    let activity = systemctl.is_active(&unit)?;
-    if activity.is_running() {
-        systemctl.stop(&unit)?;
-        logging::info(format!(
-            "cancelled {build}: state CANCELLED, {unit} stopped, nothing posted"
-        ));
-    } else {
-        logging::info(format!(
-            "cancelled {build}: state CANCELLED; {unit} was not running ({})",
-            activity.word()
-        ));
-    }
-    Ok(())
+    })
 }

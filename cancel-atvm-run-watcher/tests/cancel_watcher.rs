@@ -57,27 +57,67 @@ fn cancel_marks_and_is_harmless_to_repeat() {
     assert!(marker.contains(&format!("run_id={run_id}")), "{marker}");
 }
 
-#[test]
-fn a_run_that_already_ended_keeps_its_state() {
-    let env = Env::new();
+/// A final state of `state` for `B` whose post is `post`.
+fn ended(env: &Env, state: &str, post: &str) {
     let run_id = env.write_request(B, json!({}));
     let done = json!({
-        "build_name": B, "run_id": run_id, "state": "COMPLETED", "final": true, "reason": "all specs passed",
+        "build_name": B, "run_id": run_id, "state": state, "final": true, "reason": "why",
         "updated_at": "2026-11-24T10:00:00.000Z", "counts": null,
-        "post": {"status": "posted", "attempts": 1, "last_error": null}
+        "post": {"status": post, "attempts": 1, "last_error": null}
     });
     fs::write(
         env.state_dir(B).join("state.json"),
         serde_json::to_vec(&done).unwrap(),
     )
     .unwrap();
+}
+
+#[test]
+fn a_run_already_reported_stays_as_it_is() {
+    let env = Env::new();
+    ended(&env, "COMPLETED", "posted");
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
     assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        text(&out).trim(),
+        format!("{B} was already reported (COMPLETED, posted); nothing to cancel")
+    );
+    assert_eq!(env.state(B)["state"], "COMPLETED");
+    assert!(!env.state_dir(B).join("cancelled.marker").exists());
+}
+
+#[test]
+fn a_result_not_posted_yet_is_cancelled_and_never_posted() {
+    let env = Env::new();
+    ended(&env, "FAILED", "pending");
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    // One answer, not "already ended" and "cancelled" both.
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
     assert!(
-        text(&out).contains("already ended as COMPLETED"),
+        text(&out).contains("state CANCELLED, nothing posted"),
         "{}",
         text(&out)
     );
-    assert_eq!(env.state(B)["state"], "COMPLETED");
+    let s = env.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("CANCELLED"), &json!("suppressed"))
+    );
+    assert!(env.state_dir(B).join("cancelled.marker").exists());
+}
+
+#[test]
+fn a_run_that_ended_unposted_keeps_its_state() {
+    let env = Env::new();
+    ended(&env, "TERMINATED", "suppressed");
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("had already ended as TERMINATED"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.state(B)["state"], "TERMINATED");
     assert!(env.state_dir(B).join("cancelled.marker").exists());
 }

@@ -168,7 +168,7 @@ fn a_watcher_process_holding_the_lock_is_refused() {
     env.write_request(B, serde_json::json!({}));
     let mut watcher = env.spawn(
         "atvm-run-watcher",
-        &["--build-name", B, "--dry-run", "--poll-seconds", "30"],
+        &["--build-name", B, "--poll-seconds", "30"],
     );
     env.wait_until("the hand-started watcher", Duration::from_secs(20), || {
         env.try_state(B).is_some()

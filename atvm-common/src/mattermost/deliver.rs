@@ -1,21 +1,29 @@
-//! The delivery loop: attempts with backoff and jitter inside the retry window, the cancel
-//! check before each attempt, and a stop request honoured while a request is in flight.
+//! The delivery loop (SPEC §7): attempts with backoff and jitter inside the retry window,
+//! the cancel check right before each attempt, and three rules that keep a post from being
+//! sent twice:
+//!
+//! - an attempt is sent only once the caller has durably recorded it ([`Hooks::attempting`]
+//!   returns `true`); a full disk delays the post (the loop waits and asks again) and does
+//!   not consume the retry window, which starts with the first attempt actually sent;
+//! - a request on the wire is allowed to finish even when a stop is requested (the client's
+//!   overall timeout bounds it), so its outcome is known and recorded first;
+//! - after a stop request no new attempt starts: the post stays owed for the next start.
 
 use super::client::{Attempt, Poster};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What the delivery loop needs from its caller.
 pub trait Hooks {
     /// Is the run cancelled now? Checked right before each attempt.
     fn cancelled(&mut self) -> bool;
-    /// Called before attempt `n` (1-based) goes out: record it.
-    fn attempting(&mut self, n: u32);
+    /// Attempt `n` (1-based) is about to go out: record it durably. `false` when that
+    /// could not be done: the attempt is not sent (the loop waits and asks again).
+    fn attempting(&mut self, n: u32) -> bool;
     /// Called with each attempt's result.
     fn attempted(&mut self, n: u32, outcome: &Attempt);
     /// Wait `d`; `false` if the wait was interrupted (stop requested).
     fn sleep(&mut self, d: Duration) -> bool;
-    /// Has a stop been requested (polled while an attempt is in flight)?
+    /// Has a stop been requested?
     fn stop_requested(&mut self) -> bool;
 }
 
@@ -64,7 +72,8 @@ fn jitter_seed() -> u64 {
     t ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// Deliver `body` within `window`, starting after `attempts_so_far` earlier attempts.
+/// Deliver `body` within `window` (counted from the first attempt sent), after
+/// `attempts_so_far` earlier attempts.
 pub fn deliver(
     poster: &std::sync::Arc<dyn Poster>,
     body: &str,
@@ -72,19 +81,31 @@ pub fn deliver(
     attempts_so_far: u32,
     hooks: &mut dyn Hooks,
 ) -> Delivery {
-    let started = Instant::now();
     let seed = jitter_seed();
     let mut attempts = attempts_so_far;
+    let mut first_sent: Option<Instant> = None;
     let mut retries = 0u32;
+    let mut unrecorded = 0u32;
     loop {
+        if hooks.stop_requested() {
+            return Delivery::Interrupted { attempts };
+        }
         if hooks.cancelled() {
             return Delivery::Cancelled { attempts };
         }
+        if !hooks.attempting(attempts + 1) {
+            // Nothing was sent. Wait for the record to become possible (a full disk).
+            unrecorded += 1;
+            if !hooks.sleep(backoff(unrecorded, window, seed)) {
+                return Delivery::Interrupted { attempts };
+            }
+            continue;
+        }
+        unrecorded = 0;
         attempts += 1;
-        hooks.attempting(attempts);
-        let Some(outcome) = attempt_interruptibly(poster, body, hooks) else {
-            return Delivery::Interrupted { attempts };
-        };
+        let started = *first_sent.get_or_insert_with(Instant::now);
+        // On the wire: it runs to its answer or the client's timeout, stop or not.
+        let outcome = poster.attempt(body);
         hooks.attempted(attempts, &outcome);
         let (error, after) = match outcome {
             Attempt::Delivered => return Delivery::Delivered { attempts },
@@ -106,41 +127,6 @@ pub fn deliver(
         }
         if !hooks.sleep(wait) {
             return Delivery::Interrupted { attempts };
-        }
-    }
-}
-
-/// Run one attempt on a helper thread so a stop request is honoured within a second even
-/// while a slow server holds the connection. `None` when interrupted.
-fn attempt_interruptibly(
-    poster: &std::sync::Arc<dyn Poster>,
-    body: &str,
-    hooks: &mut dyn Hooks,
-) -> Option<Attempt> {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::sync::Arc::clone(poster);
-    let body = body.to_string();
-    std::thread::spawn(move || {
-        let _ = tx.send(worker.attempt(&body));
-    });
-    let mut stop_seen: Option<Instant> = None;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(outcome) => return Some(outcome),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Some(Attempt::Retry {
-                    error: "delivery thread failed".to_string(),
-                    after: None,
-                });
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        if hooks.stop_requested() {
-            // Give an almost-finished request a moment, then leave it behind.
-            let since = *stop_seen.get_or_insert_with(Instant::now);
-            if since.elapsed() >= Duration::from_millis(500) {
-                return None;
-            }
         }
     }
 }
@@ -179,6 +165,10 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         cancel_after: Option<u32>,
+        /// How many times recording an attempt fails (a full disk) before it works.
+        unrecordable: u32,
+        /// A stop is requested once this many attempts were made.
+        stop_after: Option<u32>,
         attempts: u32,
         slept: Vec<Duration>,
     }
@@ -186,8 +176,13 @@ mod tests {
         fn cancelled(&mut self) -> bool {
             self.cancel_after.is_some_and(|n| self.attempts >= n)
         }
-        fn attempting(&mut self, n: u32) {
+        fn attempting(&mut self, n: u32) -> bool {
+            if self.unrecordable > 0 {
+                self.unrecordable -= 1;
+                return false;
+            }
             self.attempts = n;
+            true
         }
         fn attempted(&mut self, _: u32, _: &Attempt) {}
         fn sleep(&mut self, d: Duration) -> bool {
@@ -195,8 +190,52 @@ mod tests {
             true
         }
         fn stop_requested(&mut self) -> bool {
-            false
+            self.stop_after.is_some_and(|n| self.attempts >= n)
         }
+    }
+
+    /// Counts what was sent.
+    #[derive(Debug, Default)]
+    struct Counting(Mutex<u32>);
+    impl Poster for Counting {
+        fn attempt(&self, _: &str) -> Attempt {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            retry(None)
+        }
+    }
+
+    #[test]
+    fn nothing_is_sent_until_the_attempt_is_recorded() {
+        let p: Arc<dyn Poster> = Arc::new(Scripted(Mutex::new(vec![])));
+        let mut hooks = Recorder {
+            unrecordable: 3,
+            ..Recorder::default()
+        };
+        // A short window: a full disk must not use it up, nothing was sent yet.
+        let d = deliver(&p, "{}", Duration::from_millis(100), 0, &mut hooks);
+        assert_eq!(d, Delivery::Delivered { attempts: 1 });
+        assert_eq!(hooks.slept.len(), 3, "waited three times to record");
+    }
+
+    #[test]
+    fn a_stop_lets_the_attempt_on_the_wire_finish_and_starts_no_other() {
+        let counting = Arc::new(Counting::default());
+        let p: Arc<dyn Poster> = counting.clone();
+        let mut hooks = Recorder {
+            stop_after: Some(1),
+            ..Recorder::default()
+        };
+        let d = deliver(&p, "{}", Duration::from_secs(60), 0, &mut hooks);
+        assert_eq!(d, Delivery::Interrupted { attempts: 1 });
+        assert_eq!(
+            *counting.0.lock().unwrap(),
+            1,
+            "one attempt, answered, then none"
+        );
+        // Already stopped: nothing at all goes out.
+        let d = deliver(&p, "{}", Duration::from_secs(60), 1, &mut hooks);
+        assert_eq!(d, Delivery::Interrupted { attempts: 1 });
+        assert_eq!(*counting.0.lock().unwrap(), 1);
     }
 
     fn retry(after: Option<u64>) -> Attempt {
