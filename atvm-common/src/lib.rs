@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod cypress;
 pub mod error;
+pub mod failpoint;
 pub mod follow;
 pub mod fsutil;
 pub mod inventory;

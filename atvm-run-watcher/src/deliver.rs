@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 use atvm_common::error::Result;
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{Post, PostStatus, Request};
-use atvm_common::{StateDir, Timestamp, fsutil, logging};
+use atvm_common::{StateDir, Timestamp, failpoint, fsutil, logging};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,7 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
     if outcome != Outcome::Cancelled {
         record_until_done(job, ledger, &post);
     }
+    failpoint::pause("deliver.recorded");
     Ok(outcome)
 }
 
@@ -168,6 +169,7 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
     let (build, label) = (&job.request.build_name, &job.label);
     match delivery {
         Delivery::Delivered { attempts } => {
+            failpoint::pause("deliver.answered");
             commit_marker(job);
             post.status = PostStatus::Posted;
             post.attempts = attempts;
@@ -280,6 +282,11 @@ impl Hooks for AttemptLog<'_> {
         self.ledger.cancelled()
     }
     fn attempting(&mut self, n: u32) -> bool {
+        failpoint::pause("deliver.before-record");
+        if self.job.shutdown.requested() {
+            // Stopped before this attempt was recorded: it does not start.
+            return false;
+        }
         match self.record_attempt(n) {
             Ok(()) => true,
             Err(e) => {

@@ -1,0 +1,464 @@
+//! Delivery under faults, through the binary (SPEC §7 "Delivery guarantees"): the watcher is
+//! stopped with SIGTERM and with SIGKILL at each step of a delivery (before the attempt is
+//! recorded, request on the wire, answered `ok` but not yet recorded, recorded), restarted,
+//! and the fake Mattermost counts what it received; the same with a full disk at each
+//! write; a cancel racing a post on the wire; a categorized run stopped with a group post
+//! owed; a dry run that must change nothing.
+//!
+//! Steps are reached exactly with the watcher's debug-build pause points
+//! (`atvm_common::failpoint`), not by timing.
+
+use super::{B, LONG, start_runner, three_groups_runner};
+use serde_json::{Value, json};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use testkit::{Posting, Reply, finish, text};
+
+/// A run that passed, waiting for its watcher.
+fn completed(script: Vec<Reply>) -> Posting {
+    let p = Posting::new(script);
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    p
+}
+
+/// Where a test's pause points signal (`<step>.reached`) and are released (`<step>.go`).
+fn fault_dir(p: &Posting) -> PathBuf {
+    let dir = p.root().join("faults");
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A watcher for `B` that pauses at `step` (if any).
+fn watcher(p: &Posting, step: Option<&str>) -> Child {
+    let mut cmd = p.cmd("atvm-run-watcher");
+    cmd.args(["--build-name", B])
+        .env("ATVM_FAILPOINT_DIR", fault_dir(p))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(step) = step {
+        cmd.env("ATVM_FAILPOINTS", step);
+    }
+    cmd.spawn().unwrap()
+}
+
+fn reached(p: &Posting, step: &str) {
+    let flag = fault_dir(p).join(format!("{step}.reached"));
+    p.wait_until(&format!("the watcher at {step}"), LONG, || flag.exists());
+}
+
+fn release(p: &Posting, step: &str) {
+    fs::write(fault_dir(p).join(format!("{step}.go")), b"").unwrap();
+}
+
+fn kill(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Run the watcher to its end with nothing injected (the restart).
+fn restart(p: &Posting) -> Output {
+    finish(watcher(p, None), LONG)
+}
+
+/// Where the fault is injected.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    BeforeRecord,
+    OnTheWire,
+    Answered,
+    Recorded,
+}
+
+impl Step {
+    fn failpoint(self) -> Option<&'static str> {
+        match self {
+            Step::BeforeRecord => Some("deliver.before-record"),
+            Step::OnTheWire => None,
+            Step::Answered => Some("deliver.answered"),
+            Step::Recorded => Some("deliver.recorded"),
+        }
+    }
+}
+
+/// Stop the watcher with `signal` at `step`, restart it, and return how many posts the
+/// server received, after checking the run ends COMPLETED and posted.
+fn stopped_at(step: Step, signal: &str) -> usize {
+    // On the wire: the server takes the request and answers `ok` only after a while.
+    let script = match step {
+        Step::OnTheWire => vec![Reply::delayed(Duration::from_millis(1500), Reply::Ok)],
+        _ => vec![],
+    };
+    let p = completed(script);
+    let w = watcher(&p, step.failpoint());
+    match step.failpoint() {
+        Some(fp) => reached(&p, fp),
+        None => p.wait_until("the request on the wire", LONG, || p.hook.count() == 1),
+    }
+    let stopped_at = Instant::now();
+    kill(&w, signal);
+    if let Some(fp) = step.failpoint() {
+        // SIGTERM: the paused step goes on with the stop request pending.
+        release(&p, fp);
+    }
+    let first = finish(w, LONG);
+    if let Step::BeforeRecord = step {
+        assert_eq!(
+            p.hook.count(),
+            0,
+            "stopped before its record: nothing was sent"
+        );
+    }
+    if signal == "TERM" {
+        assert_eq!(first.status.code(), Some(0), "{step:?}: {}", text(&first));
+        // A request on the wire is awaited (bounded by the client's timeout); otherwise a
+        // stop takes effect within a second.
+        let bound = match step {
+            Step::OnTheWire => Duration::from_secs(11),
+            _ => Duration::from_secs(1),
+        };
+        assert!(
+            stopped_at.elapsed() < bound,
+            "{step:?}: took {:?}",
+            stopped_at.elapsed()
+        );
+    }
+    let again = restart(&p);
+    assert_eq!(again.status.code(), Some(0), "{step:?}: {}", text(&again));
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("COMPLETED"), &json!("posted")),
+        "{step:?} {signal}: {s:#}"
+    );
+    assert!(p.state_dir(B).join("posted.marker").exists());
+    // Whatever was sent twice is recognisably the same post: the run id is in it.
+    let posts = p.posts();
+    let run_id = s["run_id"].as_str().unwrap();
+    assert!(
+        posts
+            .iter()
+            .all(|b| b == &posts[0] && b.to_string().contains(run_id)),
+        "{posts:#?}"
+    );
+    posts.len()
+}
+
+#[test]
+fn sigterm_before_the_attempt_is_recorded_leaves_it_owed_and_the_restart_posts_once() {
+    assert_eq!(stopped_at(Step::BeforeRecord, "TERM"), 1);
+}
+
+#[test]
+fn sigkill_before_the_attempt_is_recorded_posts_once() {
+    assert_eq!(stopped_at(Step::BeforeRecord, "KILL"), 1);
+}
+
+#[test]
+fn sigterm_with_the_request_on_the_wire_waits_for_the_answer_and_posts_once() {
+    assert_eq!(stopped_at(Step::OnTheWire, "TERM"), 1);
+}
+
+#[test]
+fn sigkill_with_the_request_on_the_wire_is_the_one_window_that_posts_twice() {
+    // The server processed the request; nothing recorded that: the restart re-sends once.
+    assert_eq!(stopped_at(Step::OnTheWire, "KILL"), 2);
+}
+
+#[test]
+fn sigterm_after_ok_records_the_post_before_exiting_and_posts_once() {
+    assert_eq!(stopped_at(Step::Answered, "TERM"), 1);
+}
+
+#[test]
+fn sigkill_after_ok_before_the_record_posts_again_once() {
+    assert_eq!(stopped_at(Step::Answered, "KILL"), 2);
+}
+
+#[test]
+fn sigterm_after_the_record_posts_once() {
+    assert_eq!(stopped_at(Step::Recorded, "TERM"), 1);
+}
+
+#[test]
+fn sigkill_after_the_record_posts_once() {
+    assert_eq!(stopped_at(Step::Recorded, "KILL"), 1);
+}
+
+// ----- full disk ---------------------------------------------------------------------------
+
+/// A small tmpfs mounted over the Env's state root (as root only), so a test can fill it.
+struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(p: &Posting) -> Option<SmallDisk> {
+        let uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if uid.ok() != Some(0) {
+            eprintln!("skipped: mounting a small tmpfs for the state root needs root");
+            return None;
+        }
+        let mount = p.state_root.clone();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
+            .arg(&mount)
+            .status();
+        if !ok.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk { mount })
+    }
+
+    /// Fill it to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = fs::File::create(self.mount.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0]);
+        let probe = fs::write(self.mount.join("probe"), b"x");
+        assert!(probe.is_err(), "the disk is full");
+    }
+
+    fn free(&self) {
+        fs::remove_file(self.mount.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn state_of(dir: &Path) -> Value {
+    testkit::read_json(&dir.join("state.json"))
+}
+
+#[test]
+fn a_full_disk_before_the_attempt_is_recorded_delays_the_post_never_duplicates_it() {
+    let p = Posting::new(vec![]);
+    let Some(disk) = SmallDisk::mount(&p) else {
+        return;
+    };
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    let w = watcher(&p, Some("deliver.before-record"));
+    reached(&p, "deliver.before-record");
+    disk.fill();
+    release(&p, "deliver.before-record");
+    // It cannot record the attempt, so it sends nothing, however long the disk stays full.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(p.hook.count(), 0, "sent without a record");
+    disk.free();
+    let out = finish(w, LONG);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.hook.count(), 1);
+    assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "posted");
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(p.hook.count(), 1, "never twice");
+}
+
+#[test]
+fn a_full_disk_after_ok_still_records_the_delivery_and_never_sends_again() {
+    let p = Posting::new(vec![]);
+    let Some(disk) = SmallDisk::mount(&p) else {
+        return;
+    };
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    let w = watcher(&p, Some("deliver.answered"));
+    reached(&p, "deliver.answered");
+    disk.fill();
+    release(&p, "deliver.answered");
+    // The prepared marker is renamed: that needs no space.
+    let marker = p.state_dir(B).join("posted.marker");
+    p.wait_until("posted.marker", LONG, || marker.exists());
+    // The state cannot be written yet; a stop now must not lead to a second post.
+    kill(&w, "TERM");
+    let out = finish(w, LONG);
+    assert!(
+        text(&out).contains("No space left") || text(&out).contains("space"),
+        "{}",
+        text(&out)
+    );
+    disk.free();
+    let again = restart(&p);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "posted");
+    assert_eq!(p.hook.count(), 1, "delivered once, recorded, never re-sent");
+}
+
+// ----- cancel racing a post ----------------------------------------------------------------
+
+/// A run started the way operators do, with the watcher under (fake) systemd.
+fn started(script: Vec<Reply>) -> Posting {
+    let p = Posting::new(script);
+    let out = p.run(
+        "start-atvm-run",
+        &[
+            "--build-name",
+            B,
+            "--runner-command",
+            &p.cypress_command("passing.log", 0),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    p
+}
+
+#[test]
+fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
+    let p = started(vec![Reply::delayed(Duration::from_millis(1500), Reply::Ok)]);
+    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
+    let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("already reported") && text(&out).contains("delivered"),
+        "{}",
+        text(&out)
+    );
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("COMPLETED"), &json!("posted")),
+        "{s:#}"
+    );
+    // Nor does a later watcher change that.
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(p.state(B)["state"], "COMPLETED");
+    assert_eq!(p.hook.count(), 1);
+}
+
+#[test]
+fn a_cancel_while_the_post_is_on_the_wire_and_refused_posts_nothing() {
+    // The request on the wire is answered 503: not delivered, and the cancel wins.
+    let p = started(vec![Reply::delayed(
+        Duration::from_millis(1500),
+        Reply::status(503, "maintenance"),
+    )]);
+    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
+    let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains("state CANCELLED, nothing posted"),
+        "{}",
+        text(&out)
+    );
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("CANCELLED"), &json!("suppressed")),
+        "{s:#}"
+    );
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(
+        p.hook.count(),
+        1,
+        "only the refused attempt ever reached the server"
+    );
+}
+
+// ----- owed posts at every start -----------------------------------------------------------
+
+#[test]
+fn a_categorized_run_stopped_with_a_group_post_owed_delivers_it_at_the_next_start() {
+    // Mattermost is down for the first group's post: the watcher is stopped meanwhile.
+    let p = Posting::new(vec![Reply::status(503, "down"); 3]);
+    p.write_request(B, json!({"categorize": true}));
+    start_runner(&p, &three_groups_runner(&p, 0));
+    let w = watcher(&p, None);
+    p.wait_until("a failed attempt", LONG, || p.hook.count() >= 1);
+    kill(&w, "TERM");
+    let out = finish(w, LONG);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = p.state(B);
+    assert_eq!(s["final"], false, "{s:#}");
+    assert_eq!(s["subruns"][0]["post"]["status"], "pending", "{s:#}");
+    // The next start delivers it first, then watches on.
+    let w = watcher(&p, None);
+    for i in 1..3 {
+        fs::write(p.root().join(format!("go{i}")), "").unwrap();
+    }
+    let out = finish(w, LONG);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = p.state(B);
+    let posted: Vec<&Value> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| &x["post"]["status"])
+        .collect();
+    assert_eq!(posted, [&json!("posted"); 3], "{s:#}");
+    let groups: Vec<String> = p
+        .posts()
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    // Some 503s for group 1, then exactly one delivered post per group.
+    let linux = groups.iter().filter(|t| t.contains("`linux`")).count();
+    assert!(linux >= 2, "{groups:#?}");
+    assert_eq!(groups.len() - linux, 2, "{groups:#?}");
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_the_next_watcher_still_posts_the_owed_result() {
+    let p = completed(vec![]);
+    // A watcher stopped before its post could go out leaves it owed.
+    let w = watcher(&p, Some("deliver.before-record"));
+    reached(&p, "deliver.before-record");
+    kill(&w, "TERM");
+    release(&p, "deliver.before-record");
+    finish(w, LONG);
+    let dir = p.state_dir(B);
+    assert_eq!(state_of(&dir)["post"]["status"], "pending");
+    let before = snapshot(&dir);
+    let out = p.run(
+        "atvm-run-watcher",
+        &["--build-name", B, "--once", "--dry-run"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("would be COMPLETED"), "{}", text(&out));
+    let preview = testkit::read_json(&dir.join("post.json"));
+    fs::remove_file(dir.join("post.json")).unwrap();
+    assert_eq!(
+        snapshot(&dir),
+        before,
+        "a dry run writes nothing but post.json"
+    );
+    assert_eq!(p.hook.count(), 0);
+    let real = restart(&p);
+    assert!(real.status.success(), "{}", text(&real));
+    assert_eq!(p.hook.count(), 1);
+    assert_eq!(p.posts()[0]["attachments"], preview["attachments"]);
+}
+
+/// Every file under `dir` with its bytes (and mode), for before/after comparisons.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().map(|e| e.unwrap()) {
+            let path = e.path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = fs::read(&path).unwrap_or_default();
+                out.push((path, bytes, meta.permissions().mode()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
