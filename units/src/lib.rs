@@ -1,12 +1,16 @@
-//! The two systemd unit templates (SPEC §10), kept as files in `units/` with a
-//! `@PACKAGE_ROOT@` placeholder and rendered for a package root by `cargo xtask install` and
-//! by the tests' fake systemctl.
+//! The systemd units (SPEC §10), kept as files in `units/` with a `@PACKAGE_ROOT@`
+//! placeholder and rendered for a package root by `cargo xtask install` and by the tests:
+//! the two template units a run is made of (`atvm-runner@.service`,
+//! `atvm-run-watcher@.service`, one instance per build) and the boot-time unit that resumes
+//! the watchers of unfinished runs (`atvm-run-watcher-resume.service`). docs/units.md says
+//! why each directive is there.
 
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitTemplate {
-    /// The template unit's file name, e.g. `atvm-runner@.service`.
+    /// The unit's file name, e.g. `atvm-runner@.service` (a template: it ends in `@.service`)
+    /// or `atvm-run-watcher-resume.service`.
     pub name: &'static str,
     template: &'static str,
 }
@@ -21,7 +25,14 @@ pub const WATCHER: UnitTemplate = UnitTemplate {
     template: include_str!("../units/atvm-run-watcher@.service.in"),
 };
 
-pub const ALL: [UnitTemplate; 2] = [RUNNER, WATCHER];
+/// The boot-time unit: `atvm-run-watcher --resume-all` (SPEC §6), enabled by the installer.
+pub const RESUME: UnitTemplate = UnitTemplate {
+    name: "atvm-run-watcher-resume.service",
+    template: include_str!("../units/atvm-run-watcher-resume.service.in"),
+};
+
+/// Every unit the installer lays out.
+pub const ALL: [UnitTemplate; 3] = [RUNNER, WATCHER, RESUME];
 
 const PLACEHOLDER: &str = "@PACKAGE_ROOT@";
 
@@ -31,6 +42,11 @@ impl UnitTemplate {
         let root = package_root.to_string_lossy();
         self.template
             .replace(PLACEHOLDER, root.trim_end_matches('/'))
+    }
+
+    /// Is this a template unit (one instance per build, `%i` in it)?
+    pub fn is_template(&self) -> bool {
+        self.name.ends_with("@.service")
     }
 
     /// The unprocessed template text.
@@ -60,5 +76,15 @@ mod tests {
             Some("/opt/atvm-watcher-service/run-atvm-runner --build-name %i")
         );
         assert!(!text.contains(PLACEHOLDER));
+    }
+
+    #[test]
+    fn only_the_run_units_are_templates() {
+        assert!(RUNNER.is_template() && WATCHER.is_template());
+        assert!(!RESUME.is_template());
+        assert_eq!(
+            exec_start(&RESUME.render(Path::new("/opt/atvm-watcher-service"))),
+            Some("/opt/atvm-watcher-service/atvm-run-watcher --resume-all")
+        );
     }
 }
