@@ -197,10 +197,18 @@ enum Section {
     },
 }
 
+/// The parser. Its serialised form is the watcher's resume point and holds no buffer: the
+/// half-read last line (`partial`) is not saved; a resumed parser is fed again from the
+/// start of that line ([`LogParser::unterminated`] bytes before where reading stopped).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogParser {
+    #[serde(skip)]
     partial: Vec<u8>,
+    #[serde(skip)]
     skipping_long_line: bool,
+    /// Bytes fed since the last newline (kept or skipped).
+    #[serde(skip)]
+    unterminated: u64,
     section: Section,
     summary: LogSummary,
 }
@@ -214,8 +222,18 @@ impl LogParser {
         &self.summary
     }
 
+    /// How many bytes at the end of what was fed belong to a line whose newline has not
+    /// come yet: a parser restored from its serialised form resumes that far back.
+    pub fn unterminated(&self) -> u64 {
+        self.unterminated
+    }
+
     /// Feed the next bytes of the log.
     pub fn feed(&mut self, bytes: &[u8]) {
+        match memchr::memrchr(b'\n', bytes) {
+            Some(last) => self.unterminated = (bytes.len() - last - 1) as u64,
+            None => self.unterminated += bytes.len() as u64,
+        }
         let mut start = 0;
         for nl in memchr::memchr_iter(b'\n', bytes) {
             let line = &bytes[start..nl];
@@ -251,6 +269,7 @@ impl LogParser {
     pub fn reset_partial_line(&mut self) {
         self.partial.clear();
         self.skipping_long_line = false;
+        self.unterminated = 0;
     }
 
     /// The end of a log generation (rotation): a last line without newline still counts.

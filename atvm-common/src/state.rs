@@ -282,12 +282,17 @@ pub struct State {
     pub post: Post,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subruns: Option<Vec<SubRunSummary>>,
+    /// How many sub-runs there are, when `subruns` lists only the latest ones: state.json
+    /// stays under 8 KiB whatever the run. Every sub-run has its own
+    /// `subruns/<key>/state.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subruns_total: Option<usize>,
     /// Operator-facing details the watcher keeps (progress, run URL, failed tests, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub details: serde_json::Map<String, serde_json::Value>,
-    /// The watcher's resume point (log offsets, parser state). Opaque to everyone else, and
-    /// preserved untouched by the cancel helper.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Where earlier versions kept the watcher's resume point; read once to migrate it to
+    /// `watcher/checkpoint.json`, never written.
+    #[serde(default, skip_serializing)]
     pub checkpoint: Option<serde_json::Value>,
 }
 
@@ -305,6 +310,7 @@ impl State {
             counts: None,
             post: Post::default(),
             subruns: None,
+            subruns_total: None,
             details: serde_json::Map::new(),
             checkpoint: None,
         }
@@ -421,6 +427,10 @@ impl StateDir {
     }
     pub fn runner_status_lock(&self) -> PathBuf {
         self.runner_dir().join("status.lock")
+    }
+    /// The watcher's resume point (log offset, parser state): compact, its own file.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("watcher").join("checkpoint.json")
     }
     pub fn subrun_dir(&self, key: &str) -> PathBuf {
         self.dir.join("subruns").join(key)

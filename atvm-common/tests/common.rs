@@ -224,8 +224,30 @@ fn a_checkpointed_parser_resumes_exactly() {
     let mut first = LogParser::new();
     first.feed(&bytes[..cut]);
     let saved = serde_json::to_string(&first).expect("serialise");
+    assert!(
+        !saved.contains("partial"),
+        "no buffer is saved, the line is read again: {saved}"
+    );
     let mut resumed: LogParser = serde_json::from_str(&saved).expect("restore");
-    resumed.feed(&bytes[cut..]);
+    let back = first.unterminated() as usize;
+    assert!(back > 0, "the cut is mid-line");
+    resumed.feed(&bytes[cut - back..]);
+    assert_eq!(resumed.summary(), &whole);
+}
+
+#[test]
+fn a_long_line_cut_off_resumes_from_its_start_and_is_still_skipped() {
+    let mut log = b"  (Run Starting)\n".to_vec();
+    log.extend(std::iter::repeat_n(b'x', 100_000));
+    log.extend_from_slice(b"\n  (Run Finished)\n");
+    let whole = parse_chunked(&log, usize::MAX);
+    let cut = 50_000;
+    let mut first = LogParser::new();
+    first.feed(&log[..cut]);
+    assert_eq!(first.unterminated(), (cut - 17) as u64);
+    let mut resumed: LogParser =
+        serde_json::from_str(&serde_json::to_string(&first).expect("json")).expect("parse");
+    resumed.feed(&log[cut - first.unterminated() as usize..]);
     assert_eq!(resumed.summary(), &whole);
 }
 

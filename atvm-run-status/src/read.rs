@@ -207,9 +207,15 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             .as_ref()
             .and_then(|s| s.subruns.as_deref())
             .unwrap_or_default();
+        // A long list is cut to the latest sub-runs in state.json; those left out ended.
+        let total = state
+            .as_ref()
+            .and_then(|s| s.subruns_total)
+            .unwrap_or(subruns.len())
+            .max(subruns.len());
         Groups {
-            done: subruns.iter().filter(|s| s.state.is_terminal()).count(),
-            total: subruns.len(),
+            done: subruns.iter().filter(|s| s.state.is_terminal()).count() + total - subruns.len(),
+            total,
         }
     });
     // A run whose directory cannot be read still gets every detail key (null), as documented.

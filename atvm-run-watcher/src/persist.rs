@@ -1,6 +1,8 @@
-//! What the watcher keeps on disk and how: the resume point ([`Checkpoint`]), loading the
-//! records of a run being resumed, saving them when (and only when) something changed, and
-//! the cancel marker check that saving does under the state lock.
+//! What the watcher keeps on disk and how (SPEC §4): `state.json` for operators (kept under
+//! 8 KiB, see [`fit`]), the resume point in its own compact `watcher/checkpoint.json`
+//! ([`Checkpoint`]: no buffers — a half-read line is read again — and rewritten only when
+//! its bytes change), loading the records of a run being resumed, and the cancel check
+//! that saving does under the state lock.
 //!
 //! `state.json` is shared with the cancel helper, so it is rewritten under `state.lock`
 //! and, under that lock, a cancel marker of this run turns whatever was about to be written
@@ -17,9 +19,10 @@ use atvm_common::{Moment, StateDir, Timestamp, fsutil, logging};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// The watcher's resume point, stored in `state.json` as `checkpoint`. The serde names are
-/// a stored format: a watcher restarted across an upgrade resumes from them (fields that
-/// are gone are ignored, new ones default).
+/// The watcher's resume point, in `watcher/checkpoint.json` (earlier versions kept it in
+/// `state.json` as `checkpoint`; it is migrated from there). The serde names are a stored
+/// format: a watcher restarted across an upgrade resumes from them (fields that are gone
+/// are ignored, new ones default).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     #[serde(default)]
@@ -54,6 +57,14 @@ pub fn cancelled_at(sd: &StateDir, request: &Request) -> Result<Option<Timestamp
         .map(|(m, mtime)| m.at.unwrap_or(mtime)))
 }
 
+/// `watcher/checkpoint.json`: the checkpoint and the run it belongs to.
+#[derive(Serialize, Deserialize)]
+struct CheckpointFile {
+    run_id: String,
+    #[serde(flatten)]
+    checkpoint: Checkpoint,
+}
+
 /// Load what an earlier watcher of this run saved, or start a fresh record.
 pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
     let (build, request, sd) = (&ctx.build, &ctx.request, &ctx.sd);
@@ -69,15 +80,7 @@ pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
     };
     match sd.read_state()? {
         Some(saved) if saved.run_id == request.run_id => {
-            let cp = match &saved.checkpoint {
-                Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
-                    Error::file(
-                        format!("watcher checkpoint does not parse: {e}"),
-                        sd.state(),
-                    )
-                })?,
-                None => Checkpoint::default(),
-            };
+            let cp = load_checkpoint(ctx, &saved)?;
             let subruns = load_subruns(ctx, &saved)?;
             logging::info(format!(
                 "resuming {build} ({}, run {})",
@@ -107,6 +110,32 @@ pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
     }
 }
 
+/// The checkpoint file of this run; else one an earlier version kept in `state.json`
+/// (whose saved half line is dropped and read again); else a fresh start.
+fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<Checkpoint> {
+    let path = ctx.sd.checkpoint();
+    if let Some(file) = fsutil::read_json::<CheckpointFile>(&path)?
+        && file.run_id == ctx.request.run_id
+    {
+        return Ok(file.checkpoint);
+    }
+    let Some(old) = &saved.checkpoint else {
+        return Ok(Checkpoint::default());
+    };
+    let unparsable = |e: serde_json::Error| {
+        Error::file(
+            format!("watcher checkpoint does not parse: {e}"),
+            ctx.sd.state(),
+        )
+    };
+    let mut cp: Checkpoint = serde_json::from_value(old.clone()).map_err(unparsable)?;
+    let half_line = old["parser"]["partial"].as_array().map_or(0, Vec::len) as u64;
+    if let Some(follow) = cp.follow.as_mut() {
+        follow.offset = follow.offset.saturating_sub(half_line);
+    }
+    Ok(cp)
+}
+
 /// Each listed sub-run's own `state.json`, or (if it was never written) its summary.
 fn load_subruns(ctx: &Ctx, saved: &State) -> Result<Vec<State>> {
     let mut subruns = Vec::new();
@@ -130,12 +159,14 @@ fn load_subruns(ctx: &Ctx, saved: &State) -> Result<Vec<State>> {
 #[derive(Debug, Default)]
 pub struct Store {
     saved: Option<(RunRecord, Checkpoint)>,
+    /// The bytes last written to `watcher/checkpoint.json`.
+    checkpoint_bytes: Vec<u8>,
 }
 
 impl Store {
-    /// Write sub-run files and `state.json` if anything changed. Under the state lock, a
-    /// cancel marker turns whatever we were about to write into CANCELLED; the record then
-    /// holds what was written.
+    /// Write the checkpoint, sub-run files and `state.json`, each if it changed. Under the
+    /// state lock, a cancel marker turns whatever we were about to write into CANCELLED;
+    /// the record then holds what was written.
     pub fn save(&mut self, ctx: &Ctx, record: &mut RunRecord, cp: &Checkpoint) -> Result<()> {
         record.state.subruns = record.summaries();
         if ctx.sink.is_dry_run() {
@@ -143,15 +174,23 @@ impl Store {
             // as if it never happened (SPEC §6).
             return Ok(());
         }
-        if self.unchanged(record, cp) {
+        let cp_changed = self.saved.as_ref().is_none_or(|(_, old)| old != cp);
+        let record_changed = self
+            .saved
+            .as_ref()
+            .is_none_or(|(old, _)| !unchanged(old, record));
+        // Checkpoint first: a resumed watcher then at worst re-decides from further on.
+        if cp_changed {
+            self.save_checkpoint(ctx, cp)?;
+        }
+        if !record_changed {
+            self.saved = Some((record.clone(), cp.clone()));
             return Ok(());
         }
         self.save_subruns(ctx, record)?;
-        let checkpoint = serde_json::to_value(cp)
-            .map_err(|e| Error::failed(format!("cannot encode checkpoint: {e}")))?;
         let mut next = record.state.clone();
-        next.checkpoint = Some(checkpoint);
-        let mut written = ctx.sd.update_state(|_current| {
+        fit(&mut next);
+        let written = ctx.sd.update_state(|_current| {
             if !next.is_final && cancelled_at(&ctx.sd, &ctx.request)?.is_some() {
                 next.end_unposted(
                     RunState::Cancelled,
@@ -161,32 +200,45 @@ impl Store {
             next.updated_at = Timestamp::now();
             Ok((Some(next.clone()), next))
         })?;
-        // The checkpoint lives in the watcher; the in-memory state does not carry a copy.
-        written.checkpoint = None;
         if written.state != record.state.state {
+            // The cancel marker turned it into CANCELLED under the lock.
             logging::info(format!(
                 "{}: {} → {} ({})",
                 ctx.build, record.state.state, written.state, written.reason
             ));
+            record.state.state = written.state;
+            record.state.is_final = written.is_final;
+            record.state.reason = written.reason;
+            record.state.post = written.post;
         }
-        record.state = written;
+        record.state.updated_at = written.updated_at;
         self.saved = Some((record.clone(), cp.clone()));
         Ok(())
     }
 
-    /// Nothing worth writing changed since the last write (the common case for an idle
-    /// watcher): skip the lock, the serialisation and the fsync.
-    fn unchanged(&self, record: &RunRecord, cp: &Checkpoint) -> bool {
-        self.saved.as_ref().is_some_and(|(old, old_cp)| {
-            old_cp == cp
-                && old.subruns.len() == record.subruns.len()
-                && same_but_time(&old.state, &record.state)
-                && old
-                    .subruns
-                    .iter()
-                    .zip(&record.subruns)
-                    .all(|(a, b)| same_but_time(a, b))
-        })
+    /// `watcher/checkpoint.json`, compact, positioned at the start of the line the parser
+    /// has not seen the end of; written only when its bytes change.
+    fn save_checkpoint(&mut self, ctx: &Ctx, cp: &Checkpoint) -> Result<()> {
+        let mut stored = cp.clone();
+        if let Some(follow) = stored.follow.as_mut() {
+            follow.offset = follow.offset.saturating_sub(cp.parser.unterminated());
+        }
+        let file = CheckpointFile {
+            run_id: ctx.request.run_id.clone(),
+            checkpoint: stored,
+        };
+        let bytes = serde_json::to_vec(&file)
+            .map_err(|e| Error::failed(format!("cannot encode the checkpoint: {e}")))?;
+        if bytes == self.checkpoint_bytes {
+            return Ok(());
+        }
+        let path = ctx.sd.checkpoint();
+        if let Some(dir) = path.parent() {
+            fsutil::create_dir(dir, 0o700)?;
+        }
+        fsutil::write_atomic(&path, &bytes, 0o600)?;
+        self.checkpoint_bytes = bytes;
+        Ok(())
     }
 
     fn save_subruns(&self, ctx: &Ctx, record: &mut RunRecord) -> Result<()> {
@@ -202,9 +254,65 @@ impl Store {
             let dir = ctx.sd.subrun_dir(sub.key.as_deref().unwrap_or("unknown"));
             fsutil::create_dir(&dir, 0o700)?;
             sub.updated_at = Timestamp::now();
-            fsutil::write_json(&dir.join("state.json"), sub, 0o644)?;
+            let mut written = sub.clone();
+            fit(&mut written);
+            fsutil::write_json(&dir.join("state.json"), &written, 0o644)?;
         }
         Ok(())
+    }
+}
+
+/// Nothing worth writing changed since the last write (the common case for an idle
+/// watcher): skip the lock, the serialisation and the fsync.
+fn unchanged(old: &RunRecord, record: &RunRecord) -> bool {
+    old.subruns.len() == record.subruns.len()
+        && same_but_time(&old.state, &record.state)
+        && old
+            .subruns
+            .iter()
+            .zip(&record.subruns)
+            .all(|(a, b)| same_but_time(a, b))
+}
+
+/// `state.json` stays under this, whatever the run (SPEC §4).
+pub const STATE_BUDGET: usize = 8 * 1024 - 256;
+/// The longest reason and detail kept in `state.json` (characters).
+const TEXT_BUDGET: usize = 1000;
+
+/// Keep `state` within [`STATE_BUDGET`] as written: long texts are cut, and if the list of
+/// sub-runs still does not fit, the oldest finished ones are left out of it (each keeps its
+/// own file) and `subruns_total` says how many there are.
+pub fn fit(state: &mut State) {
+    cut(&mut state.reason, TEXT_BUDGET);
+    for value in state.details.values_mut() {
+        if let serde_json::Value::String(s) = value {
+            cut(s, TEXT_BUDGET);
+        }
+    }
+    if let Some(e) = state.post.last_error.as_mut() {
+        cut(e, TEXT_BUDGET);
+    }
+    let total = state.subruns.as_ref().map_or(0, Vec::len);
+    while encoded_len(state) > STATE_BUDGET {
+        let Some(list) = state.subruns.as_mut() else {
+            break;
+        };
+        let Some(oldest_final) = list.iter().position(|s| s.state.is_terminal()) else {
+            break;
+        };
+        list.remove(oldest_final);
+        state.subruns_total = Some(total);
+    }
+}
+
+fn encoded_len(state: &State) -> usize {
+    serde_json::to_vec_pretty(state).map_or(usize::MAX, |v| v.len() + 1)
+}
+
+fn cut(text: &mut String, max_chars: usize) {
+    if let Some((i, _)) = text.char_indices().nth(max_chars) {
+        text.truncate(i);
+        text.push('…');
     }
 }
 
@@ -214,4 +322,54 @@ fn same_but_time(a: &State, b: &State) -> bool {
         updated_at: b.updated_at,
         ..a.clone()
     } == *b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atvm_common::state::{Post, SubRunSummary};
+
+    fn sub(i: usize, state: RunState) -> SubRunSummary {
+        SubRunSummary {
+            key: format!("{i:02}-group-with-a-fairly-long-name-{i}"),
+            group: Some(format!("group with a fairly long name {i}")),
+            state,
+            counts: None,
+            post: Post::default(),
+        }
+    }
+
+    #[test]
+    fn state_json_fits_in_8_kib_dropping_the_oldest_finished_sub_runs() {
+        let mut s = State::new("b", "r", RunState::Watching, "x".repeat(50_000));
+        s.details.insert(
+            "progress".into(),
+            serde_json::Value::String("y".repeat(50_000)),
+        );
+        let mut list: Vec<SubRunSummary> = (1..=200).map(|i| sub(i, RunState::Completed)).collect();
+        list[0].state = RunState::Watching;
+        s.subruns = Some(list);
+        fit(&mut s);
+        assert!(encoded_len(&s) <= STATE_BUDGET, "{}", encoded_len(&s));
+        assert_eq!(s.subruns_total, Some(200));
+        let kept = s.subruns.as_ref().map_or(0, Vec::len);
+        assert!(kept > 5 && kept < 200, "{kept}");
+        let list = s.subruns.as_ref().unwrap();
+        assert_eq!(
+            list[0].state,
+            RunState::Watching,
+            "an open sub-run is never left out"
+        );
+        assert!(list.last().is_some_and(|x| x.key.starts_with("200-")));
+        assert_eq!(s.reason.chars().count(), TEXT_BUDGET + 1);
+    }
+
+    #[test]
+    fn a_small_state_is_left_as_it_is() {
+        let mut s = State::new("b", "r", RunState::Watching, "fine");
+        s.subruns = Some((1..=3).map(|i| sub(i, RunState::Completed)).collect());
+        let before = s.clone();
+        fit(&mut s);
+        assert_eq!(s, before);
+    }
 }

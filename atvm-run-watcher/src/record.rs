@@ -126,13 +126,8 @@ impl RunRecord {
     /// End sub-run `i` by `v`; its result is posted when postable.
     fn finish_subrun(&mut self, i: usize, v: Verdict, block: &RunBlock) -> Option<Target> {
         let sub = &mut self.subruns[i];
-        logging::info(format!(
-            "{}: sub-run {} → {} ({})",
-            sub.build_name,
-            sub.key.as_deref().unwrap_or_default(),
-            v.state,
-            v.reason
-        ));
+        let what = format!("sub-run {} ", sub.key.as_deref().unwrap_or_default());
+        log_change(&sub.build_name, &what, sub.state, &v);
         let postable = v.state.is_postable();
         sub.state = v.state;
         sub.reason = v.reason;
@@ -222,6 +217,16 @@ impl RunRecord {
     }
 }
 
+/// Log a change of state; the abnormal ends (TERMINATED, HUNG, UNKNOWN) at warning
+/// priority, so `journalctl -p warning` shows them (SPEC §6).
+fn log_change(build: &str, what: &str, from: RunState, v: &Verdict) {
+    let line = format!("{build}: {what}{from} → {} ({})", v.state, v.reason);
+    match v.state {
+        RunState::Terminated | RunState::Hung | RunState::Unknown => logging::warn(line),
+        _ => logging::info(line),
+    }
+}
+
 /// Change `record` to `v` if [`decide::transition_allowed`] admits it; `false` (and a
 /// warning) when it does not. Logs every actual change of state.
 pub fn set(record: &mut State, v: Verdict) -> bool {
@@ -234,10 +239,7 @@ pub fn set(record: &mut State, v: Verdict) -> bool {
         return false;
     }
     if record.state != v.state {
-        logging::info(format!(
-            "{}: {} → {} ({})",
-            record.build_name, record.state, v.state, v.reason
-        ));
+        log_change(&record.build_name, "", record.state, &v);
     }
     record.state = v.state;
     record.reason = v.reason;

@@ -8,6 +8,8 @@
 mod delivery;
 #[path = "watcher/message.rs"]
 mod message;
+#[path = "watcher/storage.rs"]
+mod storage;
 
 use serde_json::{Value, json};
 use std::fs;
@@ -298,6 +300,52 @@ fn runner_killed_is_terminated_and_not_posted() {
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{child}")])
         .status();
+}
+
+#[test]
+fn abnormal_ends_are_logged_at_warning_priority_under_journald() {
+    let env = Posting::new(vec![]);
+    env.write_request(B, json!({}));
+    start_runner(&env, "echo '  (Run Starting)'; kill -KILL $$");
+    let out = finish(
+        env.cmd("atvm-run-watcher")
+            .args(["--build-name", B])
+            .env("JOURNAL_STREAM", "8:424242")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        LONG,
+    );
+    assert_final(&env, &out, "TERMINATED");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("<4>atvm-run-watcher: warning: ")
+                && l.contains("→ TERMINATED (runner command was killed by SIGKILL)")),
+        "{stderr}"
+    );
+    // A normal end stays informational.
+    let ok = Posting::new(vec![]);
+    ok.write_request(B, json!({}));
+    start_runner(&ok, &ok.cypress_command("passing.log", 0));
+    let out = finish(
+        ok.cmd("atvm-run-watcher")
+            .args(["--build-name", B])
+            .env("JOURNAL_STREAM", "8:424242")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        LONG,
+    );
+    assert_final(&ok, &out, "COMPLETED");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("<6>") && !text(&out).contains("<4>"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -686,8 +734,20 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
     let s = state(&env);
     assert_eq!(s["state"], "WATCHING");
     assert_eq!(s["final"], false);
-    let offset = s["checkpoint"]["follow"]["offset"].as_u64().unwrap();
-    assert!(offset >= 20000, "the read position was saved: {offset}");
+    assert!(
+        s.get("checkpoint").is_none(),
+        "resume data is not in state.json"
+    );
+    let cp = testkit::read_json(&env.state_dir(B).join("watcher/checkpoint.json"));
+    let offset = cp["follow"]["offset"].as_u64().unwrap() as usize;
+    // The runner stopped mid-line after 20,000 bytes: the checkpoint holds no half line, it
+    // points at that line's start to read it again.
+    let log = fs::read(env.run_log(B)).unwrap();
+    assert!(
+        (19_000..=20_000).contains(&offset) && log[offset - 1] == b'\n',
+        "the read position was saved at a line start: {offset}"
+    );
+    assert!(!cp.to_string().contains("partial"), "{cp}");
     fs::write(&go, "").unwrap();
     let s = assert_final(&env, &watch(&env, &[]), "FAILED");
     assert_eq!(

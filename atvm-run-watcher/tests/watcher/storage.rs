@@ -1,0 +1,197 @@
+//! What the watcher keeps on disk, through the binary (SPEC §4): `state.json` stays under
+//! 8 KiB whatever the size of the run, the resume data lives in `watcher/checkpoint.json`
+//! with no buffers in it, an idle watcher rewrites nothing, and a checkpoint an earlier
+//! version left in `state.json` still resumes exactly.
+
+use super::{B, LONG, assert_final, start_runner, watch};
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+use testkit::{Posting, finish, text};
+
+const RULE: &str = "────────────────────────────────────────────────────────────────────────────────────────────────────";
+const BOX: &str = "────────────────────────────────────────────────────────────────────────────────────────────────";
+
+/// One `(Run Starting)` … `(Run Finished)` block as Cypress prints it, for `specs` specs
+/// (all passing) under `group`.
+fn block(group: &str, specs: &[String]) -> String {
+    let mut s = String::new();
+    let n = specs.len();
+    let _ = write!(
+        s,
+        "\n{}\n\n  (Run Starting)\n\n  ┌{BOX}┐\n  │ Cypress:        12.17.4{:>72}│\n  │ Params:         Tag: false, Group: {group}, Parallel: false{:>39}│\n  └{BOX}┘\n\n",
+        "=".repeat(100),
+        "",
+        ""
+    );
+    for (i, spec) in specs.iter().enumerate() {
+        let _ = write!(
+            s,
+            "\n{RULE}\n                                                                                                    \n  Running:  {spec:<70}  ({} of {n})\n\n\n  2 passing (4s)\n\n",
+            i + 1
+        );
+    }
+    let _ = write!(
+        s,
+        "\n{}\n\n  (Run Finished)\n\n\n       Spec                                              Tests  Passing  Failing  Pending  Skipped  \n  ┌{BOX}┐\n",
+        "=".repeat(100)
+    );
+    for (i, spec) in specs.iter().enumerate() {
+        if i > 0 {
+            let _ = writeln!(s, "  ├{BOX}┤");
+        }
+        let _ = writeln!(
+            s,
+            "  │ ✔  {spec:<40} 00:05        2        2        -        -        - │"
+        );
+    }
+    let _ = write!(
+        s,
+        "  └{BOX}┘\n    ✔  All specs passed!                        04:50 {:>8} {:>8}        -        -        -  \n\n",
+        2 * n,
+        2 * n
+    );
+    s
+}
+
+fn specs(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| format!("cypress/e2e/{prefix}/s{i:04}.cy.js"))
+        .collect()
+}
+
+/// A runner printing `log` (written to a file first) and exiting 0.
+fn runner_printing(p: &Posting, log: &str) -> String {
+    let path = p.root().join("generated.log");
+    fs::write(&path, log).unwrap();
+    format!("cat '{}'; exit 0", path.display())
+}
+
+fn state_json_len(p: &Posting) -> u64 {
+    fs::metadata(p.state_dir(B).join("state.json"))
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn a_2000_spec_run_keeps_state_json_under_8_kib() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    start_runner(
+        &p,
+        &runner_printing(&p, &block("linux", &specs("linux", 2000))),
+    );
+    let s = assert_final(&p, &watch(&p, &[]), "COMPLETED");
+    assert_eq!(s["counts"]["tests"], 4000, "{s}");
+    assert!(state_json_len(&p) < 8192, "{} bytes", state_json_len(&p));
+    assert!(s.get("checkpoint").is_none());
+    assert!(p.state_dir(B).join("watcher/checkpoint.json").exists());
+}
+
+#[test]
+fn a_categorized_run_of_40_groups_keeps_state_json_under_8_kib() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({"categorize": true}));
+    // 40 groups list well over 8 KiB of sub-runs.
+    let log: String = (0..40)
+        .map(|g| block(&format!("group{g:03}"), &specs(&format!("g{g}"), 2)))
+        .collect();
+    start_runner(&p, &runner_printing(&p, &log));
+    let s = assert_final(&p, &watch(&p, &["--grace-seconds", "0.2"]), "COMPLETED");
+    assert!(state_json_len(&p) < 8192, "{} bytes", state_json_len(&p));
+    assert_eq!(s["subruns_total"], 40, "{s}");
+    let listed = s["subruns"].as_array().unwrap();
+    assert!(!listed.is_empty() && listed.len() < 40);
+    assert_eq!(
+        listed.last().unwrap()["key"],
+        "40-group039",
+        "the latest are listed"
+    );
+    // Every group has its own file and was posted once.
+    for g in 0..40 {
+        let sub = p
+            .state_dir(B)
+            .join(format!("subruns/{:02}-group{g:03}/state.json", g + 1));
+        assert!(sub.exists(), "{}", sub.display());
+    }
+    assert_eq!(p.hook.count(), 40);
+}
+
+#[test]
+fn an_idle_watcher_rewrites_nothing() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    start_runner(&p, "echo '  (Run Starting)'; sleep 30; :");
+    let w = p.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--poll-seconds", "0.05"],
+    );
+    p.wait_state(B, "WATCHING", LONG);
+    let files = ["state.json", "watcher/checkpoint.json"];
+    let inode = |f: &str| fs::metadata(p.state_dir(B).join(f)).unwrap().ino();
+    // Let the first polls settle, then watch ten more: every write replaces the file.
+    std::thread::sleep(Duration::from_millis(300));
+    let before: Vec<u64> = files.iter().map(|f| inode(f)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<u64> = files.iter().map(|f| inode(f)).collect();
+    assert_eq!(before, after, "nothing changed, nothing was written");
+    p.cancel_run(B);
+    finish(w, LONG);
+}
+
+#[test]
+fn a_checkpoint_left_in_state_json_by_an_earlier_version_resumes_exactly() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    let go = p.root().join("go");
+    let f = testkit::fixture("cypress/failing-2-of-20.log")
+        .display()
+        .to_string();
+    // Stop in the middle of the summary row of a failed spec, as the earlier version's
+    // checkpoint would have: that row must not be lost.
+    let whole = fs::read(&f).unwrap();
+    let row = "✖  cypress/e2e/area07".as_bytes();
+    let cut = whole.windows(row.len()).position(|w| w == row).unwrap() + 8;
+    start_runner(
+        &p,
+        &format!(
+            "head -c {cut} '{f}'; while [ ! -e '{}' ]; do sleep 0.05; done; tail -c +{} '{f}'; exit 2",
+            go.display(),
+            cut + 1
+        ),
+    );
+    let out = watch(&p, &["--once"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Rewrite what this version saved into the earlier format: the checkpoint inside
+    // state.json, the half line in the parser's `partial` and the offset after it.
+    let dir = p.state_dir(B);
+    let cp_path = dir.join("watcher/checkpoint.json");
+    let mut cp = testkit::read_json(&cp_path);
+    let line_start = cp["follow"]["offset"].as_u64().unwrap() as usize;
+    let log = fs::read(p.run_log(B)).unwrap();
+    let half: Vec<Value> = log[line_start..cut].iter().map(|b| json!(b)).collect();
+    assert!(!half.is_empty());
+    cp["follow"]["offset"] = json!(cut);
+    cp["parser"]["partial"] = Value::Array(half);
+    let mut state = testkit::read_json(&dir.join("state.json"));
+    state["checkpoint"] = cp;
+    fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    fs::remove_file(&cp_path).unwrap();
+    // The upgraded watcher resumes from it and reads the log exactly once.
+    fs::write(&go, "").unwrap();
+    let s = assert_final(&p, &watch(&p, &[]), "FAILED");
+    assert_eq!(s["counts"]["tests"], 40, "{s}");
+    let post = p.only_post().to_string();
+    assert!(
+        post.contains("area07.cy.js") && post.contains("area13.cy.js"),
+        "both failing rows were read: {post}"
+    );
+    assert!(cp_path.exists(), "migrated to its own file");
+    assert!(
+        testkit::read_json(&dir.join("state.json"))
+            .get("checkpoint")
+            .is_none()
+    );
+}
