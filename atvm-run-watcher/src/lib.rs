@@ -30,14 +30,31 @@ Examples:
   # What systemd runs for atvm-run-watcher@<build>.service:
   atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
-  # Evaluate once without posting; the message goes to <state-dir>/post.json:
+  # Preview once, changing nothing; the message goes to <state-dir>/post.json:
   atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --once --dry-run
 
   # Check the Mattermost configuration with one labelled test message:
   atvm-run-watcher --test-post
 
 Exit status: 0 final state reached and handled (or stopped by SIGTERM), 1 a post failed for
-good, 2 bad arguments, 4 another watcher holds the lock, 78 no webhook configured.";
+good, 2 bad arguments, 4 another watcher holds the lock, 78 no webhook configured.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_PACKAGE_ROOT            where the tools are installed [default: /opt/atvm-watcher-service]
+  ATVM_LOG_DIR                 where a fallback runner's log is [default: /tmp]
+  ATVM_REPORTER_DIR            mochawesome reports [default: $ATVM_AUTOMATION_ROOT/cypress/cmcReporter]
+  ATVM_AUTOMATION_ROOT         [default: /root/cdc-e2e-cyp-12.17.4]
+  ATVM_INVENTORY               the VM inventory [default: $ATVM_PACKAGE_ROOT/vm-inventory.md]
+  ATVM_ENV_FILE                read for the MATTERMOST_ATVM_* settings [default: /etc/atvm-run-watcher.env]
+  MATTERMOST_ATVM_WEBHOOK      the webhook (a secret: only its host is ever shown)
+  MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
+  MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
+  ATVM_POLL_SECONDS, ATVM_GRACE_SECONDS, ATVM_HANG_MINUTES, ATVM_START_TIMEOUT_SECONDS,
+  ATVM_POST_RETRY_SECONDS      the timing flags above (the flag wins)
+  ATVM_SYSTEMCTL               the program --resume-all uses for systemctl [default: systemctl]
+  ATVM_BOOT_ID                 set by the unit (%b): the current boot [default: the kernel's]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 fn seconds(text: &str) -> std::result::Result<f64, String> {
     match text.trim().parse::<f64>() {
@@ -72,10 +89,10 @@ pub struct Cli {
     /// Total window for retrying a post while Mattermost is unreachable.
     #[arg(long, env = "ATVM_POST_RETRY_SECONDS", default_value = "1800", value_name = "SECONDS", value_parser = seconds)]
     pub post_retry_seconds: f64,
-    /// Evaluate once, save the state and exit.
+    /// Deliver what is owed, evaluate once, save the state and exit.
     #[arg(long)]
     pub once: bool,
-    /// Write the would-be payload to post.json instead of posting (no webhook needed).
+    /// Preview: write the would-be payload to post.json and nothing else (no state, no lock, no webhook needed).
     #[arg(long)]
     pub dry_run: bool,
     /// Send one labelled test message to the configured webhook and exit.

@@ -1095,7 +1095,7 @@ fn status_from_an_earlier_boot(env: &Env, build: &str, run_id: &str) {
 }
 
 #[test]
-fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state() {
+fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state_and_delivers_owed_posts() {
     let p = Posting::new(vec![]);
     // A run that was being watched when the machine went down.
     let open = "e2e-resume-open";
@@ -1117,10 +1117,32 @@ fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state() {
         "counts": null, "post": {"status": "posted", "attempts": 1, "last_error": null}});
     fs::write(p.state_dir(done).join("state.json"), done_state.to_string()).unwrap();
 
+    // A run that ended and whose post was still owed when the machine went down.
+    let owed = "e2e-resume-owed";
+    let owed_id = p.write_request(owed, json!({}));
+    fs::write(
+        p.state_dir(owed).join("state.json"),
+        json!({"build_name": owed, "run_id": owed_id, "state": "FAILED", "final": true,
+               "reason": "runner exited with code 2", "updated_at": testkit::now_rfc3339(),
+               "counts": null, "post": {"status": "pending", "attempts": 1, "last_error": null}})
+        .to_string(),
+    )
+    .unwrap();
+
     let out = p.run("atvm-run-watcher", &["--resume-all"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&format!("atvm-run-watcher@{open}.service")));
+    assert!(text(&out).contains(&format!(
+        "atvm-run-watcher@{owed}.service (a post is still owed)"
+    )));
     assert!(!text(&out).contains(done), "{}", text(&out));
+    p.wait_until("the owed post", LONG, || p.hook.count() == 1);
+    p.wait_unit_inactive(&format!("atvm-run-watcher@{owed}.service"), LONG);
+    assert_eq!(p.state(owed)["post"]["status"], "posted");
+    assert!(
+        p.posts()[0].to_string().contains(&owed_id),
+        "the owed FAILED post, with its run id"
+    );
     let s = p.wait_final(open, LONG);
     assert_eq!(s["state"], "TERMINATED", "{s}");
     assert!(
@@ -1131,7 +1153,7 @@ fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state() {
         "pid 1 of this boot is not the run's runner: {s}"
     );
     p.wait_unit_inactive(&format!("atvm-run-watcher@{open}.service"), LONG);
-    assert_eq!(p.hook.count(), 0, "TERMINATED is never posted");
+    assert_eq!(p.hook.count(), 1, "TERMINATED is never posted");
     assert_eq!(p.state(done), done_state, "a reported run is not touched");
     // Resuming again finds nothing to do.
     let again = p.run("atvm-run-watcher", &["--resume-all"]);

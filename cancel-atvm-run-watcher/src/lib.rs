@@ -14,7 +14,12 @@ Example:
   cancel-atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
 Nothing is posted for a cancelled run. Repeating the command is harmless. To stop the
-Cypress run itself, also run cancel-atvm-runner for the same build.";
+Cypress run itself, also run cancel-atvm-runner for the same build.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(name = "cancel-atvm-run-watcher", version, about = "Cancel a build's watcher: mark the run CANCELLED and stop it without posting", after_help = EXAMPLE)]

@@ -14,7 +14,12 @@ Example:
   cancel-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
 Cancelling a runner that is not running is not an error. To also stop the watcher without
-a post, run cancel-atvm-run-watcher for the same build.";
+a post, run cancel-atvm-run-watcher for the same build.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(name = "cancel-atvm-runner", version, about = "Cancel the Cypress runner of a build", after_help = EXAMPLE)]

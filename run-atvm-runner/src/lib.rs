@@ -22,7 +22,13 @@ const EXAMPLE: &str = "\
 Example (normally run by systemd as atvm-runner@<build>.service):
   run-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
-Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.";
+Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_BOOT_ID                 set by the unit (%b): the boot recorded with the run [default: the kernel's]
+  MATTERMOST_ATVM_WEBHOOK      removed from the command's environment: Cypress never sees it
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(name = "run-atvm-runner", version, about = "Run a build's Cypress command and record its exit (unit ExecStart)", after_help = EXAMPLE)]

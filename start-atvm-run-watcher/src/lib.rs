@@ -21,7 +21,14 @@ Example:
 Any earlier state of the same build name is moved to <state-root>/.archive/<build>/<time>/
 first, so nothing (markers, posts, sub-runs) is inherited. Start the runner afterwards
 (start-atvm-runner), or use start-atvm-run, which does the template step, watcher and runner
-in that order.";
+in that order.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                where the webhook is configured [default: /etc/atvm-run-watcher.env]
+  MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
+  ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(name = "start-atvm-run-watcher", version, about = "Record a run request and start its watcher unit", after_help = EXAMPLE)]
@@ -49,12 +56,16 @@ pub struct WatchArgs {
     /// The runner's command (recorded; start-atvm-runner runs it).
     #[arg(long, value_name = "CMD")]
     pub runner_command: Option<String>,
+    /// Configuration family of the run, e.g. `redhat` (shown in the message).
     #[arg(long, value_name = "FAMILY")]
     pub config_family: Option<String>,
+    /// Configuration file the run uses, e.g. `cfg/rh96.json` (shown in the message).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<String>,
+    /// Migration style under test, e.g. `in-place` (shown in the message).
     #[arg(long, value_name = "STYLE")]
     pub migration_style: Option<String>,
+    /// Integration plugin under test, e.g. `vmware` (shown in the message).
     #[arg(long, value_name = "PLUGIN")]
     pub integration_plugin: Option<String>,
     /// Post one result per Cypress group (each `(Run Starting)` block) as it finishes.

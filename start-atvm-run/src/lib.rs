@@ -27,7 +27,17 @@ Example:
 
 Order: (1) the template command runs in $ATVM_AUTOMATION_ROOT with its output in
 <log-dir>/<build>.launch.log; if it fails, nothing is started (exit 3). (2) the watcher is
-started, (3) then the runner. Use --dry-run to print the plan without doing anything.";
+started, (3) then the runner. Use --dry-run to print the plan without doing anything.
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_AUTOMATION_ROOT         where the template step and the runner run [default: /root/cdc-e2e-cyp-12.17.4]
+  ATVM_LOG_DIR                 run and launch logs [default: /tmp]
+  ATVM_ENV_FILE                where the webhook is configured [default: /etc/atvm-run-watcher.env]
+  MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
+  ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
+  ATVM_START_CONFIRM_SECONDS   how long to wait for the runner to confirm its start [default: 10]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(

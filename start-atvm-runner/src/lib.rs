@@ -21,7 +21,15 @@ Example:
       --workdir /root/cdc-e2e-cyp-12.17.4
 
 Starts atvm-runner@<build>.service, which runs the command with /bin/sh -c and writes its
-output to <log-dir>/<build>.log. Start the watcher first (start-atvm-run does both, in order).";
+output to <log-dir>/<build>.log. Start the watcher first (start-atvm-run does both, in order).
+
+Environment:
+  ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_AUTOMATION_ROOT         the runner's default working directory [default: /root/cdc-e2e-cyp-12.17.4]
+  ATVM_LOG_DIR                 where the run log goes [default: /tmp]
+  ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
+  ATVM_START_CONFIRM_SECONDS   how long to wait for the runner to confirm its start [default: 10]
+  JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
 #[derive(Debug, Parser)]
 #[command(name = "start-atvm-runner", version, about = "Start the Cypress runner unit for a build", after_help = EXAMPLE)]

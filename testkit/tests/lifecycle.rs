@@ -414,6 +414,77 @@ fn every_binary_answers_help_with_an_example_and_version() {
     }
 }
 
+/// Every option of every binary says what it does, and each binary's help lists the
+/// environment variables its own code reads (and the state root, which all of them use).
+#[test]
+fn every_option_has_a_help_line_and_every_binary_lists_its_environment() {
+    let env = Env::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for name in testkit::BINARIES {
+        let out = env.run(name, &["--help"]);
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        let options = help
+            .split("Options:")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap_or_default();
+        // Short help: `--flag <VALUE>  What it does`; long help: the text on the next line.
+        let lines: Vec<&str> = options.lines().filter(|l| !l.trim().is_empty()).collect();
+        for (i, line) in lines.iter().enumerate() {
+            let flag = line.trim_start();
+            if !flag.starts_with('-') {
+                continue;
+            }
+            let words_after_flag = flag.split("  ").skip(1).any(|w| !w.trim().is_empty());
+            let next_is_text = lines
+                .get(i + 1)
+                .is_some_and(|n| !n.trim_start().starts_with('-'));
+            assert!(
+                words_after_flag || next_is_text,
+                "{name}: `{}` has no help line",
+                flag.trim()
+            );
+        }
+        let environment = help
+            .split("Environment:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name} --help has no Environment section:\n{help}"));
+        let mut wanted = vec!["ATVM_STATE_ROOT".to_string()];
+        let mut dirs = vec![repo.join(name).join("src")];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                match path.is_dir() {
+                    true => dirs.push(path),
+                    false => files.push(path),
+                }
+            }
+        }
+        for file in files {
+            let source = fs::read_to_string(file).unwrap();
+            for (i, _) in source
+                .match_indices("\"ATVM_")
+                .chain(source.match_indices("\"MATTERMOST_ATVM_"))
+            {
+                let var: String = source[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_' || c.is_ascii_digit())
+                    .collect();
+                if source[i + 1 + var.len()..].starts_with('"') {
+                    wanted.push(var);
+                }
+            }
+        }
+        for var in wanted {
+            assert!(
+                environment.contains(&var),
+                "{name} reads {var} but its --help does not say so"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_watcher_stopped_by_systemd_saves_and_resumes() {
     let (env, hook) = setup();
