@@ -803,3 +803,48 @@ fn a_runner_started_by_hand_is_followed_when_only_the_watcher_is_started_through
         assert!(post["text"].as_str().unwrap().starts_with("COMPLETED · "));
     }
 }
+
+#[test]
+fn an_operator_s_status_loop_naming_the_build_is_not_taken_for_the_runner() {
+    const B: &str = "e2e-identity-status-loop";
+    let p = Posting::new(vec![]);
+    // `while :; do atvm-run-status --build-name B; sleep 1; done`, since before the run: a
+    // shell that names the build and runs one of ours now and then (as `watch` does).
+    let seen = p.root().join("status-loop.out");
+    let _loop = Group::spawn(
+        wrapped(
+            &p,
+            &["sh", "-c", "while :; do \"$0\" \"$@\"; sleep 0.3; done"],
+            "atvm-run-status.sh",
+            &["--build-name", B],
+        )
+        .stdout(fs::File::create(&seen).unwrap())
+        .stderr(fs::File::create(&seen).unwrap()),
+    );
+    // It is older than the runner: it has shown the status once already.
+    p.wait_until("the loop's first status", LONG, || {
+        fs::metadata(&seen).is_ok_and(|m| m.len() > 0)
+    });
+    let go = p.root().join("go");
+    let runner = detached_runner(
+        &p,
+        B,
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done; cat '{}'; :",
+            go.display(),
+            fixture("cypress/passing.log").display()
+        ),
+    );
+    let out = p.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert_code(&out, 0, "start-atvm-run-watcher");
+    p.wait_state(B, "WATCHING", LONG);
+    let journal = p.unit_output(&watcher_unit(B));
+    assert!(
+        journal.contains(&format!("following runner pid {} ", runner.0.id())),
+        "{journal}"
+    );
+    fs::write(&go, "").unwrap();
+    let s = finished(&p, B);
+    assert_eq!(s["state"], "COMPLETED", "{s:#}");
+    assert_eq!(p.posts().len(), 1);
+}
