@@ -265,48 +265,36 @@ fn three_groups_after(go: &Path) -> String {
 }
 
 #[test]
-fn a_categorized_build_name_reused_posts_each_run_s_groups_once() {
+fn a_categorized_build_name_reused_twice_posts_each_run_s_groups_once() {
     const B: &str = "e2e-identity-reuse-categorized";
     let mut p = Posting::new(vec![]);
-    let first_go = p.root().join("go1");
-    fs::write(&first_go, "").unwrap();
-    let out = start_run(
-        &p,
-        ".sh",
-        B,
-        &three_groups_after(&first_go),
-        &["--categorize"],
-    );
-    assert_code(&out, 0, "first start");
-    let first_id = request_run_id(&p, B);
-    assert_eq!(finished(&p, B)["state"], "FAILED");
-    assert_eq!(p.posts().len(), 3);
+    let mut run_ids: Vec<String> = Vec::new();
+    for run in 0..3 {
+        if run == 1 {
+            // From now on the runner starts a second after its watcher, with the previous
+            // run's log still at the log path.
+            slow_systemctl(&mut p, "*\"start atvm-runner@\"*", "1");
+        }
+        let go = p.root().join(format!("go{run}"));
+        let out = start_run(&p, ".sh", B, &three_groups_after(&go), &["--categorize"]);
+        assert_code(&out, 0, &format!("start {run}"));
+        let run_id = request_run_id(&p, B);
+        assert!(!run_ids.contains(&run_id));
+        p.wait_state(B, "WATCHING", LONG);
+        // A few polls with the runner silent: nothing of an earlier run is posted again.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(p.posts().len(), 3 * run, "{:#?}", p.hook.texts());
+        assert!(p.state(B)["subruns"].as_array().is_none_or(Vec::is_empty));
 
-    // The second run's runner starts a second after its watcher, with the first run's log
-    // still at the log path, and then waits before printing anything.
-    slow_systemctl(&mut p, "*\"start atvm-runner@\"*", "1");
-    let go = p.root().join("go2");
-    let out = start_run(&p, ".sh", B, &three_groups_after(&go), &["--categorize"]);
-    assert_code(&out, 0, "second start");
-    let second_id = request_run_id(&p, B);
-    assert_ne!(first_id, second_id);
-    p.wait_state(B, "WATCHING", LONG);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        p.posts().len(),
-        3,
-        "nothing of the first run is posted again: {:#?}",
-        p.hook.texts()
-    );
-    assert!(p.state(B)["subruns"].as_array().is_none_or(Vec::is_empty));
-
-    fs::write(&go, "").unwrap();
-    assert_eq!(finished(&p, B)["state"], "FAILED");
-    let posts = p.posts();
-    assert_eq!(posts.len(), 6, "{:#?}", p.hook.texts());
-    for (i, post) in posts.iter().enumerate() {
-        let id = if i < 3 { &first_id } else { &second_id };
-        assert!(footer(post).contains(id.as_str()), "post {i}: {post:#}");
+        fs::write(&go, "").unwrap();
+        assert_eq!(finished(&p, B)["state"], "FAILED");
+        run_ids.push(run_id);
+        let posts = p.posts();
+        assert_eq!(posts.len(), 3 * (run + 1), "{:#?}", p.hook.texts());
+        for (i, post) in posts.iter().enumerate() {
+            let id = &run_ids[i / 3];
+            assert!(footer(post).contains(id.as_str()), "post {i}: {post:#}");
+        }
     }
 }
 
@@ -677,6 +665,14 @@ fn planted_lock_links_are_not_followed() {
     }
     assert!(!target.exists(), "the start lock link was followed");
     assert!(!p.systemctl_calls().contains("start "), "nothing started");
+
+    // The lock around state.json, which the cancel helper takes to record CANCELLED.
+    let state_lock = p.state_dir(B).join("state.lock");
+    symlink(&target, &state_lock).unwrap();
+    let out = p.run("cancel-atvm-run-watcher.sh", &["--build-name", B]);
+    assert_code(&out, 1, "cancel-atvm-run-watcher.sh");
+    assert!(named(&out, &state_lock), "{}", text(&out));
+    assert!(!target.exists(), "the state lock link was followed");
 }
 
 /// Every path under `dir` with its mode, size and modification time.
