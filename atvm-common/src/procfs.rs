@@ -101,6 +101,51 @@ impl OwnBinaries {
             self.paths.iter().any(|p| p == target)
         })
     }
+
+    /// Does `argv` run one of our binaries as a command (`timeout 60 start-atvm-runner.sh
+    /// --build-name B …`, `watch atvm-run-status --build-name B`, a shell loop over one)?
+    /// Such a process wraps ours even while no child of it is running one. A word is taken
+    /// as a command as `pid` would run it: a path relative to its working directory, or a
+    /// bare name looked up in its `PATH`.
+    fn invoked_by(&self, pid: u32, argv: &[String]) -> bool {
+        let mut search: Option<Vec<PathBuf>> = None;
+        argv.iter().skip(1).any(|word| {
+            if word.is_empty() || word.starts_with('-') {
+                return false;
+            }
+            if word.contains('/') {
+                let path = Path::new(word);
+                let path = if path.is_absolute() {
+                    path.to_path_buf()
+                } else {
+                    PathBuf::from(format!("/proc/{pid}/cwd")).join(path)
+                };
+                return self.is_own_file(&path);
+            }
+            search
+                .get_or_insert_with(|| search_path(pid))
+                .iter()
+                .any(|dir| self.is_own_file(&dir.join(word)))
+        })
+    }
+
+    fn is_own_file(&self, path: &Path) -> bool {
+        fs::metadata(path).is_ok_and(|m| m.is_file() && self.files.contains(&(m.dev(), m.ino())))
+    }
+}
+
+/// The absolute directories of `pid`'s `PATH` (a usual default when it cannot be read).
+fn search_path(pid: u32) -> Vec<PathBuf> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let path = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"PATH="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    path.split(':')
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .collect()
 }
 
 /// What /proc says about one process, for the fallback search.
@@ -109,6 +154,8 @@ struct Proc {
     id: ProcessId,
     ppid: u32,
     names_build: bool,
+    /// Its command line runs one of our binaries (only looked at for those naming the build).
+    invokes_own: bool,
 }
 
 /// Fields 4 (ppid) and 6 (session) of /proc/<pid>/stat.
@@ -156,7 +203,8 @@ fn argv(pid: u32) -> Option<Vec<String>> {
 /// The runner of a run not started through start-atvm-runner (SPEC §6): the oldest live
 /// process whose command line names `build`, that belongs to `uid` (no other user's process
 /// is ever adopted), is not one of our binaries, and does not merely wrap one of them
-/// (`sudo`, `timeout` or a shell whose descendant is ours).
+/// (`sudo`, `timeout` or a shell whose descendant is ours, or whose command line runs one
+/// of ours: `watch atvm-run-status --build-name B` between two refreshes).
 pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<ProcessId> {
     let me = std::process::id();
     let procs: Vec<Proc> = pids()
@@ -165,14 +213,14 @@ pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<Process
         .filter_map(|pid| {
             let (ppid, _) = stat_ids(pid)?;
             let start_ticks = start_ticks(pid)?;
-            let names_build = argv(pid).is_some_and(|a| {
-                let argv: Vec<&str> = a.iter().map(String::as_str).collect();
-                argv_names_build(&argv, build)
-            });
+            let argv = argv(pid).unwrap_or_default();
+            let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let names_build = argv_names_build(&words, build);
             Some(Proc {
                 id: ProcessId { pid, start_ticks },
                 ppid,
                 names_build,
+                invokes_own: names_build && own.invoked_by(pid, &argv),
             })
         })
         .collect();
@@ -180,7 +228,7 @@ pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<Process
         .iter()
         .filter(|p| p.names_build)
         .filter(|p| uids(p.id.pid).is_some_and(|(real, eff)| real == uid && eff == uid))
-        .filter(|p| !own.runs_in(p.id.pid) && !wraps_own(p.id.pid, &procs, own))
+        .filter(|p| !own.runs_in(p.id.pid) && !p.invokes_own && !wraps_own(p.id.pid, &procs, own))
         .map(|p| p.id)
         .min_by_key(|id| id.start_ticks)
 }
@@ -316,5 +364,43 @@ mod tests {
         let _ = child.wait();
         assert_eq!(found.map(|f| f.pid), Some(child.id()));
         assert_eq!(other_user, None, "another user's process is never adopted");
+    }
+
+    #[test]
+    fn a_process_whose_command_line_runs_one_of_ours_is_not_the_runner() {
+        // `timeout 60 /opt/…/start-atvm-runner.sh --build-name B`, and `watch
+        // atvm-run-status --build-name B` found through PATH, between two runs of ours.
+        let me = fs::read_link("/proc/self/exe").expect("exe");
+        let dir = me.parent().expect("dir").to_string_lossy().into_owned();
+        let name = me.file_name().expect("name").to_string_lossy().into_owned();
+        let own = OwnBinaries::new(Path::new("/nonexistent"));
+        let uid = crate::fsutil::effective_uid();
+        for (build, word, path) in [
+            (
+                "procfs-test-by-path",
+                me.to_string_lossy().into_owned(),
+                "/bin",
+            ),
+            ("procfs-test-by-name", name, dir.as_str()),
+        ] {
+            let mut child = std::process::Command::new("/bin/sh")
+                .args(["-c", "/bin/sleep 30; :", "sh", &word, "--build_name", build])
+                .env("PATH", path)
+                .spawn()
+                .expect("spawn");
+            let named = |pid| argv(pid).is_some_and(|a| a.iter().any(|w| w == build));
+            for _ in 0..200 {
+                if named(child.id()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let seen = named(child.id());
+            let found = find_fallback(build, uid, &own);
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(seen, "{build}: the shell never showed its command line");
+            assert_eq!(found, None, "{build}: a wrapper of ours was adopted");
+        }
     }
 }

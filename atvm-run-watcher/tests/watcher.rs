@@ -4,6 +4,8 @@
 
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
+#[path = "watcher/clock.rs"]
+mod clock;
 #[path = "watcher/delivery.rs"]
 mod delivery;
 #[path = "watcher/message.rs"]

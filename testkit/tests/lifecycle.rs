@@ -7,6 +7,9 @@
 #[path = "lifecycle/real_systemd.rs"]
 mod real_systemd;
 
+#[path = "lifecycle/identity.rs"]
+mod identity;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
