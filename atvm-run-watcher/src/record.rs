@@ -218,7 +218,7 @@ impl RunRecord {
 }
 
 /// Log a change of state; the abnormal ends (TERMINATED, HUNG, UNKNOWN) at warning
-/// priority, so `journalctl -p warning` shows them (SPEC §6).
+/// priority, so `journalctl -p warning` shows them (docs/watcher-service.md).
 fn log_change(build: &str, what: &str, from: RunState, v: &Verdict) {
     let line = format!("{build}: {what}{from} → {} ({})", v.state, v.reason);
     match v.state {
@@ -351,5 +351,55 @@ mod tests {
             (r.state.state, r.state.post.status),
             (RunState::Cancelled, PostStatus::Suppressed)
         );
+    }
+
+    fn summary_of(log: &str) -> LogSummary {
+        let mut p = atvm_common::cypress::LogParser::new();
+        p.feed(log.as_bytes());
+        p.summary().clone()
+    }
+
+    #[test]
+    fn a_plan_starts_finishes_and_summarises_sub_runs() {
+        let log = "  (Run Starting)\n  ┌────┐\n  │ Params:   Group: linux, Parallel: false │\n  └────┘\n  Running:  a.cy.js   (1 of 1)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    ✔  All specs passed!   00:01   1   1   -   -   -  \n  (Run Starting)\n  ┌────┐\n  │ Params:   Group: win, Parallel: false │\n  └────┘\n  Running:  b.cy.js   (1 of 3)\n";
+        let s = summary_of(log);
+        let mut r = record(true);
+        let plan = Plan {
+            start: vec![
+                crate::decide::categorized::NewSubRun {
+                    index: 0,
+                    key: "01-linux".into(),
+                    group: Some("linux".into()),
+                },
+                crate::decide::categorized::NewSubRun {
+                    index: 1,
+                    key: "02-win".into(),
+                    group: Some("win".into()),
+                },
+            ],
+            finish: vec![(0, v(RunState::Completed))],
+            finished_seen: vec![0],
+            runner_inactive_since: None,
+            parent: v(RunState::Watching),
+            summarised: false,
+        };
+        assert_eq!(r.apply_categorized(plan, &s), [Target::Sub(0)]);
+        assert_eq!(r.subrun_states(), [Some(RunState::Completed), None]);
+        assert_eq!(r.subruns[1].reason, "running spec 1 of 3: b.cy.js");
+        assert_eq!(r.subruns[0].counts.map(|c| c.tests), Some(1));
+        assert_eq!(
+            r.subruns[0].reason, "COMPLETED",
+            "a final sub-run's reason is kept"
+        );
+        let list = r.summaries().expect("categorized");
+        assert_eq!(
+            list.iter().map(|x| x.key.as_str()).collect::<Vec<_>>(),
+            ["01-linux", "02-win"]
+        );
+        assert_eq!(r.label(Target::Sub(0)), "sub-run 01-linux COMPLETED");
+        assert_eq!(r.label(Target::Run), "WATCHING");
+        r.post_of(Target::Sub(1)).attempts = 3;
+        assert_eq!(r.subruns[1].post.attempts, 3);
+        assert_eq!(record(false).summaries(), None);
     }
 }

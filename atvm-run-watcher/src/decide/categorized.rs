@@ -1,4 +1,4 @@
-//! The rules of a categorized run (SPEC §6, "Categorized runs") for one evaluation, as one
+//! The rules of a categorized run (docs/watcher-service.md, "Categorized runs") for one evaluation, as one
 //! pure function: which blocks of the log become sub-runs, which sub-runs end and how, how
 //! long the runner has been gone, and what the parent's state is. The watcher applies the
 //! [`Plan`] to its records; nothing here reads a file.
@@ -420,5 +420,55 @@ mod tests {
         let p = plan(&facts(&runner), &LogSummary::default(), &[], None);
         assert_eq!(p.parent.state, RunState::Failed);
         assert!(p.summarised && p.start.is_empty());
+    }
+
+    #[test]
+    fn a_header_is_known_when_complete_or_when_its_first_spec_runs() {
+        let alive = RunnerFacts::Alive { pid: 7 };
+        // The table's end was seen: the group is final.
+        let complete =
+            "  (Run Starting)\n  ┌────┐\n  │ Params:   Group: linux, Parallel: false │\n  └────┘\n";
+        let p = plan(&facts(&alive), &summary(complete), &[], None);
+        assert_eq!(p.start.len(), 1);
+        // A spec already runs (the table's end was not recognised): as good.
+        let running = "  (Run Starting)\n  ┌────┐\n  Running:  a.cy.js   (1 of 2)\n";
+        let p = plan(&facts(&alive), &summary(running), &[], None);
+        assert_eq!(p.start.len(), 1);
+        // Only the summary was seen (the log was read from the middle): it is a sub-run too.
+        let summary_only = "  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    ✔  All specs passed!   00:01   1   1   -   -   -  \n";
+        let s = summary(summary_only);
+        assert!(!s.runs[0].header_complete && s.runs[0].current.is_none());
+        let p = plan(&facts(&alive), &s, &[], None);
+        assert_eq!((p.start.len(), p.finish.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_grace_period_ends_exactly_at_its_length() {
+        let s = summary(&block("linux", Some(true)));
+        let runner = exited(0, 1000 - 120);
+        let p = plan(&facts(&runner), &s, &[Some(RunState::Completed)], None);
+        assert!(
+            p.summarised,
+            "120 s after the exit, with a 120 s grace period"
+        );
+        let runner = exited(0, 1000 - 119);
+        let p = plan(&facts(&runner), &s, &[Some(RunState::Completed)], None);
+        assert!(!p.summarised);
+        assert!(
+            p.parent
+                .reason
+                .ends_with("waiting 2m 00s for another runner of this run"),
+            "{}",
+            p.parent.reason
+        );
+    }
+
+    #[test]
+    fn an_open_sub_run_shows_the_spec_it_runs() {
+        let s = summary(&block("linux", None));
+        assert_eq!(
+            subrun_progress(&s.runs[0]),
+            "running spec 1 of 1: linux.cy.js"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The state machine of SPEC §6 as pure functions: given what was observed, which state is
+//! The state machine of docs/watcher-service.md as pure functions: given what was observed, which state is
 //! the run (or a sub-run) in, and why. No I/O here, so every rule is unit-tested.
 //!
 //! - [`run_verdict`]: a plain run, or a sub-run cut off by the runner's end;
@@ -17,7 +17,7 @@ use atvm_common::time::human_duration;
 use atvm_common::{Moment, Timestamp};
 use std::time::Duration;
 
-/// The watcher's timing knobs (SPEC §2).
+/// The watcher's timing knobs (docs/watcher-service.md).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timing {
     pub poll: Duration,
@@ -377,7 +377,7 @@ pub fn parent_summary(runner_verdict: &Verdict, subrun_states: &[RunState]) -> V
 /// May a record in state `from` (final or not, its result posted or not) change to `to`?
 /// A state that is not final may become anything. A final state is kept, with one
 /// exception: a COMPLETED/FAILED result that has not been posted yet may still become
-/// CANCELLED (a cancel that arrives before the post goes out, SPEC §7 and §9).
+/// CANCELLED (a cancel that arrives before the post goes out, docs/watcher-service.md).
 pub fn transition_allowed(from: RunState, from_final: bool, posted: bool, to: RunState) -> bool {
     !from_final || from == to || (to == RunState::Cancelled && from.is_postable() && !posted)
 }
@@ -603,5 +603,186 @@ mod tests {
         );
         let failed = verdict(RunState::Failed, "runner exited with code 1");
         assert_eq!(parent_summary(&failed, &[]), failed);
+    }
+
+    /// A finished block with `rows` summary rows, `failed_specs` of them failing with one
+    /// failing test each.
+    fn finished_block(rows: u32, failed_specs: u32) -> String {
+        let mut s = String::from("  (Run Starting)\n  (Run Finished)\n  ┌──┐\n");
+        for i in 0..rows {
+            let (mark, failing) = if i < failed_specs {
+                ('✖', "1")
+            } else {
+                ('✔', "-")
+            };
+            s.push_str(&format!(
+                "  │ {mark}  s{i}.cy.js   00:01   2   1   {failing}   -   - │\n"
+            ));
+        }
+        let footer = if failed_specs > 0 {
+            format!("✖  {failed_specs} of {rows} failed (50%)")
+        } else {
+            "✔  All specs passed!".to_string()
+        };
+        s.push_str(&format!(
+            "  └──┘\n    {footer}   00:05   {}   {}   {}   -   -  \n",
+            2 * rows,
+            2 * rows - failed_specs,
+            failed_specs
+        ));
+        s
+    }
+
+    #[test]
+    fn failures_add_up_specs_and_tests_over_every_block() {
+        let log = format!("{}{}", finished_block(2, 1), finished_block(3, 2));
+        let b = blocks(&log);
+        let v = run_verdict(
+            &facts(&exited(3)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(
+            v.reason,
+            "runner exited with code 3: 3 of 5 specs failed (3 failing tests)"
+        );
+        // A passing block counts its rows among the specs.
+        let log = format!("{}{}", finished_block(4, 0), finished_block(3, 1));
+        let b = blocks(&log);
+        let v = run_verdict(
+            &facts(&exited(1)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(
+            v.reason,
+            "runner exited with code 1: 1 of 7 specs failed (1 failing tests)"
+        );
+        // Failures seen before any summary: no spec tally to give.
+        let cut = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  a.cy.js   00:01   1   -   1   -   - │\n";
+        let b = blocks(cut);
+        let v = run_verdict(
+            &facts(&exited(1)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(
+            v.reason,
+            "runner exited with code 1: failing tests in the run log"
+        );
+    }
+
+    #[test]
+    fn completed_reasons_say_whether_cypress_summarised() {
+        let b = blocks(PASSED);
+        let with = run_verdict(
+            &facts(&exited(0)),
+            LogView {
+                blocks: &b,
+                no_specs: None,
+            },
+        );
+        assert_eq!(with, verdict(RunState::Completed, "all specs passed"));
+        let without = run_verdict(&facts(&exited(0)), LogView::EMPTY);
+        assert_eq!(
+            without,
+            verdict(
+                RunState::Completed,
+                "runner exited 0 (no Cypress summary in the log)"
+            )
+        );
+    }
+
+    #[test]
+    fn progress_says_where_the_run_is() {
+        assert_eq!(
+            progress(LogView::EMPTY),
+            "runner started; waiting for Cypress output"
+        );
+        let starting = blocks("  (Run Starting)\n");
+        assert_eq!(
+            progress(LogView {
+                blocks: &starting,
+                no_specs: None
+            }),
+            "Cypress run starting"
+        );
+        let running = blocks("  (Run Starting)\n  Running:  a.cy.js   (3 of 20)\n");
+        assert_eq!(
+            progress(LogView {
+                blocks: &running,
+                no_specs: None
+            }),
+            "running spec 3 of 20: a.cy.js"
+        );
+        let done = blocks(PASSED);
+        assert_eq!(
+            progress(LogView {
+                blocks: &done,
+                no_specs: None
+            }),
+            "Cypress run finished; waiting for the runner to exit"
+        );
+    }
+
+    #[test]
+    fn the_parent_summary_tallies_its_sub_runs() {
+        let ok = verdict(RunState::Completed, "all specs passed");
+        let v = parent_summary(
+            &ok,
+            &[RunState::Completed, RunState::Failed, RunState::Completed],
+        );
+        assert_eq!(
+            v,
+            verdict(
+                RunState::Failed,
+                "3 sub-runs: 2 completed, 1 failed; runner: all specs passed"
+            )
+        );
+        let v = parent_summary(&ok, &[RunState::Completed, RunState::Terminated]);
+        assert_eq!(
+            v,
+            verdict(RunState::Completed, "2 sub-runs: 1 completed, 0 failed")
+        );
+        let failed_runner = verdict(RunState::Failed, "runner exited with code 1");
+        assert_eq!(
+            parent_summary(&failed_runner, &[RunState::Completed]),
+            verdict(
+                RunState::Failed,
+                "1 sub-runs: 1 completed, 0 failed; runner: runner exited with code 1"
+            )
+        );
+        let hung = verdict(RunState::Hung, "no activity");
+        assert_eq!(
+            parent_summary(&hung, &[RunState::Failed]).reason,
+            "no activity; 1 sub-runs: 0 completed, 1 failed"
+        );
+    }
+
+    #[test]
+    fn total_counts_sum_the_blocks_summaries() {
+        assert_eq!(total_counts(&[]), None);
+        let log = format!("{}{}", finished_block(2, 1), finished_block(3, 0));
+        let c = total_counts(&blocks(&log)).expect("counts");
+        assert_eq!((c.tests, c.passed, c.failed), (10, 9, 1));
+    }
+
+    #[test]
+    fn only_an_unposted_result_may_still_be_cancelled() {
+        use RunState::*;
+        assert!(transition_allowed(Watching, false, false, Failed));
+        assert!(transition_allowed(Starting, false, false, Cancelled));
+        assert!(transition_allowed(Completed, true, false, Cancelled));
+        assert!(transition_allowed(Failed, true, false, Failed));
+        assert!(!transition_allowed(Completed, true, true, Cancelled));
+        assert!(!transition_allowed(Completed, true, false, Failed));
+        assert!(!transition_allowed(Terminated, true, false, Cancelled));
+        assert!(!transition_allowed(Cancelled, true, false, Watching));
     }
 }
