@@ -1,5 +1,5 @@
 #!/bin/sh
-# The installer of the ATVM watcher service (SPEC §10): shipped as the executable `install`
+# The installer of the ATVM watcher service (docs/install.md): shipped as the executable `install`
 # at the top of the dist tarball, and run from the same staged tree by `cargo xtask install`
 # and `cargo xtask uninstall`, so every install path is this one script. POSIX sh plus
 # coreutils; no Rust needed.
@@ -525,7 +525,7 @@ for f in $RETIRE; do
     mv -T "$ROOT/$f" "$REPL_ROOT/$f" || commit_failed "cannot move $ROOT/$f to $REPL_ROOT/"
     printf 'retired|%s|%s\n' "$ROOT/$f" "$REPL_ROOT/$f" >>"$WORK/done"
 done
-# 0700: the state root holds the runs' commands and results (SPEC §4 refuses a
+# 0700: the state root holds the runs' commands and results (docs/watcher-service.md refuses a
 # group/world-writable one). Last, as the only change that is not a rename: nothing after
 # it can fail, so a rollback never has to restore a mode.
 ensure_dir "$STATE" || commit_failed "cannot create $STATE"

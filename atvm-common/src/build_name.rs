@@ -1,4 +1,4 @@
-//! Build names (SPEC §3). A build name becomes a unit instance, a directory name and part of a
+//! Build names (docs/watcher-service.md). A build name becomes a unit instance, a directory name and part of a
 //! path under world-writable /tmp, so it is checked before anything is touched.
 
 use crate::error::{Error, Result};

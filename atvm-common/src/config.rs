@@ -1,6 +1,6 @@
 //! Mattermost configuration: `MATTERMOST_ATVM_WEBHOOK`, `MATTERMOST_ATVM_CHANNEL` and
 //! `MATTERMOST_ATVM_FORMAT`, each from the process environment, else from the env file
-//! (SPEC §2, §7). The webhook URL is a secret: the [`Webhook`] type never prints it, only its
+//! (docs/watcher-service.md). The webhook URL is a secret: the [`Webhook`] type never prints it, only its
 //! host, and [`Webhook::redact`] removes it from anything a server or the HTTP client said.
 
 use crate::error::{Error, Result};

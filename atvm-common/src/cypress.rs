@@ -1,4 +1,4 @@
-//! Incremental parser for Cypress CLI output (SPEC §6, "Run log").
+//! Incremental parser for Cypress CLI output (docs/watcher-service.md, "Run log").
 //!
 //! It is fed bytes in whatever chunks the log happens to be read in (partial lines are kept
 //! until their newline arrives), strips ANSI colour codes, joins table cells that Cypress
@@ -147,7 +147,7 @@ impl RunBlock {
 }
 
 impl LogSummary {
-    /// Sub-run keys (SPEC §6): two-digit ordinal plus the sanitised group, e.g. `01-linux`.
+    /// Sub-run keys (docs/watcher-service.md): two-digit ordinal plus the sanitised group, e.g. `01-linux`.
     /// They depend only on the log, so a restarted watcher computes the same keys.
     pub fn subrun_key(ordinal: usize, group: Option<&str>) -> String {
         let mut key = format!("{ordinal:02}");

@@ -1,10 +1,10 @@
-//! The one error type every tool returns. Each variant knows its exit code (SPEC §11) and
+//! The one error type every tool returns. Each variant knows its exit code (docs/watcher-service.md) and
 //! renders as the single line `<what> (<path or unit>)`; `cli::main` adds the program name.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Exit codes shared by all binaries (SPEC §11).
+/// Exit codes shared by all binaries (docs/watcher-service.md).
 pub mod exit {
     pub const SUCCESS: u8 = 0;
     pub const FAILURE: u8 = 1;

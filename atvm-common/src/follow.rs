@@ -1,6 +1,6 @@
 //! Following the run log: read from a stored offset, cope with truncation and rotation, and
 //! only ever read the file whose identity (device + inode) the runner recorded, so a stale
-//! log of an earlier run at the same path never counts (SPEC §6).
+//! log of an earlier run at the same path never counts (docs/watcher-service.md).
 
 use crate::cypress::LogParser;
 use crate::fsutil::with_suffix;

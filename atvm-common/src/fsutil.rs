@@ -1,4 +1,4 @@
-//! File primitives with the guarantees SPEC §4/§5 ask for: atomic replacement (temp file in
+//! File primitives with the guarantees docs/watcher-service.md ask for: atomic replacement (temp file in
 //! the same directory, fsync, rename, fsync of the directory), JSON that is reported by name
 //! when it does not parse, safe creation of logs in world-writable directories, and locks.
 //!
@@ -123,7 +123,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 /// Refuse (exit 1, naming the path) a directory we are about to trust that is a symbolic
 /// link, not a directory, owned by someone else, or writable by group or others: whoever
-/// can write there can forge what it holds (SPEC §4).
+/// can write there can forge what it holds (docs/watcher-service.md).
 pub fn check_private_dir(dir: &Path) -> Result<()> {
     let meta = fs::symlink_metadata(dir).map_err(|e| Error::io("cannot use", dir, e))?;
     check_private_meta(dir, &meta)
@@ -189,7 +189,7 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("cannot set mode of", dir, e))
 }
 
-/// Open a fresh log at `path` in a possibly world-writable directory (SPEC §5): an existing
+/// Open a fresh log at `path` in a possibly world-writable directory (docs/watcher-service.md): an existing
 /// regular file of ours is moved to `<path>.1`; a symlink or a file owned by someone else is
 /// an error and is never followed or written through. The new file is created with
 /// `O_CREAT|O_EXCL|O_NOFOLLOW`, so a link planted between the check and the open fails too.

@@ -1,4 +1,4 @@
-//! `vm-inventory.md` (SPEC §6): Markdown pipe tables whose columns are found by header name
+//! `vm-inventory.md` (docs/watcher-service.md): Markdown pipe tables whose columns are found by header name
 //! (case-insensitive): `VM`/`Name`, `OS`, `IP`/`Address`, optional `Aliases`. A VM belongs to a
 //! run when its OS or one of its aliases is a `-`-separated token of the build name.
 

@@ -20,7 +20,7 @@ pub mod state;
 pub mod systemctl;
 pub mod time;
 
-/// The eight binaries of the product (SPEC §1), in the order of the SPEC's table.
+/// The eight binaries of the product, in the order of the README's table.
 pub const BINARIES: [&str; 8] = [
     "start-atvm-run",
     "start-atvm-run-watcher",

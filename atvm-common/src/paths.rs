@@ -1,4 +1,4 @@
-//! Where everything lives (SPEC §2). Production defaults, each overridable by an `ATVM_*`
+//! Where everything lives (docs/watcher-service.md). Production defaults, each overridable by an `ATVM_*`
 //! variable so tests and demos never touch real paths. An empty variable counts as unset.
 
 use crate::build_name::BuildName;

@@ -1,5 +1,5 @@
 //! Process identity from /proc: is a recorded pid still the same process (pid + start time),
-//! and the fallback search for runs not started through start-atvm-runner (SPEC §6): who
+//! and the fallback search for runs not started through start-atvm-runner (docs/watcher-service.md): who
 //! names the build, who is ours (by executable, not by name), who owns what, and who holds
 //! a log open for writing.
 
@@ -58,7 +58,7 @@ pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
 
 /// The project's own binaries, recognised by what a process runs (`/proc/<pid>/exe`), not
 /// by what it calls itself: `start-atvm-run-watcher.sh`, a copy or a link of a package
-/// binary is still ours, and never "the runner" (SPEC §6).
+/// binary is still ours, and never "the runner" (docs/watcher-service.md).
 #[derive(Clone, Debug, Default)]
 pub struct OwnBinaries {
     /// (device, inode) of every package binary, and of the running program itself.
@@ -200,7 +200,7 @@ fn argv(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// The runner of a run not started through start-atvm-runner (SPEC §6): the oldest live
+/// The runner of a run not started through start-atvm-runner (docs/watcher-service.md): the oldest live
 /// process whose command line names `build`, that belongs to `uid` (no other user's process
 /// is ever adopted), is not one of our binaries, and does not merely wrap one of them
 /// (`sudo`, `timeout` or a shell whose descendant is ours, or whose command line runs one

@@ -1,4 +1,4 @@
-//! mochawesome JSON reports in the reporter directory (SPEC §6): counts, failed tests (spec,
+//! mochawesome JSON reports in the reporter directory (docs/watcher-service.md): counts, failed tests (spec,
 //! full title, first line of the error) and activity for hang detection. Only files modified
 //! after the runner started count; a malformed file is skipped with a warning.
 //!

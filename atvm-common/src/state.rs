@@ -1,4 +1,4 @@
-//! The per-build state directory (SPEC §4) and the records in it.
+//! The per-build state directory (docs/watcher-service.md) and the records in it.
 //!
 //! Writers: `request.json` by start-atvm-run-watcher, `runner/*` by the runner tools,
 //! `state.json` by the watcher and the cancel helper, markers by their owners. Every write is
@@ -146,7 +146,7 @@ impl RunnerStatus {
     }
 }
 
-/// Where a run (or a categorized run's sub-run) is (SPEC §6). The first two are the only
+/// Where a run (or a categorized run's sub-run) is (docs/watcher-service.md). The first two are the only
 /// states that are not final; of the final ones only COMPLETED and FAILED are ever posted.
 /// A final state is never left again, except that a COMPLETED/FAILED result that has not
 /// been posted yet still becomes CANCELLED when a cancel arrives before the post.
@@ -195,7 +195,7 @@ impl RunState {
         !matches!(self, RunState::Starting | RunState::Watching)
     }
 
-    /// Only these two are ever posted (SPEC §6).
+    /// Only these two are ever posted (docs/watcher-service.md).
     pub fn is_postable(self) -> bool {
         matches!(self, RunState::Completed | RunState::Failed)
     }
@@ -533,7 +533,7 @@ impl StateDir {
         Ok(())
     }
 
-    /// Refuse a state root or build directory that is not ours alone (SPEC §4). The build
+    /// Refuse a state root or build directory that is not ours alone (docs/watcher-service.md). The build
     /// directory is checked only if it exists.
     pub fn check(&self) -> Result<()> {
         if let Some(root) = self.dir.parent() {
@@ -602,7 +602,7 @@ fn prune_archives(base: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// The per-build start lock (SPEC §6): every start helper holds it for its whole sequence,
+/// The per-build start lock (docs/watcher-service.md): every start helper holds it for its whole sequence,
 /// so concurrent starts of one build are serialised and a second one exits 4 at once,
 /// before it archives or records anything. It is its own file outside the build directory
 /// (which a start moves to the archive), not `watcher.lock`.

@@ -6,7 +6,7 @@ use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use std::process::{Command, Output, Stdio};
 
-/// The two unit templates (SPEC §10).
+/// The two unit templates (docs/units.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitKind {
     Runner,

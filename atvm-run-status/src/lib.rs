@@ -1,4 +1,4 @@
-//! atvm-run-status: a read-only view of every run (SPEC §1, §9). Without a build, one line
+//! atvm-run-status: a read-only view of every run (docs/watcher-service.md). Without a build, one line
 //! per run, newest first; with `--build-name`, everything about that run; `--json` the same
 //! records for scripts (shape in docs/atvm-run-status.md). It takes no lock and writes
 //! nothing, so it never waits on — or delays — a watcher or a start helper.
@@ -53,7 +53,7 @@ pub struct Cli {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    // Refused before any file or unit is looked at (SPEC §3).
+    // Refused before any file or unit is looked at (docs/watcher-service.md).
     let build = cli
         .build_name
         .as_deref()

@@ -1,7 +1,7 @@
 //! Reading the state root without getting in anyone's way. No lock is taken: the writers
 //! replace every file atomically, so a plain read sees a whole old or a whole new file, and
 //! a watcher or start helper never waits on us. Files are opened without following symbolic
-//! links (SPEC §4) and without blocking on a FIFO, and a file that cannot be read becomes an
+//! links (docs/watcher-service.md) and without blocking on a FIFO, and a file that cannot be read becomes an
 //! error in its run's record instead of ending the listing.
 
 use crate::view::{
@@ -126,7 +126,7 @@ fn subdirs(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-/// The state root must be a directory owned by us and writable by no one else (SPEC §4):
+/// The state root must be a directory owned by us and writable by no one else (docs/watcher-service.md):
 /// otherwise what it says cannot be trusted, and we refuse (exit 1) naming it.
 fn check_root(root: &Path) -> Result<()> {
     fs::symlink_metadata(root).map_err(|e| Error::io("cannot read state root", root, e))?;

@@ -1,4 +1,4 @@
-//! The life of one post (SPEC §7): owed, attempted (each attempt durably recorded before it
+//! The life of one post (docs/watcher-service.md): owed, attempted (each attempt durably recorded before it
 //! is sent), then delivered, failed for good, cancelled or interrupted. The narrow boundary
 //! is [`Ledger`]: delivery touches nothing of the watcher but the post record it is given,
 //! through the ledger, so the guarantees can be read here in one place:
@@ -151,7 +151,7 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
     Ok(outcome)
 }
 
-/// `--dry-run`: the would-be payload in `post.json`, and nothing else written (SPEC §6).
+/// `--dry-run`: the would-be payload in `post.json`, and nothing else written (docs/watcher-service.md).
 fn dry_run(job: &Job) -> Result<Outcome> {
     fsutil::create_dir(&job.dir, 0o700)?;
     let path = job.dir.join("post.json");

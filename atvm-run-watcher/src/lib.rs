@@ -1,5 +1,5 @@
 //! atvm-run-watcher: follows one run of a build, decides its final state and posts
-//! COMPLETED/FAILED results to Mattermost exactly once (SPEC §6, §7). The ExecStart of
+//! COMPLETED/FAILED results to Mattermost exactly once (docs/watcher-service.md). The ExecStart of
 //! `atvm-run-watcher@.service`.
 
 pub mod clock;

@@ -103,7 +103,7 @@ impl Observer {
         }))
     }
 
-    /// The runner of this run (SPEC §6, "Run identity"): by its status file when the run
+    /// The runner of this run (docs/watcher-service.md, "Run identity"): by its status file when the run
     /// was started through start-atvm-runner (before that status appears: not yet), else by
     /// the command-line fallback.
     fn runner(

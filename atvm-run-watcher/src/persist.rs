@@ -1,4 +1,4 @@
-//! What the watcher keeps on disk and how (SPEC §4): `state.json` for operators (kept under
+//! What the watcher keeps on disk and how (docs/watcher-service.md): `state.json` for operators (kept under
 //! 8 KiB, see [`fit`]), the resume point in its own compact `watcher/checkpoint.json`
 //! ([`Checkpoint`]: no buffers — a half-read line is read again — and rewritten only when
 //! its bytes change), loading the records of a run being resumed, and the cancel check
@@ -171,7 +171,7 @@ impl Store {
         record.state.subruns = record.summaries();
         if ctx.sink.is_dry_run() {
             // A dry run writes nothing but post.json: a later real watcher behaves exactly
-            // as if it never happened (SPEC §6).
+            // as if it never happened (docs/watcher-service.md).
             return Ok(());
         }
         let cp_changed = self.saved.as_ref().is_none_or(|(_, old)| old != cp);
@@ -274,7 +274,7 @@ fn unchanged(old: &RunRecord, record: &RunRecord) -> bool {
             .all(|(a, b)| same_but_time(a, b))
 }
 
-/// `state.json` stays under this, whatever the run (SPEC §4).
+/// `state.json` stays under this, whatever the run (docs/watcher-service.md).
 pub const STATE_BUDGET: usize = 8 * 1024 - 256;
 /// The longest reason and detail kept in `state.json` (characters).
 const TEXT_BUDGET: usize = 1000;

@@ -1,4 +1,4 @@
-//! `atvm-run-watcher --resume-all`: the boot-time unit's job (SPEC §6). After a reboot the
+//! `atvm-run-watcher --resume-all`: the boot-time unit's job (docs/watcher-service.md). After a reboot the
 //! watchers of runs that were not final are gone with everything else; this starts the
 //! watcher unit of every run that is not final or still owes a post, without archiving
 //! anything, so each ends in its true state (usually TERMINATED: its runner died with the

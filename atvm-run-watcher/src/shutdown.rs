@@ -1,5 +1,5 @@
 //! SIGTERM/SIGINT handling for the watcher: a flag, plus a self-pipe so a sleeping watcher
-//! wakes at once instead of at its next poll (SPEC §6: stop within one second). An idle
+//! wakes at once instead of at its next poll (docs/watcher-service.md: stop within one second). An idle
 //! watcher makes no wake-ups between polls.
 
 use atvm_common::error::{Error, Result};

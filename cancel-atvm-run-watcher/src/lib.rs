@@ -1,5 +1,5 @@
 //! cancel-atvm-run-watcher: write `cancelled.marker`, set `state.json` to CANCELLED (final),
-//! stop `atvm-run-watcher@<build>.service`; never post (SPEC §9). The marker and the state
+//! stop `atvm-run-watcher@<build>.service`; never post (docs/watcher-service.md). The marker and the state
 //! are written under the state lock, so a watcher saving at the same moment sees the marker
 //! and cannot overwrite the cancel.
 
@@ -37,7 +37,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// What the cancel found under the state lock.
 #[derive(Debug, PartialEq, Eq)]
 enum Found {
-    /// The run's result was posted: it stays as it is (SPEC §9).
+    /// The run's result was posted: it stays as it is (docs/watcher-service.md).
     Reported(RunState),
     /// The run had already ended without anything owed (TERMINATED, say): kept.
     EndedUnposted(RunState),

@@ -1,5 +1,5 @@
 //! cancel-atvm-runner: mark the run as deliberately cancelled, then stop
-//! `atvm-runner@<build>.service` (SPEC §5). The mark is what makes the watcher's state
+//! `atvm-runner@<build>.service` (docs/watcher-service.md). The mark is what makes the watcher's state
 //! CANCELLED instead of TERMINATED.
 
 use atvm_common::error::Result;

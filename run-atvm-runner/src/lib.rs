@@ -1,4 +1,4 @@
-//! run-atvm-runner: the ExecStart of `atvm-runner@.service` (SPEC §5). Runs the recorded
+//! run-atvm-runner: the ExecStart of `atvm-runner@.service` (docs/watcher-service.md). Runs the recorded
 //! command in its own process group with its output in the run log, records pid, log inode
 //! and exit in `runner/status.json`, forwards SIGTERM/SIGINT to the group, and exits with the
 //! command's code (128+signal when it was killed).
@@ -153,7 +153,7 @@ fn clone(log: &fs::File, path: &std::path::Path) -> Result<fs::File> {
         .map_err(|e| Error::io("cannot use log", path, e))
 }
 
-/// The run cannot start: say why in `status.json` (SPEC §5), so the watcher ends the run
+/// The run cannot start: say why in `status.json` (docs/watcher-service.md), so the watcher ends the run
 /// UNKNOWN at once and the start helper reports the reason, instead of both waiting for a
 /// runner that never comes. The run is the request's (the spec itself may be what was
 /// refused); the start id is the spec's, if it can be read at all.
@@ -189,7 +189,7 @@ fn refuse(sd: &StateDir, paths: &Paths, build: &BuildName, why: &Error) -> Resul
 }
 
 /// The spec holds a command that runs as root: refuse one that someone else could have
-/// written (SPEC §5).
+/// written (docs/watcher-service.md).
 fn read_spec(sd: &StateDir, build: &BuildName) -> Result<RunnerSpec> {
     let path = sd.runner_spec();
     let meta = fs::symlink_metadata(&path).map_err(|e| {

@@ -1,5 +1,5 @@
 //! start-atvm-run-watcher: archive the build's stale state, record the request and start
-//! `atvm-run-watcher@<build>.service` (SPEC §8).
+//! `atvm-run-watcher@<build>.service` (docs/watcher-service.md).
 
 use atvm_common::config::{MattermostConfig, env_file_warning};
 use atvm_common::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! start-atvm-run: the safe start order (SPEC §8). The template step runs synchronously and
+//! start-atvm-run: the safe start order (docs/watcher-service.md). The template step runs synchronously and
 //! must succeed before anything is started; then the watcher, then the runner; if the runner
 //! cannot be started the watcher is stopped again and the run recorded as UNKNOWN.
 

@@ -1,5 +1,5 @@
 //! start-atvm-runner: record the runner command in `runner/spec.json` and start
-//! `atvm-runner@<build>.service` (SPEC §5).
+//! `atvm-runner@<build>.service` (docs/watcher-service.md).
 
 use atvm_common::config;
 use atvm_common::error::{Error, Result};
@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long to wait for the wrapper to confirm (or refuse) the start (SPEC §5).
+/// How long to wait for the wrapper to confirm (or refuse) the start (docs/watcher-service.md).
 pub const CONFIRM_VAR: &str = "ATVM_START_CONFIRM_SECONDS";
 
 const EXAMPLE: &str = "\
@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The state root, created if missing, and refused unless it is ours alone (SPEC §4).
+/// The state root, created if missing, and refused unless it is ours alone (docs/watcher-service.md).
 pub fn checked_state_root(paths: &Paths) -> Result<PathBuf> {
     if fs::symlink_metadata(&paths.state_root).is_err() {
         fsutil::create_dir(&paths.state_root, 0o700)?;

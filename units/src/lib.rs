@@ -1,4 +1,4 @@
-//! The systemd units (SPEC §10), kept as files in `units/` with a `@PACKAGE_ROOT@`
+//! The systemd units (docs/units.md), kept as files in `units/` with a `@PACKAGE_ROOT@`
 //! placeholder and rendered for a package root by `cargo xtask install` and by the tests:
 //! the two template units a run is made of (`atvm-runner@.service`,
 //! `atvm-run-watcher@.service`, one instance per build) and the boot-time unit that resumes
@@ -25,7 +25,7 @@ pub const WATCHER: UnitTemplate = UnitTemplate {
     template: include_str!("../units/atvm-run-watcher@.service.in"),
 };
 
-/// The boot-time unit: `atvm-run-watcher --resume-all` (SPEC §6), enabled by the installer.
+/// The boot-time unit: `atvm-run-watcher --resume-all` (docs/units.md), enabled by the installer.
 pub const RESUME: UnitTemplate = UnitTemplate {
     name: "atvm-run-watcher-resume.service",
     template: include_str!("../units/atvm-run-watcher-resume.service.in"),

@@ -1,4 +1,4 @@
-//! Checks on the rendered unit files: names, `%i`, the directives SPEC §10 requires, a
+//! Checks on the rendered unit files: names, `%i`, the directives docs/units.md requires, a
 //! comment on every directive, `systemd-analyze verify` printing nothing, and the watcher's
 //! sandbox rated 3.0 or lower by `systemd-analyze security`.
 
@@ -115,7 +115,7 @@ fn runner_stop_reaches_the_wrapper_first_and_watcher_restarts_on_failure_only() 
     assert!(runner.contains("\nUnsetEnvironment=MATTERMOST_ATVM_WEBHOOK\n"));
     let watcher = WATCHER.template();
     assert!(watcher.contains("\nRestart=on-failure\n"));
-    // 1 (a post failed for good) must never be restarted into a second attempt (SPEC §7).
+    // 1 (a post failed for good) must never be restarted into a second attempt (docs/units.md).
     assert_eq!(
         directives(WATCHER, "RestartPreventExitStatus="),
         ["1 2 4 78"]
@@ -289,7 +289,7 @@ fn systemd_analyze_verify_prints_nothing() {
     );
 }
 
-/// The most a sandboxed watcher unit may be rated (SPEC §10).
+/// The most a sandboxed watcher unit may be rated (docs/units.md).
 const MAX_WATCHER_EXPOSURE: f64 = 3.0;
 
 /// `systemd-analyze security --offline=yes` of a unit file: the overall exposure level

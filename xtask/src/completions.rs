@@ -1,7 +1,7 @@
 //! Shell completions (bash, zsh, fish) and man pages for every binary, generated from each
 //! tool's own clap definition (`<tool>::Cli::command()`), so they say exactly what `--help`
 //! says. Written into the staged tree under `share/`, which the installer copies to the
-//! conventional places under `/usr/local/share` (SPEC §10).
+//! conventional places under `/usr/local/share` (docs/install.md).
 
 use crate::Result;
 use clap::{Command, CommandFactory};

@@ -1,4 +1,4 @@
-//! `cargo xtask install [--destdir D] [--prefix P]` (SPEC §10): build release binaries, stage
+//! `cargo xtask install [--destdir D] [--prefix P]` (docs/install.md): build release binaries, stage
 //! the tree the dist tarball holds, and run its `install` script. The script
 //! (`packaging/install.sh`) is the one install implementation, so this path and the
 //! tarball's `./install` are literally the same code; what it checks, replaces, keeps and

@@ -448,7 +448,7 @@ fn units_that_ask_to_be_enabled_get_the_link_systemctl_enable_makes() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
     let stage = layout::stage(dir.path(), &layout::tests::fake_bins(dir.path())).unwrap();
-    // A boot-time unit like the one SPEC §6 asks for, and a template that cannot be enabled
+    // A boot-time unit like the one docs/watcher-service.md asks for, and a template that cannot be enabled
     // without an instance.
     fs::write(
         stage.join("units/atvm-test-resume.service.in"),

@@ -1,4 +1,4 @@
-//! The install tree (SPEC §10), staged once for every install path. `cargo xtask dist` tars
+//! The install tree (docs/install.md), staged once for every install path. `cargo xtask dist` tars
 //! the staged directory, `cargo xtask install` and `demo` run its `install` script (the one
 //! install implementation, `packaging/install.sh`), and `cargo xtask uninstall` runs the same
 //! script with `--uninstall`. Staging needs only a directory of built binaries, so the whole

@@ -1,7 +1,7 @@
 //! Project tasks (`cargo xtask <task>`, see `.cargo/config.toml`):
 //!
 //! - `install [--destdir D] [--prefix P]` — build release binaries, stage the install tree
-//!   and run its installer (`packaging/install.sh`, SPEC §10): replaces an old install,
+//!   and run its installer (`packaging/install.sh`, docs/install.md): replaces an old install,
 //!   keeping what it replaces in `.replaced/`; without `--destdir` it also reloads systemd,
 //!   checks every binary's `--help` and moves a leftover `/root/atvm-watcher-service` aside.
 //! - `dist` — one tarball of the same staged tree, installer included (plus its SHA-256), for

@@ -1,4 +1,4 @@
-//! The delivery loop (SPEC §7): attempts with backoff and jitter inside the retry window,
+//! The delivery loop (docs/watcher-service.md): attempts with backoff and jitter inside the retry window,
 //! the cancel check right before each attempt, and three rules that keep a post from being
 //! sent twice:
 //!

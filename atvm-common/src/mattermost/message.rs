@@ -1,4 +1,4 @@
-//! What a result message says (SPEC §7): the [`Payload`] posted to the webhook, built by
+//! What a result message says (docs/watcher-service.md): the [`Payload`] posted to the webhook, built by
 //! [`Payload::build`] from a borrowed [`Message`] as a Mattermost message attachment (the shape
 //! GitLab's and Flux's notifications use), or with `MATTERMOST_ATVM_FORMAT=text` as one
 //! Markdown message with the same content for servers that render attachments badly.
@@ -126,7 +126,7 @@ pub struct Message<'a> {
     /// Set for a categorized sub-run.
     pub group: Option<&'a str>,
     pub reason: &'a str,
-    /// The start options; its `run_id` goes in the footer, so a duplicate post (SPEC §7's
+    /// The start options; its `run_id` goes in the footer, so a duplicate post (docs/watcher-service.md's
     /// one at-least-once window) is recognisable.
     pub request: &'a Request,
     pub counts: Option<Counts>,

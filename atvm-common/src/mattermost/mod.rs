@@ -1,4 +1,4 @@
-//! Mattermost (SPEC §7): what a message says ([`message`]), one verified POST
+//! Mattermost (docs/watcher-service.md): what a message says ([`message`]), one verified POST
 //! ([`client`]), and the retry loop that delivers a result ([`deliver`]).
 //!
 //! Delivered means HTTP 200 with body `ok`. Connection errors, timeouts, 408, 429 (after its

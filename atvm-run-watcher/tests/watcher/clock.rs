@@ -1,4 +1,4 @@
-//! A wall-clock step alone never ends a run (SPEC §6): the watcher's windows are measured on
+//! A wall-clock step alone never ends a run (docs/watcher-service.md): the watcher's windows are measured on
 //! the boot clock. The watcher runs in the test process with a clock the test steps (an NTP
 //! step of 90 minutes in one second of boot time), against a real runner started by
 //! start-atvm-runner under the fake systemd.

@@ -1,4 +1,4 @@
-//! Delivery under faults, through the binary (SPEC §7 "Delivery guarantees"): the watcher is
+//! Delivery under faults, through the binary (docs/watcher-service.md): the watcher is
 //! stopped with SIGTERM and with SIGKILL at each step of a delivery (before the attempt is
 //! recorded, request on the wire, answered `ok` but not yet recorded, recorded), restarted,
 //! and the fake Mattermost counts what it received; the same with a full disk at each

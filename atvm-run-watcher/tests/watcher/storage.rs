@@ -1,4 +1,4 @@
-//! What the watcher keeps on disk, through the binary (SPEC §4): `state.json` stays under
+//! What the watcher keeps on disk, through the binary (docs/watcher-service.md): `state.json` stays under
 //! 8 KiB whatever the size of the run, the resume data lives in `watcher/checkpoint.json`
 //! with no buffers in it, an idle watcher rewrites nothing, and a checkpoint an earlier
 //! version left in `state.json` still resumes exactly.

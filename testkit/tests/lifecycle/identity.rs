@@ -1,5 +1,6 @@
-//! Run identity (issue 11; SPEC §4–§6, §8) through the binaries, plain names and `.sh`
-//! drop-in links alike: the watcher follows this run and nothing else — not a start helper,
+//! Run identity (issue 11; docs/watcher-service.md, "How the watcher knows what belongs to
+//! this run" and "Starting a run") through the binaries, plain names and `.sh` drop-in links
+//! alike: the watcher follows this run and nothing else — not a start helper,
 //! not another user's process or planted log, not the previous run of a reused build name,
 //! not another build's reports — refused logs surface at once, concurrent starts are
 //! serialised, lock links are not followed and a state root others can write is refused.
