@@ -198,53 +198,14 @@ pub fn subrun_progress(block: &RunBlock) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Timing;
-    use atvm_common::cypress::LogParser;
-    use std::time::Duration;
-
-    const TIMING: Timing = Timing {
-        poll: Duration::from_secs(5),
-        grace: Duration::from_secs(120),
-        hang: Duration::from_secs(90 * 60),
-        start_timeout: Duration::from_secs(900),
-        post_retry: Duration::from_secs(1800),
-    };
-
-    fn t(secs: i64) -> Moment {
-        Moment {
-            wall: atvm_common::Timestamp::from_millis(1_800_000_000_000 + secs * 1000),
-            boot: Some(atvm_common::time::BootInstant {
-                boot_id: "b".repeat(32),
-                ns: (10_000 + secs) as u64 * 1_000_000_000,
-            }),
-        }
-    }
+    use crate::decide::fixtures::{self, summary, t};
 
     fn facts(runner: &RunnerFacts) -> Facts<'_> {
-        Facts {
-            now: t(1000),
-            requested: t(0),
-            cancelled_at: None,
-            runner,
-            last_activity: t(990),
-            timing: &TIMING,
-        }
+        fixtures::facts(runner, 1000, 990)
     }
 
     fn exited(code: i32, at: i64) -> RunnerFacts {
-        RunnerFacts::Exited {
-            exit_code: Some(code),
-            signal: None,
-            stop_signal: None,
-            cancel_requested: false,
-            at: t(at),
-        }
-    }
-
-    fn summary(log: &str) -> LogSummary {
-        let mut p = LogParser::new();
-        p.feed(log.as_bytes());
-        p.summary().clone()
+        fixtures::exited(code, at)
     }
 
     /// A block with a complete header for `group`, optionally finished passing or failing.

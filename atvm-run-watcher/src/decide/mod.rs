@@ -10,6 +10,8 @@
 //! The states themselves are documented on [`RunState`].
 
 pub mod categorized;
+#[cfg(test)]
+mod fixtures;
 
 use atvm_common::cypress::{LogSummary, NoSpecs, Outcome, RunBlock};
 use atvm_common::state::{Counts, RunState};
@@ -393,53 +395,19 @@ pub fn total_counts(blocks: &[RunBlock]) -> Option<Counts> {
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{summary, t};
     use super::*;
-    use atvm_common::cypress::LogParser;
-
-    const TIMING: Timing = Timing {
-        poll: Duration::from_secs(5),
-        grace: Duration::from_secs(120),
-        hang: Duration::from_secs(90 * 60),
-        start_timeout: Duration::from_secs(900),
-        post_retry: Duration::from_secs(1800),
-    };
-
-    /// A moment `secs` into the test: wall and boot clock agree.
-    fn t(secs: i64) -> Moment {
-        Moment {
-            wall: Timestamp::from_millis(1_800_000_000_000 + secs * 1000),
-            boot: Some(atvm_common::time::BootInstant {
-                boot_id: "b".repeat(32),
-                ns: (1_000 + secs) as u64 * 1_000_000_000,
-            }),
-        }
-    }
 
     fn facts(runner: &RunnerFacts) -> Facts<'_> {
-        Facts {
-            now: t(100),
-            requested: t(0),
-            cancelled_at: None,
-            runner,
-            last_activity: t(90),
-            timing: &TIMING,
-        }
+        fixtures::facts(runner, 100, 90)
     }
 
     fn exited(code: i32) -> RunnerFacts {
-        RunnerFacts::Exited {
-            exit_code: Some(code),
-            signal: None,
-            stop_signal: None,
-            cancel_requested: false,
-            at: t(99),
-        }
+        fixtures::exited(code, 99)
     }
 
     fn blocks(log: &str) -> Vec<RunBlock> {
-        let mut p = LogParser::new();
-        p.feed(log.as_bytes());
-        p.summary().runs.clone()
+        summary(log).runs
     }
 
     const PASSED: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    ✔  All specs passed!   00:01   1   1   -   -   -  \n";
