@@ -513,18 +513,17 @@ impl StateDir {
         )
     }
 
-    /// Write `<marker>.ready`: the marker `marker` will be, for run `run_id`. Done before a
-    /// post is sent, while there is room on the disk; after Mattermost's `ok` only
-    /// [`StateDir::commit_marker`]'s rename is left, which needs no free space, so a
-    /// delivered post is recorded (and never sent again) even when the disk is full.
-    pub fn prepare_marker(&self, marker: &Path, run_id: &str) -> Result<()> {
-        self.write_marker(&fsutil::with_suffix(marker, ".ready"), run_id)
+    /// Write `ready`, a marker for run `run_id` that is not yet any marker. Done before a
+    /// post is sent, while there is room on the disk; once Mattermost has answered, only
+    /// [`StateDir::commit_marker`]'s rename is left (to `posted.marker`, or `failed.marker`),
+    /// which needs no free space: the outcome is recorded even on a full disk.
+    pub fn prepare_marker(&self, ready: &Path, run_id: &str) -> Result<()> {
+        self.write_marker(ready, run_id)
     }
 
-    /// Turn the prepared `<marker>.ready` into `marker`, durably.
-    pub fn commit_marker(&self, marker: &Path) -> Result<()> {
-        let ready = fsutil::with_suffix(marker, ".ready");
-        fs::rename(&ready, marker).map_err(|e| Error::io("cannot record", marker, e))?;
+    /// Turn the prepared `ready` into `marker`, durably.
+    pub fn commit_marker(&self, ready: &Path, marker: &Path) -> Result<()> {
+        fs::rename(ready, marker).map_err(|e| Error::io("cannot record", marker, e))?;
         if let Some(dir) = marker.parent() {
             fs::File::open(dir)
                 .and_then(|d| d.sync_all())

@@ -7,19 +7,19 @@
 //! |---|---|---|---|
 //! | before the attempt is recorded | owed; the next start sends it | the same | nothing is sent; it waits |
 //! | request on the wire | the answer is awaited and recorded | next start re-sends (the one duplicate window) | — |
-//! | answered `ok`, not yet recorded | recorded first, then exit | next start re-sends | the prepared marker is renamed (needs no space) |
+//! | answered, not yet recorded | recorded first, then exit | next start re-sends | the prepared record is renamed (needs no space) |
 //! | recorded | nothing more is sent | nothing more is sent | — |
 //!
-//! `posted.marker` is written only after Mattermost answered `ok` and is checked first, so
-//! a result that was delivered is never posted again; a permanent failure is recorded as
-//! `failed` and never re-sent.
+//! `posted.marker` is written only after Mattermost answered `ok`, `failed.marker` after a
+//! permanent answer; both are checked first, so a result that was delivered, or refused for
+//! good, is never sent again.
 
 use crate::shutdown::Shutdown;
 use atvm_common::error::Result;
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{Post, PostStatus, Request};
 use atvm_common::{StateDir, Timestamp, failpoint, fsutil, logging};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,18 +87,29 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn marker(&self) -> PathBuf {
+    /// Written only after Mattermost answered `ok`.
+    fn posted_marker(&self) -> PathBuf {
         self.dir.join("posted.marker")
     }
 
-    /// Was this result delivered already (by this or an earlier watcher)?
-    fn delivered_before(&self) -> Result<bool> {
+    /// Written when the post failed for good.
+    fn failed_marker(&self) -> PathBuf {
+        self.dir.join("failed.marker")
+    }
+
+    /// Prepared before each attempt; renamed to one of the two above.
+    fn ready(&self) -> PathBuf {
+        self.dir.join("post.ready")
+    }
+
+    /// When `marker` of this run was written, if it was.
+    fn marked(&self, marker: &Path) -> Result<Option<Timestamp>> {
+        let (run_id, requested_at) = (&self.request.run_id, self.request.requested_at);
         Ok(self
             .sd
-            .read_marker(&self.marker())?
-            .is_some_and(|(m, mtime)| {
-                m.belongs_to(&self.request.run_id, self.request.requested_at, mtime)
-            }))
+            .read_marker(marker)?
+            .filter(|(m, mtime)| m.belongs_to(run_id, requested_at, *mtime))
+            .map(|(m, mtime)| m.at.unwrap_or(mtime)))
     }
 }
 
@@ -123,10 +134,21 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
         Sink::DryRun { .. } => return dry_run(job),
         Sink::Mattermost { poster, .. } => Arc::clone(poster),
     };
-    if job.delivered_before()? {
+    // An outcome an earlier watcher got but could not write into the state.
+    if let Some(at) = job.marked(&job.posted_marker())? {
         post.status = PostStatus::Posted;
+        post.posted_at.get_or_insert(at);
         record_until_done(job, ledger, &post);
         return Ok(Outcome::Posted);
+    }
+    if job.marked(&job.failed_marker())?.is_some() {
+        post.status = PostStatus::Failed;
+        let error = post
+            .last_error
+            .get_or_insert_with(|| "failed for good earlier".to_string())
+            .clone();
+        record_until_done(job, ledger, &post);
+        return Ok(Outcome::Failed(error));
     }
     let delivery = {
         let mut hooks = AttemptLog {
@@ -170,7 +192,7 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
     match delivery {
         Delivery::Delivered { attempts } => {
             failpoint::pause("deliver.answered");
-            commit_marker(job);
+            commit_marker(job, &job.posted_marker());
             post.status = PostStatus::Posted;
             post.attempts = attempts;
             post.posted_at = Some(Timestamp::now());
@@ -181,6 +203,10 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
             Outcome::Posted
         }
         Delivery::Failed { attempts, error } => {
+            failpoint::pause("deliver.answered");
+            // A failure (always after an attempt was sent) is as final as a delivery:
+            // recorded so that a restart never sends it again.
+            commit_marker(job, &job.failed_marker());
             post.status = PostStatus::Failed;
             post.attempts = attempts;
             post.last_error = Some(error.clone());
@@ -207,21 +233,20 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
     }
 }
 
-/// Record a delivered post's marker. The prepared marker is renamed (no free space
-/// needed); failing that it is written afresh, again and again, until it is there or the
-/// watcher is stopped — it is never sent again either way.
-fn commit_marker(job: &Job) {
-    let marker = job.marker();
+/// Record a post's outcome as `marker` (posted or failed). The prepared record is renamed
+/// (no free space needed); failing that the marker is written afresh, again and again,
+/// until it is there or the watcher is stopped — the post is never sent again either way.
+fn commit_marker(job: &Job, marker: &Path) {
     let mut tries = 0u32;
     loop {
         let done = job
             .sd
-            .commit_marker(&marker)
-            .or_else(|_| job.sd.write_marker(&marker, &job.request.run_id));
+            .commit_marker(&job.ready(), marker)
+            .or_else(|_| job.sd.write_marker(marker, &job.request.run_id));
         match done {
             Ok(()) => return,
             Err(e) if tries == 0 => logging::error(format!(
-                "{}: {} was delivered but cannot be recorded yet; retrying, never re-sending: {e}",
+                "{}: the outcome of the {} post cannot be recorded yet; retrying, never re-sending: {e}",
                 job.request.build_name, job.label
             )),
             Err(_) => {}
@@ -229,7 +254,7 @@ fn commit_marker(job: &Job) {
         tries += 1;
         if !job.shutdown.sleep(RECORD_RETRY) {
             logging::error(format!(
-                "{}: stopped before the delivery of {} was recorded; a restart may post it again",
+                "{}: stopped before the outcome of the {} post was recorded; a restart may send it again",
                 job.request.build_name, job.label
             ));
             return;
@@ -267,7 +292,7 @@ impl AttemptLog<'_> {
         if fsutil::open_regular(&payload)?.is_none() {
             fsutil::write_json(&payload, &job.payload, 0o600)?;
         }
-        job.sd.prepare_marker(&job.marker(), &job.request.run_id)?;
+        job.sd.prepare_marker(&job.ready(), &job.request.run_id)?;
         let mut next = self.post.clone();
         next.status = PostStatus::Pending;
         next.attempts = n;

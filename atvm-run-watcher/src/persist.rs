@@ -47,6 +47,10 @@ pub struct Checkpoint {
     /// sub-runs; compared with the reports' modification times, so wall-clock).
     #[serde(default)]
     pub finished_seen: Vec<Option<Timestamp>>,
+    /// Every sub-run's key, in log order: a restarted watcher finds them all (state.json
+    /// lists only the latest when there are many).
+    #[serde(default)]
+    pub subrun_keys: Vec<String>,
 }
 
 /// The cancel marker's time, if the marker belongs to this run.
@@ -81,7 +85,7 @@ pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
     match sd.read_state()? {
         Some(saved) if saved.run_id == request.run_id => {
             let cp = load_checkpoint(ctx, &saved)?;
-            let subruns = load_subruns(ctx, &saved)?;
+            let subruns = load_subruns(ctx, &saved, &cp)?;
             logging::info(format!(
                 "resuming {build} ({}, run {})",
                 saved.state, request.run_id
@@ -136,20 +140,37 @@ fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<Checkpoint> {
     Ok(cp)
 }
 
-/// Each listed sub-run's own `state.json`, or (if it was never written) its summary.
-fn load_subruns(ctx: &Ctx, saved: &State) -> Result<Vec<State>> {
+/// Every sub-run, in log order: the checkpoint lists all their keys (`state.json` lists
+/// only the latest when there are many); each is read from its own `state.json`, or made
+/// again from its summary (or as open) if that was never written. A checkpoint of an
+/// earlier version has no keys: `state.json`'s list, which it never shortened, is used.
+fn load_subruns(ctx: &Ctx, saved: &State, cp: &Checkpoint) -> Result<Vec<State>> {
+    let listed = saved.subruns.as_deref().unwrap_or_default();
+    let keys: Vec<&str> = match cp.subrun_keys.is_empty() {
+        false => cp.subrun_keys.iter().map(String::as_str).collect(),
+        true => listed.iter().map(|s| s.key.as_str()).collect(),
+    };
+    let blocks = &cp.parser.summary().runs;
     let mut subruns = Vec::new();
-    for summary in saved.subruns.iter().flatten() {
-        let path = ctx.sd.subrun_dir(&summary.key).join("state.json");
-        let sub: State = fsutil::read_json(&path)?.unwrap_or_else(|| {
-            let mut s = State::new(ctx.build.as_str(), &ctx.request.run_id, summary.state, "");
-            s.key = Some(summary.key.clone());
-            s.group = summary.group.clone();
-            s.counts = summary.counts;
-            s.post = summary.post.clone();
-            s
-        });
-        subruns.push(sub);
+    for (i, key) in keys.into_iter().enumerate() {
+        let path = ctx.sd.subrun_dir(key).join("state.json");
+        if let Some(sub) = fsutil::read_json::<State>(&path)? {
+            subruns.push(sub);
+            continue;
+        }
+        let summary = listed.iter().find(|s| s.key == key);
+        let state = summary.map_or(RunState::Watching, |s| s.state);
+        let mut s = State::new(ctx.build.as_str(), &ctx.request.run_id, state, "");
+        s.key = Some(key.to_string());
+        s.group = match summary {
+            Some(sum) => sum.group.clone(),
+            None => blocks.get(i).and_then(|b| b.group.clone()),
+        };
+        if let Some(sum) = summary {
+            s.counts = sum.counts;
+            s.post = sum.post.clone();
+        }
+        subruns.push(s);
     }
     Ok(subruns)
 }

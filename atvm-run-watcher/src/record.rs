@@ -98,9 +98,9 @@ impl RunRecord {
         targets
     }
 
-    /// Make the run final; sub-runs still open end with it. The run's own result is posted
-    /// when postable — for a categorized run only when the runner failed before any sub-run
-    /// started (otherwise its sub-runs did the posting).
+    /// Make the run final; sub-runs still open end with it. The run's own result is owed
+    /// (`pending`) when postable — for a categorized run only when the runner failed before
+    /// any sub-run started (otherwise its sub-runs did the posting).
     pub fn finish_run(&mut self, v: Verdict) -> Option<Target> {
         let postable = v.state.is_postable()
             && (!self.categorized || (self.subruns.is_empty() && v.state == RunState::Failed));
@@ -115,6 +115,9 @@ impl RunRecord {
             sub.post.status = PostStatus::Suppressed;
         }
         if postable {
+            // Owed from this moment on, in the same save as the final state: a stop (or a
+            // kill) before the delivery starts cannot lose it.
+            self.state.post.status = PostStatus::Pending;
             return Some(Target::Run);
         }
         if self.state.post.status == PostStatus::None && !self.categorized {
@@ -123,7 +126,7 @@ impl RunRecord {
         None
     }
 
-    /// End sub-run `i` by `v`; its result is posted when postable.
+    /// End sub-run `i` by `v`; its result is owed (`pending`) when postable.
     fn finish_subrun(&mut self, i: usize, v: Verdict, block: &RunBlock) -> Option<Target> {
         let sub = &mut self.subruns[i];
         let what = format!("sub-run {} ", sub.key.as_deref().unwrap_or_default());
@@ -138,6 +141,7 @@ impl RunRecord {
                 .insert("run_url".into(), Value::String(url.to_string()));
         }
         if postable {
+            sub.post.status = PostStatus::Pending;
             Some(Target::Sub(i))
         } else {
             sub.post.status = PostStatus::Suppressed;
@@ -165,6 +169,18 @@ impl RunRecord {
                 sub.post.status = PostStatus::Suppressed;
             }
         }
+    }
+
+    /// The results whose post failed for good (never re-sent), with their error.
+    pub fn failed_for_good(&self) -> Vec<(Target, String)> {
+        let targets = std::iter::once(Target::Run).chain((0..self.subruns.len()).map(Target::Sub));
+        targets
+            .filter_map(|t| {
+                let post = &self.state_of(t).post;
+                (post.status == PostStatus::Failed)
+                    .then(|| (t, post.last_error.clone().unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// The results whose post is owed (every start of the watcher delivers them first).

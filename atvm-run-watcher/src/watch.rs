@@ -15,8 +15,8 @@ use crate::record::{RunRecord, Target};
 use crate::shutdown::Shutdown;
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Payload};
-use atvm_common::state::{Post, PostStatus, Request, RunState, State};
-use atvm_common::{BuildName, Paths, StateDir, fsutil, logging};
+use atvm_common::state::{Post, Request, RunState, State};
+use atvm_common::{BuildName, Paths, StateDir, failpoint, fsutil, logging};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -122,6 +122,9 @@ impl<'a> Watcher<'a> {
         };
         let due = self.decide_and_apply(&obs);
         self.save_or_warn();
+        if !due.is_empty() {
+            failpoint::pause("watch.decided");
+        }
         self.deliver(&due)
     }
 
@@ -183,6 +186,9 @@ impl<'a> Watcher<'a> {
             self.cp.runner_inactive_since.clone(),
         );
         self.cp.runner_inactive_since = plan.runner_inactive_since.clone();
+        self.cp
+            .subrun_keys
+            .extend(plan.start.iter().map(|n| n.key.clone()));
         for &i in &plan.finished_seen {
             self.cp
                 .finished_seen
@@ -247,8 +253,9 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// Post every result in `due`, in order. Each becomes owed first (`pending`); the
-    /// delivery keeps its payload beside its state before the first attempt, so a
+    /// Post every result in `due`, in order. Each became owed (`pending`) when it was
+    /// decided and was saved so; a stop before its turn leaves it owed for the next start.
+    /// The delivery keeps its payload beside its state before the first attempt, so a
     /// restarted watcher posts exactly those bytes.
     fn deliver(&mut self, due: &[Target]) -> Result<()> {
         for &target in due {
@@ -256,8 +263,6 @@ impl<'a> Watcher<'a> {
                 break;
             }
             let payload = self.compose(target);
-            self.record.post_of(target).status = PostStatus::Pending;
-            self.save_or_warn();
             self.deliver_one(target, Some(payload))?;
         }
         Ok(())
@@ -277,6 +282,12 @@ impl<'a> Watcher<'a> {
     /// Every post still owed by the run or a sub-run (left by an earlier watcher that was
     /// stopped or died), delivered before anything else.
     fn deliver_owed(&mut self) -> Result<()> {
+        // What failed for good earlier is never sent again, but still makes the exit 1.
+        for (target, error) in self.record.failed_for_good() {
+            let label = self.record.label(target);
+            self.failed_posts
+                .push(format!("{label}: {error} (earlier; never sent again)"));
+        }
         let owed = self.record.owed();
         for &target in &owed {
             if self.ctx.shutdown.requested() {

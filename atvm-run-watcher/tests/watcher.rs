@@ -956,9 +956,9 @@ fn a_client_error_is_permanent_and_exits_1() {
     // it — the server would refuse it again, or worse, take it twice.
     for _ in 0..2 {
         let again = watch(&env, &[]);
-        assert!(again.status.success(), "{}", text(&again));
+        assert_eq!(again.status.code(), Some(1), "{}", text(&again));
         assert!(
-            text(&again).contains("nothing left to do"),
+            text(&again).contains("HTTP 400") && text(&again).contains("never sent again"),
             "{}",
             text(&again)
         );

@@ -159,16 +159,21 @@ pub fn classify(answer: &Answer, webhook: &Webhook) -> Attempt {
         }
         408 | 429 | 500..=599 => Attempt::Retry {
             error: format!("HTTP {status}{} ({host})", said()),
+            // Seconds, capped at a day: a longer wait is past any retry window anyway, and
+            // a server's number must not overflow a time computation.
             after: answer
                 .retry_after
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
+                .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_SECS))),
         },
         _ => Attempt::Permanent {
             error: format!("HTTP {status}{} ({host})", said()),
         },
     }
 }
+
+/// The longest `Retry-After` taken as given (a day).
+const MAX_RETRY_AFTER_SECS: u64 = 24 * 3600;
 
 /// A failure before any answer: connection, timeout, TLS, a URL ureq refuses.
 fn transport_error(e: &ureq::Error, webhook: &Webhook) -> Attempt {
@@ -313,6 +318,11 @@ mod tests {
         assert!(
             matches!(with(" 7 "), Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(7))
         );
+        // A hostile number is capped, not overflowed.
+        assert!(matches!(
+            with("18446744073709551615"),
+            Attempt::Retry { after: Some(d), .. } if d == Duration::from_secs(24 * 3600)
+        ));
         // An HTTP date is not seconds: the loop's own backoff applies.
         assert!(matches!(
             with("Wed, 21 Oct 2026 07:28:00 GMT"),

@@ -113,9 +113,12 @@ pub fn deliver(
             Attempt::Retry { error, after } => (error, after),
         };
         retries += 1;
-        let wait = after.unwrap_or_else(|| backoff(retries, window, seed));
-        if started.elapsed() + wait > window {
-            let why = if after.is_some() {
+        // `Retry-After` is a minimum: never sooner than the backoff (a `0` must not turn
+        // the loop into a flood).
+        let pause = backoff(retries, window, seed);
+        let wait = after.map_or(pause, |a| a.max(pause));
+        if started.elapsed().saturating_add(wait) > window {
+            let why = if after.is_some_and(|a| a >= pause) {
                 "the server's Retry-After reaches past"
             } else {
                 "retries used up"
@@ -202,6 +205,32 @@ mod tests {
             *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
             retry(None)
         }
+    }
+
+    #[test]
+    fn retry_after_is_a_minimum_and_never_overflows() {
+        let p: Arc<dyn Poster> = Arc::new(Scripted(Mutex::new(vec![retry(Some(0)); 3])));
+        let mut hooks = Recorder::default();
+        let window = Duration::from_secs(60);
+        assert_eq!(
+            deliver(&p, "{}", window, 0, &mut hooks),
+            Delivery::Delivered { attempts: 4 }
+        );
+        assert!(
+            hooks.slept.iter().all(|d| *d >= Duration::from_millis(800)),
+            "a Retry-After of 0 waits the backoff: {:?}",
+            hooks.slept
+        );
+        let huge = Attempt::Retry {
+            error: "HTTP 429".into(),
+            after: Some(Duration::MAX),
+        };
+        let p: Arc<dyn Poster> = Arc::new(Scripted(Mutex::new(vec![huge])));
+        let d = deliver(&p, "{}", window, 0, &mut Recorder::default());
+        assert!(
+            matches!(d, Delivery::Failed { ref error, .. } if error.contains("Retry-After reaches past")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -190,6 +190,27 @@ fn sigkill_after_the_record_posts_once() {
     assert_eq!(stopped_at(Step::Recorded, "KILL"), 1);
 }
 
+#[test]
+fn a_stop_in_the_poll_that_decides_the_result_leaves_it_owed() {
+    for signal in ["TERM", "KILL"] {
+        let p = completed(vec![]);
+        let w = watcher(&p, Some("watch.decided"));
+        reached(&p, "watch.decided");
+        kill(&w, signal);
+        release(&p, "watch.decided");
+        finish(w, LONG);
+        assert_eq!(p.hook.count(), 0, "{signal}: nothing sent yet");
+        let s = p.state(B);
+        assert_eq!(
+            (&s["state"], &s["post"]["status"]),
+            (&json!("COMPLETED"), &json!("pending")),
+            "{signal}: final and owed in one save: {s:#}"
+        );
+        assert_eq!(restart(&p).status.code(), Some(0));
+        assert_eq!(p.hook.count(), 1, "{signal}: the next start delivers it");
+    }
+}
+
 // ----- full disk ---------------------------------------------------------------------------
 
 /// A small tmpfs mounted over the Env's state root (as root only), so a test can fill it.
@@ -294,6 +315,36 @@ fn a_full_disk_after_ok_still_records_the_delivery_and_never_sends_again() {
     assert_eq!(again.status.code(), Some(0), "{}", text(&again));
     assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "posted");
     assert_eq!(p.hook.count(), 1, "delivered once, recorded, never re-sent");
+}
+
+#[test]
+fn a_permanent_failure_on_a_full_disk_then_a_stop_is_never_sent_again() {
+    // 200 without `ok`: perhaps processed by the server, certainly not to be re-sent.
+    let p = Posting::new(vec![Reply::status(200, "nope")]);
+    let Some(disk) = SmallDisk::mount(&p) else {
+        return;
+    };
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    let w = watcher(&p, Some("deliver.answered"));
+    reached(&p, "deliver.answered");
+    disk.fill();
+    release(&p, "deliver.answered");
+    let failed = p.state_dir(B).join("failed.marker");
+    p.wait_until("failed.marker", LONG, || failed.exists());
+    kill(&w, "TERM");
+    let out = finish(w, LONG);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    disk.free();
+    let again = restart(&p);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "still failed for good: {}",
+        text(&again)
+    );
+    assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "failed");
+    assert_eq!(p.hook.count(), 1, "sent once, never again");
 }
 
 // ----- cancel racing a post ----------------------------------------------------------------

@@ -17,6 +17,11 @@ const BOX: &str = "────────────────────�
 /// One `(Run Starting)` … `(Run Finished)` block as Cypress prints it, for `specs` specs
 /// (all passing) under `group`.
 fn block(group: &str, specs: &[String]) -> String {
+    block_ending(group, specs, false)
+}
+
+/// [`block`], its first spec failing one test when `fails`.
+fn block_ending(group: &str, specs: &[String], fails: bool) -> String {
     let mut s = String::new();
     let n = specs.len();
     let _ = write!(
@@ -42,16 +47,30 @@ fn block(group: &str, specs: &[String]) -> String {
         if i > 0 {
             let _ = writeln!(s, "  ├{BOX}┤");
         }
+        let (mark, passing, failing) = match fails && i == 0 {
+            true => ('✖', "1", "1"),
+            false => ('✔', "2", "-"),
+        };
         let _ = writeln!(
             s,
-            "  │ ✔  {spec:<40} 00:05        2        2        -        -        - │"
+            "  │ {mark}  {spec:<40} 00:05        2        {passing}        {failing}        -        - │"
         );
     }
+    let footer = match fails {
+        true => format!("✖  1 of {n} failed (50%)                      "),
+        false => "✔  All specs passed!                        ".to_string(),
+    };
+    let failed = usize::from(fails);
+    let failing = if fails {
+        "1".to_string()
+    } else {
+        "-".to_string()
+    };
     let _ = write!(
         s,
-        "  └{BOX}┘\n    ✔  All specs passed!                        04:50 {:>8} {:>8}        -        -        -  \n\n",
+        "  └{BOX}┘\n    {footer}04:50 {:>8} {:>8} {failing:>8}        -        -  \n\n",
         2 * n,
-        2 * n
+        2 * n - failed,
     );
     s
 }
@@ -194,4 +213,65 @@ fn a_checkpoint_left_in_state_json_by_an_earlier_version_resumes_exactly() {
             .get("checkpoint")
             .is_none()
     );
+}
+
+#[test]
+fn a_restart_of_a_run_with_more_groups_than_state_json_lists_posts_each_group_once_rightly() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({"categorize": true}));
+    // 40 groups (state.json lists only the latest); group 31 fails. The runner stops in the
+    // middle of group 31 (running, not finished) until the test says go.
+    let part = |range: std::ops::Range<usize>| -> String {
+        range
+            .map(|g| block_ending(&format!("grp{g:02}"), &specs(&format!("g{g}"), 2), g == 31))
+            .collect()
+    };
+    let g31 = part(31..32);
+    let cut = g31.find("  (Run Finished)").unwrap();
+    let first = p.root().join("first.log");
+    let rest = p.root().join("rest.log");
+    fs::write(&first, part(1..31) + &g31[..cut]).unwrap();
+    fs::write(&rest, g31[cut..].to_string() + &part(32..41)).unwrap();
+    let go = p.root().join("go");
+    start_runner(
+        &p,
+        &format!(
+            "cat '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; cat '{}'; exit 1",
+            first.display(),
+            go.display(),
+            rest.display()
+        ),
+    );
+    let w = p.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--grace-seconds", "0.2"],
+    );
+    p.wait_until("30 group posts", LONG, || p.hook.count() == 30);
+    p.wait_until("group 31 open", LONG, || {
+        p.try_state(B).is_some_and(|s| {
+            s["subruns"]
+                .as_array()
+                .is_some_and(|l| l.last().is_some_and(|x| x["key"] == "31-grp31"))
+        })
+    });
+    std::process::Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status()
+        .unwrap();
+    finish(w, LONG);
+    fs::write(&go, "").unwrap();
+    assert_final(&p, &watch(&p, &["--grace-seconds", "0.2"]), "FAILED");
+    let posts: Vec<String> = p
+        .posts()
+        .iter()
+        .map(|b| b["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(posts.len(), 40, "{posts:#?}");
+    for g in 1..41 {
+        let group = format!("`grp{g:02}`");
+        let mine: Vec<&String> = posts.iter().filter(|t| t.contains(&group)).collect();
+        assert_eq!(mine.len(), 1, "group {g}: {mine:#?}");
+        let expected = if g == 31 { "FAILED" } else { "COMPLETED" };
+        assert!(mine[0].starts_with(expected), "group {g}: {}", mine[0]);
+    }
 }
