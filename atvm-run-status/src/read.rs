@@ -86,6 +86,13 @@ pub fn build_runs(paths: &Paths, build: &BuildName, all: bool) -> Result<Vec<Sou
 fn archives(paths: &Paths, build: &BuildName) -> Result<Vec<Source>> {
     let base = paths.archive_root().join(build.as_str());
     let mut out = Vec::new();
+    // A link or a directory others can write is not read (not followed into /etc, say).
+    if fs::symlink_metadata(&base).is_ok()
+        && let Err(e) = fsutil::check_private_dir(&base)
+    {
+        logging::warn(e);
+        return Ok(out);
+    }
     for (stamp, path) in subdirs(&base).or_else(absent_is_empty(&base))? {
         // Archive names are timestamps (`20261124T193530Z`, `…-001`), which pass the build
         // name rule; that lets StateDir name the files inside as it does for a current run.

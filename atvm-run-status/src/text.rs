@@ -105,6 +105,7 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     let state = match (run.state, run.is_final) {
         (Some(s), Some(true)) => format!("{s} (final)"),
         (Some(s), _) => format!("{s} (not final)"),
+        (None, _) if !run.errors.is_empty() => "- (cannot be read: see errors below)".into(),
         (None, _) => "- (no state.json yet)".into(),
     };
     line("state", state);

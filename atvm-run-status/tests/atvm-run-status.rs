@@ -694,3 +694,36 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
         "{r:#}"
     );
 }
+
+#[test]
+fn an_archive_that_is_a_link_is_not_followed_and_a_refused_directory_says_so() {
+    let env = Env::new();
+    let elsewhere = env.root().join("elsewhere");
+    fs::create_dir_all(elsewhere.join("20261124T193530Z")).unwrap();
+    let archive = env.state_root.join(".archive");
+    fs::create_dir_all(&archive).unwrap();
+    fs::set_permissions(&archive, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, archive.join("evil")).unwrap();
+    let out = env.run("atvm-run-status", &["--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("evil"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        text(&out)
+    );
+    // A build directory others can write: the detail view says why it shows nothing.
+    run_dir(&env.state_dir(B), B, 10, json!({}), None);
+    fs::set_permissions(env.state_dir(B), fs::Permissions::from_mode(0o777)).unwrap();
+    let out = env.run("atvm-run-status", &["--build-name", B]);
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("cannot be read: see errors below"),
+        "{shown}"
+    );
+    assert!(shown.contains("writable by group or others"), "{shown}");
+}

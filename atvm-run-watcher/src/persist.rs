@@ -295,46 +295,77 @@ fn unchanged(old: &RunRecord, record: &RunRecord) -> bool {
             .all(|(a, b)| same_but_time(a, b))
 }
 
-/// `state.json` stays under this, whatever the run (docs/watcher-service.md).
+/// `state.json` stays under this many bytes, whatever the run (docs/watcher-service.md).
 pub const STATE_BUDGET: usize = 8 * 1024 - 256;
-/// The longest reason and detail kept in `state.json` (characters).
-const TEXT_BUDGET: usize = 1000;
 
-/// Keep `state` within [`STATE_BUDGET`] as written: long texts are cut, and if the list of
-/// sub-runs still does not fit, the oldest finished ones are left out of it (each keeps its
-/// own file) and `subruns_total` says how many there are.
+/// Keep `state` within [`STATE_BUDGET`] bytes as written. Texts (reason, errors, details,
+/// group names) are cut, more and more if need be, and the oldest finished sub-runs are
+/// left out of the list (each keeps its own file; `subruns_total` says how many there are);
+/// as a last resort the oldest open ones too.
 pub fn fit(state: &mut State) {
-    cut(&mut state.reason, TEXT_BUDGET);
-    for value in state.details.values_mut() {
-        if let serde_json::Value::String(s) = value {
-            cut(s, TEXT_BUDGET);
+    let total = state.subruns.as_ref().map_or(0, Vec::len);
+    for max_bytes in [1000, 300, 100, 40] {
+        cut_texts(state, max_bytes);
+        while encoded_len(state) > STATE_BUDGET && drop_oldest(state, total, true) {}
+        if encoded_len(state) <= STATE_BUDGET {
+            return;
         }
     }
+    while encoded_len(state) > STATE_BUDGET && drop_oldest(state, total, false) {}
+}
+
+/// Cut every text of `state` that comes from a log, a server or an option to `max_bytes`.
+fn cut_texts(state: &mut State, max_bytes: usize) {
+    cut(&mut state.reason, max_bytes);
     if let Some(e) = state.post.last_error.as_mut() {
-        cut(e, TEXT_BUDGET);
+        cut(e, max_bytes);
     }
-    let total = state.subruns.as_ref().map_or(0, Vec::len);
-    while encoded_len(state) > STATE_BUDGET {
-        let Some(list) = state.subruns.as_mut() else {
-            break;
-        };
-        let Some(oldest_final) = list.iter().position(|s| s.state.is_terminal()) else {
-            break;
-        };
-        list.remove(oldest_final);
-        state.subruns_total = Some(total);
+    for value in state.details.values_mut() {
+        if let serde_json::Value::String(s) = value {
+            cut(s, max_bytes);
+        }
     }
+    for sub in state.subruns.iter_mut().flatten() {
+        if let Some(g) = sub.group.as_mut() {
+            cut(g, max_bytes.min(100));
+        }
+        if let Some(e) = sub.post.last_error.as_mut() {
+            cut(e, max_bytes);
+        }
+    }
+}
+
+/// Leave the oldest (finished, if `finished_only`) sub-run out of the list.
+fn drop_oldest(state: &mut State, total: usize, finished_only: bool) -> bool {
+    let Some(list) = state.subruns.as_mut() else {
+        return false;
+    };
+    let Some(i) = list
+        .iter()
+        .position(|s| !finished_only || s.state.is_terminal())
+    else {
+        return false;
+    };
+    list.remove(i);
+    state.subruns_total = Some(total);
+    true
 }
 
 fn encoded_len(state: &State) -> usize {
     serde_json::to_vec_pretty(state).map_or(usize::MAX, |v| v.len() + 1)
 }
 
-fn cut(text: &mut String, max_chars: usize) {
-    if let Some((i, _)) = text.char_indices().nth(max_chars) {
-        text.truncate(i);
-        text.push('…');
+/// Cut `text` to at most `max_bytes` bytes (on a character boundary), marking the cut.
+fn cut(text: &mut String, max_bytes: usize) {
+    if text.len() <= max_bytes {
+        return;
     }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
 }
 
 /// Equal apart from `updated_at`.
@@ -382,7 +413,39 @@ mod tests {
             "an open sub-run is never left out"
         );
         assert!(list.last().is_some_and(|x| x.key.starts_with("200-")));
-        assert_eq!(s.reason.chars().count(), TEXT_BUDGET + 1);
+        assert!(s.reason.len() <= 1000 && s.reason.ends_with('…'));
+    }
+
+    #[test]
+    fn multi_byte_texts_and_open_sub_runs_fit_too() {
+        let emoji = "🚀".repeat(1200);
+        let mut plain = State::new("b", "r", RunState::Watching, emoji.clone());
+        for key in ["progress", "run_url", "log", "last_activity"] {
+            plain
+                .details
+                .insert(key.into(), serde_json::Value::String(emoji.clone()));
+        }
+        plain.post.last_error = Some(emoji.clone());
+        fit(&mut plain);
+        assert!(
+            encoded_len(&plain) <= STATE_BUDGET,
+            "{}",
+            encoded_len(&plain)
+        );
+        let mut open = State::new("b", "r", RunState::Watching, emoji.clone());
+        open.subruns = Some(
+            (1..=300)
+                .map(|i| {
+                    let mut s = sub(i, RunState::Watching);
+                    s.group = Some(emoji.clone());
+                    s
+                })
+                .collect(),
+        );
+        fit(&mut open);
+        assert!(encoded_len(&open) <= STATE_BUDGET, "{}", encoded_len(&open));
+        assert_eq!(open.subruns_total, Some(300));
+        assert!(open.subruns.as_ref().is_some_and(|l| !l.is_empty()));
     }
 
     #[test]

@@ -337,8 +337,14 @@ impl<'a> Watcher<'a> {
             store: &mut self.store,
             cp: &self.cp,
             target,
+            unreadable: None,
         };
-        match deliver::deliver(&job, post, &mut ledger)? {
+        let outcome = deliver::deliver(&job, post, &mut ledger)?;
+        if let Some(e) = ledger.unreadable {
+            // Nothing was sent; the post stays owed and the file is named.
+            return Err(e);
+        }
+        match outcome {
             Outcome::Failed(error) => self.failed_posts.push(error),
             Outcome::Cancelled => self.record.cancel(),
             Outcome::Posted | Outcome::DryRun | Outcome::Interrupted => {}
@@ -402,6 +408,8 @@ struct RecordLedger<'w, 'a> {
     store: &'w mut Store,
     cp: &'w Checkpoint,
     target: Target,
+    /// A cancel marker that is there but cannot be read: nothing may be sent.
+    unreadable: Option<Error>,
 }
 
 impl Ledger for RecordLedger<'_, '_> {
@@ -411,9 +419,13 @@ impl Ledger for RecordLedger<'_, '_> {
     }
 
     fn cancelled(&mut self) -> bool {
-        persist::cancelled_at(&self.ctx.sd, &self.ctx.request)
-            .ok()
-            .flatten()
-            .is_some()
+        match persist::cancelled_at(&self.ctx.sd, &self.ctx.request) {
+            Ok(at) => at.is_some(),
+            Err(e) => {
+                // Whether the run was cancelled cannot be told: do not send.
+                self.unreadable = Some(e);
+                true
+            }
+        }
     }
 }

@@ -72,22 +72,47 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         true => format!("{unit} stopped"),
         false => format!("{unit} was not running ({})", activity.word()),
     };
-    let now = sd
-        .read_state()?
-        .filter(|s| s.post.status == PostStatus::Posted);
-    match (now, found) {
-        (Some(s), _) => logging::info(format!(
+    // Read again: a post on the wire when the cancel came has finished now.
+    let now = sd.read_state()?;
+    let groups = now.as_ref().map(posted_groups).unwrap_or_default();
+    let line = match (now.filter(|s| s.post.status == PostStatus::Posted), found) {
+        (Some(s), _) => format!(
             "{build} was already reported: its {} post was delivered before the cancel took effect; {stopped}",
             s.state
-        )),
-        (None, Found::EndedUnposted(state)) => logging::info(format!(
-            "{build} had already ended as {state} (never posted); marked cancelled; {stopped}"
-        )),
-        (None, _) => logging::info(format!(
-            "cancelled {build}: state CANCELLED, nothing posted; {stopped}"
-        )),
-    }
+        ),
+        (None, Found::EndedUnposted(state)) => {
+            format!(
+                "{build} had already ended as {state} (never posted); marked cancelled; {stopped}"
+            )
+        }
+        (None, _) if groups.is_empty() => {
+            format!("cancelled {build}: state CANCELLED, nothing posted; {stopped}")
+        }
+        (None, _) => format!(
+            "cancelled {build}: state CANCELLED; already posted before the cancel: {}; nothing more is posted; {stopped}",
+            groups.join(", ")
+        ),
+    };
+    logging::info(line);
     Ok(())
+}
+
+/// The sub-runs whose result was delivered.
+fn posted_groups(state: &State) -> Vec<String> {
+    state
+        .subruns
+        .iter()
+        .flatten()
+        .filter(|s| s.post.status == PostStatus::Posted)
+        .map(|s| s.key.clone())
+        .collect()
+}
+
+/// Was everything of the run that is ever posted, posted? The run's own post, or — for a
+/// categorized run that has ended and owes nothing — its groups'.
+fn reported(state: &State) -> bool {
+    state.post.status == PostStatus::Posted
+        || (state.is_final && !state.owes_a_post() && !posted_groups(state).is_empty())
 }
 
 /// Under the state lock (so a watcher saving at the same moment sees it): write the
@@ -101,10 +126,7 @@ fn mark_cancelled(build: &BuildName, sd: &StateDir) -> Result<Found> {
             .or_else(|| current.as_ref().map(|s| s.run_id.clone()))
             .unwrap_or_default();
         let existing = current.filter(|s| s.run_id == run_id);
-        if let Some(s) = existing
-            .as_ref()
-            .filter(|s| s.post.status == PostStatus::Posted)
-        {
+        if let Some(s) = existing.as_ref().filter(|s| reported(s)) {
             return Ok((None, Found::Reported(s.state)));
         }
         let marked = sd.read_marker(&sd.cancelled_marker())?;

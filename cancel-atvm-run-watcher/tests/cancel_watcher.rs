@@ -121,3 +121,60 @@ fn a_run_that_ended_unposted_keeps_its_state() {
     assert_eq!(env.state(B)["state"], "TERMINATED");
     assert!(env.state_dir(B).join("cancelled.marker").exists());
 }
+
+/// A categorized run's state: groups `posted` (keys) and one still running, or all ended.
+fn categorized(env: &Env, final_state: Option<&str>, posted: &[&str]) {
+    let run_id = env.write_request(B, json!({"categorize": true}));
+    let mut subruns: Vec<serde_json::Value> = posted
+        .iter()
+        .map(|k| {
+            json!({"key": k, "group": k, "state": "COMPLETED", "counts": null,
+                   "post": {"status": "posted", "attempts": 1, "last_error": null}})
+        })
+        .collect();
+    if final_state.is_none() {
+        subruns.push(
+            json!({"key": "03-open", "group": "open", "state": "WATCHING",
+                            "counts": null,
+                            "post": {"status": "none", "attempts": 0, "last_error": null}}),
+        );
+    }
+    let state = json!({
+        "build_name": B, "run_id": run_id, "state": final_state.unwrap_or("WATCHING"),
+        "final": final_state.is_some(), "reason": "why", "updated_at": "2026-11-24T10:00:00.000Z",
+        "counts": null, "post": {"status": "none", "attempts": 0, "last_error": null},
+        "subruns": subruns
+    });
+    fs::write(env.state_dir(B).join("state.json"), state.to_string()).unwrap();
+}
+
+#[test]
+fn a_categorized_run_cancelled_midway_names_the_groups_already_posted() {
+    let env = Env::new();
+    categorized(&env, None, &["01-linux"]);
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "state CANCELLED; already posted before the cancel: 01-linux; nothing more is posted"
+        ),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_categorized_run_whose_groups_were_all_posted_is_already_reported() {
+    let env = Env::new();
+    categorized(&env, Some("FAILED"), &["01-linux", "02-windows"]);
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("was already reported (FAILED, posted)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.state(B)["state"], "FAILED");
+    assert!(!env.state_dir(B).join("cancelled.marker").exists());
+}

@@ -111,7 +111,35 @@ pub fn preflight(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Res
     check_config(paths)?;
     refuse_if_active(build, systemctl)?;
     start_atvm_runner::preflight(build, paths)?;
-    refuse_if_locked(build, paths)
+    refuse_if_locked(build, paths)?;
+    refuse_if_owed(build, paths)
+}
+
+/// A new run of `build` archives the previous one; a post that run still owes would then
+/// never go out. Refuse (exit 4) until it is delivered or deliberately dropped.
+pub fn refuse_if_owed(build: &BuildName, paths: &Paths) -> Result<()> {
+    let sd = paths.state_dir(build);
+    if !sd.exists() {
+        return Ok(());
+    }
+    let previous = sd.read_state().unwrap_or_else(|e| {
+        // No watcher can deliver from a state it cannot read either: it is archived as it
+        // is (never replaced), and said so.
+        logging::warn(format!(
+            "the previous run's state is kept in the archive as it is: {e}"
+        ));
+        None
+    });
+    match previous {
+        Some(previous) if previous.owes_a_post() => Err(Error::AlreadyRunning {
+            what: format!(
+                "the previous run of {build} (run {}, {}) still owes a post: deliver it with `atvm-run-watcher --build-name {build} --once`, or drop it with `cancel-atvm-run-watcher --build-name {build}`",
+                previous.run_id, previous.state
+            ),
+            unit: sd.state().display().to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn dry_run(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
@@ -168,6 +196,7 @@ pub fn start(
     let sd = paths.state_dir(build);
     sd.check()?;
     refuse_if_locked(build, paths)?;
+    refuse_if_owed(build, paths)?;
     if let Some(to) = sd.archive(&paths.archive_root())? {
         logging::info(format!(
             "archived the previous state of {build} to {}",

@@ -183,3 +183,39 @@ fn a_watcher_process_holding_the_lock_is_refused() {
     watcher.kill().unwrap();
     watcher.wait().unwrap();
 }
+
+#[test]
+fn a_new_run_is_refused_while_the_previous_one_owes_a_post() {
+    let (env, _hook) = setup();
+    let run_id = env.write_request(B, serde_json::json!({}));
+    let owed = serde_json::json!({
+        "build_name": B, "run_id": run_id, "state": "FAILED", "final": true, "reason": "why",
+        "updated_at": "2026-11-24T10:00:00.000Z", "counts": null,
+        "post": {"status": "pending", "attempts": 1, "last_error": "HTTP 503 (chat.example)"}
+    });
+    std::fs::write(env.state_dir(B).join("state.json"), owed.to_string()).unwrap();
+    for args in [
+        vec!["--build-name", B, "--dry-run"],
+        vec!["--build-name", B],
+    ] {
+        let out = env.run("start-atvm-run-watcher", &args);
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        let msg = text(&out);
+        assert!(
+            msg.contains("still owes a post")
+                && msg.contains("--once")
+                && msg.contains("cancel-atvm-run-watcher"),
+            "{msg}"
+        );
+    }
+    assert!(
+        !env.state_root.join(".archive").exists(),
+        "nothing archived"
+    );
+    // Dropping it deliberately lets the build name be used again.
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    cancel(&env);
+}

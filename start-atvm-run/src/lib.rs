@@ -85,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
     start_atvm_run_watcher::refuse_if_active(&build, &systemctl)?;
     start_atvm_run_watcher::check_config(&paths)?;
     paths.state_dir(&build).check()?;
+    start_atvm_run_watcher::refuse_if_owed(&build, &paths)?;
     if let Some(cmd) = cli
         .watch
         .template_command

@@ -462,6 +462,28 @@ fn a_categorized_run_stopped_with_a_group_post_owed_delivers_it_at_the_next_star
 }
 
 #[test]
+fn an_unreadable_cancel_marker_stops_an_owed_post_and_is_named() {
+    let p = completed(vec![]);
+    let w = watcher(&p, Some("deliver.before-record"));
+    reached(&p, "deliver.before-record");
+    kill(&w, "TERM");
+    release(&p, "deliver.before-record");
+    finish(w, LONG);
+    // Something that is not a readable marker, where the cancel marker goes.
+    let marker = p.state_dir(B).join("cancelled.marker");
+    fs::create_dir(&marker).unwrap();
+    let out = restart(&p);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cancelled.marker"), "{}", text(&out));
+    assert_eq!(
+        p.hook.count(),
+        0,
+        "not sent while a cancel cannot be ruled out"
+    );
+    assert_eq!(p.state(B)["post"]["status"], "pending", "still owed");
+}
+
+#[test]
 fn a_dry_run_changes_nothing_and_the_next_watcher_still_posts_the_owed_result() {
     let p = completed(vec![]);
     // A watcher stopped before its post could go out leaves it owed.
