@@ -200,12 +200,19 @@ fn argv(pid: u32) -> Option<Vec<String>> {
     )
 }
 
-/// The runner of a run not started through start-atvm-runner (docs/watcher-service.md): the oldest live
-/// process whose command line names `build`, that belongs to `uid` (no other user's process
-/// is ever adopted), is not one of our binaries, and does not merely wrap one of them
-/// (`sudo`, `timeout` or a shell whose descendant is ours, or whose command line runs one
-/// of ours: `watch atvm-run-status --build-name B` between two refreshes).
-pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<ProcessId> {
+/// The runner of a run not started through start-atvm-runner (docs/watcher-service.md):
+/// a live process whose command line names `build`, that belongs to `uid` (no other user's
+/// process is ever adopted), is not one of our binaries, does not run one of them (a `sudo`,
+/// `timeout`, shell or loop wrapping ours), and — what ties it to this run — holds the run
+/// log `log` open for writing, itself or through a process of its session. Of several, the
+/// newest that is not the child of another candidate: a runner left over from an earlier
+/// run of the build name is older.
+pub fn find_fallback(
+    build: &str,
+    uid: u32,
+    own: &OwnBinaries,
+    log: (u64, u64),
+) -> Option<ProcessId> {
     let me = std::process::id();
     let procs: Vec<Proc> = pids()
         .into_iter()
@@ -224,13 +231,28 @@ pub fn find_fallback(build: &str, uid: u32, own: &OwnBinaries) -> Option<Process
             })
         })
         .collect();
-    procs
+    let candidates: Vec<&Proc> = procs
         .iter()
         .filter(|p| p.names_build)
         .filter(|p| uids(p.id.pid).is_some_and(|(real, eff)| real == uid && eff == uid))
         .filter(|p| !own.runs_in(p.id.pid) && !p.invokes_own && !wraps_own(p.id.pid, &procs, own))
+        .collect();
+    let mut roots: Vec<ProcessId> = candidates
+        .iter()
+        .filter(|p| !candidates.iter().any(|q| q.id.pid == p.ppid))
         .map(|p| p.id)
-        .min_by_key(|id| id.start_ticks)
+        .collect();
+    // Newest first (a pid breaks a tie within one clock tick); one writing the log itself
+    // before one whose session does (`| tee log`).
+    roots.sort_by_key(|id| std::cmp::Reverse((id.start_ticks, id.pid)));
+    let writes_itself = roots.iter().find(|id| writes_file(id.pid, log.0, log.1));
+    writes_itself
+        .or_else(|| {
+            roots
+                .iter()
+                .find(|id| held_for_writing(id.pid, log.0, log.1))
+        })
+        .copied()
 }
 
 /// Does a descendant of `pid` run one of our binaries?
@@ -255,33 +277,50 @@ fn wraps_own(pid: u32, procs: &[Proc], own: &OwnBinaries) -> bool {
 /// Is the file `(dev, ino)` open for writing by `pid` or by any process of `pid`'s session
 /// (`… > /tmp/B.log` holds it in the runner itself, `… | tee /tmp/B.log` in its sibling)?
 pub fn held_for_writing(pid: u32, dev: u64, ino: u64) -> bool {
-    let Some(sid) = session(pid) else {
-        return false;
-    };
+    session_writers(pid, dev, ino).next().is_some()
+}
+
+/// Is the file `(dev, ino)` written in append mode by `pid` or its session (`>> B.log`,
+/// `tee -a B.log`)? Such a log keeps an earlier run's lines before this run's.
+pub fn appended_by(pid: u32, dev: u64, ino: u64) -> bool {
+    session_writers(pid, dev, ino).any(|flags| flags & O_APPEND != 0)
+}
+
+/// `O_APPEND` in the octal `flags:` of /proc/<pid>/fdinfo/<fd>.
+const O_APPEND: u32 = 0o2000;
+
+/// The open flags of every descriptor of `pid`'s session that writes `(dev, ino)`.
+fn session_writers(pid: u32, dev: u64, ino: u64) -> impl Iterator<Item = u32> {
+    let sid = session(pid);
     pids()
         .into_iter()
-        .filter(|&p| p == pid || session(p) == Some(sid))
-        .any(|p| writes_file(p, dev, ino))
+        .filter(move |&p| sid.is_some() && (p == pid || session(p) == sid))
+        .flat_map(move |p| write_flags(p, dev, ino))
 }
 
 fn writes_file(pid: u32, dev: u64, ino: u64) -> bool {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(|e| e.ok()).any(|fd| {
-        let same = fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino);
-        same && open_for_writing(pid, &fd.file_name().to_string_lossy())
-    })
+    !write_flags(pid, dev, ino).is_empty()
 }
 
-/// `flags:` in /proc/<pid>/fdinfo/<fd> is octal; its low two bits are the access mode.
-fn open_for_writing(pid: u32, fd: &str) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).is_ok_and(|info| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("flags:"))
-            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
-            .is_some_and(|flags| flags & 0o3 != 0)
-    })
+/// The open flags of each of `pid`'s descriptors that has `(dev, ino)` open for writing.
+fn write_flags(pid: u32, dev: u64, ino: u64) -> Vec<u32> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| e.ok())
+        .filter(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .filter_map(|fd| open_flags(pid, &fd.file_name().to_string_lossy()))
+        // The low two bits are the access mode: 0 is read-only.
+        .filter(|flags| flags & 0o3 != 0)
+        .collect()
+}
+
+/// `flags:` in /proc/<pid>/fdinfo/<fd>, which is octal.
+fn open_flags(pid: u32, fd: &str) -> Option<u32> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
 }
 
 #[cfg(test)]
@@ -331,50 +370,33 @@ mod tests {
         let meta = f.metadata().expect("meta");
         let me = std::process::id();
         assert!(held_for_writing(me, meta.dev(), meta.ino()));
+        assert!(
+            !appended_by(me, meta.dev(), meta.ino()),
+            "truncated, not appended"
+        );
         drop(f);
-        let _reader = fs::File::open(&log).expect("open");
+        let reader = fs::File::open(&log).expect("open");
         assert!(!held_for_writing(me, meta.dev(), meta.ino()));
-    }
-
-    #[test]
-    fn finds_a_live_process_by_its_command_line() {
-        let mut child = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "sleep 30; :",
-                "sh",
-                "--build_name",
-                "procfs-test-build",
-            ])
-            .spawn()
-            .expect("spawn");
-        let own = OwnBinaries::new(Path::new("/nonexistent"));
-        let uid = crate::fsutil::effective_uid();
-        // Until the child has exec'ed, its command line is still ours.
-        let mut found = None;
-        for _ in 0..200 {
-            found = find_fallback("procfs-test-build", uid, &own);
-            if found.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let other_user = find_fallback("procfs-test-build", uid.wrapping_add(1), &own);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(found.map(|f| f.pid), Some(child.id()));
-        assert_eq!(other_user, None, "another user's process is never adopted");
+        drop(reader);
+        let _appender = fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("append");
+        assert!(held_for_writing(me, meta.dev(), meta.ino()));
+        assert!(appended_by(me, meta.dev(), meta.ino()), "`>> log` is seen");
     }
 
     #[test]
     fn a_process_whose_command_line_runs_one_of_ours_is_not_the_runner() {
-        // `timeout 60 /opt/…/start-atvm-runner.sh --build-name B`, and `watch
-        // atvm-run-status --build-name B` found through PATH, between two runs of ours.
+        // `timeout 60 /opt/…/start-atvm-runner.sh --build-name B > B.log`, and `watch
+        // atvm-run-status --build-name B` found through PATH, between two runs of ours; each
+        // writes the log, so only the wrapper rule keeps it out.
         let me = fs::read_link("/proc/self/exe").expect("exe");
         let dir = me.parent().expect("dir").to_string_lossy().into_owned();
         let name = me.file_name().expect("name").to_string_lossy().into_owned();
         let own = OwnBinaries::new(Path::new("/nonexistent"));
         let uid = crate::fsutil::effective_uid();
+        let logs = tempfile::tempdir().expect("tempdir");
         for (build, word, path) in [
             (
                 "procfs-test-by-path",
@@ -383,9 +405,12 @@ mod tests {
             ),
             ("procfs-test-by-name", name, dir.as_str()),
         ] {
+            let log = fs::File::create(logs.path().join(build)).expect("log");
+            let meta = log.metadata().expect("meta");
             let mut child = std::process::Command::new("/bin/sh")
                 .args(["-c", "/bin/sleep 30; :", "sh", &word, "--build_name", build])
                 .env("PATH", path)
+                .stdout(log)
                 .spawn()
                 .expect("spawn");
             let named = |pid| argv(pid).is_some_and(|a| a.iter().any(|w| w == build));
@@ -395,12 +420,59 @@ mod tests {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            let seen = named(child.id());
-            let found = find_fallback(build, uid, &own);
+            let seen = named(child.id()) && writes_file(child.id(), meta.dev(), meta.ino());
+            let found = find_fallback(build, uid, &own, (meta.dev(), meta.ino()));
             let _ = child.kill();
             let _ = child.wait();
-            assert!(seen, "{build}: the shell never showed its command line");
+            assert!(
+                seen,
+                "{build}: the shell never showed its command line and log"
+            );
             assert_eq!(found, None, "{build}: a wrapper of ours was adopted");
         }
+    }
+
+    #[test]
+    fn finds_the_process_that_names_the_build_and_writes_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("b.log");
+        let out = fs::File::create(&log).expect("log");
+        let meta = out.metadata().expect("meta");
+        let id = (meta.dev(), meta.ino());
+        let spawn = |stdout: std::process::Stdio| {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "sleep 30; :",
+                    "sh",
+                    "--build_name",
+                    "procfs-test-build",
+                ])
+                .stdout(stdout)
+                .spawn()
+                .expect("spawn")
+        };
+        // One that names the build but writes no log, then the real one, writing it.
+        let mut idle = spawn(std::process::Stdio::null());
+        let mut runner = spawn(out.try_clone().expect("clone").into());
+        drop(out);
+        let own = OwnBinaries::new(Path::new("/nonexistent"));
+        let uid = crate::fsutil::effective_uid();
+        // Until the children have exec'ed, their command lines are still ours.
+        let mut found = None;
+        for _ in 0..200 {
+            found = find_fallback("procfs-test-build", uid, &own, id);
+            if found.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let other_user = find_fallback("procfs-test-build", uid.wrapping_add(1), &own, id);
+        for child in [&mut idle, &mut runner] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(found.map(|f| f.pid), Some(runner.id()));
+        assert_eq!(other_user, None, "another user's process is never adopted");
     }
 }

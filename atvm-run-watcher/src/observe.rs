@@ -205,22 +205,47 @@ impl Observer {
             Some(_) => return RunnerFacts::FallbackGone,
             None => {}
         }
-        let found = procfs::find_fallback(ctx.build.as_str(), self.uid, &self.own);
+        // Only a process writing this run's log can be its runner.
+        let log = self.trusted_log(ctx);
+        let found = log.and_then(|l| {
+            procfs::find_fallback(ctx.build.as_str(), self.uid, &self.own, (l.dev, l.ino))
+        });
         let seen_before = found.is_some() && found == self.candidate;
         self.candidate = found;
         match found {
             Some(id) if seen_before => {
                 logging::info(format!(
-                    "following runner pid {} found by its --build_name {}",
-                    id.pid, ctx.build
+                    "following runner pid {} found by its --build_name {}, writing {}",
+                    id.pid,
+                    ctx.build,
+                    ctx.paths.run_log(&ctx.build).display()
                 ));
+                if let Some(l) = log
+                    && procfs::appended_by(id.pid, l.dev, l.ino)
+                {
+                    logging::warn(format!(
+                        "{} is written in append mode (`>>`, `tee -a`): lines of an earlier run \
+                         at its start are read as this run's",
+                        ctx.paths.run_log(&ctx.build).display()
+                    ));
+                }
                 cp.fallback = Some(id);
+                cp.fallback_log = log;
                 self.runner_started = Some(now.clone());
                 self.runner_started_at.get_or_insert(now.wall);
                 RunnerFacts::Alive { pid: id.pid }
             }
             _ => RunnerFacts::NotYet,
         }
+    }
+
+    /// The file at the run log's path, if it may be read as a run's output: a regular
+    /// file of ours that no one else can write.
+    fn trusted_log(&self, ctx: &Ctx) -> Option<FileId> {
+        std::fs::symlink_metadata(ctx.paths.run_log(&ctx.build))
+            .ok()
+            .filter(|m| m.is_file() && m.uid() == self.uid && m.mode() & 0o022 == 0)
+            .map(|m| FileId::of(&m))
     }
 
     fn note_runner(&mut self, status: &RunnerStatus) {
@@ -249,11 +274,7 @@ impl Observer {
         }
         let runner = cp.fallback?;
         let path = ctx.paths.run_log(&ctx.build);
-        let current = std::fs::symlink_metadata(&path)
-            .ok()
-            .filter(|m| m.is_file() && m.uid() == self.uid && m.mode() & 0o022 == 0)
-            .map(|m| FileId::of(&m));
-        if let Some(id) = current {
+        if let Some(id) = self.trusted_log(ctx) {
             if cp.fallback_log == Some(id) {
                 return Some((path, id));
             }

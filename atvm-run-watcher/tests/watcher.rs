@@ -444,24 +444,112 @@ fn detached_runner(script: &str, build: &str, stdout: std::process::Stdio) -> st
 fn a_stale_log_that_no_process_of_the_run_holds_open_is_never_read() {
     // Its own build name: the fallback looks at every process of the machine.
     const B: &str = "e2e-fallback-stale";
-    let env = Posting::new(vec![]);
+    let env = Env::new();
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
-    // An old-style runner that never writes the log.
-    let mut runner = detached_runner("sleep 1; :", B, std::process::Stdio::null());
-    let out = finish(env.spawn("atvm-run-watcher", &["--build-name", B]), LONG);
+    // Processes that name the build but do not write its log: an old-style runner that
+    // writes elsewhere, and an operator's loop over our own tools.
+    let mut runner = detached_runner("sleep 3; :", B, std::process::Stdio::null());
+    let status = env.package_root.join("atvm-run-status.sh");
+    let mut lp = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "while :; do '{}' \"$@\" >/dev/null 2>&1; sleep 0.2; done",
+                status.display()
+            ),
+            "loop",
+            "--build-name",
+            B,
+        ])
+        .spawn()
+        .unwrap();
+    let out = finish(
+        env.spawn(
+            "atvm-run-watcher",
+            &[
+                "--build-name",
+                B,
+                "--dry-run",
+                "--start-timeout-seconds",
+                "2",
+            ],
+        ),
+        LONG,
+    );
+    let _ = lp.kill();
+    lp.wait().unwrap();
     runner.wait().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let s = env.state(B);
-    assert_eq!(s["state"], "TERMINATED", "{s}");
     assert!(
-        s["reason"]
-            .as_str()
-            .unwrap()
-            .contains("without a Cypress summary"),
-        "{s}"
+        text(&out).contains("would be UNKNOWN (no runner for this run within 2s"),
+        "nothing is taken for the runner; the stale log is never read: {}",
+        text(&out)
     );
-    assert_eq!(env.hook.count(), 0, "nothing posted");
+    assert!(!text(&out).contains("following runner"), "{}", text(&out));
+}
+
+#[test]
+fn a_runner_left_over_from_an_earlier_run_is_not_taken_for_the_new_one() {
+    const B: &str = "e2e-fallback-leftover";
+    let env = Posting::new(vec![]);
+    // The earlier run's runner is still alive (a HUNG run leaves it running), still holding
+    // the log path it wrote, which the new run then truncates and writes again.
+    let old = detached_runner(
+        "sleep 30; :",
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    // The new run, started by hand the old way, truncating the log path.
+    let script = format!(
+        "sleep 0.5; cat '{}'; sleep 1; :",
+        fixture("cypress/passing.log").display()
+    );
+    let mut new = detached_runner(&script, B, fs::File::create(env.run_log(B)).unwrap().into());
+    env.write_request(B, json!({}));
+    let out = watch_build(&env, B);
+    new.wait().unwrap();
+    let mut old = old;
+    let _ = old.kill();
+    old.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(env.state(B)["state"], "COMPLETED", "{}", text(&out));
+    assert_eq!(env.hook.count(), 1);
+}
+
+#[test]
+fn a_log_appended_to_by_a_hand_started_run_is_named_in_a_warning() {
+    const B: &str = "e2e-fallback-append";
+    let env = Posting::new(vec![]);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.run_log(B))
+        .unwrap();
+    let script = format!(
+        "cat '{}'; sleep 1; :",
+        fixture("cypress/passing.log").display()
+    );
+    let mut runner = detached_runner(&script, B, log.into());
+    env.write_request(B, json!({}));
+    let out = watch_build(&env, B);
+    runner.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = env.run_log(B).display().to_string();
+    assert!(
+        text(&out).contains(&format!("{log} is written in append mode")),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Run the watcher of `build` to its end.
+fn watch_build(env: &Env, build: &str) -> Output {
+    finish(
+        env.spawn("atvm-run-watcher", &["--build-name", build]),
+        LONG,
+    )
 }
 
 #[test]
