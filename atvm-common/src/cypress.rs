@@ -75,6 +75,13 @@ pub struct SpecRow {
     pub counts: Counts,
 }
 
+impl SpecRow {
+    /// Marked failed, or counting a failed test (a hook failure marks no test).
+    pub fn is_failing(&self) -> bool {
+        self.mark == '✖' || self.counts.failed > 0
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Outcome {
@@ -123,11 +130,7 @@ impl RunBlock {
         let footer_failed = self.footer.as_ref().is_some_and(|f| {
             f.counts.failed > 0 || matches!(f.outcome, Outcome::SpecsFailed { .. })
         });
-        footer_failed
-            || self
-                .spec_rows
-                .iter()
-                .any(|r| r.mark == '✖' || r.counts.failed > 0)
+        footer_failed || self.spec_rows.iter().any(SpecRow::is_failing)
     }
 
     /// Every spec this block names, in `Running:` lines or summary rows, as Cypress

@@ -73,7 +73,7 @@ fn failures(input: &Input) -> Vec<FailedTest> {
         .blocks
         .iter()
         .flat_map(|b| &b.spec_rows)
-        .filter(|r| r.counts.failed > 0 || r.mark == '✖')
+        .filter(|r| r.is_failing())
         .map(|row| FailedTest {
             spec: row.spec.clone(),
             full_title: format!("{} failing test(s)", row.counts.failed),

@@ -8,6 +8,7 @@
 use crate::decide::RunnerFacts;
 use crate::persist::{Checkpoint, cancelled_at};
 use crate::watch::Ctx;
+use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::inventory::{self, Vm};
@@ -390,16 +391,20 @@ impl Observer {
                 .map(Timestamp::to_system)
         };
         let runs = &cp.parser.summary().runs;
-        let (from, to, specs) = match sub {
-            None => (SystemTime::UNIX_EPOCH, None, self.specs.1.clone()),
+        let (from, to, blocks) = match sub {
+            None => (SystemTime::UNIX_EPOCH, None, &runs[..]),
             Some(i) => (
                 i.checked_sub(1)
                     .and_then(seen)
                     .unwrap_or(SystemTime::UNIX_EPOCH),
                 seen(i),
-                SpecSet::new(runs.get(i).into_iter().flat_map(|b| b.spec_names())),
+                runs.get(i..=i).unwrap_or_default(),
             ),
         };
+        let specs = failing_specs(blocks).unwrap_or_else(|| match sub {
+            None => self.specs.1.clone(),
+            Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
+        });
         let Some(reporter) = self.reporter.as_mut() else {
             return reporter::Summary::default();
         };
@@ -428,6 +433,20 @@ impl Observer {
             })
             .unwrap_or_default()
     }
+}
+
+/// Once the log's summary table is there, the specs it shows failing: the only reports whose
+/// failed tests belong in the message. Another build running a spec this run passed, at the
+/// same time, writes a report with this run's spec path and its own failures.
+fn failing_specs(blocks: &[RunBlock]) -> Option<SpecSet> {
+    let rows: Vec<&SpecRow> = blocks.iter().flat_map(|b| &b.spec_rows).collect();
+    (!rows.is_empty()).then(|| {
+        SpecSet::new(
+            rows.into_iter()
+                .filter(|r| r.is_failing())
+                .map(|r| r.spec.as_str()),
+        )
+    })
 }
 
 /// Every spec the run's log names so far: the reports that belong to this run.

@@ -142,15 +142,16 @@ fn failing_run_is_failed_with_its_failed_tests() {
 fn more_than_ten_failed_tests_are_listed_as_ten_and_n_more() {
     let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
-    // Twelve copies of the real report, each for one of the log's specs, with one failed
-    // test each.
+    // Twelve copies of the real report, each for one of the log's two failing specs, with
+    // one failed test each (a retried spec writes a report per attempt).
     let real = fs::read_to_string(fixture("mochawesome/login.json")).unwrap();
     let reports = env.root().join("reports");
     fs::create_dir(&reports).unwrap();
     for i in 0..12 {
+        let spec = if i % 2 == 0 { "area07" } else { "area13" };
         fs::write(
             reports.join(format!("r{i:02}.json")),
-            real.replace("login.cy.js", &format!("area{:02}.cy.js", i + 1)),
+            real.replace("login.cy.js", &format!("{spec}.cy.js")),
         )
         .unwrap();
     }

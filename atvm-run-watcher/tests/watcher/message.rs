@@ -394,3 +394,32 @@ fn an_answer_later_than_the_request_timeout_is_retried() {
         reqs[1].at.duration_since(reqs[0].at)
     );
 }
+
+#[test]
+fn a_passing_run_never_lists_the_failure_of_another_build_running_the_same_spec() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    with_webhook(&mut env, &hook);
+    env.write_request(B, json!({}));
+    // Another build, running login.cy.js at the same time, fails it; its report lands in
+    // the shared reporter directory while this run passes the same spec.
+    start_runner(
+        &env,
+        &format!(
+            "cp '{}' '{}/other-build.json'; {}",
+            fixture("mochawesome/login.json").display(),
+            env.reporter_dir.display(),
+            env.cypress_command("passing.log", 0)
+        ),
+    );
+    let out = watch(&env, &[]);
+    let s = assert_final(&env, &out, "COMPLETED");
+    assert_eq!(s["post"]["status"], "posted");
+    let reqs = hook.requests();
+    assert_eq!(reqs.len(), 1);
+    let body = reqs[0].body.as_str();
+    assert!(
+        !body.contains("rejects a bad password") && !body.contains("failing test"),
+        "another build's failure in a COMPLETED post: {body}"
+    );
+}
