@@ -430,6 +430,23 @@ fn a_stale_finished_log_never_completes_a_new_watch() {
     assert!(s["reason"].as_str().unwrap().contains("code 3"), "{s}");
 }
 
+#[test]
+fn a_cypress_run_cut_off_under_a_wrapper_that_exits_0_is_failed_not_completed() {
+    let env = Posting::new(vec![]);
+    env.write_request(B, json!({}));
+    // `npx cypress run …; exit 0`: Cypress dies mid-spec, the wrapper reports success.
+    start_runner(
+        &env,
+        &format!("{}; exit 0", env.cypress_output("cut-off.log")),
+    );
+    let s = assert_final(&env, &watch(&env, &[]), "FAILED");
+    assert!(
+        s["reason"].as_str().unwrap().contains("did not finish"),
+        "{s}"
+    );
+    assert_eq!(env.hook.count(), 1, "a cut-off run is posted as FAILED");
+}
+
 /// Start a runner by hand, as operators did before these tools (`python3
 /// ./run-sorry-cypress.py … --build_name B > /tmp/B.log &`): a process naming the build,
 /// with `stdout` going where the caller says.

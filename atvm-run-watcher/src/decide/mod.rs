@@ -301,6 +301,15 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
             format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
         );
     }
+    if log.blocks.last().is_some_and(|b| !b.is_finished()) {
+        // Cypress started but printed no summary: a wrapper that swallows the exit code
+        // (`cypress run …; exit 0`, `… | tee`) must not turn a cut-off run into a pass.
+        // (An earlier cut-off block followed by a finished one is a wrapper's retry.)
+        return verdict(
+            RunState::Failed,
+            "runner exited 0 but the Cypress run did not finish (no summary in the log)",
+        );
+    }
     verdict(RunState::Completed, completed_reason(log))
 }
 
@@ -663,6 +672,23 @@ mod tests {
             verdict(
                 RunState::Completed,
                 "runner exited 0 (no Cypress summary in the log)"
+            )
+        );
+    }
+
+    #[test]
+    fn exit_zero_with_a_cypress_run_cut_off_before_its_summary_is_failed() {
+        let cut = blocks("  (Run Starting)\n  Running:  a.cy.js   (1 of 2)\n");
+        assert!(!cut.is_empty() && !cut[0].is_finished());
+        let log = LogView {
+            blocks: &cut,
+            no_specs: None,
+        };
+        assert_eq!(
+            run_verdict(&facts(&exited(0)), log),
+            verdict(
+                RunState::Failed,
+                "runner exited 0 but the Cypress run did not finish (no summary in the log)"
             )
         );
     }
