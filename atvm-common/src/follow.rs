@@ -116,12 +116,13 @@ impl LogFollower {
     }
 
     /// Open the log if the file at its path (or at `<path>.1`, where a newer runner moved
-    /// it) is the expected one. Never follows a symlink.
+    /// it) is the expected one. Never follows a symlink, and never waits: a FIFO put at the
+    /// path would block a plain open until someone writes to it.
     fn open_expected(&self, expected: FileId) -> io::Result<Option<File>> {
         for candidate in [self.path.clone(), with_suffix(&self.path, ".1")] {
             let file = match OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(&candidate)
             {
                 Ok(f) => f,
@@ -133,7 +134,8 @@ impl LogFollower {
                 }
                 Err(e) => return Err(e),
             };
-            if FileId::of(&file.metadata()?) == expected {
+            let meta = file.metadata()?;
+            if meta.is_file() && FileId::of(&meta) == expected {
                 return Ok(Some(file));
             }
         }

@@ -215,7 +215,13 @@ pub fn create_fresh_log(path: &Path) -> Result<File> {
                 ));
             }
             let rotated = with_suffix(path, ".1");
-            fs::rename(path, &rotated).map_err(|e| Error::io("cannot rotate log", path, e))?;
+            fs::rename(path, &rotated).map_err(|e| {
+                Error::io(
+                    format!("cannot rotate log {} to", path.display()),
+                    &rotated,
+                    e,
+                )
+            })?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("cannot inspect log", path, e)),
@@ -411,6 +417,22 @@ mod tests {
         std::os::unix::fs::symlink(&d, &link).expect("symlink");
         assert!(check_private_dir(&link).is_err());
         assert!(create_dir(&link, 0o700).is_err(), "never through a link");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_rotated_is_refused_naming_where_it_would_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("b.log");
+        fs::write(&log, b"previous run").expect("write");
+        let rotated = with_suffix(&log, ".1");
+        fs::create_dir(&rotated).expect("a directory where b.log.1 would go");
+        fs::write(rotated.join("x"), b"").expect("non-empty");
+        let err = create_fresh_log(&log).expect_err("cannot rotate");
+        assert!(
+            err.to_string().contains(&rotated.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(fs::read(&log).expect("untouched"), b"previous run");
     }
 
     #[test]

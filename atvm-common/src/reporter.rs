@@ -20,6 +20,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -454,13 +455,31 @@ impl ReporterDir {
     }
 }
 
+/// Read a report whole. The directory is shared, so what was a regular file at the scan may
+/// be a symlink or a FIFO by now: neither is followed or waited on.
 fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
     buf.clear();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(buf))
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > MAX_REPORT_BYTES {
+        return Err(format!("larger than {} MiB", MAX_REPORT_BYTES >> 20));
+    }
+    (&mut file)
+        .take(MAX_REPORT_BYTES)
+        .read_to_end(buf)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// A report this large is not mochawesome's (a run of 10,000 tests writes a few MiB).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
 
 /// Only the `stats` of a report and the spec files it covers (what every poll needs),
 /// without building the rest.

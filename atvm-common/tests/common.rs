@@ -352,6 +352,23 @@ fn reporter_summary_rereads_failures_bounded_oldest_first() {
     assert_eq!(only_c.failures[0].spec, "cypress/e2e/c.cy.js");
 }
 
+#[test]
+fn a_report_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    let report = dir.path().join("login.json");
+    fs::copy(fixture("mochawesome/login.json"), &report).expect("copy");
+    let mut rd = ReporterDir::new(dir.path(), since);
+    rd.scan(true);
+    let specs = SpecSet::new(["login.cy.js"]);
+    assert!(rd.counts(&specs).is_some());
+    // Another user of the shared directory swaps the file between two reads.
+    fs::remove_file(&report).expect("unlink");
+    mkfifo(&report);
+    let reports = within_seconds(5, move || rd.summarize(|_| true, &specs, 10).reports);
+    assert_eq!(reports, 0);
+}
+
 fn append(path: &std::path::Path, bytes: &[u8]) {
     OpenOptions::new()
         .append(true)
@@ -427,6 +444,32 @@ fn follower_never_reads_a_file_that_is_not_the_expected_one() {
             .bytes,
         0
     );
+
+    // Nor waited on: a FIFO at the log path would block a plain open forever.
+    fs::remove_file(&log).expect("unlink");
+    mkfifo(&log);
+    let polled = within_seconds(5, move || {
+        let mut f = LogFollower::new(&log, None);
+        f.poll(target_id, &mut LogParser::new(), u64::MAX)
+            .map(|p| p.bytes)
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(polled, Ok(0));
+}
+
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// `f()`, or a failure naming the hang if it takes longer than `secs`.
+fn within_seconds<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()));
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("blocked on a FIFO")
 }
 
 #[test]
