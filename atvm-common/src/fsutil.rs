@@ -176,7 +176,14 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
-        .map_err(|e| Error::io("cannot open directory", dir, e))?;
+        .map_err(|e| match e.raw_os_error() {
+            // A symlink (ELOOP) or a file (ENOTDIR) where the directory should be: say so.
+            Some(libc::ELOOP | libc::ENOTDIR) => match check_private_dir(dir) {
+                Err(clear) => clear,
+                Ok(()) => Error::io("cannot open directory", dir, e),
+            },
+            _ => Error::io("cannot open directory", dir, e),
+        })?;
     let meta = handle
         .metadata()
         .map_err(|e| Error::io("cannot open directory", dir, e))?;
@@ -416,7 +423,12 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&d, &link).expect("symlink");
         assert!(check_private_dir(&link).is_err());
-        assert!(create_dir(&link, 0o700).is_err(), "never through a link");
+        let err = create_dir(&link, 0o700).expect_err("never through a link");
+        assert!(err.to_string().contains("it is a symbolic link"), "{err}");
+        let file = dir.path().join("file");
+        fs::write(&file, b"").expect("write");
+        let err = create_dir(&file, 0o700).expect_err("a file");
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -532,16 +532,24 @@ impl StateDir {
         Ok(())
     }
 
-    /// Refuse a state root or build directory that is not ours alone (docs/watcher-service.md). The build
-    /// directory is checked only if it exists.
+    /// Refuse a state root, build directory or one of its subdirectories (and the start
+    /// locks' directory) that is not ours alone (docs/watcher-service.md): a symlink there
+    /// would send a status, a marker or a lock somewhere else. Each is checked only if it
+    /// exists.
     pub fn check(&self) -> Result<()> {
-        if let Some(root) = self.dir.parent() {
-            fsutil::check_private_dir(root)?;
+        let root = self.dir.parent();
+        let mut dirs: Vec<PathBuf> = root.into_iter().map(Path::to_path_buf).collect();
+        dirs.extend(root.map(|r| r.join(".locks")));
+        dirs.push(self.dir.clone());
+        dirs.extend(["runner", "watcher", "subruns"].map(|d| self.dir.join(d)));
+        for (i, dir) in dirs.iter().enumerate() {
+            match fs::symlink_metadata(dir) {
+                // The state root itself must exist; the others are made on first use.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && i > 0 => {}
+                _ => fsutil::check_private_dir(dir)?,
+            }
         }
-        match fs::symlink_metadata(&self.dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            _ => fsutil::check_private_dir(&self.dir),
-        }
+        Ok(())
     }
 
     /// Move the whole directory to `<state-root>/.archive/<build>/<UTC-timestamp>/` and keep
@@ -665,6 +673,30 @@ mod tests {
 
     fn build(name: &str) -> BuildName {
         BuildName::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn a_symlinked_or_open_subdirectory_of_the_state_is_refused_by_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o700)).expect("chmod");
+        let sd = StateDir::new(root.path(), &build("b1"));
+        sd.check().expect("nothing there yet");
+        sd.create().expect("create");
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(elsewhere.path(), sd.runner_dir()).expect("symlink");
+        let err = sd.check().expect_err("runner/ is a link");
+        let text = err.to_string();
+        assert!(
+            text.contains("symbolic link") && text.contains("/b1/runner"),
+            "{text}"
+        );
+        fs::remove_file(sd.runner_dir()).expect("unlink");
+        let locks = root.path().join(".locks");
+        fs::create_dir(&locks).expect("mkdir");
+        fs::set_permissions(&locks, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = sd.check().expect_err(".locks is world-writable");
+        assert!(err.to_string().contains(".locks"), "{err}");
     }
 
     #[test]
