@@ -67,6 +67,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// A full disk or an exhausted quota: it clears when space is freed, so a state or
+    /// marker write is tried again. Anything else (no permission, a read-only file system,
+    /// a link planted in the way) will not clear by waiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        )
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) | Error::BuildName { .. } => exit::USAGE,
@@ -113,6 +124,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_full_disk_or_quota_is_worth_waiting_for() {
+        let io = |errno| {
+            Error::io(
+                "cannot write",
+                "/s/state.json",
+                std::io::Error::from_raw_os_error(errno),
+            )
+        };
+        assert!(io(libc::ENOSPC).is_transient());
+        assert!(io(libc::EDQUOT).is_transient());
+        for errno in [libc::EACCES, libc::EROFS, libc::ELOOP, libc::EIO] {
+            assert!(!io(errno).is_transient(), "errno {errno}");
+        }
+        assert!(!Error::file("refusing to follow a symbolic link", "/s").is_transient());
+    }
 
     #[test]
     fn io_errors_are_one_line_ending_with_the_path() {

@@ -15,7 +15,7 @@
 //! good, is never sent again.
 
 use crate::shutdown::Shutdown;
-use atvm_common::error::Result;
+use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{Post, PostStatus, Request};
 use atvm_common::{StateDir, Timestamp, failpoint, fsutil, logging};
@@ -138,7 +138,7 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
     if let Some(at) = job.marked(&job.posted_marker())? {
         post.status = PostStatus::Posted;
         post.posted_at.get_or_insert(at);
-        record_until_done(job, ledger, &post);
+        record_until_done(job, ledger, &post)?;
         return Ok(Outcome::Posted);
     }
     if job.marked(&job.failed_marker())?.is_some() {
@@ -147,27 +147,33 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
             .last_error
             .get_or_insert_with(|| "failed for good earlier".to_string())
             .clone();
-        record_until_done(job, ledger, &post);
+        record_until_done(job, ledger, &post)?;
         return Ok(Outcome::Failed(error));
     }
-    let delivery = {
+    let (delivery, unrecordable) = {
         let mut hooks = AttemptLog {
             job,
             post: &mut post,
             ledger,
+            unrecordable: None,
         };
         let attempts = hooks.post.attempts;
-        mattermost::deliver(
+        let delivery = mattermost::deliver(
             &poster,
             &job.payload.to_json(),
             job.window,
             attempts,
             &mut hooks,
-        )
+        );
+        (delivery, hooks.unrecordable)
     };
-    let outcome = conclude(job, &mut post, delivery);
+    if let Some(e) = unrecordable {
+        // Nothing more was sent: the post stays owed, and the file is named.
+        return Err(e);
+    }
+    let outcome = conclude(job, &mut post, delivery)?;
     if outcome != Outcome::Cancelled {
-        record_until_done(job, ledger, &post);
+        record_until_done(job, ledger, &post)?;
     }
     failpoint::pause("deliver.recorded");
     Ok(outcome)
@@ -187,12 +193,12 @@ fn dry_run(job: &Job) -> Result<Outcome> {
 }
 
 /// Turn how the delivery loop ended into the post's record.
-fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
+fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
     let (build, label) = (&job.request.build_name, &job.label);
-    match delivery {
+    Ok(match delivery {
         Delivery::Delivered { attempts } => {
             failpoint::pause("deliver.answered");
-            commit_marker(job, &job.posted_marker());
+            commit_marker(job, &job.posted_marker())?;
             post.status = PostStatus::Posted;
             post.attempts = attempts;
             post.posted_at = Some(Timestamp::now());
@@ -206,7 +212,7 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
             failpoint::pause("deliver.answered");
             // A failure (always after an attempt was sent) is as final as a delivery:
             // recorded so that a restart never sends it again.
-            commit_marker(job, &job.failed_marker());
+            commit_marker(job, &job.failed_marker())?;
             post.status = PostStatus::Failed;
             post.attempts = attempts;
             post.last_error = Some(error.clone());
@@ -230,13 +236,23 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Outcome {
             ));
             Outcome::Interrupted
         }
-    }
+    })
 }
 
 /// Record a post's outcome as `marker` (posted or failed). The prepared record is renamed
-/// (no free space needed); failing that the marker is written afresh, again and again,
-/// until it is there or the watcher is stopped — the post is never sent again either way.
-fn commit_marker(job: &Job, marker: &Path) {
+/// (no free space needed); failing that the marker is written afresh, again and again while
+/// the disk is full, until it is there or the watcher is stopped. Any other failure ends
+/// the watcher at once with the file named. The post is never sent again by this watcher
+/// either way; a restart before the marker exists may send it again (said in the log).
+fn commit_marker(job: &Job, marker: &Path) -> Result<()> {
+    let unrecorded = |why: &str| {
+        logging::error(format!(
+            "{}: {why} before the outcome of the {} post was recorded in {}; a restart may send it again",
+            job.request.build_name,
+            job.label,
+            marker.display()
+        ));
+    };
     let mut tries = 0u32;
     loop {
         let done = job
@@ -244,7 +260,11 @@ fn commit_marker(job: &Job, marker: &Path) {
             .commit_marker(&job.ready(), marker)
             .or_else(|_| job.sd.write_marker(marker, &job.request.run_id));
         match done {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_transient() => {
+                unrecorded("stopping");
+                return Err(e);
+            }
             Err(e) if tries == 0 => logging::error(format!(
                 "{}: the outcome of the {} post cannot be recorded yet; retrying, never re-sending: {e}",
                 job.request.build_name, job.label
@@ -253,25 +273,28 @@ fn commit_marker(job: &Job, marker: &Path) {
         }
         tries += 1;
         if !job.shutdown.sleep(RECORD_RETRY) {
-            logging::error(format!(
-                "{}: stopped before the outcome of the {} post was recorded; a restart may send it again",
-                job.request.build_name, job.label
-            ));
-            return;
+            unrecorded("stopped");
+            return Ok(());
         }
     }
 }
 
-/// Write the post's record, trying again while the disk refuses (until a stop request).
-fn record_until_done(job: &Job, ledger: &mut dyn Ledger, post: &Post) {
+/// Write the post's record, trying again while the disk is full (until a stop request).
+/// Any other failure is returned: it does not clear by waiting.
+fn record_until_done(job: &Job, ledger: &mut dyn Ledger, post: &Post) -> Result<()> {
     let mut tries = 0u32;
-    while let Err(e) = ledger.record(post) {
-        if tries == 0 {
-            logging::warn(format!("cannot record the {} post yet: {e}", job.label));
+    loop {
+        match ledger.record(post) {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) if tries == 0 => {
+                logging::warn(format!("cannot record the {} post yet: {e}", job.label));
+            }
+            Err(_) => {}
         }
         tries += 1;
         if !job.shutdown.sleep(RECORD_RETRY) {
-            return;
+            return Ok(());
         }
     }
 }
@@ -282,6 +305,9 @@ struct AttemptLog<'a> {
     job: &'a Job<'a>,
     post: &'a mut Post,
     ledger: &'a mut dyn Ledger,
+    /// A record that failed for a reason waiting will not cure: the loop stops, nothing
+    /// more is sent, and the error ends the watcher.
+    unrecordable: Option<Error>,
 }
 
 impl AttemptLog<'_> {
@@ -319,6 +345,9 @@ impl Hooks for AttemptLog<'_> {
                     "{}: not sending attempt {n} of the {} post: it cannot be recorded ({e})",
                     self.job.request.build_name, self.job.label
                 ));
+                if !e.is_transient() {
+                    self.unrecordable = Some(e);
+                }
                 false
             }
         }
@@ -339,6 +368,6 @@ impl Hooks for AttemptLog<'_> {
         self.job.shutdown.sleep(d)
     }
     fn stop_requested(&mut self) -> bool {
-        self.job.shutdown.requested()
+        self.unrecordable.is_some() || self.job.shutdown.requested()
     }
 }

@@ -121,7 +121,7 @@ impl<'a> Watcher<'a> {
             return Ok(());
         };
         let due = self.decide_and_apply(&obs);
-        self.save_or_warn();
+        self.save_or_warn()?;
         if !due.is_empty() {
             failpoint::pause("watch.decided");
         }
@@ -229,20 +229,27 @@ impl<'a> Watcher<'a> {
         self.store.save(&self.ctx, &mut self.record, &self.cp)
     }
 
-    /// Save between polls. A save that fails (a full disk) is not the end of the watch: the
-    /// records stay in memory and the next poll writes them again.
-    fn save_or_warn(&mut self) {
-        if let Err(e) = self.save() {
-            logging::warn(format!("cannot save the state yet; will try again: {e}"));
+    /// Save between polls. A full disk is not the end of the watch: the records stay in
+    /// memory and the next poll writes them again. Any other failure (no permission, a
+    /// read-only file system) does not clear by waiting: it ends the watcher with the file
+    /// named, rather than leave it watching with nothing recorded.
+    fn save_or_warn(&mut self) -> Result<()> {
+        match self.save() {
+            Err(e) if e.is_transient() => {
+                logging::warn(format!("cannot save the state yet; will try again: {e}"));
+                Ok(())
+            }
+            other => other,
         }
     }
 
-    /// The last save: tried again while the disk refuses it, until it works or a stop
-    /// request gives up (then the error is the exit status).
+    /// The last save: tried again while the disk is full, until it works or a stop request
+    /// gives up (then the error is the exit status).
     fn save_final(&mut self) -> Result<()> {
         loop {
             match self.save() {
                 Ok(()) => return Ok(()),
+                Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
                     logging::warn(format!("cannot save the final state yet: {e}"));
                     if !self.ctx.shutdown.sleep(std::time::Duration::from_secs(2)) {
@@ -349,8 +356,7 @@ impl<'a> Watcher<'a> {
             Outcome::Cancelled => self.record.cancel(),
             Outcome::Posted | Outcome::DryRun | Outcome::Interrupted => {}
         }
-        self.save_or_warn();
-        Ok(())
+        self.save_or_warn()
     }
 
     /// The payload for `target`, from its record, its part of the log, its reports and

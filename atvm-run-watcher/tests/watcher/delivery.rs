@@ -253,6 +253,41 @@ impl SmallDisk {
     }
 }
 
+/// `dir` made read-only by a bind mount over itself (as root only): new opens through the
+/// path fail with EROFS, even for root, while files already open stay writable.
+struct ReadOnly {
+    dir: PathBuf,
+}
+
+impl ReadOnly {
+    fn make(dir: &Path) -> Option<ReadOnly> {
+        let mount = |args: &[&str]| {
+            Command::new("mount")
+                .args(args)
+                .arg(dir)
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !mount(&["--bind"]) {
+            eprintln!("skipped: cannot bind-mount here (needs root)");
+            return None;
+        }
+        let guard = ReadOnly {
+            dir: dir.to_path_buf(),
+        };
+        assert!(mount(&["-o", "remount,bind,ro"]), "remount read-only");
+        assert!(fs::write(dir.join("probe"), b"x").is_err(), "read-only");
+        Some(guard)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
@@ -345,6 +380,33 @@ fn a_permanent_failure_on_a_full_disk_then_a_stop_is_never_sent_again() {
     );
     assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "failed");
     assert_eq!(p.hook.count(), 1, "sent once, never again");
+}
+
+#[test]
+fn a_read_only_state_root_ends_the_watcher_naming_the_file_and_nothing_is_sent() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    let w = watcher(&p, Some("deliver.before-record"));
+    reached(&p, "deliver.before-record");
+    let Some(read_only) = ReadOnly::make(&p.state_dir(B)) else {
+        let _ = finish(w, LONG);
+        return;
+    };
+    release(&p, "deliver.before-record");
+    // Waiting does not cure a read-only file system: exit 1 at once, the file named.
+    let out = finish(w, LONG);
+    drop(read_only);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("Read-only file system") && text(&out).contains(B),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(p.hook.count(), 0, "sent without a record");
+    let again = restart(&p);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    assert_eq!(p.hook.count(), 1, "the post stayed owed and went out once");
 }
 
 // ----- cancel racing a post ----------------------------------------------------------------
