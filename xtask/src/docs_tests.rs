@@ -267,3 +267,30 @@ fn links_stay_inside_the_repository() {
         );
     }
 }
+
+#[test]
+fn the_installed_files_table_names_every_unit_and_the_enabling_link() {
+    let doc = doc();
+    let table: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| !l.starts_with("## What gets installed"))
+        .take_while(|l| !l.starts_with("## Reading"))
+        .filter(|l| l.starts_with("| `/"))
+        .collect();
+    for unit in units::ALL {
+        assert!(
+            table
+                .iter()
+                .any(|row| row.contains(&format!("`{}`", unit.name))
+                    || row.contains(&format!("/{}`", unit.name))),
+            "docs/install.md, What gets installed: no row for {}",
+            unit.name
+        );
+    }
+    assert!(
+        table
+            .iter()
+            .any(|row| row.contains("multi-user.target.wants/atvm-run-watcher-resume.service")),
+        "docs/install.md, What gets installed: no row for the link that enables the resume unit"
+    );
+}
