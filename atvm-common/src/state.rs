@@ -9,6 +9,7 @@
 use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Lock};
+use crate::procfs;
 use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -73,8 +74,29 @@ pub struct RunnerSpec {
     pub start_id: String,
 }
 
-/// `runner/status.json`: written by run-atvm-runner at start and exit, and by
-/// cancel-atvm-runner (`cancel_requested`).
+impl RunnerSpec {
+    /// Refuse a working directory the command cannot run in: missing, or not a directory.
+    /// Checked by the start helpers before anything starts, and again by the wrapper, which
+    /// runs later and may find it gone. (A symlink to a directory is the operator's own
+    /// path, outside the state root: it is followed.)
+    pub fn check_workdir(workdir: &Path) -> Result<()> {
+        match fs::metadata(workdir) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(Error::file(
+                "runner working directory is not a directory",
+                workdir,
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::file(
+                "runner working directory does not exist",
+                workdir,
+            )),
+            Err(e) => Err(Error::io("cannot use runner working directory", workdir, e)),
+        }
+    }
+}
+
+/// `runner/status.json`: written by run-atvm-runner at start and exit, by start-atvm-runner
+/// when it refuses a start, and by cancel-atvm-runner (`cancel_requested`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerStatus {
     pub build_name: String,
@@ -485,6 +507,42 @@ impl StateDir {
             fsutil::write_json(&self.runner_status(), &next, 0o644)?;
         }
         Ok(out)
+    }
+
+    /// The run cannot start: say why in `runner/status.json` as `refused` (docs/watcher-service.md,
+    /// "The runner"), so the watcher ends the run UNKNOWN at once with that reason and a
+    /// start helper waiting for the confirmation reports it, instead of both waiting for a
+    /// runner that never comes. The record is for the requested run (the spec itself may be
+    /// what was refused); its start id is the spec's, if it can be read at all. Nothing is
+    /// written when no run of the build was ever requested: nobody waits for a record.
+    pub fn record_refusal(&self, log_path: &Path, why: &str) -> Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        let spec: Option<RunnerSpec> = fsutil::read_json(&self.runner_spec()).ok().flatten();
+        let run_id = self
+            .read_request()
+            .ok()
+            .flatten()
+            .map(|r| r.run_id)
+            .or_else(|| spec.as_ref().map(|s| s.run_id.clone()))
+            .unwrap_or_default();
+        let me = procfs::self_id();
+        let status = RunnerStatus {
+            build_name: self.build.to_string(),
+            run_id,
+            start_id: spec.map(|s| s.start_id).unwrap_or_default(),
+            pid: me.map_or(std::process::id(), |m| m.pid),
+            pid_start_ticks: me.map_or(0, |m| m.start_ticks),
+            started_at: Timestamp::now(),
+            started_boot: BootInstant::now(),
+            log_path: log_path.to_path_buf(),
+            refused: Some(why.to_string()),
+            exited_at: Some(Timestamp::now()),
+            ..RunnerStatus::default()
+        };
+        self.create_runner_dir()?;
+        self.update_status(|_| Ok((Some(status), ())))
     }
 
     /// Read a marker: `None` when absent. Returns the parsed content and its mtime.

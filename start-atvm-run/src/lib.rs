@@ -25,9 +25,11 @@ Example:
       --runner-command 'npx cypress run --record --group linux' \\
       --config-family redhat --scope-description 'nightly upgrade matrix'
 
-Order: (1) the template command runs in $ATVM_AUTOMATION_ROOT with its output in
-<log-dir>/<build>.launch.log; if it fails, nothing is started (exit 3). (2) the watcher is
-started, (3) then the runner. Use --dry-run to print the plan without doing anything.
+Order: first everything that can be refused is checked, the runner's working directory
+included (missing or not a directory: exit 5, naming it). (1) the template command runs in
+$ATVM_AUTOMATION_ROOT with its output in <log-dir>/<build>.launch.log; if it fails, nothing
+is started (exit 3). (2) the watcher is started, (3) then the runner. Use --dry-run to make
+the same checks and print the plan without doing anything.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -69,12 +71,15 @@ pub fn run(cli: Cli) -> Result<()> {
         runner_command: cli.watch.runner_command.clone().unwrap_or_default(),
         workdir: cli.workdir.clone(),
     };
-    // Everything that can be refused is refused before the template step runs.
+    // Everything that can be refused is refused before the template step runs: a runner
+    // that cannot start must not leave a template step run, a run archived and a watcher
+    // started behind it.
     if runner.runner_command.trim().is_empty() {
         return Err(Error::Usage(
             "--runner-command must not be empty".to_string(),
         ));
     }
+    start_atvm_runner::checked_workdir(&build, &paths, &runner)?;
     if cli.dry_run {
         start_atvm_run_watcher::preflight(&build, &paths, &systemctl)?;
         print_plan(&build, &paths, &cli.watch, &runner);
