@@ -545,6 +545,27 @@ impl StateDir {
         self.update_status(|_| Ok((Some(status), ())))
     }
 
+    /// End the requested run UNKNOWN with `reason`: final and never posted. For a start that
+    /// failed half-way (its watcher or its runner never came up), so the run neither waits
+    /// in STARTING nor is resumed by `atvm-run-watcher --resume-all` at the next boot and
+    /// posted by surprise. A state of another run id is replaced; a post that went out stays
+    /// recorded as posted.
+    pub fn end_unstarted(&self, reason: &str) -> Result<()> {
+        let run_id = self
+            .read_request()
+            .ok()
+            .flatten()
+            .map(|r| r.run_id)
+            .unwrap_or_default();
+        self.update_state(|current| {
+            let mut state = current
+                .filter(|s| s.run_id == run_id)
+                .unwrap_or_else(|| State::new(self.build.as_str(), &run_id, RunState::Unknown, ""));
+            state.end_unposted(RunState::Unknown, reason);
+            Ok((Some(state), ()))
+        })
+    }
+
     /// Read a marker: `None` when absent. Returns the parsed content and its mtime.
     pub fn read_marker(&self, path: &Path) -> Result<Option<(Marker, Timestamp)>> {
         let Some((bytes, meta)) = fsutil::read_file(path)? else {

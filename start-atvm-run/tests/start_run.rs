@@ -209,3 +209,30 @@ fn a_runner_workdir_that_cannot_be_used_is_refused_before_the_template_step() {
     );
     assert!(hook.requests().is_empty());
 }
+
+#[test]
+fn a_watcher_that_does_not_start_ends_the_run_and_starts_no_runner() {
+    let (mut env, hook) = setup();
+    env.set("FAKE_SYSTEMCTL_FAIL", "start:atvm-run-watcher@");
+    let out = start_run(&env, "true", "true", &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let s = testkit::read_json(&env.state_dir(B).join("state.json"));
+    assert_eq!(
+        (&s["state"], &s["final"]),
+        (&"UNKNOWN".into(), &true.into()),
+        "{s:#}"
+    );
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(WATCHER_UNIT)),
+        "{s:#}"
+    );
+    assert!(
+        !env.systemctl_calls()
+            .contains(&format!("start {RUNNER_UNIT}")),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(hook.requests().is_empty());
+}
