@@ -9,6 +9,7 @@
 use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Lock};
+use crate::logging;
 use crate::procfs;
 use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -692,6 +693,10 @@ fn prune_archives(base: &Path, keep: usize) -> Result<()> {
 /// so concurrent starts of one build are serialised and a second one exits 4 at once,
 /// before it archives or records anything. It is its own file outside the build directory
 /// (which a start moves to the archive), not `watcher.lock`.
+///
+/// The cancel helpers take it shared ([`StartLock::wait`]): a cancel issued while a start
+/// is under way waits for it and then cancels the run that start made, instead of racing
+/// its archive and new request; and no start begins while a cancel is being applied.
 #[derive(Debug)]
 pub struct StartLock {
     _lock: Lock,
@@ -712,11 +717,32 @@ impl StartLock {
         match Lock::try_exclusive(&path) {
             Ok(lock) => Ok(StartLock { _lock: lock }),
             Err(Error::LockHeld { path }) => Err(Error::AlreadyRunning {
-                what: format!("another start of {build} is in progress"),
+                what: format!("another start or a cancel of {build} is in progress"),
                 unit: path.display().to_string(),
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// For the cancel helpers: wait while a start of `build` is in progress (saying so on
+    /// stderr first), then hold the lock shared until the value is dropped, so no start
+    /// begins while the cancel is applied; cancels do not wait for each other. `None` when
+    /// no start ever ran under this state root: without a `.locks` directory there is
+    /// nothing to wait for, and a cancel does not create one.
+    pub fn wait(state_root: &Path, build: &BuildName) -> Result<Option<StartLock>> {
+        let path = StartLock::path(state_root, build);
+        let dir = state_root.join(".locks");
+        match fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            _ => {
+                fsutil::check_private_dir(state_root)?;
+                fsutil::check_private_dir(&dir)?;
+            }
+        }
+        let lock = Lock::shared_waiting(&path, || {
+            logging::notice(format!("waiting for the start of {build} in progress…"));
+        })?;
+        Ok(Some(StartLock { _lock: lock }))
     }
 
     /// Without taking it or creating anything: is a start of `build` in progress?
