@@ -323,6 +323,23 @@ impl Lock {
         }
     }
 
+    /// Take the lock shared, waiting while someone holds it exclusively; `on_wait` is
+    /// called once, first, when it has to wait (to say so). Shared holders do not exclude
+    /// each other, only an exclusive one.
+    pub fn shared_waiting(path: &Path, on_wait: impl FnOnce()) -> Result<Lock> {
+        let file = Lock::open(path)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock_shared()
+                    .map_err(|e| Error::io("cannot lock", path, e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("cannot lock", path, e)),
+        }
+        Ok(Lock { _file: file })
+    }
+
     /// Wait for the lock; for short critical sections such as a read-modify-write.
     pub fn exclusive(path: &Path) -> Result<Lock> {
         let file = Lock::open(path)?;

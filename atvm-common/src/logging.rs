@@ -48,6 +48,13 @@ pub fn warn(message: impl Display) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// Something the operator waits on (`waiting for …`): stderr, so it reaches a terminal even
+/// when a script reads stdout, at notice priority under journald.
+pub fn notice(message: impl Display) {
+    let line = format_line(5, &message.to_string(), under_journal(), true);
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// A continuation of the previous error (e.g. lines quoted from a log): stderr, error
 /// priority under journald, no program prefix.
 pub fn error_detail(message: impl Display) {

@@ -9,6 +9,8 @@
 use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Lock};
+use crate::logging;
+use crate::procfs;
 use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -73,8 +75,29 @@ pub struct RunnerSpec {
     pub start_id: String,
 }
 
-/// `runner/status.json`: written by run-atvm-runner at start and exit, and by
-/// cancel-atvm-runner (`cancel_requested`).
+impl RunnerSpec {
+    /// Refuse a working directory the command cannot run in: missing, or not a directory.
+    /// Checked by the start helpers before anything starts, and again by the wrapper, which
+    /// runs later and may find it gone. (A symlink to a directory is the operator's own
+    /// path, outside the state root: it is followed.)
+    pub fn check_workdir(workdir: &Path) -> Result<()> {
+        match fs::metadata(workdir) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(Error::file(
+                "runner working directory is not a directory",
+                workdir,
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::file(
+                "runner working directory does not exist",
+                workdir,
+            )),
+            Err(e) => Err(Error::io("cannot use runner working directory", workdir, e)),
+        }
+    }
+}
+
+/// `runner/status.json`: written by run-atvm-runner at start and exit, by start-atvm-runner
+/// when it refuses a start, and by cancel-atvm-runner (`cancel_requested`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerStatus {
     pub build_name: String,
@@ -487,6 +510,63 @@ impl StateDir {
         Ok(out)
     }
 
+    /// The run cannot start: say why in `runner/status.json` as `refused` (docs/watcher-service.md,
+    /// "The runner"), so the watcher ends the run UNKNOWN at once with that reason and a
+    /// start helper waiting for the confirmation reports it, instead of both waiting for a
+    /// runner that never comes. The record is for the requested run (the spec itself may be
+    /// what was refused); its start id is the spec's, if it can be read at all. Nothing is
+    /// written when no run of the build was ever requested: nobody waits for a record.
+    pub fn record_refusal(&self, log_path: &Path, why: &str) -> Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        let spec: Option<RunnerSpec> = fsutil::read_json(&self.runner_spec()).ok().flatten();
+        let run_id = self
+            .read_request()
+            .ok()
+            .flatten()
+            .map(|r| r.run_id)
+            .or_else(|| spec.as_ref().map(|s| s.run_id.clone()))
+            .unwrap_or_default();
+        let me = procfs::self_id();
+        let status = RunnerStatus {
+            build_name: self.build.to_string(),
+            run_id,
+            start_id: spec.map(|s| s.start_id).unwrap_or_default(),
+            pid: me.map_or(std::process::id(), |m| m.pid),
+            pid_start_ticks: me.map_or(0, |m| m.start_ticks),
+            started_at: Timestamp::now(),
+            started_boot: BootInstant::now(),
+            log_path: log_path.to_path_buf(),
+            refused: Some(why.to_string()),
+            exited_at: Some(Timestamp::now()),
+            ..RunnerStatus::default()
+        };
+        self.create_runner_dir()?;
+        self.update_status(|_| Ok((Some(status), ())))
+    }
+
+    /// End the requested run UNKNOWN with `reason`: final and never posted. For a start that
+    /// failed half-way (its watcher or its runner never came up), so the run neither waits
+    /// in STARTING nor is resumed by `atvm-run-watcher --resume-all` at the next boot and
+    /// posted by surprise. A state of another run id is replaced; a post that went out stays
+    /// recorded as posted.
+    pub fn end_unstarted(&self, reason: &str) -> Result<()> {
+        let run_id = self
+            .read_request()
+            .ok()
+            .flatten()
+            .map(|r| r.run_id)
+            .unwrap_or_default();
+        self.update_state(|current| {
+            let mut state = current
+                .filter(|s| s.run_id == run_id)
+                .unwrap_or_else(|| State::new(self.build.as_str(), &run_id, RunState::Unknown, ""));
+            state.end_unposted(RunState::Unknown, reason);
+            Ok((Some(state), ()))
+        })
+    }
+
     /// Read a marker: `None` when absent. Returns the parsed content and its mtime.
     pub fn read_marker(&self, path: &Path) -> Result<Option<(Marker, Timestamp)>> {
         let Some((bytes, meta)) = fsutil::read_file(path)? else {
@@ -613,6 +693,10 @@ fn prune_archives(base: &Path, keep: usize) -> Result<()> {
 /// so concurrent starts of one build are serialised and a second one exits 4 at once,
 /// before it archives or records anything. It is its own file outside the build directory
 /// (which a start moves to the archive), not `watcher.lock`.
+///
+/// The cancel helpers take it shared ([`StartLock::wait`]): a cancel issued while a start
+/// is under way waits for it and then cancels the run that start made, instead of racing
+/// its archive and new request; and no start begins while a cancel is being applied.
 #[derive(Debug)]
 pub struct StartLock {
     _lock: Lock,
@@ -633,11 +717,32 @@ impl StartLock {
         match Lock::try_exclusive(&path) {
             Ok(lock) => Ok(StartLock { _lock: lock }),
             Err(Error::LockHeld { path }) => Err(Error::AlreadyRunning {
-                what: format!("another start of {build} is in progress"),
+                what: format!("another start or a cancel of {build} is in progress"),
                 unit: path.display().to_string(),
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// For the cancel helpers: wait while a start of `build` is in progress (saying so on
+    /// stderr first), then hold the lock shared until the value is dropped, so no start
+    /// begins while the cancel is applied; cancels do not wait for each other. `None` when
+    /// no start ever ran under this state root: without a `.locks` directory there is
+    /// nothing to wait for, and a cancel does not create one.
+    pub fn wait(state_root: &Path, build: &BuildName) -> Result<Option<StartLock>> {
+        let path = StartLock::path(state_root, build);
+        let dir = state_root.join(".locks");
+        match fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            _ => {
+                fsutil::check_private_dir(state_root)?;
+                fsutil::check_private_dir(&dir)?;
+            }
+        }
+        let lock = Lock::shared_waiting(&path, || {
+            logging::notice(format!("waiting for the start of {build} in progress…"));
+        })?;
+        Ok(Some(StartLock { _lock: lock }))
     }
 
     /// Without taking it or creating anything: is a start of `build` in progress?

@@ -1,10 +1,11 @@
 //! cancel-atvm-run-watcher: write `cancelled.marker`, set `state.json` to CANCELLED (final),
 //! stop `atvm-run-watcher@<build>.service`; never post (docs/watcher-service.md). The marker and the state
 //! are written under the state lock, so a watcher saving at the same moment sees the marker
-//! and cannot overwrite the cancel.
+//! and cannot overwrite the cancel. A start of the build in progress is waited for first (the
+//! start lock, shared), so the cancel reaches the run that start makes.
 
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{PostStatus, RunState, State};
+use atvm_common::state::{PostStatus, RunState, StartLock, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, StateDir, logging};
 use clap::Parser;
@@ -14,7 +15,9 @@ Example:
   cancel-atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
 Nothing is posted for a cancelled run. Repeating the command is harmless. To stop the
-Cypress run itself, also run cancel-atvm-runner for the same build.
+Cypress run itself, also run cancel-atvm-runner for the same build. While a start of the
+build is in progress, it waits for that start to finish (saying so) and then cancels the run
+it made.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -46,6 +49,10 @@ enum Found {
 }
 
 pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
+    // A start under way is about to archive the run and start a new one: cancel that one,
+    // once it is there (even a first run, whose directory does not exist yet), and keep
+    // another start from beginning until the cancel is applied.
+    let _start = StartLock::wait(&paths.state_root, build)?;
     let sd = paths.state_dir(build);
     if !sd.exists() {
         return Err(Error::file(

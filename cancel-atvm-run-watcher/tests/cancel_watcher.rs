@@ -4,7 +4,8 @@
 
 use serde_json::json;
 use std::fs;
-use testkit::{Env, text};
+use std::time::Duration;
+use testkit::{Env, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -177,4 +178,96 @@ fn a_categorized_run_whose_groups_were_all_posted_is_already_reported() {
     );
     assert_eq!(env.state(B)["state"], "FAILED");
     assert!(!env.state_dir(B).join("cancelled.marker").exists());
+}
+
+#[test]
+fn a_cancel_during_a_start_waits_for_it_and_cancels_the_new_run() {
+    let env = Env::new();
+    let earlier = env.write_request(B, json!({}));
+    let start = env.hold_start_lock(B);
+    let (mut cancel, output) = env.spawn_logged("cancel-atvm-run-watcher", &["--build-name", B]);
+    let said = || fs::read_to_string(&output).unwrap_or_default();
+    let waiting = format!("cancel-atvm-run-watcher: waiting for the start of {B} in progress…");
+    env.wait_until("the cancel to wait or end", Duration::from_secs(10), || {
+        said().contains(&waiting) || cancel.try_wait().unwrap().is_some()
+    });
+    assert_eq!(said().trim(), waiting, "it waits, saying so on one line");
+    assert!(cancel.try_wait().unwrap().is_none(), "{}", said());
+    assert!(!env.state_dir(B).join("cancelled.marker").exists());
+    assert!(!env.state_dir(B).join("state.json").exists());
+    assert!(
+        !env.systemctl_calls().contains("stop"),
+        "{}",
+        env.systemctl_calls()
+    );
+    // The start goes on: it archives the earlier run and records a new one.
+    let archived = env.root().join("archived");
+    fs::rename(env.state_dir(B), &archived).unwrap();
+    let new = env.write_request(B, json!({}));
+    drop(start);
+    let out = finish(cancel, Duration::from_secs(10));
+    assert!(out.status.success(), "{}", said());
+    assert!(said().contains(&format!("cancelled {B}")), "{}", said());
+    let marker = fs::read_to_string(env.state_dir(B).join("cancelled.marker")).unwrap();
+    assert!(marker.contains(&format!("run_id={new}")), "{marker}");
+    let s = env.state(B);
+    assert_eq!(
+        (s["run_id"].as_str(), s["state"].as_str()),
+        (Some(new.as_str()), Some("CANCELLED"))
+    );
+    assert!(
+        !archived.join("cancelled.marker").exists(),
+        "{earlier} kept as it was"
+    );
+}
+
+#[test]
+fn no_start_begins_while_a_cancel_is_applied() {
+    let mut env = Env::new();
+    env.write_request(B, json!({}));
+    env.hold_start_lock(B); // makes .locks, as any earlier start did; released at once
+    // A watcher that takes its time to stop (a post on the wire, say).
+    let stopping = env.root().join("stopping");
+    let go = env.root().join("go");
+    let slow = env.script(
+        "slow-systemctl",
+        &format!(
+            "case \"$1\" in\n  is-active) echo active ;;\n  stop) touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done ;;\nesac\nexit 0",
+            stopping.display(),
+            go.display()
+        ),
+    );
+    env.set("ATVM_SYSTEMCTL", slow.display().to_string());
+    let (cancel, output) = env.spawn_logged("cancel-atvm-run-watcher", &["--build-name", B]);
+    env.wait_until(
+        "the cancel to stop the watcher",
+        Duration::from_secs(10),
+        || stopping.exists(),
+    );
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("a cancel") && text(&out).contains(&format!(".locks/{B}.start.lock")),
+        "{}",
+        text(&out)
+    );
+    fs::write(&go, "").unwrap();
+    let out = finish(cancel, Duration::from_secs(10));
+    let said = fs::read_to_string(&output).unwrap();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("cancelled {B}")), "{said}");
+    assert!(
+        !env.state_root.join(".archive").exists(),
+        "the cancelled run stays"
+    );
+}
+
+#[test]
+fn without_a_locks_directory_the_cancel_neither_waits_nor_makes_one() {
+    let env = Env::new();
+    env.write_request(B, json!({}));
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("waiting"), "{}", text(&out));
+    assert!(!env.state_root.join(".locks").exists());
 }

@@ -1,10 +1,11 @@
 //! cancel-atvm-runner: mark the run as deliberately cancelled, then stop
 //! `atvm-runner@<build>.service` (docs/watcher-service.md). The mark is what makes the watcher's state
-//! CANCELLED instead of TERMINATED.
+//! CANCELLED instead of TERMINATED. A start of the build in progress is waited for first
+//! (the start lock, shared), so the cancel reaches the run that start makes.
 
 use atvm_common::error::Result;
 use atvm_common::procfs::{self, ProcessId};
-use atvm_common::state::RunnerStatus;
+use atvm_common::state::{RunnerStatus, StartLock};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, Timestamp, logging};
 use clap::Parser;
@@ -14,7 +15,8 @@ Example:
   cancel-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
 Cancelling a runner that is not running is not an error. To also stop the watcher without
-a post, run cancel-atvm-run-watcher for the same build.
+a post, run cancel-atvm-run-watcher for the same build. While a start of the build is in
+progress, it waits for that start to finish (saying so) and then cancels the run it made.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -35,6 +37,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
+    // A start under way is about to archive the run and start a new one: cancel that one,
+    // once it is there, and keep another start from beginning until the cancel is applied.
+    let _start = StartLock::wait(&paths.state_root, build)?;
     let unit = UnitKind::Runner.unit(build);
     let sd = paths.state_dir(build);
     let activity = systemctl.is_active(&unit)?;

@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     let started = match prepare(&sd, &build) {
         Ok(started) => started,
         Err(e) => {
-            refuse(&sd, &paths, &build, &e)?;
+            sd.record_refusal(&paths.run_log(&build), &e.to_string())?;
             return Err(e);
         }
     };
@@ -105,12 +105,8 @@ struct Started {
 /// (never through a link or someone else's file in /tmp), starting `/bin/sh`.
 fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
     let spec = read_spec(sd, build)?;
-    if !spec.workdir.is_dir() {
-        return Err(Error::file(
-            "runner working directory does not exist",
-            &spec.workdir,
-        ));
-    }
+    // The start helper checked it too, but it may have gone since.
+    RunnerSpec::check_workdir(&spec.workdir)?;
     let log = fsutil::create_fresh_log(&spec.log_path)?;
     let log_meta = log
         .metadata()
@@ -151,41 +147,6 @@ fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
 fn clone(log: &fs::File, path: &std::path::Path) -> Result<fs::File> {
     log.try_clone()
         .map_err(|e| Error::io("cannot use log", path, e))
-}
-
-/// The run cannot start: say why in `status.json` (docs/watcher-service.md), so the watcher ends the run
-/// UNKNOWN at once and the start helper reports the reason, instead of both waiting for a
-/// runner that never comes. The run is the request's (the spec itself may be what was
-/// refused); the start id is the spec's, if it can be read at all.
-fn refuse(sd: &StateDir, paths: &Paths, build: &BuildName, why: &Error) -> Result<()> {
-    if !sd.exists() {
-        // No run of this build was ever requested: nobody waits for a record.
-        return Ok(());
-    }
-    let spec: Option<RunnerSpec> = fsutil::read_json(&sd.runner_spec()).ok().flatten();
-    let run_id = sd
-        .read_request()
-        .ok()
-        .flatten()
-        .map(|r| r.run_id)
-        .or_else(|| spec.as_ref().map(|s| s.run_id.clone()))
-        .unwrap_or_default();
-    let me = procfs::self_id();
-    let status = RunnerStatus {
-        build_name: build.to_string(),
-        run_id,
-        start_id: spec.map(|s| s.start_id).unwrap_or_default(),
-        pid: me.map_or(std::process::id(), |m| m.pid),
-        pid_start_ticks: me.map_or(0, |m| m.start_ticks),
-        started_at: Timestamp::now(),
-        started_boot: BootInstant::now(),
-        log_path: paths.run_log(build),
-        refused: Some(why.to_string()),
-        exited_at: Some(Timestamp::now()),
-        ..RunnerStatus::default()
-    };
-    sd.create_runner_dir()?;
-    sd.update_status(|_| Ok((Some(status), ())))
 }
 
 /// The spec holds a command that runs as root: refuse one that someone else could have

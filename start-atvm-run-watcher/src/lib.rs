@@ -1,5 +1,6 @@
 //! start-atvm-run-watcher: archive the build's stale state, record the request and start
-//! `atvm-run-watcher@<build>.service` (docs/watcher-service.md).
+//! `atvm-run-watcher@<build>.service` (docs/watcher-service.md). A watcher that does not
+//! come up leaves its run final (UNKNOWN), never one a later `--resume-all` would pick up.
 
 use atvm_common::config::{MattermostConfig, env_file_warning};
 use atvm_common::error::{Error, Result};
@@ -19,9 +20,11 @@ Example:
       --scope-description 'nightly upgrade matrix'
 
 Any earlier state of the same build name is moved to <state-root>/.archive/<build>/<time>/
-first, so nothing (markers, posts, sub-runs) is inherited. Start the runner afterwards
-(start-atvm-runner), or use start-atvm-run, which does the template step, watcher and runner
-in that order.
+first, so nothing (markers, posts, sub-runs) is inherited. If the unit cannot be started or
+is not running right after, the run is recorded as UNKNOWN (final, naming the unit) and the
+exit status is 5: the boot-time --resume-all never starts it later. Start the runner
+afterwards (start-atvm-runner), or use start-atvm-run, which does the template step, watcher
+and runner in that order.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -222,20 +225,51 @@ pub fn start(
     // 0600: it records command lines.
     fsutil::write_json(&sd.request(), &request, 0o600)?;
     let unit = UnitKind::Watcher.unit(build);
+    if let Err(e) = start_unit(systemctl, &unit) {
+        // The request is recorded: a run left without a final state would be resumed by
+        // `--resume-all` at the next boot and followed, even posted, long after this start
+        // was reported as failed.
+        abandon(
+            build,
+            paths,
+            systemctl,
+            &format!("the watcher could not be started: {e}"),
+        );
+        return Err(e);
+    }
+    logging::info(format!("started {unit} (run {})", request.run_id));
+    Ok(request)
+}
+
+/// `reset-failed`, `start`, and confirm the unit is running right after (exit 5 if not).
+fn start_unit(systemctl: &Systemctl, unit: &str) -> Result<()> {
     // Never loaded means nothing to reset; systemctl calls that an error, so ignore it.
-    let _ = systemctl.reset_failed(&unit);
-    systemctl.start(&unit)?;
-    let activity = systemctl.is_active(&unit)?;
+    let _ = systemctl.reset_failed(unit);
+    systemctl.start(unit)?;
+    let activity = systemctl.is_active(unit)?;
     if !activity.is_running() {
         return Err(Error::Systemctl {
             action: "start",
-            unit: unit.clone(),
+            unit: unit.to_string(),
             detail: format!(
                 "the unit is {} right after starting; see journalctl -u {unit}",
                 activity.word()
             ),
         });
     }
-    logging::info(format!("started {unit} (run {})", request.run_id));
-    Ok(request)
+    Ok(())
+}
+
+/// A start that cannot be completed (the watcher or the runner did not come up): stop the
+/// watcher, which may be half up, and end the run UNKNOWN with `reason`. What fails here is
+/// reported, not returned: the caller returns the error that brought it here.
+pub fn abandon(build: &BuildName, paths: &Paths, systemctl: &Systemctl, reason: &str) {
+    let unit = UnitKind::Watcher.unit(build);
+    if let Err(e) = systemctl.stop(&unit) {
+        logging::error(e);
+    }
+    match paths.state_dir(build).end_unstarted(reason) {
+        Ok(()) => logging::error(format!("stopped {unit}; state UNKNOWN recorded")),
+        Err(e) => logging::error(e),
+    }
 }

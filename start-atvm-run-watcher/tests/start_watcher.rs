@@ -219,3 +219,52 @@ fn a_new_run_is_refused_while_the_previous_one_owes_a_post() {
     assert!(out.status.success(), "{}", text(&out));
     cancel(&env);
 }
+
+#[test]
+fn a_watcher_that_does_not_come_up_leaves_its_run_final_and_never_resumed() {
+    const UNIT: &str = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+    let starts = |env: &Env| {
+        env.systemctl_calls()
+            .matches(&format!("start {UNIT}"))
+            .count()
+    };
+    for case in ["start fails", "inactive right after"] {
+        let (mut env, hook) = setup();
+        match case {
+            "start fails" => env.set("FAKE_SYSTEMCTL_FAIL", "start:atvm-run-watcher@"),
+            _ => {
+                let idle = env.script(
+                    "idle-systemctl",
+                    "case \"$1\" in is-active) echo inactive; exit 3;; esac\nexit 0",
+                );
+                env.set("ATVM_SYSTEMCTL", idle.display().to_string());
+            }
+        }
+        let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+        assert_eq!(out.status.code(), Some(5), "{case}: {}", text(&out));
+        let run_id = read_json(&env.state_dir(B).join("request.json"))["run_id"].clone();
+        let s = env.state(B);
+        assert_eq!(
+            (&s["state"], &s["final"], &s["post"]["status"], &s["run_id"]),
+            (
+                &"UNKNOWN".into(),
+                &true.into(),
+                &"suppressed".into(),
+                &run_id
+            ),
+            "{case}: {s:#}"
+        );
+        assert!(
+            s["reason"].as_str().is_some_and(|r| r.contains(UNIT)),
+            "{case}: {s:#}"
+        );
+        // At boot, --resume-all starts the watcher of every run that is not final.
+        env.unset("FAKE_SYSTEMCTL_FAIL");
+        env.set("ATVM_SYSTEMCTL", env.systemctl.display().to_string());
+        let before = starts(&env);
+        let out = env.run("atvm-run-watcher", &["--resume-all"]);
+        assert!(out.status.success(), "{case}: {}", text(&out));
+        assert_eq!(starts(&env), before, "{case}: resumed: {}", text(&out));
+        assert!(hook.requests().is_empty());
+    }
+}

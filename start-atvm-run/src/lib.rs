@@ -4,7 +4,7 @@
 
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{RunState, StartLock, State};
+use atvm_common::state::StartLock;
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, fsutil, logging};
 use clap::Parser;
@@ -25,9 +25,11 @@ Example:
       --runner-command 'npx cypress run --record --group linux' \\
       --config-family redhat --scope-description 'nightly upgrade matrix'
 
-Order: (1) the template command runs in $ATVM_AUTOMATION_ROOT with its output in
-<log-dir>/<build>.launch.log; if it fails, nothing is started (exit 3). (2) the watcher is
-started, (3) then the runner. Use --dry-run to print the plan without doing anything.
+Order: first everything that can be refused is checked, the runner's working directory
+included (missing or not a directory: exit 5, naming it). (1) the template command runs in
+$ATVM_AUTOMATION_ROOT with its output in <log-dir>/<build>.launch.log; if it fails, nothing
+is started (exit 3). (2) the watcher is started, (3) then the runner. Use --dry-run to make
+the same checks and print the plan without doing anything.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -69,12 +71,15 @@ pub fn run(cli: Cli) -> Result<()> {
         runner_command: cli.watch.runner_command.clone().unwrap_or_default(),
         workdir: cli.workdir.clone(),
     };
-    // Everything that can be refused is refused before the template step runs.
+    // Everything that can be refused is refused before the template step runs: a runner
+    // that cannot start must not leave a template step run, a run archived and a watcher
+    // started behind it.
     if runner.runner_command.trim().is_empty() {
         return Err(Error::Usage(
             "--runner-command must not be empty".to_string(),
         ));
     }
+    start_atvm_runner::checked_workdir(&build, &paths, &runner)?;
     if cli.dry_run {
         start_atvm_run_watcher::preflight(&build, &paths, &systemctl)?;
         print_plan(&build, &paths, &cli.watch, &runner);
@@ -94,9 +99,13 @@ pub fn run(cli: Cli) -> Result<()> {
     {
         template_step(&build, &paths, cmd)?;
     }
+    // A watcher that does not come up is abandoned by the watcher's own start.
     start_atvm_run_watcher::start(&build, &paths, &systemctl, &cli.watch, &lock)?;
     if let Err(e) = start_atvm_runner::start(&build, &paths, &systemctl, &runner, &lock) {
-        abandon(&build, &paths, &systemctl, &e);
+        // Stop the watcher again and record why, so the run does not sit in STARTING until
+        // the start timeout.
+        let reason = format!("the runner could not be started: {e}");
+        start_atvm_run_watcher::abandon(&build, &paths, &systemctl, &reason);
         return Err(e);
     }
     Ok(())
@@ -191,32 +200,4 @@ fn last_lines(path: &std::path::Path, n: usize) -> Vec<String> {
         }
     }
     ring.into()
-}
-
-/// The runner could not be started: stop the watcher and record why, so the run does not
-/// sit in STARTING until the start timeout.
-fn abandon(build: &BuildName, paths: &Paths, systemctl: &Systemctl, why: &Error) {
-    let unit = UnitKind::Watcher.unit(build);
-    if let Err(e) = systemctl.stop(&unit) {
-        logging::error(e);
-    }
-    let sd = paths.state_dir(build);
-    let run_id = sd
-        .read_request()
-        .ok()
-        .flatten()
-        .map(|r| r.run_id)
-        .unwrap_or_default();
-    let reason = format!("the runner could not be started: {why}");
-    let result = sd.update_state(|current| {
-        let mut state = current
-            .filter(|s| s.run_id == run_id)
-            .unwrap_or_else(|| State::new(build.as_str(), &run_id, RunState::Unknown, ""));
-        state.end_unposted(RunState::Unknown, reason.clone());
-        Ok((Some(state), ()))
-    });
-    if let Err(e) = result {
-        logging::error(e);
-    }
-    logging::error(format!("stopped {unit}; state UNKNOWN recorded"));
 }

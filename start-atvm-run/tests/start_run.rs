@@ -163,3 +163,76 @@ fn an_empty_runner_command_is_a_usage_error() {
         "the template step did not run"
     );
 }
+
+#[test]
+fn a_runner_workdir_that_cannot_be_used_is_refused_before_the_template_step() {
+    let (mut env, hook) = setup();
+    // An earlier run of the build, which a start would archive.
+    let earlier = env.write_request(B, serde_json::json!({}));
+    let ran = env.root().join("template-ran");
+    let template = format!("touch '{}'", ran.display());
+    let missing = env.root().join("no-such-dir");
+    let file = env.root().join("a-file");
+    fs::write(&file, "").unwrap();
+    let refused = |env: &Env, extra: &[&str], dir: &std::path::Path, why: &str| {
+        let out = start_run(env, &template, "true", extra);
+        assert_eq!(out.status.code(), Some(5), "{extra:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{why} ({})", dir.display())),
+            "{stderr}"
+        );
+    };
+    for (dir, why) in [(&missing, "does not exist"), (&file, "is not a directory")] {
+        for dry_run in [&[][..], &["--dry-run"][..]] {
+            let mut extra = vec!["--workdir", dir.to_str().unwrap()];
+            extra.extend_from_slice(dry_run);
+            refused(&env, &extra, dir, why);
+        }
+    }
+    // Without --workdir the runner runs in $ATVM_AUTOMATION_ROOT: checked the same way.
+    env.set("ATVM_AUTOMATION_ROOT", missing.display().to_string());
+    refused(&env, &[], &missing, "does not exist");
+    assert!(!ran.exists(), "the template step ran");
+    assert!(
+        !env.systemctl_calls().contains("start "),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(!env.state_root.join(".archive").exists(), "archived");
+    let request = testkit::read_json(&env.state_dir(B).join("request.json"));
+    assert_eq!(
+        request["run_id"],
+        earlier.as_str(),
+        "the earlier run is kept"
+    );
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
+fn a_watcher_that_does_not_start_ends_the_run_and_starts_no_runner() {
+    let (mut env, hook) = setup();
+    env.set("FAKE_SYSTEMCTL_FAIL", "start:atvm-run-watcher@");
+    let out = start_run(&env, "true", "true", &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let s = testkit::read_json(&env.state_dir(B).join("state.json"));
+    assert_eq!(
+        (&s["state"], &s["final"]),
+        (&"UNKNOWN".into(), &true.into()),
+        "{s:#}"
+    );
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(WATCHER_UNIT)),
+        "{s:#}"
+    );
+    assert!(
+        !env.systemctl_calls()
+            .contains(&format!("start {RUNNER_UNIT}")),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(hook.requests().is_empty());
+}

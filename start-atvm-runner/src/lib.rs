@@ -22,6 +22,9 @@ Example:
 
 Starts atvm-runner@<build>.service, which runs the command with /bin/sh -c and writes its
 output to <log-dir>/<build>.log. Start the watcher first (start-atvm-run does both, in order).
+A working directory that is missing or not a directory is refused before anything starts
+(exit 5, naming it) and recorded in runner/status.json, so the build's watcher ends the run
+UNKNOWN at once instead of waiting for its start timeout.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -76,24 +79,38 @@ pub fn checked_state_root(paths: &Paths) -> Result<PathBuf> {
     Ok(paths.state_root.clone())
 }
 
-/// The command and working directory the runner would get: refused when empty or missing.
-fn checked_command(paths: &Paths, args: &RunnerArgs) -> Result<PathBuf> {
+/// An empty command is a usage error (exit 2): there is nothing to run.
+fn check_command(args: &RunnerArgs) -> Result<()> {
     if args.runner_command.trim().is_empty() {
         return Err(Error::Usage(
             "--runner-command must not be empty".to_string(),
         ));
     }
-    let workdir = args
-        .workdir
+    Ok(())
+}
+
+/// The runner's working directory: `--workdir`, else `$ATVM_AUTOMATION_ROOT`.
+fn workdir(paths: &Paths, args: &RunnerArgs) -> PathBuf {
+    args.workdir
         .clone()
-        .unwrap_or_else(|| paths.automation_root.clone());
-    if !workdir.is_dir() {
-        return Err(Error::file(
-            "runner working directory does not exist",
-            &workdir,
-        ));
-    }
+        .unwrap_or_else(|| paths.automation_root.clone())
+}
+
+/// The runner's working directory, made absolute. A missing one, or one that is not a
+/// directory, is a start the runner would refuse: exit 5 naming the path. start-atvm-run
+/// checks it before its template step.
+pub fn checked_workdir(build: &BuildName, paths: &Paths, args: &RunnerArgs) -> Result<PathBuf> {
+    let workdir = workdir(paths, args);
+    RunnerSpec::check_workdir(&workdir).map_err(|e| refused(build, &e))?;
     Ok(absolute(&workdir))
+}
+
+/// The runner will not start, for `why` (exit 5).
+fn refused(build: &BuildName, why: &Error) -> Error {
+    Error::RunnerStart {
+        unit: UnitKind::Runner.unit(build),
+        why: why.to_string(),
+    }
 }
 
 /// `--dry-run`: every check of a real start, then what it would do; nothing is written.
@@ -103,9 +120,10 @@ fn dry_run(
     systemctl: &Systemctl,
     args: &RunnerArgs,
 ) -> Result<()> {
-    let workdir = checked_command(paths, args)?;
+    check_command(args)?;
     preflight(build, paths)?;
     systemctl.refuse_if_running(UnitKind::Runner, build)?;
+    let workdir = checked_workdir(build, paths, args)?;
     logging::info(format!(
         "would start {}: /bin/sh -c {:?} in {}, log {} (--dry-run: nothing done)",
         UnitKind::Runner.unit(build),
@@ -136,6 +154,12 @@ pub fn preflight(build: &BuildName, paths: &Paths) -> Result<()> {
 /// Refuse while the runner unit is active, write the spec, `reset-failed`, `start`, and
 /// wait until the wrapper confirms it took this start up (or refused it: exit 5). Returns
 /// the run id the runner reports. The caller holds the build's start lock.
+///
+/// A working directory the runner could not use is refused before anything starts, and the
+/// refusal is recorded as the wrapper records its own: a watcher already following the
+/// build ends the run UNKNOWN at once, naming the path, instead of waiting for the start
+/// timeout. (Only after the unit is known not to run: a live runner's status is not ours to
+/// overwrite.)
 pub fn start(
     build: &BuildName,
     paths: &Paths,
@@ -143,11 +167,19 @@ pub fn start(
     args: &RunnerArgs,
     _held: &StartLock,
 ) -> Result<String> {
-    let workdir = checked_command(paths, args)?;
+    check_command(args)?;
     systemctl.refuse_if_running(UnitKind::Runner, build)?;
     let unit = UnitKind::Runner.unit(build);
     let sd = paths.state_dir(build);
     sd.check()?;
+    let workdir = workdir(paths, args);
+    if let Err(why) = RunnerSpec::check_workdir(&workdir) {
+        if let Err(e) = sd.record_refusal(&paths.run_log(build), &why.to_string()) {
+            logging::error(e);
+        }
+        return Err(refused(build, &why));
+    }
+    let workdir = absolute(&workdir);
     // The watcher only follows the runner whose run_id matches its request.
     let run_id = match sd.read_request()? {
         Some(request) => request.run_id,

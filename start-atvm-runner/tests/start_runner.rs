@@ -4,7 +4,8 @@
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
 use serde_json::json;
-use testkit::{Env, read_json, text};
+use std::time::Duration;
+use testkit::{Env, FakeWebhook, read_json, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -43,6 +44,49 @@ fn without_a_request_the_run_gets_its_own_id() {
 fn a_missing_workdir_and_an_empty_command_are_refused() {
     let env = Env::new();
     let missing = env.root().join("no-such-dir");
+    for dry_run in [&[][..], &["--dry-run"][..]] {
+        let mut args = vec![
+            "--build-name",
+            B,
+            "--runner-command",
+            "true",
+            "--workdir",
+            missing.to_str().unwrap(),
+        ];
+        args.extend_from_slice(dry_run);
+        let out = env.run("start-atvm-runner", &args);
+        assert_eq!(out.status.code(), Some(5), "{dry_run:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("does not exist ({})", missing.display())),
+            "{stderr}"
+        );
+    }
+    let out = env.run(
+        "start-atvm-runner",
+        &["--build-name", B, "--runner-command", ""],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        !env.systemctl_calls().contains("start "),
+        "nothing started: {}",
+        env.systemctl_calls()
+    );
+}
+
+#[test]
+fn a_missing_workdir_ends_the_watched_run_at_once_naming_it() {
+    let mut env = Env::new();
+    let hook = FakeWebhook::start(vec![]);
+    env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+    // Far longer than the test waits: the run must end from the refusal, not the timeout.
+    env.set("ATVM_START_TIMEOUT_SECONDS", "60");
+    let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    env.wait_state(B, "STARTING", Duration::from_secs(10));
+    let run_id = read_json(&env.state_dir(B).join("request.json"))["run_id"].clone();
+    let missing = env.root().join("no-such-dir");
     let out = env.run(
         "start-atvm-runner",
         &[
@@ -54,16 +98,37 @@ fn a_missing_workdir_and_an_empty_command_are_refused() {
             missing.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
         text(&out).contains(&missing.display().to_string()),
         "{}",
         text(&out)
     );
-    let out = env.run(
-        "start-atvm-runner",
-        &["--build-name", B, "--runner-command", ""],
+    // The record the wrapper writes when it refuses, for this run.
+    let status = env.status(B);
+    assert_eq!(status["run_id"], run_id, "{status:#}");
+    assert!(
+        status["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains(&missing.display().to_string())),
+        "{status:#}"
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert_eq!(env.systemctl_calls(), "", "nothing started");
+    let s = env.wait_final(B, Duration::from_secs(10));
+    assert_eq!(s["state"], "UNKNOWN", "{s:#}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&missing.display().to_string())),
+        "{s:#}"
+    );
+    env.wait_unit_inactive(
+        &format!("atvm-run-watcher@{B}.service"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        !env.systemctl_calls().contains("start atvm-runner@"),
+        "{}",
+        env.systemctl_calls()
+    );
+    assert!(hook.requests().is_empty());
 }

@@ -290,6 +290,48 @@ impl Env {
             .expect("spawn")
     }
 
+    /// Start a binary in the background with its stdout and stderr in a file (returned), which
+    /// the test can read while it runs.
+    pub fn spawn_logged(&self, name: &str, args: &[&str]) -> (std::process::Child, PathBuf) {
+        let log = self.root().join(format!("{name}.output"));
+        let file = fs::File::create(&log).expect("output file");
+        let child = self
+            .cmd(name)
+            .args(args)
+            .stdout(file.try_clone().expect("clone"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn");
+        (child, log)
+    }
+
+    /// Run the fake systemctl directly, with the environment the tools get (a unit it starts
+    /// runs the real `ExecStart`).
+    pub fn systemctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.systemctl)
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("fake systemctl")
+    }
+
+    /// Take the build's start lock as a start helper does (exclusively, creating `.locks`),
+    /// and hold it until the returned file is dropped: a start in progress.
+    pub fn hold_start_lock(&self, build: &str) -> fs::File {
+        let locks = self.state_root.join(".locks");
+        fs::create_dir_all(&locks).expect("mkdir .locks");
+        fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(locks.join(format!("{build}.start.lock")))
+            .expect("open start lock");
+        file.try_lock().expect("start lock free");
+        file
+    }
+
     /// Cancel a run the way an operator does: the watcher, then the runner.
     pub fn cancel_run(&self, build: &str) {
         for tool in ["cancel-atvm-run-watcher", "cancel-atvm-runner"] {

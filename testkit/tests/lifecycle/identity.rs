@@ -664,8 +664,15 @@ fn planted_lock_links_are_not_followed() {
         assert_code(&out, 1, name);
         assert!(named(&out, &start_lock), "{name}: {}", text(&out));
     }
+    // The cancel helpers wait on the start lock (shared) before they cancel.
+    for name in ["cancel-atvm-run-watcher", "cancel-atvm-runner.sh"] {
+        let out = p.run(name, &["--build-name", B]);
+        assert_code(&out, 1, name);
+        assert!(named(&out, &start_lock), "{name}: {}", text(&out));
+    }
     assert!(!target.exists(), "the start lock link was followed");
     assert!(!p.systemctl_calls().contains("start "), "nothing started");
+    fs::remove_file(&start_lock).unwrap();
 
     // The lock around state.json, which the cancel helper takes to record CANCELLED.
     let state_lock = p.state_dir(B).join("state.lock");
