@@ -355,6 +355,23 @@ fn fake_run(root: &Path, build: &str, pid: u32, log: &Path, exited: bool) -> Res
     .map_err(|e| e.to_string())
 }
 
+/// Where `pid`'s open descriptor of `file` stands: `pos:` in /proc/<pid>/fdinfo/<fd>.
+fn read_position(pid: u32, file: &Path) -> Option<u64> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.filter_map(|e| e.ok())
+        .filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == file))
+        .find_map(|fd| {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+}
+
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -393,20 +410,12 @@ fn peak_rss(watcher: &Path, log: &Path, reports: &Path, dir: &Path) -> Result<u6
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
-    // Follow the run until the whole log is read, then let the runner "exit".
-    let state = root.join("state/bench-rss/state.json");
+    // Follow the run until the whole log is read, then let the runner "exit". A dry run
+    // writes no checkpoint, so how far it read is the position of its descriptor of the log.
     let size = fs::metadata(log).map_err(|e| e.to_string())?.len();
     loop {
         peak = peak.max(vm_hwm_kib(child.id()).unwrap_or(0));
-        let read = fs::read_to_string(&state).ok().and_then(|t| {
-            let i = t.find("\"offset\": ")?;
-            t[i + 10..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        });
-        if read == Some(size) {
+        if read_position(child.id(), log) == Some(size) {
             break;
         }
         if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
