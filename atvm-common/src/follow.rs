@@ -48,6 +48,8 @@ pub struct LogFollower {
     path: PathBuf,
     file: Option<(File, FileId)>,
     point: Option<FollowPoint>,
+    /// On truncation, forget what was parsed too, not only a half-read line.
+    restart_on_truncation: bool,
 }
 
 impl LogFollower {
@@ -56,7 +58,17 @@ impl LogFollower {
             path: path.to_path_buf(),
             file: None,
             point,
+            restart_on_truncation: false,
         }
+    }
+
+    /// A truncated log starts over: what was parsed before came from output that is gone
+    /// (a hand-started run's `> B.log` truncates the file a leftover of an earlier run
+    /// wrote). Not for a log the runner created itself, which an operator may truncate to
+    /// free space while the run goes on.
+    pub fn restart_on_truncation(mut self, yes: bool) -> LogFollower {
+        self.restart_on_truncation = yes;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -101,7 +113,11 @@ impl LogFollower {
         let mut offset = self.point.map_or(0, |p| p.offset);
         if len < offset {
             offset = 0;
-            parser.reset_partial_line();
+            if self.restart_on_truncation {
+                *parser = LogParser::new();
+            } else {
+                parser.reset_partial_line();
+            }
             progress.truncated = true;
         }
         budget = budget.saturating_sub(progress.bytes);

@@ -171,6 +171,21 @@ pub fn session(pid: u32) -> Option<i32> {
     stat_ids(pid).map(|(_, sid)| sid)
 }
 
+/// Is `pid` a descendant of `ancestor` (through any number of parents)? A process the
+/// runner started is part of its run, however it names the build.
+pub fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    // A parent chain is short; the bound only guards against a loop read mid-change.
+    for _ in 0..512 {
+        match stat_ids(current) {
+            Some((ppid, _)) if ppid == ancestor => return true,
+            Some((ppid, _)) if ppid > 1 => current = ppid,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Real and effective uid of a process (`Uid:` in /proc/<pid>/status).
 pub fn uids(pid: u32) -> Option<(u32, u32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -206,7 +221,8 @@ fn argv(pid: u32) -> Option<Vec<String>> {
 /// `timeout`, shell or loop wrapping ours), and — what ties it to this run — holds the run
 /// log `log` open for writing, itself or through a process of its session. Of several, the
 /// newest that is not the child of another candidate: a runner left over from an earlier
-/// run of the build name is older.
+/// run of the build name is older. The watcher asks again at every poll, so a newer run
+/// that appears after a leftover was adopted takes its place.
 pub fn find_fallback(
     build: &str,
     uid: u32,
@@ -242,17 +258,12 @@ pub fn find_fallback(
         .filter(|p| !candidates.iter().any(|q| q.id.pid == p.ppid))
         .map(|p| p.id)
         .collect();
-    // Newest first (a pid breaks a tie within one clock tick); one writing the log itself
-    // before one whose session does (`| tee log`).
+    // Newest first (a pid breaks a tie within one clock tick): a leftover writing the log
+    // itself must not win over a newer run that writes it through `| tee log`.
     roots.sort_by_key(|id| std::cmp::Reverse((id.start_ticks, id.pid)));
-    let writes_itself = roots.iter().find(|id| writes_file(id.pid, log.0, log.1));
-    writes_itself
-        .or_else(|| {
-            roots
-                .iter()
-                .find(|id| held_for_writing(id.pid, log.0, log.1))
-        })
-        .copied()
+    roots
+        .into_iter()
+        .find(|id| held_for_writing(id.pid, log.0, log.1))
 }
 
 /// Does a descendant of `pid` run one of our binaries?
@@ -296,10 +307,6 @@ fn session_writers(pid: u32, dev: u64, ino: u64) -> impl Iterator<Item = u32> {
         .into_iter()
         .filter(move |&p| sid.is_some() && (p == pid || session(p) == sid))
         .flat_map(move |p| write_flags(p, dev, ino))
-}
-
-fn writes_file(pid: u32, dev: u64, ino: u64) -> bool {
-    !write_flags(pid, dev, ino).is_empty()
 }
 
 /// The open flags of each of `pid`'s descriptors that has `(dev, ino)` open for writing.
@@ -350,6 +357,34 @@ mod tests {
         assert!(argv_names_build(&["x", "--build-name=b1"], "b1"));
         assert!(!argv_names_build(&["x", "--build-name", "b10"], "b1"));
         assert!(!argv_names_build(&["sh", "-c", "x --build-name b1"], "b1"));
+    }
+
+    #[test]
+    fn a_grandchild_descends_from_us_and_we_do_not_descend_from_it() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .expect("spawn");
+        let me = std::process::id();
+        let mut grandchild = None;
+        for _ in 0..200 {
+            grandchild = pids()
+                .into_iter()
+                .find(|&p| stat_ids(p).is_some_and(|(ppid, _)| ppid == child.id()));
+            if grandchild.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let grandchild = grandchild.expect("sleep started");
+        let found = (
+            descends_from(grandchild, me),
+            descends_from(grandchild, child.id()),
+            descends_from(me, grandchild),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, (true, true, false));
     }
 
     #[test]
@@ -420,7 +455,8 @@ mod tests {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            let seen = named(child.id()) && writes_file(child.id(), meta.dev(), meta.ino());
+            let seen =
+                named(child.id()) && !write_flags(child.id(), meta.dev(), meta.ino()).is_empty();
             let found = find_fallback(build, uid, &own, (meta.dev(), meta.ino()));
             let _ = child.kill();
             let _ = child.wait();

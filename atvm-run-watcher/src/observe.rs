@@ -200,12 +200,12 @@ impl Observer {
     /// A run not started through start-atvm-runner: the process found by its command line,
     /// adopted once it has been seen at two polls in a row (a `sudo` that has not exec'ed
     /// our tool yet is gone by then).
+    ///
+    /// The search goes on after adoption: a process started later that writes the log is
+    /// the run (the adopted one was a leftover of an earlier run of the build name, say one
+    /// that hung), and takes over once it too has been seen at two polls in a row, or at
+    /// once when the adopted one is gone.
     fn fallback_runner(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> RunnerFacts {
-        match cp.fallback {
-            Some(id) if procfs::is_alive(id) => return RunnerFacts::Alive { pid: id.pid },
-            Some(_) => return RunnerFacts::FallbackGone,
-            None => {}
-        }
         // Only a process writing this run's log can be its runner.
         let log = self.trusted_log(ctx);
         let found = log.and_then(|l| {
@@ -213,31 +213,70 @@ impl Observer {
         });
         let seen_before = found.is_some() && found == self.candidate;
         self.candidate = found;
-        match found {
-            Some(id) if seen_before => {
+        // A newer process of the build that the adopted runner started is part of its run.
+        let newer = found.filter(|f| {
+            cp.fallback.is_none_or(|a| {
+                f.start_ticks > a.start_ticks && !procfs::descends_from(f.pid, a.pid)
+            })
+        });
+        match (cp.fallback, newer) {
+            (Some(adopted), Some(id)) if seen_before || !procfs::is_alive(adopted) => {
+                logging::warn(format!(
+                    "runner pid {} started after pid {} and writes {}: following it \
+                     (pid {} is left over from an earlier run)",
+                    id.pid,
+                    adopted.pid,
+                    ctx.paths.run_log(&ctx.build).display(),
+                    adopted.pid
+                ));
+                self.adopt(ctx, cp, id, log, now)
+            }
+            (Some(adopted), _) if procfs::is_alive(adopted) => {
+                RunnerFacts::Alive { pid: adopted.pid }
+            }
+            (Some(_), _) => RunnerFacts::FallbackGone,
+            (None, Some(id)) if seen_before => {
                 logging::info(format!(
                     "following runner pid {} found by its --build_name {}, writing {}",
                     id.pid,
                     ctx.build,
                     ctx.paths.run_log(&ctx.build).display()
                 ));
-                if let Some(l) = log
-                    && procfs::appended_by(id.pid, l.dev, l.ino)
-                {
-                    logging::warn(format!(
-                        "{} is written in append mode (`>>`, `tee -a`): lines of an earlier run \
-                         at its start are read as this run's",
-                        ctx.paths.run_log(&ctx.build).display()
-                    ));
-                }
-                cp.fallback = Some(id);
-                cp.fallback_log = log;
-                self.runner_started = Some(now.clone());
-                self.runner_started_at.get_or_insert(now.wall);
-                RunnerFacts::Alive { pid: id.pid }
+                self.adopt(ctx, cp, id, log, now)
             }
-            _ => RunnerFacts::NotYet,
+            (None, _) => RunnerFacts::NotYet,
         }
+    }
+
+    /// Follow `id` as the run's runner, writing the log `log`. A log of another identity
+    /// than the one read so far is read from its start, with nothing kept from the other.
+    fn adopt(
+        &mut self,
+        ctx: &Ctx,
+        cp: &mut Checkpoint,
+        id: ProcessId,
+        log: Option<FileId>,
+        now: &Moment,
+    ) -> RunnerFacts {
+        if let Some(l) = log
+            && procfs::appended_by(id.pid, l.dev, l.ino)
+        {
+            logging::warn(format!(
+                "{} is written in append mode (`>>`, `tee -a`): lines of an earlier run \
+                 at its start are read as this run's",
+                ctx.paths.run_log(&ctx.build).display()
+            ));
+        }
+        if cp.fallback_log.is_some() && cp.fallback_log != log {
+            cp.parser = Default::default();
+            cp.follow = None;
+            self.follower = None;
+        }
+        cp.fallback = Some(id);
+        cp.fallback_log = log;
+        self.runner_started = Some(now.clone());
+        self.runner_started_at.get_or_insert(now.wall);
+        RunnerFacts::Alive { pid: id.pid }
     }
 
     /// The file at the run log's path, if it may be read as a run's output: a regular
@@ -303,7 +342,9 @@ impl Observer {
             return Ok(());
         };
         if self.follower.as_ref().is_none_or(|f| f.path() != path) {
-            self.follower = Some(LogFollower::new(&path, cp.follow));
+            self.follower = Some(
+                LogFollower::new(&path, cp.follow).restart_on_truncation(cp.fallback.is_some()),
+            );
             cp.log_path = Some(path.clone());
         }
         let Some(follower) = self.follower.as_mut() else {
@@ -313,6 +354,12 @@ impl Observer {
             let progress = follower
                 .poll(expected, &mut cp.parser, READ_SLICE)
                 .map_err(|e| Error::io("cannot read the run log", &path, e))?;
+            if progress.truncated && cp.fallback.is_some() {
+                logging::warn(format!(
+                    "{} was truncated: a new run writes it; what was read before is dropped",
+                    path.display()
+                ));
+            }
             cp.follow = follower.point();
             if progress.bytes > 0 {
                 cp.last_activity = Some(now.clone());

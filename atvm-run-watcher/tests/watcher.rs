@@ -536,6 +536,137 @@ fn a_runner_left_over_from_an_earlier_run_is_not_taken_for_the_new_one() {
     assert_eq!(env.hook.count(), 1);
 }
 
+/// The watcher's `runner_pid` for `build`, once it has one.
+fn followed_pid(env: &Env, build: &str) -> Option<u64> {
+    let path = env.state_dir(build).join("state.json");
+    let text = fs::read_to_string(path).ok()?;
+    let state: Value = serde_json::from_str(&text).ok()?;
+    state["details"]["runner_pid"].as_u64()
+}
+
+#[test]
+fn a_run_started_after_a_leftover_was_adopted_takes_its_place() {
+    const B: &str = "e2e-fallback-later";
+    let env = Posting::new(vec![]);
+    // A leftover of an earlier run, still writing the log path; the watcher starts first
+    // and can only adopt it.
+    let mut old = detached_runner(
+        "echo earlier; sleep 30; :",
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    env.write_request(B, json!({}));
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
+    env.wait_until("the leftover adopted", LONG, || {
+        followed_pid(&env, B) == Some(u64::from(old.id()))
+    });
+    // Then the new run, by hand, truncating the same log: it fails.
+    let script = format!(
+        "sleep 0.3; cat '{}'; sleep 0.5; exit 1",
+        fixture("cypress/failing-2-of-20.log").display()
+    );
+    let mut new = detached_runner(&script, B, fs::File::create(env.run_log(B)).unwrap().into());
+    let out = finish(watcher, LONG);
+    new.wait().unwrap();
+    let _ = old.kill();
+    old.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = env.state(B);
+    assert_eq!(s["state"], "FAILED", "{s}\n{}", text(&out));
+    assert!(
+        text(&out).contains("left over from an earlier run"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.hook.count(), 1, "the new run's result is posted");
+}
+
+#[test]
+fn a_leftover_s_passing_output_truncated_by_a_new_run_never_counts_for_it() {
+    const B: &str = "e2e-fallback-truncated";
+    let env = Posting::new(vec![]);
+    // An earlier run hung after its summary: its passing output is in the log.
+    let script = format!(
+        "cat '{}'; sleep 30; :",
+        fixture("cypress/passing.log").display()
+    );
+    let mut old = detached_runner(&script, B, fs::File::create(env.run_log(B)).unwrap().into());
+    env.write_request(B, json!({}));
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
+    env.wait_until("the leftover adopted", LONG, || {
+        followed_pid(&env, B) == Some(u64::from(old.id()))
+    });
+    // The new run truncates the log and dies before Cypress prints anything.
+    let mut new = detached_runner(
+        "sleep 0.3; echo 'Error: Cannot find module cypress'; sleep 0.5; exit 1",
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    let out = finish(watcher, LONG);
+    new.wait().unwrap();
+    let _ = old.kill();
+    old.wait().unwrap();
+    let s = env.state(B);
+    assert_eq!(s["state"], "TERMINATED", "{s}\n{}", text(&out));
+    assert!(text(&out).contains("was truncated"), "{}", text(&out));
+    assert_eq!(
+        env.hook.count(),
+        0,
+        "nothing posted from the earlier run's output"
+    );
+}
+
+#[test]
+fn a_newer_run_writing_through_tee_wins_over_a_leftover_writing_the_log_itself() {
+    const B: &str = "e2e-fallback-tee";
+    let env = Posting::new(vec![]);
+    let mut old = detached_runner(
+        "sleep 30; :",
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    // `sh -c "…" --build_name B | tee B.log`: the runner writes a pipe, tee the log.
+    let inner = format!(
+        "sleep 0.5; cat '{}'; sleep 1; :",
+        fixture("cypress/passing.log").display()
+    );
+    let pipeline = format!(
+        "sh -c '{inner}' sh --build_name {B} | tee '{}' >/dev/null",
+        env.run_log(B).display()
+    );
+    let mut new = std::process::Command::new("sh")
+        .args(["-c", &pipeline])
+        .spawn()
+        .unwrap();
+    env.write_request(B, json!({}));
+    let out = watch_build(&env, B);
+    new.wait().unwrap();
+    let _ = old.kill();
+    old.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(env.state(B)["state"], "COMPLETED", "{}", text(&out));
+    assert_eq!(env.hook.count(), 1);
+}
+
+#[test]
+fn a_hand_started_wrapper_that_retried_cypress_is_judged_by_the_last_attempt() {
+    const B: &str = "e2e-fallback-retry";
+    let env = Posting::new(vec![]);
+    let failing = fixture("cypress/failing-2-of-20.log");
+    let script = format!(
+        "head -100 '{f}'; sleep 0.3; cat '{f}'; sleep 0.5; exit 1",
+        f = failing.display()
+    );
+    let mut runner = detached_runner(&script, B, fs::File::create(env.run_log(B)).unwrap().into());
+    env.write_request(B, json!({}));
+    let out = watch_build(&env, B);
+    runner.wait().unwrap();
+    let s = env.state(B);
+    assert_eq!(s["state"], "FAILED", "{s}\n{}", text(&out));
+    assert_eq!(env.hook.count(), 1);
+}
+
 #[test]
 fn a_log_appended_to_by_a_hand_started_run_is_named_in_a_warning() {
     const B: &str = "e2e-fallback-append";

@@ -158,8 +158,10 @@ impl LogView<'_> {
         })
     }
 
+    /// The last Cypress run of the log printed its summary. (An earlier block cut off and
+    /// followed by a finished one is a wrapper's retry: the last one is the run's result.)
     fn finished(&self) -> bool {
-        !self.blocks.is_empty() && self.blocks.iter().all(RunBlock::is_finished)
+        self.blocks.last().is_some_and(RunBlock::is_finished)
     }
 }
 
@@ -301,10 +303,9 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
             format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
         );
     }
-    if log.blocks.last().is_some_and(|b| !b.is_finished()) {
+    if !log.blocks.is_empty() && !log.finished() {
         // Cypress started but printed no summary: a wrapper that swallows the exit code
         // (`cypress run …; exit 0`, `… | tee`) must not turn a cut-off run into a pass.
-        // (An earlier cut-off block followed by a finished one is a wrapper's retry.)
         return verdict(
             RunState::Failed,
             "runner exited 0 but the Cypress run did not finish (no summary in the log)",
@@ -331,7 +332,7 @@ fn fallback_gone_verdict(log: LogView) -> Verdict {
 
 fn completed_reason(log: LogView) -> String {
     if log.blocks.is_empty() {
-        "runner exited 0 (no Cypress summary in the log)".to_string()
+        "runner exited 0 (no Cypress output in the log)".to_string()
     } else {
         "all specs passed".to_string()
     }
@@ -542,6 +543,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fallback_run_is_judged_by_the_last_cypress_run_of_its_log() {
+        let gone = RunnerFacts::FallbackGone;
+        // A wrapper's retry: the first attempt cut off, the second finished.
+        let retried = blocks(&format!(
+            "  (Run Starting)\n  Running:  a.cy.js   (1 of 2)\n{PASSED}"
+        ));
+        assert_eq!(retried.len(), 2);
+        let log = LogView {
+            blocks: &retried,
+            no_specs: None,
+        };
+        assert_eq!(run_verdict(&facts(&gone), log).state, RunState::Completed);
+        // The other way round: the last one was cut off.
+        let cut = blocks(&format!(
+            "{PASSED}  (Run Starting)\n  Running:  a.cy.js   (1 of 2)\n"
+        ));
+        let log = LogView {
+            blocks: &cut,
+            no_specs: None,
+        };
+        assert_eq!(run_verdict(&facts(&gone), log).state, RunState::Terminated);
+    }
+
+    #[test]
     fn fallback_runs_are_judged_by_their_log() {
         let b = blocks(PASSED);
         let gone = RunnerFacts::FallbackGone;
@@ -671,7 +696,7 @@ mod tests {
             without,
             verdict(
                 RunState::Completed,
-                "runner exited 0 (no Cypress summary in the log)"
+                "runner exited 0 (no Cypress output in the log)"
             )
         );
     }
