@@ -181,7 +181,7 @@ impl Observer {
             exited_facts(&status)
         } else if status.from_earlier_boot(this_boot) {
             // The machine rebooted under the run: that pid is some other process now.
-            RunnerFacts::Vanished { pid: status.pid }
+            vanished_facts(&status)
         } else if procfs::is_alive(id) {
             RunnerFacts::Alive { pid: status.pid }
         } else {
@@ -191,7 +191,7 @@ impl Observer {
                     self.note_runner(&again);
                     return (exited_facts(&again), again);
                 }
-                _ => RunnerFacts::Vanished { pid: status.pid },
+                _ => vanished_facts(&status),
             }
         };
         (facts, status)
@@ -499,6 +499,16 @@ fn failing_specs(blocks: &[RunBlock]) -> Option<SpecSet> {
 /// Every spec the run's log names so far: the reports that belong to this run.
 fn run_specs(cp: &Checkpoint) -> SpecSet {
     SpecSet::new(cp.parser.summary().runs.iter().flat_map(|b| b.spec_names()))
+}
+
+/// The runner is gone without recording its exit. If cancel-atvm-runner had asked for the
+/// stop, it is the cancel that ended it (the wrapper was killed when the stop timed out).
+fn vanished_facts(s: &RunnerStatus) -> RunnerFacts {
+    if s.cancel_requested {
+        exited_facts(s)
+    } else {
+        RunnerFacts::Vanished { pid: s.pid }
+    }
 }
 
 fn exited_facts(s: &RunnerStatus) -> RunnerFacts {

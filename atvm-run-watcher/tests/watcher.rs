@@ -257,6 +257,23 @@ fn cancel_of_the_runner_is_cancelled_and_never_posted() {
 }
 
 #[test]
+fn a_cancelled_runner_killed_when_its_stop_timed_out_is_still_cancelled() {
+    let mut env = Posting::new(vec![]);
+    env.write_request(B, json!({}));
+    // A runner that ignores SIGTERM: the stop times out and everything is SIGKILLed, the
+    // wrapper too, before it can record the exit.
+    start_runner(&env, "trap '' TERM; echo '  (Run Starting)'; sleep 30; :");
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
+    env.wait_state(B, "WATCHING", LONG);
+    env.set("FAKE_STOP_TIMEOUT", "1");
+    let out = env.run("cancel-atvm-runner", &["--build-name", B]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
+    assert_eq!(s["post"]["status"], "suppressed");
+    assert_eq!(env.hook.count(), 0, "nothing posted");
+}
+
+#[test]
 fn cancel_marker_stops_the_watch_without_a_post() {
     let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
