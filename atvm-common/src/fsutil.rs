@@ -324,14 +324,14 @@ impl Lock {
     }
 
     /// Take the lock shared, waiting while someone holds it exclusively; `on_wait` is
-    /// called once, first, when it has to wait (to say so). Shared holders do not exclude
-    /// each other, only an exclusive one.
-    pub fn shared_waiting(path: &Path, on_wait: impl FnOnce()) -> Result<Lock> {
+    /// called once, first, when it has to wait (to say so, or to refuse with an error).
+    /// Shared holders do not exclude each other, only an exclusive one.
+    pub fn shared_waiting(path: &Path, on_wait: impl FnOnce(&File) -> Result<()>) -> Result<Lock> {
         let file = Lock::open(path)?;
         match file.try_lock_shared() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                on_wait();
+                on_wait(&file)?;
                 file.lock_shared()
                     .map_err(|e| Error::io("cannot lock", path, e))?;
             }

@@ -186,6 +186,21 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// The processes holding a `flock` on the file with inode `ino` (from /proc/locks, where a
+/// line reads `1: FLOCK  ADVISORY  WRITE 5392 00:27:11 0 EOF`).
+pub fn flock_holders(ino: u64) -> Vec<u32> {
+    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (kind, pid, file) = (fields.get(1)?, fields.get(4)?, fields.get(5)?);
+            let inode: u64 = file.rsplit(':').next()?.parse().ok()?;
+            (*kind == "FLOCK" && inode == ino).then(|| pid.parse().ok())?
+        })
+        .collect()
+}
+
 /// Real and effective uid of a process (`Uid:` in /proc/<pid>/status).
 pub fn uids(pid: u32) -> Option<(u32, u32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -357,6 +372,16 @@ mod tests {
         assert!(argv_names_build(&["x", "--build-name=b1"], "b1"));
         assert!(!argv_names_build(&["x", "--build-name", "b10"], "b1"));
         assert!(!argv_names_build(&["sh", "-c", "x --build-name b1"], "b1"));
+    }
+
+    #[test]
+    fn a_flock_we_hold_is_listed_with_our_pid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = fs::File::create(dir.path().join("l")).expect("create");
+        let ino = f.metadata().expect("meta").ino();
+        assert!(flock_holders(ino).is_empty());
+        f.lock().expect("lock");
+        assert_eq!(flock_holders(ino), vec![std::process::id()]);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Archived state directories kept per build name.
@@ -739,8 +740,24 @@ impl StartLock {
                 fsutil::check_private_dir(&dir)?;
             }
         }
-        let lock = Lock::shared_waiting(&path, || {
+        let lock = Lock::shared_waiting(&path, |file| {
+            // Called from the start's own template step, waiting would never end: the
+            // start waits for its template step.
+            let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+            let me = std::process::id();
+            if let Some(holder) = procfs::flock_holders(ino)
+                .into_iter()
+                .find(|&pid| procfs::descends_from(me, pid))
+            {
+                return Err(Error::AlreadyRunning {
+                    what: format!(
+                        "cannot cancel {build} from inside its own start (pid {holder}, the template step): cancel it once the start has returned"
+                    ),
+                    unit: path.display().to_string(),
+                });
+            }
             logging::notice(format!("waiting for the start of {build} in progress…"));
+            Ok(())
         })?;
         Ok(Some(StartLock { _lock: lock }))
     }

@@ -236,3 +236,34 @@ fn a_watcher_that_does_not_start_ends_the_run_and_starts_no_runner() {
     );
     assert!(hook.requests().is_empty());
 }
+
+#[test]
+fn a_template_step_that_cancels_its_own_build_is_refused_not_deadlocked() {
+    let (env, _hook) = setup();
+    // The start holds the build's start lock while its template step runs; a cancel from
+    // inside that step would wait for the start, which waits for the step.
+    for cancel in ["cancel-atvm-runner", "cancel-atvm-run-watcher"] {
+        let template = format!(
+            "'{}' --build-name {B}; echo \"cancel exited $?\"; exit 1",
+            testkit::bin(cancel).display()
+        );
+        let child = env.spawn(
+            "start-atvm-run",
+            &[
+                "--build-name",
+                B,
+                "--template-command",
+                &template,
+                "--runner-command",
+                "true",
+            ],
+        );
+        let out = testkit::finish(child, std::time::Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(3), "{cancel}: {}", text(&out));
+        let launch = fs::read_to_string(env.log_dir.join(format!("{B}.launch.log"))).unwrap();
+        assert!(
+            launch.contains("from inside its own start") && launch.contains("cancel exited 4"),
+            "{cancel}: {launch}"
+        );
+    }
+}
