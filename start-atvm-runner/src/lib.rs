@@ -123,6 +123,7 @@ fn dry_run(
     check_command(args)?;
     preflight(build, paths)?;
     systemctl.refuse_if_running(UnitKind::Runner, build)?;
+    refuse_if_ended(build, paths)?;
     let workdir = checked_workdir(build, paths, args)?;
     logging::info(format!(
         "would start {}: /bin/sh -c {:?} in {}, log {} (--dry-run: nothing done)",
@@ -132,6 +133,28 @@ fn dry_run(
         paths.run_log(build).display()
     ));
     Ok(())
+}
+
+/// Refuse a runner for a run that has already ended: its result is recorded (and posted
+/// or not) for good, so a runner started under it would run unwatched and unreported.
+fn refuse_if_ended(build: &BuildName, paths: &Paths) -> Result<()> {
+    let sd = paths.state_dir(build);
+    if !sd.exists() {
+        return Ok(());
+    }
+    let Some(request) = sd.read_request()? else {
+        return Ok(());
+    };
+    match sd.read_state()? {
+        Some(state) if state.run_id == request.run_id && state.is_final => {
+            Err(Error::failed(format!(
+                "the run {} of {build} has already ended {} ({}); start a new run first: \
+                 start-atvm-run-watcher --build-name {build} …",
+                request.run_id, state.state, state.reason
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The checks about the state root a dry run can make without writing: ownership and mode
@@ -172,6 +195,7 @@ pub fn start(
     let unit = UnitKind::Runner.unit(build);
     let sd = paths.state_dir(build);
     sd.check()?;
+    refuse_if_ended(build, paths)?;
     let workdir = workdir(paths, args);
     if let Err(why) = RunnerSpec::check_workdir(&workdir) {
         if let Err(e) = sd.record_refusal(&paths.run_log(build), &why.to_string()) {

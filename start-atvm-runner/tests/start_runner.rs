@@ -132,3 +132,41 @@ fn a_missing_workdir_ends_the_watched_run_at_once_naming_it() {
     );
     assert!(hook.requests().is_empty());
 }
+
+#[test]
+fn a_runner_for_a_run_that_has_already_ended_is_refused() {
+    let env = Env::new();
+    let run_id = env.write_request(B, json!({}));
+    // The run ended UNKNOWN (its start timed out, say): final, never to be watched again.
+    std::fs::write(
+        env.state_dir(B).join("state.json"),
+        json!({
+            "build_name": B, "run_id": run_id, "state": "UNKNOWN", "final": true,
+            "reason": "no runner for this run within 15m of the request",
+            "updated_at": "2026-11-25T05:00:00.000Z",
+            "post": {"status": "suppressed", "attempts": 0}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    for dry in [true, false] {
+        let mut args = vec!["--build-name", B, "--runner-command", "true"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let out = env.run("start-atvm-runner", &args);
+        assert_eq!(out.status.code(), Some(1), "dry {dry}: {}", text(&out));
+        assert!(
+            text(&out).contains("has already ended UNKNOWN")
+                && text(&out).contains("start-atvm-run-watcher"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(!env.state_dir(B).join("runner/spec.json").exists());
+    assert!(
+        !env.systemctl_calls().contains("start "),
+        "{}",
+        env.systemctl_calls()
+    );
+}
