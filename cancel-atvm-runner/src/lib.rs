@@ -55,7 +55,8 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         .filter(|id| procfs::is_alive(*id));
     if !activity.is_running() && wrapper.is_none() {
         logging::info(format!(
-            "{unit} is not running ({}); nothing to cancel",
+            "{unit} is not running ({}); nothing to cancel (a runner started by hand is not \
+             stopped by this tool: cancel its run with cancel-atvm-run-watcher)",
             activity.word()
         ));
         return Ok(());

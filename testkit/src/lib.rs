@@ -316,20 +316,32 @@ impl Env {
     }
 
     /// Take the build's start lock as a start helper does (exclusively, creating `.locks`),
-    /// and hold it until the returned file is dropped: a start in progress.
-    pub fn hold_start_lock(&self, build: &str) -> fs::File {
+    /// and hold it until the returned guard is dropped: a start in progress. It is held by
+    /// another process (`flock(1)`), as a start helper would hold it, not by the test: a
+    /// cancel refuses to wait for a start that is its own ancestor.
+    pub fn hold_start_lock(&self, build: &str) -> HeldLock {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
         let locks = self.state_root.join(".locks");
         fs::create_dir_all(&locks).expect("mkdir .locks");
         fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).expect("chmod");
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(locks.join(format!("{build}.start.lock")))
-            .expect("open start lock");
-        file.try_lock().expect("start lock free");
-        file
+        let path = locks.join(format!("{build}.start.lock"));
+        let mut child = Command::new("flock")
+            .args(["--exclusive", "--nonblock"])
+            .arg(&path)
+            .args(["-c", "echo locked; exec sleep 600"])
+            .stdout(std::process::Stdio::piped())
+            // flock(1) forks the command, which inherits the lock: drop kills the group.
+            .process_group(0)
+            .spawn()
+            .expect("flock(1), from util-linux");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "locked", "start lock free");
+        HeldLock(child)
     }
 
     /// Cancel a run the way an operator does: the watcher, then the runner.
@@ -469,6 +481,18 @@ impl Drop for Env {
                     .output();
             }
         }
+    }
+}
+
+/// A lock held by a child process until this is dropped ([`Env::hold_start_lock`]).
+#[derive(Debug)]
+pub struct HeldLock(std::process::Child);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.0.wait();
     }
 }
 
