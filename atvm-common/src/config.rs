@@ -80,6 +80,10 @@ impl Webhook {
     /// against: the key, its path, its query, and each path segment and query value of at
     /// least [`MIN_SECRET_PIECE`] bytes other than `hooks` (shorter pieces are too common
     /// to hide without hiding ordinary words). Replacing a little too much is the safe side.
+    ///
+    /// A server may also echo only part of the key ("invalid key Xk3p9qWmZ7…"), so a second
+    /// pass replaces every run of letters and digits that shares [`MIN_SECRET_FRAGMENT`]
+    /// characters in a row with one of those pieces.
     pub fn redact(&self, text: &str) -> String {
         let patterns = self.secret_patterns();
         if patterns.is_empty() {
@@ -100,7 +104,7 @@ impl Webhook {
                 }
             }
         }
-        String::from_utf8_lossy(&out).into_owned()
+        String::from_utf8_lossy(&redact_fragments(&out, &patterns)).into_owned()
     }
 
     /// The decoded, lower-cased spellings [`Webhook::redact`] looks for, longest first.
@@ -143,6 +147,40 @@ pub const REDACTED: &str = "[redacted]";
 /// Path segments and query values shorter than this are not treated as secret on their own
 /// (a Mattermost key is 26 characters; `hooks`, `api`, `v4` are not secrets).
 pub const MIN_SECRET_PIECE: usize = 6;
+
+/// A run of letters and digits sharing this many characters in a row with a secret piece is
+/// a fragment of the key: 8 random characters of a 26-character key do not occur in ordinary
+/// words by chance.
+pub const MIN_SECRET_FRAGMENT: usize = 8;
+
+/// `text` with every run of ASCII letters and digits that contains a fragment of one of
+/// `patterns` (see [`MIN_SECRET_FRAGMENT`]) replaced by [`REDACTED`].
+fn redact_fragments(text: &[u8], patterns: &[Vec<u8>]) -> Vec<u8> {
+    let is_secret = |run: &[u8]| {
+        let run = run.to_ascii_lowercase();
+        run.windows(MIN_SECRET_FRAGMENT).any(|w| {
+            patterns
+                .iter()
+                .any(|p| p.windows(MIN_SECRET_FRAGMENT).any(|q| q == w))
+        })
+    };
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(&b) = rest.first() {
+        let len = rest
+            .iter()
+            .position(|c| c.is_ascii_alphanumeric() != b.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(len);
+        if b.is_ascii_alphanumeric() && is_secret(run) {
+            out.extend_from_slice(REDACTED.as_bytes());
+        } else {
+            out.extend_from_slice(run);
+        }
+        rest = tail;
+    }
+    out
+}
 
 /// A piece of the URL as [`match_secret`] compares it: percent-decoded, ASCII lower-case,
 /// runs of `/` collapsed to one.
@@ -434,6 +472,27 @@ mod tests {
             out.contains("try api or hooks"),
             "short pieces and `hooks` stay readable: {out}"
         );
+    }
+
+    #[test]
+    fn fragments_of_the_key_are_redacted() {
+        let w = hook();
+        for said in [
+            format!("invalid key {}…", &KEY[..12]),
+            format!("key ending {} not found", &KEY[16..]),
+            format!("token=abc{}xyz", &KEY[5..13].to_uppercase()),
+            format!("{{\"key\":\"{}\"}}", &KEY[..MIN_SECRET_FRAGMENT]),
+        ] {
+            let out = w.redact(&said);
+            assert!(out.contains(REDACTED), "{said:?} -> {out:?}");
+            for piece in KEY.as_bytes().windows(MIN_SECRET_FRAGMENT - 1) {
+                let piece = String::from_utf8_lossy(piece).to_lowercase();
+                assert!(!out.to_lowercase().contains(&piece), "{said:?} -> {out:?}");
+            }
+        }
+        // Seven characters in a row are not enough: ordinary words stay readable.
+        let short = format!("see {} and more", &KEY[..MIN_SECRET_FRAGMENT - 1]);
+        assert_eq!(w.redact(&short), short);
     }
 
     #[test]

@@ -73,16 +73,20 @@ pub enum Echo {
     Bare,
     /// Inside the `message` (and `detailed_error`) of a Mattermost JSON error.
     MattermostJson,
+    /// Only the key's first 12 characters, then `…`, in a Mattermost JSON error (which is
+    /// quoted, so a fragment that survived redaction would show).
+    Truncated,
 }
 
 impl Echo {
-    pub const ALL: [Echo; 6] = [
+    pub const ALL: [Echo; 7] = [
         Echo::Raw,
         Echo::Upper,
         Echo::DoubleSlash,
         Echo::PercentEncoded,
         Echo::Bare,
         Echo::MattermostJson,
+        Echo::Truncated,
     ];
 
     /// The key-bearing text this form puts in a body, for a request to `path`.
@@ -101,6 +105,10 @@ impl Echo {
                 })
                 .collect(),
             Echo::Bare => path.rsplit('/').next().unwrap_or(path).to_string(),
+            Echo::Truncated => {
+                let key = path.rsplit('/').next().unwrap_or(path);
+                format!("{}…", key.get(..12).unwrap_or(key))
+            }
         }
     }
 
@@ -108,7 +116,7 @@ impl Echo {
     pub fn body(self, path: &str) -> String {
         let fragment = self.fragment(path);
         match self {
-            Echo::MattermostJson => serde_json::json!({
+            Echo::MattermostJson | Echo::Truncated => serde_json::json!({
                 "id": "web.incoming_webhook.invalid.app_error",
                 "message": format!("Invalid webhook: {fragment}"),
                 "detailed_error": format!("no hook at {fragment}"),
@@ -178,10 +186,16 @@ impl FakeWebhook {
                 std::thread::spawn(move || serve(stream, &shared));
             }
         });
-        let secret = format!(
-            "s3cr3t-{:x}",
-            std::process::id() as u64 * 7919 + addr.port() as u64
-        );
+        // Shaped like a Mattermost key: 26 lower-case letters and digits.
+        let mut seed = u64::from(std::process::id()) * 7919 + u64::from(addr.port());
+        let secret = (0..26)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(seed >> 33) as usize % 36])
+            })
+            .collect();
         FakeWebhook {
             addr,
             secret,
