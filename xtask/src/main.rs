@@ -24,6 +24,8 @@ mod install;
 #[cfg(test)]
 mod install_tests;
 mod layout;
+#[cfg(test)]
+mod tidy;
 mod uninstall;
 
 use std::path::PathBuf;
