@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
-use testkit::{Env, finish, text};
+use testkit::{Env, Expect, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const LONG: Duration = Duration::from_secs(30);
@@ -105,7 +105,7 @@ fn stdout(out: &Output) -> String {
 
 fn ok_json(env: &Env, args: &[&str]) -> Value {
     let out = status(env, args);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
 }
 
@@ -123,7 +123,7 @@ fn the_table_lists_runs_newest_first_and_all_adds_archived_ones() {
     let env = Env::new();
     three_runs(&env);
     let out = status(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert!(out.stderr.is_empty(), "{}", text(&out));
     let table = stdout(&out);
     let lines: Vec<&str> = table.lines().collect();
@@ -253,7 +253,7 @@ fn an_unreadable_build_is_listed_with_its_error_and_the_others_still_show() {
     std::os::unix::fs::symlink(broken.join("request.json"), linked.join("state.json")).unwrap();
 
     let out = status(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let table = stdout(&out);
     let builds = column(&table, "BUILD");
     for b in ["watching-2", "new-3", "done-1", "broken-4", "linked-5"] {
@@ -309,7 +309,7 @@ fn an_unreadable_build_is_listed_with_its_error_and_the_others_still_show() {
     run_dir(&open, "open-6", 5, json!({}), None);
     fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
     let out = status(&env, &["--build-name", "open-6", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let run = &serde_json::from_slice::<Value>(&out.stdout).unwrap()["runs"][0];
     assert!(
         run["errors"][0]["error"]
@@ -333,17 +333,13 @@ fn a_state_root_that_cannot_be_trusted_or_read_is_exit_1() {
     let mut env = Env::new();
     fs::set_permissions(&env.state_root, fs::Permissions::from_mode(0o777)).unwrap();
     let out = status(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("writable by group or others"),
-        "{}",
-        text(&out)
-    );
+    out.code_is(1);
+    out.said("writable by group or others");
     fs::set_permissions(&env.state_root, fs::Permissions::from_mode(0o700)).unwrap();
     let missing = env.root().join("nowhere");
     env.set("ATVM_STATE_ROOT", missing.display().to_string());
     let out = status(&env, &["--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     assert!(out.stdout.is_empty());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -359,7 +355,7 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
     let env = Env::new();
     three_runs(&env);
     let out = status(&env, &["--build-name", "never-started"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     assert!(out.stdout.is_empty());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -369,10 +365,10 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
         )
     );
     let out = status(&env, &["--build-name", "../etc", "--json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    out.code_is(2);
     assert!(out.stdout.is_empty());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
-    assert!(text(&out).contains("invalid build name"), "{}", text(&out));
+    out.said("invalid build name");
     // Only archived: shown with --all, unknown without.
     let archive = env.state_root.join(".archive/new-3");
     fs::create_dir_all(&archive).unwrap();
@@ -382,7 +378,7 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
         Some(1)
     );
     let out = status(&env, &["--build-name", "new-3", "--all"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert!(
         stdout(&out).starts_with("new-3 (archived 20261124T193530Z)\n"),
         "{}",
@@ -451,7 +447,7 @@ fn the_detail_view_shows_everything_about_a_categorized_run() {
     let env = Env::new();
     categorized(&env);
     let out = status(&env, &["--build-name", B]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let t = stdout(&out);
     let launch_log = env.log_dir.join(format!("{B}.launch.log"));
     // A label, padded to the value column, and its value.
@@ -580,7 +576,7 @@ fn a_missing_or_silent_systemctl_shows_a_question_mark() {
     three_runs(&env);
     env.set("ATVM_SYSTEMCTL", "/nonexistent/systemctl");
     let out = status(&env, &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert_eq!(column(&stdout(&out), "UNIT"), ["?"; 3]);
     let report = ok_json(&env, &["--json"]);
     let unit = &report["runs"][0]["watcher_unit"];
@@ -638,7 +634,7 @@ fn it_answers_promptly_while_another_process_holds_the_locks() {
     ] {
         let start = Instant::now();
         let out = finish(env.spawn("atvm-run-status", args), PROMPT);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        out.code_is(0);
         assert!(stdout(&out).contains("watching-2"), "{}", text(&out));
         assert!(start.elapsed() < PROMPT);
     }
@@ -661,7 +657,7 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
             "echo '  (Run Starting)'; sleep 30; :",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     env.wait_until("the runner", LONG, || {
         env.state_dir(B).join("runner/status.json").exists()
     });
@@ -670,13 +666,13 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
     env.wait_until("the watcher to hold its lock", LONG, || locked(&lock));
 
     let out = finish(env.spawn("atvm-run-status", &[]), PROMPT);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert_eq!(column(&stdout(&out), "BUILD"), [B]);
     let out = finish(
         env.spawn("atvm-run-status", &["--build-name", B, "--json"]),
         PROMPT,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let r = serde_json::from_slice::<Value>(&out.stdout).unwrap()["runs"][0].clone();
     assert_eq!(r["errors"], json!([]), "{r:#}");
     assert_eq!(r["runner_unit"]["active"], "active", "{r:#}");
@@ -686,7 +682,7 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
 
     env.cancel_run(B);
     let out = finish(watcher, LONG);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let r = &ok_json(&env, &["--json"])["runs"][0];
     assert_eq!(
         (&r["state"], &r["final"]),
@@ -705,7 +701,7 @@ fn an_archive_that_is_a_link_is_not_followed_and_a_refused_directory_says_so() {
     fs::set_permissions(&archive, fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::symlink(&elsewhere, archive.join("evil")).unwrap();
     let out = env.run("atvm-run-status", &["--all"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains("evil"),
         "{}",

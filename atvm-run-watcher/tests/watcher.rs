@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use std::fs;
 use std::process::Output;
 use std::time::{Duration, Instant};
-use testkit::{Env, FakeWebhook, Posting, Reply, attachment, field, finish, fixture, text};
+use testkit::{Env, Expect, FakeWebhook, Posting, Reply, attachment, field, finish, fixture, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const RUNNER_UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -28,7 +28,7 @@ fn start_runner(env: &Env, command: &str) {
         "start-atvm-runner",
         &["--build-name", B, "--runner-command", command],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
 }
 
 /// Run the watcher in the foreground until it exits.
@@ -250,7 +250,7 @@ fn cancel_of_the_runner_is_cancelled_and_never_posted() {
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
     assert_eq!(env.hook.count(), 0, "nothing posted");
@@ -267,7 +267,7 @@ fn a_cancelled_runner_killed_when_its_stop_timed_out_is_still_cancelled() {
     env.wait_state(B, "WATCHING", LONG);
     env.set("FAKE_STOP_TIMEOUT", "1");
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
     assert_eq!(env.hook.count(), 0, "nothing posted");
@@ -281,7 +281,7 @@ fn cancel_marker_stops_the_watch_without_a_post() {
     let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_state(B, "WATCHING", LONG);
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let s = assert_final(&env, &finish(watcher, LONG), "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
     assert!(env.state_dir(B).join("cancelled.marker").exists());
@@ -435,7 +435,7 @@ fn a_stale_finished_log_never_completes_a_new_watch() {
     fs::copy(fixture("cypress/passing.log"), env.run_log(B)).unwrap();
     env.write_request(B, json!({}));
     let out = watch(&env, &["--once"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(
         state(&env)["state"],
         "STARTING",
@@ -515,13 +515,13 @@ fn a_stale_log_that_no_process_of_the_run_holds_open_is_never_read() {
     let _ = lp.kill();
     lp.wait().unwrap();
     runner.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert!(
         text(&out).contains("would be UNKNOWN (no runner for this run within 2s"),
         "nothing is taken for the runner; the stale log is never read: {}",
         text(&out)
     );
-    assert!(!text(&out).contains("following runner"), "{}", text(&out));
+    out.never_said("following runner");
 }
 
 #[test]
@@ -548,7 +548,7 @@ fn a_runner_left_over_from_an_earlier_run_is_not_taken_for_the_new_one() {
     let mut old = old;
     let _ = old.kill();
     old.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert_eq!(env.state(B)["state"], "COMPLETED", "{}", text(&out));
     assert_eq!(env.hook.count(), 1);
 }
@@ -587,14 +587,10 @@ fn a_run_started_after_a_leftover_was_adopted_takes_its_place() {
     new.wait().unwrap();
     let _ = old.kill();
     old.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = env.state(B);
     assert_eq!(s["state"], "FAILED", "{s}\n{}", text(&out));
-    assert!(
-        text(&out).contains("left over from an earlier run"),
-        "{}",
-        text(&out)
-    );
+    out.said("left over from an earlier run");
     assert_eq!(env.hook.count(), 1, "the new run's result is posted");
 }
 
@@ -625,7 +621,7 @@ fn a_leftover_s_passing_output_truncated_by_a_new_run_never_counts_for_it() {
     old.wait().unwrap();
     let s = env.state(B);
     assert_eq!(s["state"], "TERMINATED", "{s}\n{}", text(&out));
-    assert!(text(&out).contains("was truncated"), "{}", text(&out));
+    out.said("was truncated");
     assert_eq!(
         env.hook.count(),
         0,
@@ -661,7 +657,7 @@ fn a_newer_run_writing_through_tee_wins_over_a_leftover_writing_the_log_itself()
     new.wait().unwrap();
     let _ = old.kill();
     old.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert_eq!(env.state(B)["state"], "COMPLETED", "{}", text(&out));
     assert_eq!(env.hook.count(), 1);
 }
@@ -701,13 +697,9 @@ fn a_log_appended_to_by_a_hand_started_run_is_named_in_a_warning() {
     env.write_request(B, json!({}));
     let out = watch_build(&env, B);
     runner.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let log = env.run_log(B).display().to_string();
-    assert!(
-        text(&out).contains(&format!("{log} is written in append mode")),
-        "{}",
-        text(&out)
-    );
+    out.said(&format!("{log} is written in append mode"));
 }
 
 /// Run the watcher of `build` to its end.
@@ -734,7 +726,7 @@ fn a_detached_runner_found_by_its_build_name_is_followed_from_its_log() {
     env.write_request(B, json!({}));
     let out = finish(env.spawn("atvm-run-watcher", &["--build-name", B]), LONG);
     runner.wait().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = env.state(B);
     assert_eq!(s["state"], "COMPLETED", "{s}\n{}", text(&out));
     assert_eq!(s["counts"]["tests"], 6);
@@ -986,7 +978,7 @@ fn sigterm_stops_within_a_second_and_a_restart_resumes() {
         "took {:?}",
         stopped_at.elapsed()
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = state(&env);
     assert_eq!(s["state"], "WATCHING");
     assert_eq!(s["final"], false);
@@ -1021,7 +1013,7 @@ fn once_evaluates_and_exits() {
         env.state_dir(B).join("runner/status.json").exists()
     });
     let out = watch(&env, &["--once"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(state(&env)["state"], "WATCHING");
 }
 
@@ -1032,8 +1024,8 @@ fn a_second_watcher_for_the_same_build_exits_4() {
     let first = env.spawn("atvm-run-watcher", &["--build-name", B]);
     env.wait_until("the first watcher", LONG, || env.try_state(B).is_some());
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("watcher.lock"), "{}", text(&out));
+    out.code_is(4);
+    out.said("watcher.lock");
     std::process::Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
         .status()
@@ -1047,8 +1039,8 @@ fn a_corrupt_state_file_is_reported_by_name_and_kept() {
     env.write_request(B, json!({}));
     fs::write(env.state_dir(B).join("state.json"), "{ half written").unwrap();
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("state.json"), "{}", text(&out));
+    out.code_is(1);
+    out.said("state.json");
     assert_eq!(
         fs::read_to_string(env.state_dir(B).join("state.json")).unwrap(),
         "{ half written"
@@ -1067,12 +1059,8 @@ fn missing_request_and_missing_webhook_are_clear_errors() {
     );
     env.write_request(B, json!({}));
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(
-        text(&out).contains(&env.env_file.display().to_string()),
-        "{}",
-        text(&out)
-    );
+    out.code_is(78);
+    out.said(&env.env_file.display().to_string());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
@@ -1193,7 +1181,7 @@ fn a_client_error_is_permanent_and_exits_1() {
     with_webhook(&mut env, &hook);
     completed_run(&env);
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let s = state(&env);
     assert_eq!(s["state"], "COMPLETED");
     assert_eq!(s["post"]["status"], "failed");
@@ -1210,7 +1198,7 @@ fn a_client_error_is_permanent_and_exits_1() {
     // it — the server would refuse it again, or worse, take it twice.
     for _ in 0..2 {
         let again = watch(&env, &[]);
-        assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+        again.code_is(1);
         assert!(
             text(&again).contains("HTTP 400") && text(&again).contains("never sent again"),
             "{}",
@@ -1228,7 +1216,7 @@ fn a_200_without_ok_is_not_delivered() {
     with_webhook(&mut env, &hook);
     completed_run(&env);
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let s = state(&env);
     assert_eq!(s["post"]["status"], "failed");
     assert!(
@@ -1249,7 +1237,7 @@ fn a_server_that_never_answers_fails_within_the_window() {
     completed_run(&env);
     let started = Instant::now();
     let out = watch(&env, &["--post-retry-seconds", "2"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "bounded: {:?}",
@@ -1280,9 +1268,9 @@ fn a_cancel_during_retries_stops_them() {
     );
     env.wait_until("a first attempt", LONG, || !hook.requests().is_empty());
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let out = finish(watcher, LONG);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = state(&env);
     assert_eq!(s["state"], "CANCELLED");
     assert_eq!(s["post"]["status"], "suppressed");
@@ -1297,7 +1285,7 @@ fn test_post_sends_one_labelled_message() {
     let hook = FakeWebhook::start(vec![]);
     with_webhook(&mut env, &hook);
     let out = env.run("atvm-run-watcher", &["--test-post"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(hook.requests().len(), 1);
     assert!(
         hook.texts()[0].contains("ATVM watcher test message"),
@@ -1321,7 +1309,7 @@ fn the_webhook_can_come_from_the_env_file() {
     )
     .unwrap();
     let out = env.run("atvm-run-watcher", &["--test-post"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(hook.requests().len(), 1);
 }
 
@@ -1386,12 +1374,12 @@ fn after_a_reboot_resume_all_ends_open_runs_in_their_true_state_and_delivers_owe
     .unwrap();
 
     let out = p.run("atvm-run-watcher", &["--resume-all"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert!(text(&out).contains(&format!("atvm-run-watcher@{open}.service")));
     assert!(text(&out).contains(&format!(
         "atvm-run-watcher@{owed}.service (a post is still owed)"
     )));
-    assert!(!text(&out).contains(done), "{}", text(&out));
+    out.never_said(done);
     p.wait_until("the owed post", LONG, || p.hook.count() == 1);
     p.wait_unit_inactive(&format!("atvm-run-watcher@{owed}.service"), LONG);
     assert_eq!(p.state(owed)["post"]["status"], "posted");

@@ -5,7 +5,7 @@
 use serde_json::json;
 use std::fs;
 use std::time::Duration;
-use testkit::{Env, finish, text};
+use testkit::{Env, Expect, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -16,12 +16,8 @@ fn cancelling_an_unknown_build_is_an_error() {
         "cancel-atvm-run-watcher",
         &["--build-name", "never-started"],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("unknown build never-started"),
-        "{}",
-        text(&out)
-    );
+    out.code_is(1);
+    out.said("unknown build never-started");
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
@@ -45,8 +41,8 @@ fn cancel_marks_and_is_harmless_to_repeat() {
     let run_id = env.write_request(B, json!({}));
     for _ in 0..2 {
         let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-        assert!(out.status.success(), "{}", text(&out));
-        assert!(text(&out).contains("was not running"), "{}", text(&out));
+        out.succeeds();
+        out.said("was not running");
     }
     let s = env.state(B);
     assert_eq!(
@@ -78,7 +74,7 @@ fn a_run_already_reported_stays_as_it_is() {
     let env = Env::new();
     ended(&env, "COMPLETED", "posted");
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(
         text(&out).trim(),
         format!("{B} was already reported (COMPLETED, posted); nothing to cancel")
@@ -92,14 +88,10 @@ fn a_result_not_posted_yet_is_cancelled_and_never_posted() {
     let env = Env::new();
     ended(&env, "FAILED", "pending");
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     // One answer, not "already ended" and "cancelled" both.
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("state CANCELLED, nothing posted"),
-        "{}",
-        text(&out)
-    );
+    out.said("state CANCELLED, nothing posted");
     let s = env.state(B);
     assert_eq!(
         (&s["state"], &s["post"]["status"]),
@@ -113,12 +105,8 @@ fn a_run_that_ended_unposted_keeps_its_state() {
     let env = Env::new();
     ended(&env, "TERMINATED", "suppressed");
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("had already ended as TERMINATED"),
-        "{}",
-        text(&out)
-    );
+    out.succeeds();
+    out.said("had already ended as TERMINATED");
     assert_eq!(env.state(B)["state"], "TERMINATED");
     assert!(env.state_dir(B).join("cancelled.marker").exists());
 }
@@ -154,15 +142,9 @@ fn a_categorized_run_cancelled_midway_names_the_groups_already_posted() {
     let env = Env::new();
     categorized(&env, None, &["01-linux"]);
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains(
-            "state CANCELLED; already posted before the cancel: 01-linux; nothing more is posted"
-        ),
-        "{}",
-        text(&out)
-    );
+    out.said("state CANCELLED; already posted before the cancel: 01-linux; nothing more is posted");
 }
 
 #[test]
@@ -170,12 +152,8 @@ fn a_categorized_run_whose_groups_were_all_posted_is_already_reported() {
     let env = Env::new();
     categorized(&env, Some("FAILED"), &["01-linux", "02-windows"]);
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("was already reported (FAILED, posted)"),
-        "{}",
-        text(&out)
-    );
+    out.succeeds();
+    out.said("was already reported (FAILED, posted)");
     assert_eq!(env.state(B)["state"], "FAILED");
     assert!(!env.state_dir(B).join("cancelled.marker").exists());
 }
@@ -245,7 +223,7 @@ fn no_start_begins_while_a_cancel_is_applied() {
         || stopping.exists(),
     );
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    out.code_is(4);
     assert!(
         text(&out).contains("a cancel") && text(&out).contains(&format!(".locks/{B}.start.lock")),
         "{}",
@@ -267,7 +245,7 @@ fn without_a_locks_directory_the_cancel_neither_waits_nor_makes_one() {
     let env = Env::new();
     env.write_request(B, json!({}));
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!text(&out).contains("waiting"), "{}", text(&out));
+    out.succeeds();
+    out.never_said("waiting");
     assert!(!env.state_root.join(".locks").exists());
 }

@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
-use testkit::{Env, finish, text};
+use testkit::{Env, Expect, finish};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -14,8 +14,8 @@ const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 fn cancelling_nothing_is_not_an_error() {
     let env = Env::new();
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("nothing to cancel"), "{}", text(&out));
+    out.succeeds();
+    out.said("nothing to cancel");
     assert!(!env.state_dir(B).exists(), "nothing written");
 }
 
@@ -34,12 +34,8 @@ fn a_cancel_that_races_ahead_of_the_wrapper_is_kept() {
         &["--build-name", B, "--runner-command", "sleep 5; :"],
     );
     // Nothing ran, so nothing confirmed the start; the spec is written all the same.
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        text(&out).contains("no status from its wrapper"),
-        "{}",
-        text(&out)
-    );
+    out.code_is(5);
+    out.said("no status from its wrapper");
     // The unit is activating, but run-atvm-runner has not written its status yet.
     let activating = env.script(
         "activating-systemctl",
@@ -47,7 +43,7 @@ fn a_cancel_that_races_ahead_of_the_wrapper_is_kept() {
     );
     env.set("ATVM_SYSTEMCTL", activating.display().to_string());
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(env.status(B)["cancel_requested"], true);
     assert_eq!(env.status(B)["pid"], 0);
     // The wrapper starts: its start record keeps the cancel; then systemd's stop arrives.
@@ -106,7 +102,7 @@ fn a_cancel_during_a_start_waits_for_it_and_cancels_the_new_runner() {
     fs::write(&spec, spec_json.to_string()).unwrap();
     fs::set_permissions(&spec, fs::Permissions::from_mode(0o600)).unwrap();
     let out = env.systemctl(&["start", UNIT]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     env.wait_until("the runner to start", Duration::from_secs(10), || {
         env.state_dir(B).join("runner/status.json").exists()
             && env.status(B)["pid"].as_u64().is_some_and(|p| p > 0)

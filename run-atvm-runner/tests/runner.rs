@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Output;
 use std::time::Duration;
-use testkit::{Env, finish, text};
+use testkit::{Env, Expect, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const UNIT: &str = "atvm-runner@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -119,7 +119,7 @@ fn the_wrapper_exits_with_the_commands_code() {
     let mut env = Env::new();
     manual_systemctl(&mut env);
     let (out, starter) = run_by_hand(&env, "echo failing; exit 7");
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    out.code_is(7);
     assert_eq!(env.status(B)["exit_code"], 7);
     assert!(starter.status.success(), "confirmed: {}", text(&starter));
 
@@ -141,7 +141,7 @@ fn child_killed_by_sigkill_from_outside_records_the_signal() {
         .args(["-KILL", "--", &format!("-{child}")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let status = wait_exit(&env);
     assert_eq!(status["signal"], 9);
     assert!(status["exit_code"].is_null() && status["stop_signal"].is_null());
@@ -177,8 +177,8 @@ fn cancel_records_the_request_then_stops_the_unit() {
     start(&env, "echo started; sleep 30; :");
     wait_started(&env);
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    out.succeeds();
+    out.said("cancelled");
     let status = wait_exit(&env);
     assert_eq!(status["cancel_requested"], true);
     assert!(!status["cancel_requested_at"].is_null());
@@ -191,7 +191,7 @@ fn cancel_records_the_request_then_stops_the_unit() {
     // Cancelling again, with nothing running, is fine and says so.
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
     assert!(out.status.success());
-    assert!(text(&out).contains("nothing to cancel"), "{}", text(&out));
+    out.said("nothing to cancel");
 }
 
 #[test]
@@ -220,8 +220,8 @@ fn start_is_refused_while_the_runner_is_active() {
         "start-atvm-runner",
         &["--build-name", B, "--runner-command", "true"],
     );
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains(UNIT), "{}", text(&out));
+    out.code_is(4);
+    out.said(UNIT);
 }
 
 #[test]
@@ -245,7 +245,7 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_never_written_through() {
     fs::write(&target, "precious\n").unwrap();
     std::os::unix::fs::symlink(&target, env.run_log(B)).unwrap();
     let (out, starter) = run_by_hand(&env, "echo pwned");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let msg = text(&out);
     assert!(
         msg.contains("symbolic link") && msg.contains(&env.run_log(B).display().to_string()),
@@ -268,7 +268,7 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_never_written_through() {
         "{status}"
     );
     assert_eq!(status["child_pid"], 0);
-    assert_eq!(starter.status.code(), Some(5), "{}", text(&starter));
+    starter.code_is(5);
     assert!(
         text(&starter).contains("symbolic link") && text(&starter).contains("atvm-runner@"),
         "{}",
@@ -285,7 +285,7 @@ fn a_group_writable_spec_is_refused() {
     fs::set_permissions(&spec, fs::Permissions::from_mode(0o660)).unwrap();
     let out = env.run("run-atvm-runner", &["--build-name", B]);
     assert_eq!(finish(starter, WAIT).status.code(), Some(5));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     assert!(
         text(&out).contains("group- or world-writable")
             && text(&out).contains(&spec.display().to_string()),
@@ -315,7 +315,7 @@ fn fifty_megabytes_of_output_are_logged_completely() {
         &env,
         "dd if=/dev/zero bs=1048576 count=50 2>/dev/null | tr '\\0' x; echo; echo tail-marker",
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let log = env.run_log(B);
     assert_eq!(
         fs::metadata(&log).unwrap().len(),
@@ -332,7 +332,7 @@ fn the_webhook_secret_never_reaches_the_command() {
         "http://127.0.0.1:9/hooks/never-leak-this",
     );
     let (out, _) = run_by_hand(&env, "echo \"webhook=${MATTERMOST_ATVM_WEBHOOK:-unset}\"");
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(
         fs::read_to_string(env.run_log(B)).unwrap(),
         "webhook=unset\n"

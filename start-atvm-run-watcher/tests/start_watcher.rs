@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
-use testkit::{Env, FakeWebhook, read_json, text};
+use testkit::{Env, Expect, FakeWebhook, read_json, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -52,7 +52,7 @@ fn every_option_is_recorded_with_a_run_id() {
             "sd",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let request = env.state_dir(B).join("request.json");
     let r = read_json(&request);
     for (k, v) in [
@@ -105,7 +105,7 @@ fn a_too_open_env_file_is_warned_about() {
     let (env, _hook) = setup();
     fs::set_permissions(&env.env_file, fs::Permissions::from_mode(0o644)).unwrap();
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("chmod 600") && stderr.contains(&env.env_file.display().to_string()),
@@ -128,12 +128,8 @@ fn an_earlier_run_is_archived_not_inherited() {
         fs::write(old.join(f), "from the earlier run\n").unwrap();
     }
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("archived the previous state"),
-        "{}",
-        text(&out)
-    );
+    out.succeeds();
+    out.said("archived the previous state");
     let entries: Vec<String> = fs::read_dir(&old)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -174,8 +170,8 @@ fn a_watcher_process_holding_the_lock_is_refused() {
         env.try_state(B).is_some()
     });
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains("watcher.lock"), "{}", text(&out));
+    out.code_is(4);
+    out.said("watcher.lock");
     assert!(
         !env.state_root.join(".archive").exists(),
         "nothing archived from under it"
@@ -199,7 +195,7 @@ fn a_new_run_is_refused_while_the_previous_one_owes_a_post() {
         vec!["--build-name", B],
     ] {
         let out = env.run("start-atvm-run-watcher", &args);
-        assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+        out.code_is(4);
         let msg = text(&out);
         assert!(
             msg.contains("still owes a post")
@@ -214,9 +210,9 @@ fn a_new_run_is_refused_while_the_previous_one_owes_a_post() {
     );
     // Dropping it deliberately lets the build name be used again.
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     cancel(&env);
 }
 

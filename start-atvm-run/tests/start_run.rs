@@ -5,7 +5,7 @@
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
 use std::fs;
-use testkit::{Env, FakeWebhook, text};
+use testkit::{Env, Expect, FakeWebhook, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const WATCHER_UNIT: &str = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -45,7 +45,7 @@ fn a_failed_template_step_starts_nothing() {
         "true",
         &[],
     );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    out.code_is(3);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let launch_log = env.log_dir.join(format!("{B}.launch.log"));
     assert!(
@@ -83,7 +83,7 @@ fn the_template_step_runs_in_the_automation_root_before_anything_starts() {
         env.systemd_dir.join("calls.log").display()
     );
     let out = start_run(&env, &probe, "sleep 30; :", &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let launch = fs::read_to_string(env.log_dir.join(format!("{B}.launch.log"))).unwrap();
     assert_eq!(
         launch,
@@ -102,7 +102,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
         "npx cypress run",
         &["--dry-run"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let plan = text(&out);
     assert!(
         plan.contains("template step") && plan.contains(WATCHER_UNIT) && plan.contains(RUNNER_UNIT),
@@ -124,7 +124,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
 fn a_missing_webhook_is_reported_before_the_template_step_runs() {
     let env = Env::new();
     let out = start_run(&env, "echo selecting specs", "true", &[]);
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    out.code_is(78);
     let msg = text(&out);
     assert!(
         msg.contains("MATTERMOST_ATVM_WEBHOOK")
@@ -141,8 +141,8 @@ fn a_symlink_at_the_launch_log_is_refused_and_nothing_starts() {
     fs::write(&target, "keep me\n").unwrap();
     std::os::unix::fs::symlink(&target, env.log_dir.join(format!("{B}.launch.log"))).unwrap();
     let out = start_run(&env, "echo pwned", "true", &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("symbolic link"), "{}", text(&out));
+    out.code_is(1);
+    out.said("symbolic link");
     assert_eq!(fs::read_to_string(&target).unwrap(), "keep me\n");
     assert!(!env.state_dir(B).exists());
     assert!(
@@ -157,7 +157,7 @@ fn a_symlink_at_the_launch_log_is_refused_and_nothing_starts() {
 fn an_empty_runner_command_is_a_usage_error() {
     let (env, _hook) = setup();
     let out = start_run(&env, "echo selecting specs", "  ", &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    out.code_is(2);
     assert!(
         !env.log_dir.join(format!("{B}.launch.log")).exists(),
         "the template step did not run"
@@ -215,7 +215,7 @@ fn a_watcher_that_does_not_start_ends_the_run_and_starts_no_runner() {
     let (mut env, hook) = setup();
     env.set("FAKE_SYSTEMCTL_FAIL", "start:atvm-run-watcher@");
     let out = start_run(&env, "true", "true", &[]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    out.code_is(5);
     let s = testkit::read_json(&env.state_dir(B).join("state.json"));
     assert_eq!(
         (&s["state"], &s["final"]),

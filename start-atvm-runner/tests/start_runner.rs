@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use testkit::{Env, FakeWebhook, read_json, text};
+use testkit::{Env, Expect, FakeWebhook, read_json, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
@@ -17,7 +17,7 @@ fn the_spec_carries_the_request_run_id_and_the_absolute_workdir() {
         "start-atvm-runner",
         &["--build-name", B, "--runner-command", "true"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let spec = read_json(&env.state_dir(B).join("runner/spec.json"));
     assert_eq!(spec["run_id"], run_id.as_str());
     assert_eq!(spec["command"], "true");
@@ -32,7 +32,7 @@ fn without_a_request_the_run_gets_its_own_id() {
         "start-atvm-runner",
         &["--build-name", B, "--runner-command", "true"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let spec = read_json(&env.state_dir(B).join("runner/spec.json"));
     assert!(
         spec["run_id"].as_str().is_some_and(|id| id.len() > 10),
@@ -67,7 +67,7 @@ fn a_missing_workdir_and_an_empty_command_are_refused() {
         "start-atvm-runner",
         &["--build-name", B, "--runner-command", ""],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    out.code_is(2);
     assert!(
         !env.systemctl_calls().contains("start "),
         "nothing started: {}",
@@ -83,7 +83,7 @@ fn a_missing_workdir_ends_the_watched_run_at_once_naming_it() {
     // Far longer than the test waits: the run must end from the refusal, not the timeout.
     env.set("ATVM_START_TIMEOUT_SECONDS", "60");
     let out = env.run("start-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     env.wait_state(B, "STARTING", Duration::from_secs(10));
     let run_id = read_json(&env.state_dir(B).join("request.json"))["run_id"].clone();
     let missing = env.root().join("no-such-dir");
@@ -98,12 +98,8 @@ fn a_missing_workdir_ends_the_watched_run_at_once_naming_it() {
             missing.to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        text(&out).contains(&missing.display().to_string()),
-        "{}",
-        text(&out)
-    );
+    out.code_is(5);
+    out.said(&missing.display().to_string());
     // The record the wrapper writes when it refuses, for this run.
     let status = env.status(B);
     assert_eq!(status["run_id"], run_id, "{status:#}");

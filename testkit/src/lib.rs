@@ -8,8 +8,10 @@
 
 #![allow(clippy::panic, clippy::unwrap_used)] // test support: failing loudly is the point
 
+pub mod assert;
 pub mod webhook;
 
+pub use assert::Expect;
 pub use webhook::{Echo, FakeWebhook, Reply, attachment, field};
 
 use serde_json::Value;

@@ -14,7 +14,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
-use testkit::{Env, FakeWebhook, field, fixture, text};
+use testkit::{Env, Expect, FakeWebhook, field, fixture, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 const WATCHER_UNIT: &str = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
@@ -215,7 +215,7 @@ fn cancelling_both_posts_nothing() {
     assert!(hook.requests().is_empty());
     // Repeating it is harmless.
     let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(env.state(B)["state"], "CANCELLED");
 }
 
@@ -326,7 +326,7 @@ fn restart_watcher(env: &Env) {
         )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
 }
 
 #[test]
@@ -334,8 +334,8 @@ fn a_runner_that_cannot_start_stops_the_watcher_and_records_unknown() {
     let (mut env, hook) = setup();
     env.set("FAKE_SYSTEMCTL_FAIL", "start:atvm-runner@");
     let out = start_run(&env, "true", &[]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(text(&out).contains(RUNNER_UNIT), "{}", text(&out));
+    out.code_is(5);
+    out.said(RUNNER_UNIT);
     env.wait_unit_inactive(WATCHER_UNIT, LONG);
     let s = env.state(B);
     assert_eq!(s["state"], "UNKNOWN");
@@ -358,8 +358,8 @@ fn a_second_start_is_refused_while_the_run_is_active() {
     let launch_log = env.log_dir.join(format!("{B}.launch.log"));
     let before = fs::metadata(&launch_log).unwrap().modified().unwrap();
     let out = start_run(&env, "true", &[]);
-    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(text(&out).contains(WATCHER_UNIT), "{}", text(&out));
+    out.code_is(4);
+    out.said(WATCHER_UNIT);
     assert_eq!(
         fs::metadata(&launch_log).unwrap().modified().unwrap(),
         before,

@@ -12,6 +12,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use testkit::Expect;
 
 pub const ROOT: &str = "opt/atvm-watcher-service";
 pub const UNITS: &str = "etc/systemd/system";
@@ -119,7 +120,7 @@ pub fn text(out: &Output) -> String {
 }
 
 fn succeeded(out: Output) -> String {
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -160,7 +161,7 @@ pub fn unpacked_tarball(dir: &Path) -> PathBuf {
         .current_dir(&unpack)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     unpack.join(layout::dist_name().unwrap())
 }
 
@@ -285,7 +286,7 @@ pub fn check_migrated(dest: &Path, stdout: &str) -> (PathBuf, PathBuf) {
         .current_dir(dest)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", text(&check));
+    check.succeeds();
     // No temp file or backup is left behind.
     let leftovers: Vec<_> = snapshot(dest)
         .into_keys()
@@ -513,7 +514,7 @@ fn everything_in_the_way_is_reported_at_once_and_nothing_is_written() {
     fs::write(root.join(".atvm-run-watcher.atvm-old"), "left by a crash").unwrap();
     let before = snapshot(&dest);
     let out = xtask_install(dir.path(), &dest);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing was written"), "{err}");
     assert!(
@@ -609,7 +610,7 @@ fn an_unwritable_unit_directory_stops_the_install_before_any_write() {
         "mount --bind \"$T\" \"$T\"; mount -o remount,bind,ro \"$T\"",
         &units,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("cannot write in {}", units.display())),
@@ -640,7 +641,7 @@ fn a_full_disk_while_staging_leaves_everything_as_it_was() {
         "mount -t tmpfs -o size=8k tmpfs \"$T\"",
         &share,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing was changed"), "{err}");
     check_old_install_intact(&dest, &before);
@@ -669,7 +670,7 @@ fn a_failed_rename_puts_the_old_install_back() {
         &format!("mount --bind '{}' \"$T\"", cover.display()),
         &unit,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!("cannot put {} in place", unit.display())),

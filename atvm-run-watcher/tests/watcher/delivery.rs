@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Posting, Reply, finish, text};
+use testkit::{Expect, Posting, Reply, finish, text};
 
 /// A run that passed, waiting for its watcher.
 fn completed(script: Vec<Reply>) -> Posting {
@@ -315,7 +315,7 @@ fn a_full_disk_before_the_attempt_is_recorded_delays_the_post_never_duplicates_i
     assert_eq!(p.hook.count(), 0, "sent without a record");
     disk.free();
     let out = finish(w, LONG);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     assert_eq!(p.hook.count(), 1);
     assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "posted");
     assert_eq!(restart(&p).status.code(), Some(0));
@@ -347,7 +347,7 @@ fn a_full_disk_after_ok_still_records_the_delivery_and_never_sends_again() {
     );
     disk.free();
     let again = restart(&p);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    again.code_is(0);
     assert_eq!(state_of(&p.state_dir(B))["post"]["status"], "posted");
     assert_eq!(p.hook.count(), 1, "delivered once, recorded, never re-sent");
 }
@@ -397,7 +397,7 @@ fn a_read_only_state_root_ends_the_watcher_naming_the_file_and_nothing_is_sent()
     // Waiting does not cure a read-only file system: exit 1 at once, the file named.
     let out = finish(w, LONG);
     drop(read_only);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     assert!(
         text(&out).contains("Read-only file system") && text(&out).contains(B),
         "{}",
@@ -405,7 +405,7 @@ fn a_read_only_state_root_ends_the_watcher_naming_the_file_and_nothing_is_sent()
     );
     assert_eq!(p.hook.count(), 0, "sent without a record");
     let again = restart(&p);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    again.code_is(0);
     assert_eq!(p.hook.count(), 1, "the post stayed owed and went out once");
 }
 
@@ -423,7 +423,7 @@ fn started(script: Vec<Reply>) -> Posting {
             &p.cypress_command("passing.log", 0),
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     p
 }
 
@@ -432,7 +432,7 @@ fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
     let p = started(vec![Reply::delayed(Duration::from_millis(1500), Reply::Ok)]);
     p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
     let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
     assert!(
         text(&out).contains("already reported") && text(&out).contains("delivered"),
@@ -460,13 +460,9 @@ fn a_cancel_while_the_post_is_on_the_wire_and_refused_posts_nothing() {
     )]);
     p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
     let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("state CANCELLED, nothing posted"),
-        "{}",
-        text(&out)
-    );
+    out.said("state CANCELLED, nothing posted");
     let s = p.state(B);
     assert_eq!(
         (&s["state"], &s["post"]["status"]),
@@ -493,7 +489,7 @@ fn a_categorized_run_stopped_with_a_group_post_owed_delivers_it_at_the_next_star
     p.wait_until("a failed attempt", LONG, || p.hook.count() >= 1);
     kill(&w, "TERM");
     let out = finish(w, LONG);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = p.state(B);
     assert_eq!(s["final"], false, "{s:#}");
     assert_eq!(s["subruns"][0]["post"]["status"], "pending", "{s:#}");
@@ -503,7 +499,7 @@ fn a_categorized_run_stopped_with_a_group_post_owed_delivers_it_at_the_next_star
         fs::write(p.root().join(format!("go{i}")), "").unwrap();
     }
     let out = finish(w, LONG);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    out.code_is(0);
     let s = p.state(B);
     let posted: Vec<&Value> = s["subruns"]
         .as_array()
@@ -535,8 +531,8 @@ fn an_unreadable_cancel_marker_stops_an_owed_post_and_is_named() {
     let marker = p.state_dir(B).join("cancelled.marker");
     fs::create_dir(&marker).unwrap();
     let out = restart(&p);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("cancelled.marker"), "{}", text(&out));
+    out.code_is(1);
+    out.said("cancelled.marker");
     assert_eq!(
         p.hook.count(),
         0,
@@ -561,8 +557,8 @@ fn a_dry_run_changes_nothing_and_the_next_watcher_still_posts_the_owed_result() 
         "atvm-run-watcher",
         &["--build-name", B, "--once", "--dry-run"],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("would be COMPLETED"), "{}", text(&out));
+    out.succeeds();
+    out.said("would be COMPLETED");
     let preview = testkit::read_json(&dir.join("post.json"));
     fs::remove_file(dir.join("post.json")).unwrap();
     assert_eq!(
@@ -572,7 +568,7 @@ fn a_dry_run_changes_nothing_and_the_next_watcher_still_posts_the_owed_result() 
     );
     assert_eq!(p.hook.count(), 0);
     let real = restart(&p);
-    assert!(real.status.success(), "{}", text(&real));
+    real.succeeds();
     assert_eq!(p.hook.count(), 1);
     assert_eq!(p.posts()[0]["attachments"], preview["attachments"]);
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::fmt::Write as _;
 use std::fs;
 use std::time::Duration;
-use testkit::{Echo, Env, FakeWebhook, Reply, attachment, field, fixture, text};
+use testkit::{Echo, Env, Expect, FakeWebhook, Reply, attachment, field, fixture, text};
 
 /// An inventory of `rows` VMs, every one running an OS the build name names.
 fn huge_inventory(env: &Env, rows: usize) {
@@ -240,7 +240,7 @@ fn test_post_uses_the_format_from_the_env_file() {
     )
     .unwrap();
     let out = env.run("atvm-run-watcher", &["--test-post"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let body = hook.requests()[0].json();
     assert!(body.get("attachments").is_none(), "{body}");
     assert!(
@@ -257,7 +257,7 @@ fn test_post_uses_the_format_from_the_env_file() {
     )
     .unwrap();
     let out = env.run("atvm-run-watcher", &["--test-post"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     let body = hook.requests()[1].json();
     assert_eq!(attachment(&body)["title"], "ATVM watcher test message");
     // A format nobody knows is a configuration error.
@@ -270,12 +270,8 @@ fn test_post_uses_the_format_from_the_env_file() {
     )
     .unwrap();
     let out = env.run("atvm-run-watcher", &["--test-post"]);
-    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(
-        text(&out).contains("MATTERMOST_ATVM_FORMAT"),
-        "{}",
-        text(&out)
-    );
+    out.code_is(78);
+    out.said("MATTERMOST_ATVM_FORMAT");
     assert_eq!(hook.count(), 2);
 }
 
@@ -362,7 +358,7 @@ fn a_200_with_a_body_other_than_ok_is_not_delivered_nor_quoted() {
     with_webhook(&mut env, &hook);
     completed_run(&env);
     let out = watch(&env, &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    out.code_is(1);
     let s = state(&env);
     assert_eq!(s["post"]["status"], "failed");
     let error = s["post"]["last_error"].as_str().unwrap();
@@ -370,7 +366,7 @@ fn a_200_with_a_body_other_than_ok_is_not_delivered_nor_quoted() {
         error,
         format!("HTTP 200 without `ok` (not delivered) ({})", hook.host())
     );
-    assert!(!text(&out).contains("Wi-Fi"), "{}", text(&out));
+    out.never_said("Wi-Fi");
     assert!(!env.state_dir(B).join("posted.marker").exists());
 }
 

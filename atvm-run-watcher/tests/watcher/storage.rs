@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
-use testkit::{Posting, finish, text};
+use testkit::{Expect, Posting, finish};
 
 const RULE: &str = "────────────────────────────────────────────────────────────────────────────────────────────────────";
 const BOX: &str = "────────────────────────────────────────────────────────────────────────────────────────────────";
@@ -182,7 +182,7 @@ fn a_checkpoint_left_in_state_json_by_an_earlier_version_resumes_exactly() {
         ),
     );
     let out = watch(&p, &["--once"]);
-    assert!(out.status.success(), "{}", text(&out));
+    out.succeeds();
     // Rewrite what this version saved into the earlier format: the checkpoint inside
     // state.json, the half line in the parser's `partial` and the offset after it.
     let dir = p.state_dir(B);

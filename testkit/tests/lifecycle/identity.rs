@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Env, Posting, attachment, fixture, text};
+use testkit::{Env, Expect, Posting, attachment, fixture, text};
 
 const LONG: Duration = Duration::from_secs(30);
 /// How much sooner than the 10 s confirmation window a refused start must be reported.
@@ -403,11 +403,7 @@ fn an_impostor_of_another_user_is_never_adopted_and_its_planted_log_refuses_the_
     let out = start_run(&p, "", B, &p.cypress_command("passing.log", 0), &[]);
     assert!(t.elapsed() < AT_ONCE, "took {:?}", t.elapsed());
     assert_code(&out, 5, "start-atvm-run");
-    assert!(
-        text(&out).contains(&log.display().to_string()),
-        "{}",
-        text(&out)
-    );
+    out.said(&log.display().to_string());
     let s = finished(&p, B);
     assert_eq!(s["state"], "UNKNOWN", "{s:#}");
     assert!(
@@ -498,11 +494,7 @@ fn a_symlinked_launch_log_is_not_followed_and_nothing_starts() {
     symlink(&target, &launch_log).unwrap();
     let out = start_run(&p, ".sh", B, "true", &[]);
     assert_code(&out, 1, "start-atvm-run.sh");
-    assert!(
-        text(&out).contains(&launch_log.display().to_string()),
-        "{}",
-        text(&out)
-    );
+    out.said(&launch_log.display().to_string());
     assert!(!target.exists(), "the link was followed");
     assert!(!p.systemctl_calls().contains("start "), "nothing started");
     assert!(!p.state_dir(B).exists(), "nothing recorded");
@@ -751,12 +743,12 @@ fn a_state_root_or_build_directory_others_can_write_is_refused() {
             for args in [&["--build-name", B][..], &[][..]] {
                 let out = p.run("atvm-run-status", args);
                 assert_code(&out, 1, "atvm-run-status");
-                assert!(text(&out).contains(&named), "{}", text(&out));
+                out.said(&named);
             }
         } else {
             // A build that cannot be trusted is listed with the error, not read.
             let out = p.run("atvm-run-status", &["--build-name", B]);
-            assert!(text(&out).contains(&named), "{}", text(&out));
+            out.said(&named);
         }
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
     }

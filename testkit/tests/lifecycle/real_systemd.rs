@@ -22,7 +22,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Env, FakeWebhook, fixture, text};
+use testkit::{Env, Expect, FakeWebhook, fixture, text};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -408,7 +408,7 @@ fn the_boot_time_unit_resumes_an_unfinished_run_which_ends_terminated() {
     assert!(manager.run(&["stop", &watcher]).status.success());
     assert_eq!(env.state(B)["final"], false, "{}", manager.log());
     let kill = manager.run(&["kill", "--signal=SIGKILL", &runner]);
-    assert!(kill.status.success(), "{}", text(&kill));
+    kill.succeeds();
     manager.wait_inactive(&runner);
 
     // The boot-time unit, as systemd starts it at boot (the installer enables it).
