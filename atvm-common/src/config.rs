@@ -53,8 +53,34 @@ impl Webhook {
         &self.0
     }
 
-    /// `host[:port]` of the URL: the most an error message may say.
+    /// Why `url` cannot be a webhook, if it cannot: it must be `http(s)://<host>/…` with no
+    /// blank or control character. The answer never quotes the value (a slip such as
+    /// pasting only the key would otherwise print the key).
+    pub fn problem(url: &str) -> Option<&'static str> {
+        let url = url.trim();
+        let lower = url.to_ascii_lowercase();
+        let Some(rest) = ["https://", "http://"]
+            .iter()
+            .find_map(|s| lower.strip_prefix(s))
+        else {
+            return Some("does not start with https:// or http://");
+        };
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Some("contains a blank or a control character");
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.rsplit('@').next().unwrap_or("").is_empty() {
+            return Some("has no host");
+        }
+        None
+    }
+
+    /// `host[:port]` of the URL: the most an error message may say. Without a scheme
+    /// nothing can be told apart from the key, so nothing is shown.
     pub fn host(&self) -> String {
+        if Webhook::problem(&self.0).is_some() {
+            return "(unparsable webhook URL)".to_string();
+        }
         let rest = self.0.split_once("://").map_or(self.0.as_str(), |(_, r)| r);
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         // Drop any user:password@ part as well.
@@ -117,6 +143,11 @@ impl Webhook {
         };
         let (path, query) = key.split_once('?').unwrap_or((key, ""));
         let mut pieces: Vec<&str> = vec![key, path, query];
+        if Webhook::problem(&self.0).is_some() {
+            // Not a URL this code can take apart: all of it, and each word of it, is secret.
+            pieces.push(self.0.as_str());
+            pieces.extend(self.0.split(|c: char| !c.is_ascii_alphanumeric()));
+        }
         if let Some((userinfo, _)) = authority.rsplit_once('@') {
             pieces.push(userinfo);
             pieces.extend(userinfo.split_once(':').map(|(_, password)| password));
@@ -276,10 +307,21 @@ impl MattermostConfig {
             ),
             path: env_file.to_path_buf(),
         })?;
+        let webhook = webhook.filter(|w| !w.trim().is_empty());
+        if let Some(problem) = webhook.as_deref().and_then(Webhook::problem) {
+            let from_env = from_env(WEBHOOK_VAR).is_some();
+            return Err(Error::Config {
+                what: format!(
+                    "{WEBHOOK_VAR} {problem}: it must be the webhook's whole URL, https://<host>/hooks/<key> (its value is a secret and not shown)"
+                ),
+                path: match from_env {
+                    true => format!("{WEBHOOK_VAR} in the environment").into(),
+                    false => env_file.to_path_buf(),
+                },
+            });
+        }
         Ok(MattermostConfig {
-            webhook: webhook
-                .filter(|w| !w.trim().is_empty())
-                .map(|w| Webhook::new(&w)),
+            webhook: webhook.map(|w| Webhook::new(&w)),
             channel: channel.filter(|c| !c.trim().is_empty()),
             format,
         })
@@ -375,6 +417,41 @@ mod tests {
     }
 
     const KEY: &str = "Xk3p9qWmZ7rT1bYc5dF8gH2jLa";
+
+    #[test]
+    fn a_value_that_is_not_a_webhook_url_is_refused_without_quoting_it() {
+        for bad in [
+            KEY.to_string(),
+            format!("hooks/{KEY}"),
+            format!("chat.example.com/hooks/{KEY}"),
+            format!("https://chat.example.com/hooks/ {KEY}"),
+            format!("ftp://chat.example.com/hooks/{KEY}"),
+            format!("https:///hooks/{KEY}"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("env");
+            fs::write(&p, format!("{WEBHOOK_VAR}={bad}\n")).unwrap();
+            let e = MattermostConfig::load(&p).expect_err(&bad).to_string();
+            assert!(
+                e.contains(WEBHOOK_VAR) && e.contains(&p.display().to_string()),
+                "{e}"
+            );
+            assert!(!e.contains(&KEY[..8]), "{e}");
+            let w = Webhook::new(&bad);
+            assert!(!w.host().contains(&KEY[..8]), "{bad:?}: {}", w.host());
+            assert!(
+                !w.redact(&format!("bad uri: {bad} (x)")).contains(&KEY[..8]),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            format!("https://chat.example.com/hooks/{KEY}"),
+            format!("HTTP://127.0.0.1:8065/hooks/{KEY}"),
+            format!("  https://chat.example.com/hooks/{KEY}  "),
+        ] {
+            assert_eq!(Webhook::problem(&good), None, "{good}");
+        }
+    }
 
     fn hook() -> Webhook {
         Webhook::new(&format!("https://chat.example.com/hooks/{KEY}"))

@@ -1064,6 +1064,40 @@ fn missing_request_and_missing_webhook_are_clear_errors() {
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
 
+#[test]
+fn a_webhook_that_is_not_a_url_is_refused_and_never_shown() {
+    // A common slip: only the key pasted, or the scheme left out. Nothing can be told
+    // apart from the key then, so nothing of the value may be printed or stored.
+    let key = "zhre8c2t6begdx3kqf9wmy4una";
+    for value in [key.to_string(), format!("chat.example.com/hooks/{key}")] {
+        let mut env = Env::new();
+        env.write_request(B, json!({}));
+        env.set("MATTERMOST_ATVM_WEBHOOK", value.as_str());
+        let out = watch(&env, &[]);
+        out.code_is(78)
+            .error_line(
+                "atvm-run-watcher",
+                "MATTERMOST_ATVM_WEBHOOK does not start with https://",
+            )
+            .never_said(&key[..8]);
+        env.run("atvm-run-watcher", &["--test-post"])
+            .code_is(78)
+            .never_said(&key[..8]);
+        env.run(
+            "start-atvm-run",
+            &["--build-name", "e2e-other", "--runner-command", "true"],
+        )
+        .code_is(78)
+        .never_said(&key[..8]);
+        assert!(env.files_containing(&key[..8]).is_empty());
+        assert!(
+            !env.systemctl_calls().contains("start "),
+            "{}",
+            env.systemctl_calls()
+        );
+    }
+}
+
 // ----- Mattermost delivery -----------------------------------------------------------------
 
 fn with_webhook(env: &mut Env, hook: &FakeWebhook) {
