@@ -69,8 +69,9 @@ struct CheckpointFile {
     checkpoint: Checkpoint,
 }
 
-/// Load what an earlier watcher of this run saved, or start a fresh record.
-pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
+/// Load what an earlier watcher of this run saved (with a [`Store`] that knows it is on
+/// disk already, so resuming rewrites nothing that did not change), or start afresh.
+pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint, Store)> {
     let (build, request, sd) = (&ctx.build, &ctx.request, &ctx.sd);
     let fresh = RunRecord {
         state: State::new(
@@ -84,22 +85,35 @@ pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
     };
     match sd.read_state()? {
         Some(saved) if saved.run_id == request.run_id => {
-            let cp = load_checkpoint(ctx, &saved)?;
-            let subruns = load_subruns(ctx, &saved, &cp)?;
+            let (cp, cp_on_disk) = load_checkpoint(ctx, &saved)?;
+            let (subruns, all_read) = load_subruns(ctx, &saved, &cp)?;
             logging::info(format!(
                 "resuming {build} ({}, run {})",
                 saved.state, request.run_id
             ));
-            let mut state = saved;
-            state.checkpoint = None;
-            Ok((
-                RunRecord {
-                    state,
-                    subruns,
-                    categorized: request.categorize,
+            let on_disk = RunRecord {
+                state: saved,
+                subruns,
+                categorized: request.categorize,
+            };
+            let mut record = on_disk.clone();
+            record.state.checkpoint = None;
+            // A sub-run made again from its summary has no file yet: write everything.
+            let store = match all_read {
+                true => Store {
+                    saved: Some((
+                        on_disk,
+                        if cp_on_disk {
+                            cp.clone()
+                        } else {
+                            Checkpoint::default()
+                        },
+                    )),
+                    checkpoint_bytes: Vec::new(),
                 },
-                cp,
-            ))
+                false => Store::default(),
+            };
+            Ok((record, cp, store))
         }
         Some(other) => {
             logging::warn(format!(
@@ -108,23 +122,24 @@ pub fn load(ctx: &Ctx) -> Result<(RunRecord, Checkpoint)> {
                 request.run_id,
                 sd.state().display()
             ));
-            Ok((fresh, Checkpoint::default()))
+            Ok((fresh, Checkpoint::default(), Store::default()))
         }
-        None => Ok((fresh, Checkpoint::default())),
+        None => Ok((fresh, Checkpoint::default(), Store::default())),
     }
 }
 
 /// The checkpoint file of this run; else one an earlier version kept in `state.json`
-/// (whose saved half line is dropped and read again); else a fresh start.
-fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<Checkpoint> {
+/// (whose saved half line is dropped and read again); else a fresh start. The flag says
+/// whether it came from the checkpoint file (and so needs no rewriting as it is).
+fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<(Checkpoint, bool)> {
     let path = ctx.sd.checkpoint();
     if let Some(file) = fsutil::read_json::<CheckpointFile>(&path)?
         && file.run_id == ctx.request.run_id
     {
-        return Ok(file.checkpoint);
+        return Ok((file.checkpoint, true));
     }
     let Some(old) = &saved.checkpoint else {
-        return Ok(Checkpoint::default());
+        return Ok((Checkpoint::default(), false));
     };
     let unparsable = |e: serde_json::Error| {
         Error::file(
@@ -137,14 +152,15 @@ fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<Checkpoint> {
     if let Some(follow) = cp.follow.as_mut() {
         follow.offset = follow.offset.saturating_sub(half_line);
     }
-    Ok(cp)
+    Ok((cp, false))
 }
 
 /// Every sub-run, in log order: the checkpoint lists all their keys (`state.json` lists
 /// only the latest when there are many); each is read from its own `state.json`, or made
 /// again from its summary (or as open) if that was never written. A checkpoint of an
 /// earlier version has no keys: `state.json`'s list, which it never shortened, is used.
-fn load_subruns(ctx: &Ctx, saved: &State, cp: &Checkpoint) -> Result<Vec<State>> {
+/// The flag says whether every one was read from its file.
+fn load_subruns(ctx: &Ctx, saved: &State, cp: &Checkpoint) -> Result<(Vec<State>, bool)> {
     let listed = saved.subruns.as_deref().unwrap_or_default();
     let keys: Vec<&str> = match cp.subrun_keys.is_empty() {
         false => cp.subrun_keys.iter().map(String::as_str).collect(),
@@ -152,12 +168,14 @@ fn load_subruns(ctx: &Ctx, saved: &State, cp: &Checkpoint) -> Result<Vec<State>>
     };
     let blocks = &cp.parser.summary().runs;
     let mut subruns = Vec::new();
+    let mut all_read = true;
     for (i, key) in keys.into_iter().enumerate() {
         let path = ctx.sd.subrun_dir(key).join("state.json");
         if let Some(sub) = fsutil::read_json::<State>(&path)? {
             subruns.push(sub);
             continue;
         }
+        all_read = false;
         let summary = listed.iter().find(|s| s.key == key);
         let state = summary.map_or(RunState::Watching, |s| s.state);
         let mut s = State::new(ctx.build.as_str(), &ctx.request.run_id, state, "");
@@ -172,7 +190,7 @@ fn load_subruns(ctx: &Ctx, saved: &State, cp: &Checkpoint) -> Result<Vec<State>>
         }
         subruns.push(s);
     }
-    Ok(subruns)
+    Ok((subruns, all_read))
 }
 
 /// Writes the run's records, remembering what was last written so an idle watcher writes

@@ -71,13 +71,13 @@ impl<'a> Watcher<'a> {
 
     /// A watcher working in `ctx` (tests pass their own clock there).
     pub fn with_ctx(ctx: Ctx<'a>) -> Result<Watcher<'a>> {
-        let (record, cp) = persist::load(&ctx)?;
+        let (record, cp, store) = persist::load(&ctx)?;
         Ok(Watcher {
             observer: Observer::resume(&ctx, &cp),
             ctx,
             record,
             cp,
-            store: Store::default(),
+            store,
             failed_posts: Vec::new(),
         })
     }

@@ -161,6 +161,36 @@ fn an_idle_watcher_rewrites_nothing() {
 }
 
 #[test]
+fn resuming_a_run_rewrites_nothing_that_did_not_change() {
+    // `atvm-run-status` sorts and ages runs by state.json's updated_at: a watcher that only
+    // looks (--once, a restart, a second cancel) must not make a finished run look new.
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    start_runner(&p, &p.cypress_command("passing.log", 0));
+    let out = watch(&p, &[]);
+    assert_final(&p, &out, "COMPLETED");
+    let dir = p.state_dir(B);
+    let files = ["state.json", "watcher/checkpoint.json"];
+    let snapshot = || -> Vec<(u64, Vec<u8>)> {
+        files
+            .iter()
+            .map(|f| {
+                let path = dir.join(f);
+                (fs::metadata(&path).unwrap().ino(), fs::read(&path).unwrap())
+            })
+            .collect()
+    };
+    let before = snapshot();
+    watch(&p, &["--once"]).succeeds().said("nothing left to do");
+    watch(&p, &[]).succeeds();
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds()
+        .said("already reported");
+    assert!(snapshot() == before, "a finished run was rewritten");
+    assert_eq!(p.hook.count(), 1);
+}
+
+#[test]
 fn a_checkpoint_left_in_state_json_by_an_earlier_version_resumes_exactly() {
     let p = Posting::new(vec![]);
     p.write_request(B, json!({}));
