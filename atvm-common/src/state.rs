@@ -550,9 +550,10 @@ impl StateDir {
     /// End the requested run UNKNOWN with `reason`: final and never posted. For a start that
     /// failed half-way (its watcher or its runner never came up), so the run neither waits
     /// in STARTING nor is resumed by `atvm-run-watcher --resume-all` at the next boot and
-    /// posted by surprise. A state of another run id is replaced; a post that went out stays
-    /// recorded as posted.
-    pub fn end_unstarted(&self, reason: &str) -> Result<()> {
+    /// posted by surprise. A state of another run id is replaced. A run that already ended
+    /// (its watcher saw the runner's own record first) keeps its state, which is returned:
+    /// the first final verdict on a run stands.
+    pub fn end_unstarted(&self, reason: &str) -> Result<Option<RunState>> {
         let run_id = self
             .read_request()
             .ok()
@@ -560,11 +561,14 @@ impl StateDir {
             .map(|r| r.run_id)
             .unwrap_or_default();
         self.update_state(|current| {
+            let current = current.filter(|s| s.run_id == run_id);
+            if let Some(ended) = current.as_ref().filter(|s| s.is_final) {
+                return Ok((None, Some(ended.state)));
+            }
             let mut state = current
-                .filter(|s| s.run_id == run_id)
                 .unwrap_or_else(|| State::new(self.build.as_str(), &run_id, RunState::Unknown, ""));
             state.end_unposted(RunState::Unknown, reason);
-            Ok((Some(state), ()))
+            Ok((Some(state), None))
         })
     }
 

@@ -4,9 +4,10 @@
 //! its bytes change), loading the records of a run being resumed, and the cancel check
 //! that saving does under the state lock.
 //!
-//! `state.json` is shared with the cancel helper, so it is rewritten under `state.lock`
-//! and, under that lock, a cancel marker of this run turns whatever was about to be written
-//! into CANCELLED: read outside the lock, a cancel landing in between would be lost.
+//! `state.json` is shared with the cancel helper and the start helpers, so it is rewritten
+//! under `state.lock` and, under that lock, a final state another tool wrote for this run is
+//! kept, and a cancel marker of this run turns whatever was about to be written into
+//! CANCELLED: read outside the lock, a cancel landing in between would be lost.
 
 use crate::record::RunRecord;
 use crate::watch::Ctx;
@@ -59,6 +60,14 @@ pub fn cancelled_at(sd: &StateDir, request: &Request) -> Result<Option<Timestamp
         .read_marker(&sd.cancelled_marker())?
         .filter(|(m, mtime)| m.belongs_to(&request.run_id, request.requested_at, *mtime))
         .map(|(m, mtime)| m.at.unwrap_or(mtime)))
+}
+
+/// The final state another tool recorded for this run, if it did (a start helper whose
+/// runner could not start ends the run UNKNOWN, then stops the watcher).
+pub fn ended_elsewhere(sd: &StateDir, request: &Request) -> Result<Option<State>> {
+    Ok(sd
+        .read_state()?
+        .filter(|s| s.is_final && s.run_id == request.run_id))
 }
 
 /// `watcher/checkpoint.json`: the checkpoint and the run it belongs to.
@@ -229,26 +238,26 @@ impl Store {
         self.save_subruns(ctx, record)?;
         let mut next = record.state.clone();
         fit(&mut next);
-        let written = ctx.sd.update_state(|_current| {
-            if !next.is_final && cancelled_at(&ctx.sd, &ctx.request)?.is_some() {
-                next.end_unposted(
-                    RunState::Cancelled,
-                    "cancelled with cancel-atvm-run-watcher",
-                );
+        let written = ctx.sd.update_state(|current| {
+            if !next.is_final {
+                if let Some(ended) = current.filter(|c| c.is_final && c.run_id == next.run_id) {
+                    // Another tool ended this run (a start helper whose runner could not
+                    // start, the cancel helper): its verdict stands.
+                    return Ok((None, ended));
+                }
+                if cancelled_at(&ctx.sd, &ctx.request)?.is_some() {
+                    next.end_unposted(
+                        RunState::Cancelled,
+                        "cancelled with cancel-atvm-run-watcher",
+                    );
+                }
             }
             next.updated_at = Timestamp::now();
             Ok((Some(next.clone()), next))
         })?;
-        if written.state != record.state.state {
-            // The cancel marker turned it into CANCELLED under the lock.
-            logging::info(format!(
-                "{}: {} → {} ({})",
-                ctx.build, record.state.state, written.state, written.reason
-            ));
-            record.state.state = written.state;
-            record.state.is_final = written.is_final;
-            record.state.reason = written.reason;
-            record.state.post = written.post;
+        if written.is_final && !record.state.is_final {
+            record.ended_elsewhere(&written);
+            self.save_subruns(ctx, record)?;
         }
         record.state.updated_at = written.updated_at;
         self.saved = Some((record.clone(), cp.clone()));

@@ -171,6 +171,31 @@ impl RunRecord {
         }
     }
 
+    /// Another tool ended the run (`written` is what it recorded, found under the state
+    /// lock): take its verdict, end open sub-runs with it, and owe nothing.
+    pub fn ended_elsewhere(&mut self, written: &State) {
+        let v = Verdict {
+            state: written.state,
+            reason: written.reason.clone(),
+        };
+        log_change(&self.state.build_name, "", self.state.state, &v);
+        self.state.state = written.state;
+        self.state.reason = written.reason.clone();
+        self.state.is_final = true;
+        self.state.post = written.post.clone();
+        let reason = format!("run ended: {}", written.reason);
+        for sub in self.subruns.iter_mut().filter(|s| !s.is_final) {
+            sub.state = written.state;
+            sub.is_final = true;
+            sub.reason = reason.clone();
+            sub.post.status = PostStatus::Suppressed;
+        }
+        if written.state == RunState::Cancelled {
+            // Nothing owed goes out after a cancel, a finished sub-run's post included.
+            self.cancel();
+        }
+    }
+
     /// The results whose post failed for good (never re-sent), with their error.
     pub fn failed_for_good(&self) -> Vec<(Target, String)> {
         let targets = std::iter::once(Target::Run).chain((0..self.subruns.len()).map(Target::Sub));

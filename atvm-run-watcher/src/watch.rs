@@ -97,6 +97,12 @@ impl<'a> Watcher<'a> {
             self.stopped()?;
         }
         self.save_final()?;
+        if self.ctx.shutdown.requested() && !self.record.state.is_final {
+            logging::info(format!(
+                "stopped by signal; state {} saved, not final",
+                self.record.state.state
+            ));
+        }
         if self.ctx.sink.is_dry_run() {
             logging::info(format!(
                 "dry run: {} would be {} ({}); nothing was written but post.json",
@@ -133,16 +139,16 @@ impl<'a> Watcher<'a> {
     }
 
     /// Stopped by a signal: if the cancel helper asked for it, the run (and open sub-runs)
-    /// end CANCELLED and owed posts are never sent; otherwise everything is left for a
-    /// restart.
+    /// end CANCELLED and owed posts are never sent; if a start helper ended the run (its
+    /// runner could not start), its verdict is taken and logged; otherwise everything is
+    /// left for a restart.
     fn stopped(&mut self) -> Result<()> {
         if persist::cancelled_at(&self.ctx.sd, &self.ctx.request)?.is_some() {
             self.record.cancel();
-        } else if !self.record.state.is_final {
-            logging::info(format!(
-                "stopped by signal; state {} saved, not final",
-                self.record.state.state
-            ));
+        } else if !self.record.state.is_final
+            && let Some(ended) = persist::ended_elsewhere(&self.ctx.sd, &self.ctx.request)?
+        {
+            self.record.ended_elsewhere(&ended);
         }
         Ok(())
     }

@@ -260,16 +260,23 @@ fn start_unit(systemctl: &Systemctl, unit: &str) -> Result<()> {
     Ok(())
 }
 
-/// A start that cannot be completed (the watcher or the runner did not come up): stop the
-/// watcher, which may be half up, and end the run UNKNOWN with `reason`. What fails here is
-/// reported, not returned: the caller returns the error that brought it here.
+/// A start that cannot be completed (the watcher or the runner did not come up): end the
+/// run UNKNOWN with `reason`, then stop the watcher, which may be half up. In that order,
+/// the watcher stopping finds the verdict under the state lock, keeps it and logs it at
+/// warning priority in its own journal, where `journalctl -u atvm-run-watcher@B -p warning`
+/// shows it. What fails here is reported, not returned: the caller returns the error that
+/// brought it here.
 pub fn abandon(build: &BuildName, paths: &Paths, systemctl: &Systemctl, reason: &str) {
     let unit = UnitKind::Watcher.unit(build);
+    let recorded = paths.state_dir(build).end_unstarted(reason);
     if let Err(e) = systemctl.stop(&unit) {
         logging::error(e);
     }
-    match paths.state_dir(build).end_unstarted(reason) {
-        Ok(()) => logging::error(format!("stopped {unit}; state UNKNOWN recorded")),
+    match recorded {
+        Ok(None) => logging::error(format!("stopped {unit}; state UNKNOWN recorded")),
+        Ok(Some(state)) => logging::error(format!(
+            "stopped {unit}; the run had already ended {state}, which stands (atvm-run-status --build-name {build})"
+        )),
         Err(e) => logging::error(e),
     }
 }

@@ -351,6 +351,41 @@ fn a_runner_that_cannot_start_stops_the_watcher_and_records_unknown() {
 }
 
 #[test]
+fn a_run_abandoned_by_its_start_is_unknown_at_warning_priority_in_the_watcher_s_journal() {
+    // The operator looks at `journalctl -u atvm-run-watcher@B -p warning`: the UNKNOWN the
+    // start helper records must be there, not only on the helper's stderr. This systemctl
+    // fails the runner's start once the watcher is up (it has written its first state).
+    let (mut env, hook) = setup();
+    let state = env.state_dir(B).join("state.json");
+    let systemctl = env.script(
+        "systemctl-runner-fails",
+        &format!(
+            "case \"$1 $2\" in\n  'start atvm-runner@'*)\n    while [ ! -e '{}' ]; do sleep 0.02; done\n    echo 'Job for atvm-runner@x.service failed.' >&2; exit 1 ;;\nesac\nexec '{}' \"$@\"",
+            state.display(),
+            env.systemctl.display()
+        ),
+    );
+    env.set("ATVM_SYSTEMCTL", systemctl.display().to_string());
+    start_run(&env, "true", &[])
+        .code_is(5)
+        .said("state UNKNOWN recorded");
+    env.wait_unit_inactive(WATCHER_UNIT, LONG);
+    let s = env.state(B);
+    assert_eq!(
+        (s["state"].as_str(), s["final"].as_bool()),
+        (Some("UNKNOWN"), Some(true))
+    );
+    let journal = env.unit_output(WATCHER_UNIT);
+    let warning = journal
+        .lines()
+        .find(|l| l.starts_with("<4>") && l.contains("UNKNOWN"))
+        .unwrap_or_else(|| panic!("no warning line in:\n{journal}"));
+    assert!(warning.contains("runner could not be started"), "{warning}");
+    assert!(!journal.contains("saved, not final"), "{journal}");
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
 fn a_second_start_is_refused_while_the_run_is_active() {
     let (env, _hook) = setup();
     started(&env, "sleep 60; :", &[]);
