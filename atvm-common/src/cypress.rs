@@ -18,6 +18,21 @@ use serde::{Deserialize, Serialize};
 /// than buffered without bound.
 const MAX_LINE: usize = 64 * 1024;
 
+/// A header cell, group or spec name is kept to this many bytes (the rest is cut at a
+/// character boundary): nothing real is longer, and the parser's state is checkpointed.
+pub const MAX_FIELD: usize = 1024;
+
+/// Cut `text` to [`MAX_FIELD`] bytes, on a character boundary.
+fn cap(text: &mut String) {
+    if text.len() > MAX_FIELD {
+        let mut end = MAX_FIELD;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSummary {
     pub runs: Vec<RunBlock>,
@@ -64,8 +79,11 @@ pub struct Running {
     pub total: u32,
 }
 
-/// A row of the `(Run Finished)` table.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A row of the `(Run Finished)` table. Stored compactly, as
+/// `[spec, mark, duration, tests, passed, failed, pending, skipped]`: a 2,000-spec run has
+/// 2,000 of them in the checkpoint. The object form of earlier versions still loads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "SpecRowForm")]
 pub struct SpecRow {
     pub spec: String,
     /// `✔`, `✖` or `-` (skipped).
@@ -73,6 +91,68 @@ pub struct SpecRow {
     /// `00:05`, or `SKIPPED`.
     pub duration: String,
     pub counts: Counts,
+}
+
+/// How a [`SpecRow`] is stored: the compact tuple, or the object earlier versions wrote.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SpecRowForm {
+    Compact(String, char, String, u64, u64, u64, u64, u64),
+    Object {
+        spec: String,
+        mark: char,
+        duration: String,
+        counts: Counts,
+    },
+}
+
+impl From<SpecRowForm> for SpecRow {
+    fn from(form: SpecRowForm) -> SpecRow {
+        match form {
+            SpecRowForm::Compact(spec, mark, duration, tests, passed, failed, pending, skipped) => {
+                SpecRow {
+                    spec,
+                    mark,
+                    duration,
+                    counts: Counts {
+                        tests,
+                        passed,
+                        failed,
+                        pending,
+                        skipped,
+                    },
+                }
+            }
+            SpecRowForm::Object {
+                spec,
+                mark,
+                duration,
+                counts,
+            } => SpecRow {
+                spec,
+                mark,
+                duration,
+                counts,
+            },
+        }
+    }
+}
+
+impl Serialize for SpecRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = &self.counts;
+        (
+            &self.spec,
+            self.mark,
+            &self.duration,
+            c.tests,
+            c.passed,
+            c.failed,
+            c.pending,
+            c.skipped,
+        )
+            .serialize(serializer)
+    }
 }
 
 impl SpecRow {
@@ -323,6 +403,7 @@ impl LogParser {
                 if indent == col && !trimmed.is_empty() && !trimmed.contains(' ') {
                     if let Some(cur) = self.block_mut().current.as_mut() {
                         cur.spec.push_str(trimmed);
+                        cap(&mut cur.spec);
                     }
                     self.section = Section::RunningWrap { col };
                 } else {
@@ -350,7 +431,14 @@ impl LogParser {
                 if trimmed.is_empty() {
                     self.section = Section::FinishedFooter;
                 } else if let Some(footer) = parse_footer(trimmed) {
-                    self.block_mut().footer = Some(footer);
+                    let block = self.block_mut();
+                    block.footer = Some(footer);
+                    // The summary rows name the specs now; the `Running:` list would only
+                    // repeat them in the checkpoint.
+                    let rows = &block.spec_rows;
+                    block
+                        .specs_run
+                        .retain(|s| !rows.iter().any(|r| r.spec == *s));
                 } else {
                     self.top_line(line, trimmed);
                 }
@@ -393,15 +481,14 @@ impl LogParser {
                 {
                     block.specs_run.push(prev.spec);
                 }
-                block.current = Some(Running {
-                    spec: spec.to_string(),
-                    index,
-                    total,
-                });
+                let mut spec = spec.to_string();
+                cap(&mut spec);
+                block.current = Some(Running { spec, index, total });
                 self.section = Section::RunningWrap { col };
             }
         } else if let Some(url) = trimmed.strip_prefix("Recorded Run:") {
-            let url = url.trim().to_string();
+            let mut url = url.trim().to_string();
+            cap(&mut url);
             if !url.is_empty() {
                 self.block_mut().recorded_run = Some(url);
             }
@@ -476,6 +563,9 @@ impl LogParser {
             (true, Some(existing)) => existing.push_str(&value),
             _ => *slot = Some(value),
         }
+        if let Some(text) = slot.as_mut() {
+            cap(text);
+        }
         if label == "Params" {
             block.group = block.params.as_deref().and_then(group_from_params);
         }
@@ -495,7 +585,9 @@ impl LogParser {
         if let Some(mark @ ('✔' | '✖' | '-')) = mark
             && chars.as_str().starts_with("  ")
         {
-            if let Some((spec, duration, counts)) = parse_counted(chars.as_str()) {
+            if let Some((mut spec, mut duration, counts)) = parse_counted(chars.as_str()) {
+                cap(&mut spec);
+                cap(&mut duration);
                 self.block_mut().spec_rows.push(SpecRow {
                     spec,
                     mark,
@@ -511,6 +603,7 @@ impl LogParser {
             && let Some(row) = self.block_mut().spec_rows.last_mut()
         {
             row.spec.push_str(piece);
+            cap(&mut row.spec);
         }
     }
 
@@ -668,6 +761,46 @@ mod tests {
         let mut p = LogParser::new();
         p.feed(text.as_bytes());
         p.summary().clone()
+    }
+
+    #[test]
+    fn spec_rows_are_stored_compactly_and_the_old_object_form_still_loads() {
+        let row = SpecRow {
+            spec: "cypress/e2e/login.cy.js".into(),
+            mark: '✖',
+            duration: "00:05".into(),
+            counts: Counts {
+                tests: 3,
+                passed: 1,
+                failed: 1,
+                pending: 1,
+                skipped: 0,
+            },
+        };
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(json, r#"["cypress/e2e/login.cy.js","✖","00:05",3,1,1,1,0]"#);
+        assert_eq!(serde_json::from_str::<SpecRow>(&json).unwrap(), row);
+        let old = r#"{"spec":"cypress/e2e/login.cy.js","mark":"✖","duration":"00:05",
+            "counts":{"tests":3,"passed":1,"failed":1,"pending":1,"skipped":0}}"#;
+        assert_eq!(serde_json::from_str::<SpecRow>(old).unwrap(), row);
+    }
+
+    #[test]
+    fn an_absurdly_long_cell_is_cut_wherever_the_line_breaks() {
+        let long = "é".repeat(3000);
+        let log = format!(
+            "  (Run Starting)\n  ┌──┐\n  │ Params:   Tag: false, Group: {long}, Parallel: false │\n  └──┘\n  Running:  {long}  (1 of 1)\n"
+        );
+        let whole = parse(&log);
+        let b = &whole.runs[0];
+        assert!(b.params.as_ref().unwrap().len() <= MAX_FIELD);
+        assert!(b.group.as_ref().unwrap().len() <= MAX_FIELD);
+        assert!(b.current.as_ref().unwrap().spec.len() <= MAX_FIELD);
+        let mut p = LogParser::new();
+        for chunk in log.as_bytes().chunks(7) {
+            p.feed(chunk);
+        }
+        assert_eq!(p.summary(), &whole, "the same in any chunking");
     }
 
     #[test]

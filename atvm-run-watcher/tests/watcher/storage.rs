@@ -106,7 +106,30 @@ fn a_2000_spec_run_keeps_state_json_under_8_kib() {
     assert_eq!(s["counts"]["tests"], 4000, "{s}");
     assert!(state_json_len(&p) < 8192, "{} bytes", state_json_len(&p));
     assert!(s.get("checkpoint").is_none());
-    assert!(p.state_dir(B).join("watcher/checkpoint.json").exists());
+    // The resume data is compact too: one short row per spec, each spec named once.
+    let cp = fs::read_to_string(p.state_dir(B).join("watcher/checkpoint.json")).unwrap();
+    assert!(cp.len() < 2000 * 60, "checkpoint of {} bytes", cp.len());
+    assert_eq!(cp.matches("linux/s0001.cy.js").count(), 1);
+}
+
+#[test]
+fn huge_group_names_and_cells_are_not_kept_in_full() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({"categorize": true}));
+    let log: String = (0..20)
+        .map(|g| {
+            block(
+                &format!("g{g}-{}", "x".repeat(3000)),
+                &specs(&format!("g{g}"), 2),
+            )
+        })
+        .collect();
+    start_runner(&p, &runner_printing(&p, &log));
+    assert_final(&p, &watch(&p, &["--grace-seconds", "0.2"]), "COMPLETED");
+    let cp = fs::metadata(p.state_dir(B).join("watcher/checkpoint.json")).unwrap();
+    // 20 groups × (a 3,000-byte group in Params and in the group) would be 120 KB.
+    assert!(cp.len() < 60_000, "checkpoint of {} bytes", cp.len());
+    assert_eq!(p.hook.count(), 20);
 }
 
 #[test]
