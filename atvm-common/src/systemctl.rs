@@ -4,7 +4,9 @@
 
 use crate::build_name::BuildName;
 use crate::error::{Error, Result};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The two unit templates (docs/units.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,16 +141,62 @@ impl Systemctl {
 
     pub fn is_active(&self, unit: &str) -> Result<Activity> {
         let out = self.run("is-active", &["is-active", unit], unit)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let word = stdout.split_whitespace().next().unwrap_or("").to_string();
-        Ok(match word.as_str() {
-            "active" | "activating" | "deactivating" | "reloading" | "refreshing" => {
-                Activity::Running(word)
+        Ok(activity(&out))
+    }
+
+    /// [`Systemctl::is_active`], giving up at `deadline`: a systemctl (or a wrapper script
+    /// and what it runs) still going then is killed, so that a wedged systemd leaves no
+    /// process behind a read-only view that asked it.
+    pub fn is_active_until(&self, unit: &str, deadline: Instant) -> Result<Activity> {
+        let program = &self.program;
+        let failed = |detail: String| Error::Systemctl {
+            action: "is-active",
+            unit: unit.to_string(),
+            detail,
+        };
+        let mut child = Command::new(program)
+            .args(&self.fixed_args)
+            .args(["is-active", unit])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so the kill below reaches what a wrapper started.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run {program}: {e}")))?;
+        loop {
+            if child
+                .try_wait()
+                .map_err(|e| failed(e.to_string()))?
+                .is_some()
+            {
+                let out = child
+                    .wait_with_output()
+                    .map_err(|e| failed(e.to_string()))?;
+                return Ok(activity(&out));
             }
-            "" if out.status.success() => Activity::Running("active".to_string()),
-            "" => Activity::Stopped(describe(&out)),
-            _ => Activity::Stopped(word),
-        })
+            if Instant::now() >= deadline {
+                // SAFETY: kill(2) on the child's own process group; no memory involved.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(failed("no answer in time; it was stopped".to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// What `systemctl is-active` said, reduced to [`Activity`].
+fn activity(out: &Output) -> Activity {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let word = stdout.split_whitespace().next().unwrap_or("").to_string();
+    match word.as_str() {
+        "active" | "activating" | "deactivating" | "reloading" | "refreshing" => {
+            Activity::Running(word)
+        }
+        "" if out.status.success() => Activity::Running("active".to_string()),
+        "" => Activity::Stopped(describe(out)),
+        _ => Activity::Stopped(word),
     }
 }
 

@@ -72,24 +72,38 @@ pub fn table(runs: &[RunView], with_archive: bool, columns: Option<usize>) -> St
     out
 }
 
-/// The reason, or for a run whose files could not be read, the first such error.
+/// The reason, or for a run whose files could not be read, the first such error (the
+/// cause first: the BUILD column already says which directory). A run that is not final
+/// while its watcher unit is known to be down says so first: nobody is following it.
 fn row_reason(run: &RunView) -> String {
     match run.errors.first() {
         Some(e) => {
             let file = e.path.strip_prefix(&run.dir).unwrap_or(&e.path);
-            let file = if file.as_os_str().is_empty() {
-                &run.dir
-            } else {
-                file
-            };
             let error = e
                 .error
                 .rsplit_once(" (")
                 .map_or(e.error.as_str(), |(w, _)| w);
-            clean(&format!("unreadable {}: {error}", file.display()))
+            match file.as_os_str().is_empty() {
+                true => clean(error),
+                false => clean(&format!("unreadable {}: {error}", file.display())),
+            }
         }
-        None => clean(run.reason.as_deref().unwrap_or("")),
+        None => {
+            let reason = run.reason.as_deref().unwrap_or("");
+            match unattended(run) {
+                Some(word) => clean(&format!("watcher {word}, run not final: {reason}")),
+                None => clean(reason),
+            }
+        }
     }
+}
+
+/// The watcher unit's word (`inactive`, `failed`) when the run is not final and the unit
+/// is known not to be running.
+fn unattended(run: &RunView) -> Option<&str> {
+    let word = run.watcher_unit.as_ref()?.active.as_deref()?;
+    let running = matches!(word, "active" | "activating" | "deactivating" | "reloading");
+    (run.is_final == Some(false) && !running).then_some(word)
 }
 
 /// Everything about one run, label per line.
@@ -118,8 +132,21 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     let d = run.detail.as_ref();
     line("last error", opt(d.and_then(|d| d.last_error.as_deref())));
     line("watcher unit", unit(run.watcher_unit.as_ref()));
+    if let Some(word) = unattended(run) {
+        let name = run.watcher_unit.as_ref().map_or("", |u| u.name.as_str());
+        line(
+            "attention",
+            format!(
+                "the run is not final but its watcher is {word}: see journalctl -u {name}; restart it with systemctl start {name}"
+            ),
+        );
+    }
+    let runner_unreadable = run
+        .errors
+        .iter()
+        .any(|e| e.path.ends_with("runner/status.json"));
     if let Some(d) = d {
-        runner_lines(d, now, &mut line);
+        runner_lines(d, now, runner_unreadable, &mut line);
     }
     line("state dir", run.dir.display().to_string());
     let mut text = format!("{}\n{out}", clean(&title));
@@ -155,31 +182,30 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     text
 }
 
-fn runner_lines(d: &Detail, now: Timestamp, line: &mut impl FnMut(&str, String)) {
+fn runner_lines(d: &Detail, now: Timestamp, unreadable: bool, line: &mut impl FnMut(&str, String)) {
     line("runner unit", unit(d.runner_unit.as_ref()));
-    let runner = d
-        .runner
-        .as_ref()
-        .map_or("- (no runner/status.json)".into(), |r| {
-            let mut s = format!(
-                "pid {} (command {}), started {}",
-                r.pid,
-                r.child_pid,
-                when(Some(r.started_at), now)
-            );
-            match (r.exited_at, r.exit_code, r.signal) {
-                (Some(at), Some(code), _) => s.push_str(&format!(", exited {at} with code {code}")),
-                (Some(at), None, Some(sig)) => {
-                    s.push_str(&format!(", killed {at} by signal {sig}"))
-                }
-                (Some(at), None, None) => s.push_str(&format!(", exited {at}")),
-                (None, ..) => s.push_str(", no exit recorded"),
-            }
-            if r.cancel_requested {
-                s.push_str(", cancel requested");
-            }
-            s
-        });
+    let none = match unreadable {
+        true => "- (runner/status.json cannot be read: see errors below)",
+        false => "- (no runner/status.json)",
+    };
+    let runner = d.runner.as_ref().map_or(none.into(), |r| {
+        let mut s = format!(
+            "pid {} (command {}), started {}",
+            r.pid,
+            r.child_pid,
+            when(Some(r.started_at), now)
+        );
+        match (r.exited_at, r.exit_code, r.signal) {
+            (Some(at), Some(code), _) => s.push_str(&format!(", exited {at} with code {code}")),
+            (Some(at), None, Some(sig)) => s.push_str(&format!(", killed {at} by signal {sig}")),
+            (Some(at), None, None) => s.push_str(&format!(", exited {at}")),
+            (None, ..) => s.push_str(", no exit recorded"),
+        }
+        if r.cancel_requested {
+            s.push_str(", cancel requested");
+        }
+        s
+    });
     line("runner", runner);
     line("run log", d.run_log.display().to_string());
     line("launch log", d.launch_log.display().to_string());
@@ -305,8 +331,15 @@ fn opt(s: Option<&str>) -> String {
 /// One line, no terminal control sequences.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if is_unsafe(c) { ' ' } else { c })
         .collect()
+}
+
+/// Control characters, and the invisible ones that reorder or hide what follows them on a
+/// terminal (bidirectional overrides and isolates, zero-width and BOM).
+fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// `s` cut to `max` characters, the cut marked with `…`.

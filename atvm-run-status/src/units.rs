@@ -1,8 +1,9 @@
 //! `systemctl is-active` for every unit the listing shows, bounded in time. `ATVM_SYSTEMCTL`
 //! may be missing or slow (a busy or wedged systemd answers after its D-Bus timeout): a
 //! failure or no answer within [`DEADLINE`] shows as `?` for that unit, never as a hung or
-//! failed listing. A few worker threads ask in parallel; the ones still waiting at the
-//! deadline are abandoned and end with the process (their systemctl finishes on its own).
+//! failed listing. A few worker threads ask in parallel; a systemctl still running at the
+//! deadline is killed (with whatever a wrapper script started), so a `watch atvm-run-status`
+//! loop never piles up processes.
 
 use crate::view::UnitView;
 use atvm_common::systemctl::Systemctl;
@@ -27,6 +28,8 @@ pub fn query(
     unique.dedup();
     let (tx, rx) = mpsc::channel();
     let mut answers = HashMap::new();
+    let end = Instant::now() + deadline;
+    let mut workers = Vec::new();
     for w in 0..WORKERS.min(unique.len()) {
         let mine: Vec<String> = unique.iter().skip(w).step_by(WORKERS).cloned().collect();
         let (tx, systemctl) = (tx.clone(), systemctl.clone());
@@ -34,23 +37,25 @@ pub fn query(
             .name(format!("is-active-{w}"))
             .spawn(move || {
                 for unit in mine {
-                    let view = ask(&systemctl, &unit);
+                    let view = ask(&systemctl, &unit, end);
                     if tx.send(view).is_err() {
                         return; // the listing went on without us
                     }
                 }
             });
-        if let Err(e) = spawned {
-            for unit in unique.iter().skip(w).step_by(WORKERS) {
-                answers.insert(
-                    unit.clone(),
-                    failed(unit, format!("cannot ask systemctl: {e}")),
-                );
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                for unit in unique.iter().skip(w).step_by(WORKERS) {
+                    answers.insert(
+                        unit.clone(),
+                        failed(unit, format!("cannot ask systemctl: {e}")),
+                    );
+                }
             }
         }
     }
     drop(tx);
-    let end = Instant::now() + deadline;
     while answers.len() < unique.len() {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -59,6 +64,12 @@ pub fn query(
             }
             Err(_) => break, // deadline, or every worker is done
         }
+    }
+    // Each worker kills its systemctl at the deadline and stops: wait for that, so none
+    // outlives the listing.
+    drop(rx);
+    for handle in workers {
+        let _ = handle.join();
     }
     for unit in unique {
         answers.entry(unit.clone()).or_insert_with(|| {
@@ -72,8 +83,14 @@ pub fn query(
     answers
 }
 
-fn ask(systemctl: &Systemctl, unit: &str) -> UnitView {
-    match systemctl.is_active(unit) {
+fn ask(systemctl: &Systemctl, unit: &str, end: Instant) -> UnitView {
+    if Instant::now() >= end {
+        return failed(
+            unit,
+            "not asked: systemctl did not answer in time".to_string(),
+        );
+    }
+    match systemctl.is_active_until(unit, end) {
         // `is-active` answers one lowercase word (`active`, `inactive`, `failed`, …). When
         // it printed none, the wrapper's "word" is its description of the failure instead
         // (no systemd, no bus): that is an error, not a state.

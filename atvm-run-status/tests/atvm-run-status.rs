@@ -607,6 +607,16 @@ fn a_missing_or_silent_systemctl_shows_a_question_mark() {
             .contains("did not answer within 5s"),
         "{report}"
     );
+    // ... and leaves no systemctl (nor what it ran) behind.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &slow.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 /// Is `path` locked by someone else right now?
@@ -689,6 +699,56 @@ fn it_answers_while_a_real_watcher_follows_a_run() {
         (&json!("CANCELLED"), &json!(true)),
         "{r:#}"
     );
+}
+
+#[test]
+fn a_run_nobody_follows_and_a_refused_directory_say_so_first() {
+    let env = Env::new();
+    three_runs(&env);
+    // watching-2 is not final, and its watcher unit is not running (the fake systemctl
+    // never started it): an operator must see that nobody follows it.
+    let table = stdout(&status(&env, &[]));
+    let row = table.lines().find(|l| l.starts_with("watching-2")).unwrap();
+    assert!(
+        row.contains("watcher inactive, run not final: running 2 of 3"),
+        "{row}"
+    );
+    let row = table.lines().find(|l| l.starts_with("done-1")).unwrap();
+    assert!(!row.contains("not final"), "{row}");
+    let detail = stdout(&status(&env, &["--build-name", "watching-2"]));
+    assert!(
+        detail.contains("attention      the run is not final but its watcher is inactive")
+            && detail.contains("journalctl -u atvm-run-watcher@watching-2.service"),
+        "{detail}"
+    );
+    // A build directory others can write: the cause, not the (long) path, in the table.
+    fs::set_permissions(env.state_dir("new-3"), fs::Permissions::from_mode(0o777)).unwrap();
+    let table = stdout(&status(&env, &[]));
+    let row = table.lines().find(|l| l.starts_with("new-3")).unwrap();
+    assert!(
+        row.contains("ERROR") && row.contains("refusing to use directory: writable by group"),
+        "{row}"
+    );
+}
+
+#[test]
+fn text_that_could_reorder_the_terminal_is_shown_inert() {
+    let env = Env::new();
+    let mut s = state(
+        "WATCHING",
+        false,
+        "spec \u{202E}gnp.exe \u{200B}x\u{7}",
+        5,
+        "none",
+    );
+    s["details"] = json!({"progress": "1 of 2: a\u{2066}b"});
+    run_dir(&env.state_dir(B), B, 5, json!({}), Some(s));
+    for args in [&[][..], &["--build-name", B][..]] {
+        let shown = stdout(&status(&env, args));
+        for bad in ['\u{202E}', '\u{200B}', '\u{7}', '\u{2066}'] {
+            assert!(!shown.contains(bad), "{bad:?} in:\n{shown}");
+        }
+    }
 }
 
 #[test]
