@@ -24,8 +24,13 @@ fn under_journal() -> bool {
 
 /// The exact line written for `message` at `priority`, without the newline.
 pub fn format_line(priority: u8, message: &str, journal: bool, prefixed: bool) -> String {
-    // A message must stay one line even if it quotes something with newlines.
-    let message = message.replace(['\n', '\r'], " ");
+    // A message must stay one line even if it quotes something with newlines, and text
+    // quoted from a log must not make journald store the line as binary ("blob data") or
+    // drive a terminal: control characters become spaces.
+    let message: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let mut line = String::new();
     if journal {
         line.push_str(&format!("<{priority}>"));
@@ -79,5 +84,9 @@ mod tests {
             "<3>test-prog: bad thing"
         );
         assert_eq!(format_line(6, "fine", false, false), "fine");
+        assert_eq!(
+            format_line(4, "spec a\u{8}b\u{7f}\u{1b}[31mred\tx", true, false),
+            "<4>spec a b  [31mred x"
+        );
     }
 }
