@@ -174,15 +174,21 @@ fn collect_failures(suite: &RawSuite, spec: &str, report: &mut Report) {
         } else {
             &test.full_title
         };
+        // Chai and Cypress colour their messages: the codes go, not only their ESC byte.
+        let plain = |text: &str| match text.contains('\u{1b}') {
+            true => crate::cypress::strip_ansi(text.as_bytes()),
+            false => text.to_string(),
+        };
         report.failures.push(FailedTest {
             spec: spec.to_string(),
-            full_title: title.to_string(),
-            error: message
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.is_empty())
-                .unwrap_or("")
-                .to_string(),
+            full_title: plain(title),
+            error: plain(
+                message
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or(""),
+            ),
         });
     }
     for child in &suite.suites {
@@ -273,6 +279,8 @@ pub struct Summary {
     /// All failed tests in those reports.
     pub failures_total: usize,
     pub reports: usize,
+    /// The spec paths those reports cover (so a failing spec without one can be named).
+    pub specs: Vec<String>,
 }
 
 /// Capacity of the read buffer kept between scans.
@@ -443,6 +451,11 @@ impl ReporterDir {
             }
             summary.reports += 1;
             summary.counts.add(&report.counts);
+            for spec in &report.specs {
+                if !summary.specs.contains(spec) {
+                    summary.specs.push(spec.clone());
+                }
+            }
             summary.failures_total += report.failures.len() + report.more_failures;
             let room = max_failures.saturating_sub(summary.failures.len());
             summary
@@ -527,6 +540,17 @@ mod tests {
         assert!(!set.matches("cypress/e2e/login.cy.js.bak"));
         assert!(SpecSet::new([]).is_empty());
         assert!(!SpecSet::new(["", " "]).matches("a.cy.js"));
+    }
+
+    #[test]
+    fn colour_codes_in_an_error_are_removed_whole() {
+        let doc = br#"{"stats":{"tests":1,"failures":1},"results":[{"file":"cypress/e2e/a.cy.js",
+            "suites":[{"title":"A","tests":[{"title":"t","fullTitle":"A \u001b[1mt\u001b[22m",
+            "state":"failed","err":{"message":"\u001b[31mAssertionError\u001b[39m: expected red\nstack"}}],
+            "suites":[]}]}]}"#;
+        let r = parse_report(doc).expect("report");
+        assert_eq!(r.failures[0].full_title, "A t");
+        assert_eq!(r.failures[0].error, "AssertionError: expected red");
     }
 
     #[test]

@@ -5,10 +5,10 @@
 
 use atvm_common::BuildName;
 use atvm_common::Timestamp;
-use atvm_common::cypress::RunBlock;
+use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::inventory::Vm;
-use atvm_common::mattermost::{Format, Message, Payload};
-use atvm_common::reporter::{FailedTest, Summary};
+use atvm_common::mattermost::{Format, MAX_FAILURES_SHOWN, Message, Payload};
+use atvm_common::reporter::{FailedTest, SpecSet, Summary};
 use atvm_common::state::{Request, State};
 use atvm_common::time::human_duration;
 use std::time::Duration;
@@ -63,35 +63,51 @@ pub fn compose(input: Input) -> Payload {
     Payload::build(&message, input.channel, input.format)
 }
 
-/// The failed tests to list: the reports' when they name any, else the failing specs of
-/// the log's summary table.
+/// The failed tests to list: the ones the reports name, then each failing spec of the
+/// log's summary table that no report covers (a spec whose report was never written must
+/// not vanish into "and N more"), at most [`MAX_FAILURES_SHOWN`].
 fn failures(input: &Input) -> Vec<FailedTest> {
-    if !input.reported.failures.is_empty() {
-        return input.reported.failures.clone();
+    let mut listed = input.reported.failures.clone();
+    listed.extend(unreported(input).map(|row| FailedTest {
+        spec: row.spec.clone(),
+        full_title: failing_tests(row.counts.failed),
+        error: String::new(),
+    }));
+    listed.truncate(MAX_FAILURES_SHOWN);
+    listed
+}
+
+/// `1 failing test`, `3 failing tests` (a hook failure marks a spec but counts none).
+fn failing_tests(n: u64) -> String {
+    match n {
+        0 => "failed (no test counted: a hook failed?)".to_string(),
+        1 => "1 failing test".to_string(),
+        n => format!("{n} failing tests"),
     }
+}
+
+/// The log's failing spec rows that no report of this result covers.
+fn unreported<'a>(input: &'a Input) -> impl Iterator<Item = &'a SpecRow> + 'a {
     input
         .blocks
         .iter()
         .flat_map(|b| &b.spec_rows)
         .filter(|r| r.is_failing())
-        .map(|row| FailedTest {
-            spec: row.spec.clone(),
-            full_title: format!("{} failing test(s)", row.counts.failed),
-            error: String::new(),
+        .filter(|r| {
+            let row = SpecSet::new([r.spec.as_str()]);
+            !input.reported.specs.iter().any(|s| row.matches(s))
         })
-        .collect()
 }
 
 /// How many tests failed in all: the log's summary is authoritative, the reports may know
 /// more names than the message shows.
 fn failures_total(input: &Input, listed: usize) -> usize {
-    let reported = if input.reported.failures.is_empty() {
-        listed
-    } else {
-        input.reported.failures_total
-    };
+    let unreported: usize = unreported(input)
+        .map(|r| r.counts.failed.max(1) as usize)
+        .sum();
+    let named = input.reported.failures_total + unreported;
     let in_log = input.record.counts.map_or(0, |c| c.failed as usize);
-    reported.max(in_log)
+    named.max(listed).max(in_log)
 }
 
 /// Sum of the blocks' footer durations (`MM:SS` or `H:MM:SS`), in words.
@@ -163,9 +179,61 @@ mod tests {
         let listed = failures(&i);
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].spec, "login.cy.js");
-        assert_eq!(listed[0].full_title, "2 failing test(s)");
+        assert_eq!(listed[0].full_title, "2 failing tests");
         assert_eq!(failures_total(&i, listed.len()), 2, "the log's count wins");
         assert_eq!(footer_duration(&b).as_deref(), Some("1m 32s"));
+    }
+
+    #[test]
+    fn a_failing_spec_without_a_report_is_still_named() {
+        let two = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  login.cy.js   01:02   3   1   2   -   - │\n  │ ✖  area13.cy.js   00:30   1   -   1   -   - │\n  └──┘\n    ✖  2 of 2 failed (100%)   01:32   4   1   3   -   -  \n";
+        let b = blocks(two);
+        let build = BuildName::parse("b1").expect("valid");
+        let request = Request::default();
+        let mut record = State::new("b1", "r", RunState::Failed, "2 of 2 specs failed");
+        record.counts = Some(Counts {
+            tests: 4,
+            passed: 1,
+            failed: 3,
+            ..Counts::default()
+        });
+        let mut i = input(&build, &request, &record, &b);
+        i.reported = Summary {
+            failures: vec![
+                FailedTest {
+                    spec: "cypress/e2e/login.cy.js".into(),
+                    full_title: "Login rejects a bad password".into(),
+                    error: "AssertionError".into(),
+                },
+                FailedTest {
+                    spec: "cypress/e2e/login.cy.js".into(),
+                    full_title: "Login locks the account".into(),
+                    error: "AssertionError".into(),
+                },
+            ],
+            failures_total: 2,
+            reports: 1,
+            specs: vec!["cypress/e2e/login.cy.js".into()],
+            ..Summary::default()
+        };
+        let listed = failures(&i);
+        let titles: Vec<(&str, &str)> = listed
+            .iter()
+            .map(|f| (f.spec.as_str(), f.full_title.as_str()))
+            .collect();
+        assert_eq!(
+            titles,
+            [
+                ("cypress/e2e/login.cy.js", "Login rejects a bad password"),
+                ("cypress/e2e/login.cy.js", "Login locks the account"),
+                ("area13.cy.js", "1 failing test"),
+            ]
+        );
+        assert_eq!(
+            failures_total(&i, listed.len()),
+            3,
+            "nothing left for 'and N more'"
+        );
     }
 
     #[test]

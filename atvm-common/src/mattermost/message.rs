@@ -19,7 +19,11 @@
 //!   autolinks nothing, shows no emoji and highlights no mention, and the server's mention
 //!   parser skips code nodes, so nobody is notified.
 //! - **Plain text** (`fallback`, `footer`, and `title` when it has a `title_link`): Mattermost
-//!   shows these as text and never looks for mentions in them, so the text goes in as is.
+//!   shows these as text and does not look for mentions in them today; still, an `@` that
+//!   starts a word becomes the full-width `＠` there, so `@channel` reads the same and can
+//!   never notify, whatever a client or a future server does with those fields. That is a
+//!   visible character, and an `@` inside a word, a URL or a path (`qa@example.com`,
+//!   `http://h/@x`) is left alone; nothing else changes.
 //! - A **`title` without a link** is still run through Markdown, emoji, hashtag and e-mail
 //!   linking by the web app and cannot hold code: there build and group keep letters, digits,
 //!   spaces and `._-+,/=`; anything else becomes a space, and `www.` loses its dot.
@@ -348,7 +352,7 @@ impl Content {
         if !self.reason.is_empty() {
             s.push_str(&format!(" · {}", self.reason));
         }
-        fit(&s, SUMMARY_BUDGET)
+        fit(&unmention(&s), SUMMARY_BUDGET)
     }
 
     /// The same line with every untrusted piece in code, for a Markdown field. `lead` is our
@@ -381,7 +385,7 @@ impl Content {
         if let Some(g) = &self.group {
             s.push_str(&format!(" · {}", shown(g)));
         }
-        fit(&s, TITLE_BUDGET)
+        fit(&unmention(&s), TITLE_BUDGET)
     }
 
     /// ` · start → end`, or what is known of it.
@@ -395,10 +399,8 @@ impl Content {
     }
 
     fn footer(&self) -> String {
-        fit(
-            &format!("{} · run {}{}", self.host, self.run_id, self.times()),
-            FOOTER_BUDGET,
-        )
+        let footer = format!("{} · run {}{}", self.host, self.run_id, self.times());
+        fit(&unmention(&footer), FOOTER_BUDGET)
     }
 
     fn tests_value(&self) -> Option<String> {
@@ -468,6 +470,9 @@ impl Content {
         }
         let more = self.failures_total.saturating_sub(self.failures.len());
         if more > 0 {
+            // After a blank line: right after the list it would read as part of its last
+            // entry (a lazy continuation line).
+            lines.push(String::new());
             lines.push(format!("and {more} more"));
         }
         lines.join("\n")
@@ -560,6 +565,25 @@ fn clean(text: &str, max_chars: usize) -> String {
         out.push(if blank { ' ' } else { c });
     }
     out.trim_end().to_string()
+}
+
+/// Plain `text` in which no `@` starts a word (see the module doc): such an `@` becomes
+/// `＠` (U+FF20), which no one's client treats as a mention.
+fn unmention(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut prev: Option<char> = None;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let word_start = prev.is_none_or(|p| p.is_whitespace() || "([{<\"',;!?*_~>".contains(p));
+        let names = chars.peek().is_some_and(|n| n.is_alphanumeric());
+        out.push(if c == '@' && word_start && names {
+            '＠'
+        } else {
+            c
+        });
+        prev = Some(c);
+    }
+    out
 }
 
 /// Characters `c` takes inside a JSON string.
@@ -835,7 +859,7 @@ mod tests {
         assert_eq!(
             a["text"],
             "**Failed tests:**\n- `cypress/e2e/login.cy.js › Login rejects a bad password — \
-             AssertionError: expected the error banner`\nand 1 more"
+             AssertionError: expected the error banner`\n\nand 1 more"
         );
         assert_eq!(
             a["fields"],
@@ -982,15 +1006,24 @@ mod tests {
     }
 
     #[test]
-    fn plain_parts_are_one_line_and_unchanged_otherwise() {
+    fn plain_parts_are_one_line_and_name_no_one() {
         let i = hostile();
         let p = Payload::build(&message(&i), None, Format::Attachment);
         let a = &p.attachments[0];
-        assert!(a.fallback.contains("@channel @all") && a.fallback.contains(":smile:"));
+        assert!(a.fallback.contains("＠channel ＠all") && a.fallback.contains(":smile:"));
         assert!(!a.fallback.contains('\n') && !a.fallback.contains('\u{7}'));
-        // A linked title is plain text in Mattermost: shown as is.
         assert!(a.title_link.is_some());
-        assert!(a.title.contains("@channel"), "{}", a.title);
+        assert!(a.title.contains("＠channel"), "{}", a.title);
+        for plain in [&a.fallback, &a.title, &a.footer] {
+            assert!(
+                !plain.contains("@channel") && !plain.contains("@all"),
+                "{plain}"
+            );
+        }
+        assert_eq!(
+            unmention("@here (@alice) qa@example.com http://h:8080/@x/p @ 1@2 \"@bob\""),
+            "＠here (＠alice) qa@example.com http://h:8080/@x/p @ 1@2 \"＠bob\""
+        );
     }
 
     #[test]
