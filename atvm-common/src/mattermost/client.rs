@@ -3,8 +3,9 @@
 //!
 //! - Delivered means HTTP 200 with the body `ok`; a 200 with anything else is not delivered
 //!   (a captive portal or a proxy answered) and is permanent.
-//! - Connection errors, timeouts, 408, 429 (after its `Retry-After` seconds) and 5xx are
-//!   worth retrying; every other status is permanent.
+//! - Connection errors, timeouts (a 200 whose body breaks off included: it may have been
+//!   `ok`), 408, 429 (after its `Retry-After` seconds) and 5xx are worth retrying; every
+//!   other status is permanent.
 //! - Redirects are never followed (the body would go to a host nobody configured): a 3xx is
 //!   permanent and its error names the status and the host of `Location`, nothing more.
 //! - Nothing a server says is kept except the HTTP status and the `id`, `message` and
@@ -108,12 +109,30 @@ impl Poster for Client {
         let text = if (300..400).contains(&status) {
             String::new()
         } else {
-            response
+            match response
                 .body_mut()
                 .with_config()
                 .limit(MAX_BODY)
                 .read_to_string()
-                .unwrap_or_default()
+            {
+                Ok(text) => text,
+                // Too long to be `ok` or a Mattermost error: judged as a body like any other.
+                Err(ureq::Error::BodyExceedsLimit(_)) => String::new(),
+                // A 200 whose body broke off (the connection dropped, the timeout struck)
+                // may or may not have been `ok`: that is a transport error, worth a retry,
+                // not an answer that the post was refused.
+                Err(e) if status == 200 => {
+                    return Attempt::Retry {
+                        error: format!(
+                            "HTTP 200, but the answer broke off before its end: {} ({})",
+                            cut(&self.webhook.redact(&e.to_string()), MAX_SERVER_TEXT),
+                            self.webhook.host()
+                        ),
+                        after: None,
+                    };
+                }
+                Err(_) => String::new(),
+            }
         };
         let answer = Answer {
             status,
@@ -511,6 +530,28 @@ mod tests {
                 .is_err(),
             "the redirect target got a request"
         );
+    }
+
+    #[test]
+    fn a_200_whose_body_breaks_off_is_retried_not_failed_for_good() {
+        // The server may well have posted the message: the answer was cut, not a refusal.
+        for cut_off in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\no",
+        ] {
+            let (base, seen) = one_shot(cut_off.to_string());
+            let client = Client::new(
+                Webhook::new(&format!("{base}/hooks/{KEY}")),
+                Duration::from_secs(5),
+            );
+            let a = client.attempt("{}");
+            assert!(
+                matches!(&a, Attempt::Retry { error, .. } if error.contains("HTTP 200, but the answer broke off")),
+                "{cut_off:?}: {a:?}"
+            );
+            assert!(!error_of(&a).contains(KEY));
+            assert!(seen.recv().is_ok());
+        }
     }
 
     #[test]
