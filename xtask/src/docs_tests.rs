@@ -269,6 +269,47 @@ fn links_stay_inside_the_repository() {
 }
 
 #[test]
+fn every_link_in_the_docs_the_tarball_ships_resolves_inside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = layout::stage(dir.path(), &layout::tests::fake_bins(dir.path())).unwrap();
+    let mut pages = vec![stage.join("INSTALL.md")];
+    for entry in fs::read_dir(stage.join("docs")).unwrap() {
+        pages.push(entry.unwrap().path());
+    }
+    // docs/install.md links to these; they ship with it.
+    for page in ["watcher-service.md", "automation-run-learnings.md"] {
+        assert!(
+            stage.join("docs").join(page).is_file(),
+            "{page} is not shipped"
+        );
+    }
+    let top = stage.canonicalize().unwrap();
+    for page in &pages {
+        let text = fs::read_to_string(page).unwrap();
+        for link in layout::links(&text) {
+            let file = link.target.split('#').next().unwrap();
+            if file.is_empty() || link.target.contains("://") {
+                continue;
+            }
+            let resolved = page.parent().unwrap().join(file);
+            let inside = resolved.canonicalize().is_ok_and(|p| p.starts_with(&top));
+            assert!(
+                inside,
+                "{}: the link to {} does not resolve inside the tarball",
+                page.display(),
+                link.target
+            );
+        }
+    }
+    // Links into the source tree became text naming the path.
+    let units = fs::read_to_string(stage.join("docs/units.md")).unwrap();
+    assert!(
+        units.contains("`units/tests/units.rs` (in the source repository)"),
+        "{units}"
+    );
+}
+
+#[test]
 fn the_installed_files_table_names_every_unit_and_the_enabling_link() {
     let doc = doc();
     let table: Vec<&str> = doc

@@ -9,7 +9,8 @@
 //! | path | what |
 //! |---|---|
 //! | `install` | the installer (`packaging/install.sh`), 0755 |
-//! | `INSTALL.md`, `VERSION` | `docs/install.md`; the workspace version |
+//! | `INSTALL.md`, `VERSION` | `docs/install.md` (its links pointed into `docs/`); the workspace version |
+//! | `docs/` | every page `INSTALL.md` links to, and the pages those link to (links into the source tree become plain text) |
 //! | `bin/<name>` | the binaries |
 //! | `units/<unit>.in` | the unit templates of `units::ALL` (rendered for `--prefix` by `install`) |
 //! | `share/…` | completions and man pages, as under `/usr/local/share` |
@@ -141,11 +142,7 @@ pub fn stage(parent: &Path, bins: &Path) -> Result<PathBuf> {
     let root = repo_root();
     mkdir(&dir.join("bin"))?;
     copy(&root.join(INSTALLER), &dir.join("install"), 0o755)?;
-    copy(
-        &root.join("docs/install.md"),
-        &dir.join("INSTALL.md"),
-        0o644,
-    )?;
+    stage_docs(&root.join("docs"), &dir)?;
     write(
         &dir.join("VERSION"),
         format!("{}\n", workspace_version()?).as_bytes(),
@@ -176,6 +173,118 @@ pub fn stage(parent: &Path, bins: &Path) -> Result<PathBuf> {
         0o644,
     )?;
     Ok(dir)
+}
+
+/// The pages of `docs` that ship: `install.md` and every page reachable from it by relative
+/// links, in link order.
+fn shipped_pages(docs: &Path) -> Result<Vec<String>> {
+    let mut pages = vec!["install.md".to_string()];
+    let mut i = 0;
+    while i < pages.len() {
+        let text = fs::read_to_string(docs.join(&pages[i]))
+            .map_err(|e| format!("cannot read docs/{}: {e}", pages[i]))?;
+        for link in links(&text) {
+            let file = link.target.split('#').next().unwrap_or_default();
+            if is_page(docs, file) && !pages.iter().any(|p| p == file) {
+                pages.push(file.to_string());
+            }
+        }
+        i += 1;
+    }
+    Ok(pages)
+}
+
+/// `file` is a page of `docs` itself (not a path into the rest of the repository).
+fn is_page(docs: &Path, file: &str) -> bool {
+    !file.is_empty()
+        && !file.contains('/')
+        && !file.contains("://")
+        && file.ends_with(".md")
+        && docs.join(file).is_file()
+}
+
+/// A Markdown link `[text](target)`: its byte range in the page, its text and its target.
+pub struct Link<'a> {
+    pub range: std::ops::Range<usize>,
+    pub text: &'a str,
+    pub target: &'a str,
+}
+
+/// The inline links of a Markdown page (`[text](target)`, text without brackets).
+pub fn links(page: &str) -> Vec<Link<'_>> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(open) = page[from..].find('[').map(|i| from + i) {
+        from = open + 1;
+        let Some(close) = page[open..].find(']').map(|i| open + i) else {
+            break;
+        };
+        let text = &page[open + 1..close];
+        if text.contains('[') || !page[close..].starts_with("](") {
+            continue;
+        }
+        let Some(end) = page[close + 2..].find(')').map(|i| close + 2 + i) else {
+            break;
+        };
+        out.push(Link {
+            range: open..end + 1,
+            text,
+            target: &page[close + 2..end],
+        });
+        from = end + 1;
+    }
+    out
+}
+
+/// `page` with each link's target changed by `f`: `Some(target)` keeps a link, `None` turns it
+/// into its text, marked as a path of the source repository.
+fn rewrite_links(page: &str, f: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut last = 0;
+    for link in links(page) {
+        out.push_str(&page[last..link.range.start]);
+        match f(link.target) {
+            Some(target) => out.push_str(&format!("[{}]({target})", link.text)),
+            None => out.push_str(&format!("{} (in the source repository)", link.text)),
+        }
+        last = link.range.end;
+    }
+    out.push_str(&page[last..]);
+    out
+}
+
+/// `INSTALL.md` at the top of `dir` and the pages it reaches in `dir/docs/`, with every link
+/// resolving inside the tarball (docs/install.md's links lead to `docs/…` from the top).
+fn stage_docs(docs: &Path, dir: &Path) -> Result {
+    let pages = shipped_pages(docs)?;
+    let local = |target: &str| -> Option<String> {
+        let file = target.split('#').next().unwrap_or_default();
+        if file.is_empty() || target.contains("://") || pages.iter().any(|p| p == file) {
+            Some(target.to_string())
+        } else {
+            None
+        }
+    };
+    mkdir(&dir.join("docs"))?;
+    for page in &pages {
+        let text = fs::read_to_string(docs.join(page))
+            .map_err(|e| format!("cannot read docs/{page}: {e}"))?;
+        write(
+            &dir.join("docs").join(page),
+            rewrite_links(&text, local).as_bytes(),
+            0o644,
+        )?;
+    }
+    let install = fs::read_to_string(docs.join("install.md"))
+        .map_err(|e| format!("cannot read docs/install.md: {e}"))?;
+    let top = rewrite_links(&install, |target| {
+        let file = target.split('#').next().unwrap_or_default();
+        match local(target) {
+            Some(t) if !file.is_empty() && !t.contains("://") => Some(format!("docs/{t}")),
+            other => other,
+        }
+    });
+    write(&dir.join("INSTALL.md"), top.as_bytes(), 0o644)
 }
 
 /// The installer `script` for `destdir` (none: the controller itself) and `prefix`. The
