@@ -234,6 +234,9 @@ pub fn check_migrated(dest: &Path, stdout: &str) -> (PathBuf, PathBuf) {
 
     let kept_units = only_stamp(&dest.join("etc/systemd/system.replaced"));
     assert_eq!(kept_units.file_name(), kept.file_name());
+    // Old unit files may carry Environment=MATTERMOST_ATVM_WEBHOOK=…: the copies are root's.
+    assert_eq!(mode(&kept), 0o700, "{}", kept.display());
+    assert_eq!(mode(&kept_units), 0o700, "{}", kept_units.display());
     for unit in units::ALL {
         let p = dest.join(UNITS).join(unit.name);
         assert_eq!(mode(&p), 0o644);
@@ -287,10 +290,12 @@ pub fn check_migrated(dest: &Path, stdout: &str) -> (PathBuf, PathBuf) {
         .output()
         .unwrap();
     check.succeeds();
-    // No temp file or backup is left behind.
+    // No temp file, backup or journal is left behind.
     let leftovers: Vec<_> = snapshot(dest)
         .into_keys()
-        .filter(|p| p.ends_with(".atvm-new") || p.ends_with(".atvm-old"))
+        .filter(|p| {
+            p.ends_with(".atvm-new") || p.ends_with(".atvm-old") || p.contains(".install-journal")
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     (kept, kept_units)
@@ -461,6 +466,7 @@ fn units_that_ask_to_be_enabled_get_the_link_systemctl_enable_makes() {
         "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
     )
     .unwrap();
+    layout::write_checksums(&stage).unwrap();
     let install = |extra: &[&str]| {
         let mut cmd = layout::installer(
             &stage.join("install"),
@@ -516,7 +522,7 @@ fn everything_in_the_way_is_reported_at_once_and_nothing_is_written() {
     let out = xtask_install(dir.path(), &dest);
     out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nothing was written"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
     assert!(
         err.contains("start-atvm-run is in the way: a directory"),
         "{err}"
@@ -612,11 +618,10 @@ fn an_unwritable_unit_directory_stops_the_install_before_any_write() {
     );
     out.code_is(1);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(&format!("cannot write in {}", units.display())),
-        "{err}"
-    );
-    assert!(err.contains("nothing was written"), "{err}");
+    // Three units and the resume unit's enable link all go there: one line says so.
+    let line = format!("cannot write in {}\n", units.display());
+    assert_eq!(err.matches(&line).count(), 1, "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
     check_old_install_intact(&dest, &before);
 }
 
@@ -692,4 +697,740 @@ fn the_installer_passes_shellcheck() {
         Ok(out) => assert!(out.status.success(), "{}", text(&out)),
         Err(e) => eprintln!("skipped: no shellcheck ({e})"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Interruptions, concurrent runs, a full disk, a damaged payload: the old install is whole
+// again, or the new one complete, never a mix that stays.
+// ---------------------------------------------------------------------------------------
+
+/// A staged tree (what `cargo xtask install` runs) built from stand-in binaries.
+fn staged(dir: &Path) -> PathBuf {
+    layout::stage(dir, &layout::tests::fake_bins(dir)).unwrap()
+}
+
+/// The staged installer for `dest`, with `args`.
+fn installer_at(stage: &Path, dest: &Path, args: &[&str]) -> Command {
+    let mut cmd = layout::installer(
+        &stage.join("install"),
+        Some(dest),
+        Path::new(DEFAULT_PREFIX),
+    );
+    cmd.args(args);
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// An installer stopped at one of its test pause points (`ATVM_INSTALL_TEST_PAUSE`): it has
+/// written `<pause>/reached` and waits for `<pause>/go`.
+struct Paused {
+    child: std::process::Child,
+    pause: PathBuf,
+}
+
+impl Paused {
+    fn start(mut cmd: Command, point: &str, scratch: &Path) -> Paused {
+        let pause = scratch.join(format!("pause-{}", point.replace(':', "-")));
+        if pause.exists() {
+            fs::remove_dir_all(&pause).unwrap();
+        }
+        fs::create_dir_all(&pause).unwrap();
+        let mut child = cmd
+            .env("ATVM_INSTALL_TEST_PAUSE", point)
+            .env("ATVM_INSTALL_TEST_PAUSE_DIR", &pause)
+            .stdout(fs::File::create(pause.join("stdout")).unwrap())
+            .stderr(fs::File::create(pause.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !pause.join("reached").exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the installer never reached {point}: {status}\n{}{}",
+                    fs::read_to_string(pause.join("stdout")).unwrap(),
+                    fs::read_to_string(pause.join("stderr")).unwrap()
+                );
+            }
+            assert!(std::time::Instant::now() < deadline, "{point}: timed out");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Paused { child, pause }
+    }
+
+    /// SIGKILL: nothing of the installer runs any more, no trap, no cleanup.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM (trapped), then its output once it has exited.
+    fn terminate(self) -> Output {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.finish()
+    }
+
+    /// Let it go on; its output once it has exited.
+    fn resume(self) -> Output {
+        fs::write(self.pause.join("go"), "").unwrap();
+        self.finish()
+    }
+
+    fn finish(mut self) -> Output {
+        let status = self.child.wait().unwrap();
+        Output {
+            status,
+            stdout: fs::read(self.pause.join("stdout")).unwrap(),
+            stderr: fs::read(self.pause.join("stderr")).unwrap(),
+        }
+    }
+}
+
+/// `snapshot`, with each `.replaced` timestamp directory named `<stamp>`: two installs at
+/// different times compare equal when they left the same files.
+fn snapshot_unstamped(dir: &Path) -> BTreeMap<String, String> {
+    snapshot(dir)
+        .into_iter()
+        .map(|(path, what)| {
+            let path = path
+                .split('/')
+                .map(|c| {
+                    let b = c.as_bytes();
+                    if c.len() >= 16
+                        && b[8] == b'T'
+                        && b[15] == b'Z'
+                        && c[..8].bytes().all(|x| x.is_ascii_digit())
+                    {
+                        "<stamp>"
+                    } else {
+                        c
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            (path, what)
+        })
+        .collect()
+}
+
+fn journal(dest: &Path) -> PathBuf {
+    dest.join(ROOT).join(".install-journal")
+}
+
+/// What a clean, uninterrupted install over the old install leaves (stamps unnamed).
+fn reference_install(dir: &Path, stage: &Path) -> BTreeMap<String, String> {
+    let dest = dir.join("reference");
+    old_install(&dest);
+    succeeded(run(installer_at(stage, &dest, &[])));
+    snapshot_unstamped(&dest)
+}
+
+/// Kill the installer at `point` over a fresh old install; `./install --recover` must then
+/// leave the old install exactly (`finished` false) or the complete new one (true), and a
+/// following `./install` the complete new install with one `.replaced` stamp.
+fn killed_at(
+    dir: &Path,
+    stage: &Path,
+    reference: &BTreeMap<String, String>,
+    point: &str,
+    finished: bool,
+) {
+    let dest = dir.join(format!("dest-{}", point.replace(':', "-")));
+    old_install(&dest);
+    let before = snapshot(&dest);
+    Paused::start(installer_at(stage, &dest, &[]), point, dir).kill();
+    // The kill left work behind (a journal at least): this is what recovery is for.
+    assert!(
+        journal(&dest).is_dir(),
+        "{point}: no journal after the kill"
+    );
+    assert_ne!(before, snapshot(&dest), "{point}");
+
+    let recovered = run(installer_at(stage, &dest, &["--recover"]));
+    recovered
+        .succeeds()
+        .said("an earlier install here was interrupted");
+    if finished {
+        recovered.said("it had put every file in place");
+        assert_eq!(
+            reference,
+            &snapshot_unstamped(&dest),
+            "{point}: not the complete install"
+        );
+    } else {
+        assert_eq!(
+            before,
+            snapshot(&dest),
+            "{point}: not the old install as it was"
+        );
+    }
+    let again = run(installer_at(stage, &dest, &[]));
+    again.succeeds().never_said("interrupted");
+    let said = stdout(&recovered) + &stdout(&again);
+    check_migrated(&dest, &said);
+    assert_eq!(reference, &snapshot_unstamped(&dest), "{point}");
+}
+
+#[test]
+fn a_kill_before_the_commit_is_rolled_back_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let reference = reference_install(dir.path(), &stage);
+    for point in ["checked", "stage:3", "stage:40", "staged"] {
+        killed_at(dir.path(), &stage, &reference, point, false);
+    }
+}
+
+#[test]
+fn a_kill_during_the_commit_is_rolled_back_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let reference = reference_install(dir.path(), &stage);
+    // The first rename; the binaries and .sh links in place but not the units (the old
+    // runner unit would run the new run-atvm-runner.sh); everything but the manifest.
+    for point in ["commit:1", "commit:16", "commit:56"] {
+        killed_at(dir.path(), &stage, &reference, point, false);
+    }
+}
+
+#[test]
+fn a_kill_after_the_commit_is_finished_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let reference = reference_install(dir.path(), &stage);
+    for point in ["committed", "cleanup:5"] {
+        killed_at(dir.path(), &stage, &reference, point, true);
+    }
+}
+
+#[test]
+fn after_a_kill_a_plain_install_gives_the_complete_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let reference = reference_install(dir.path(), &stage);
+    for point in ["commit:16", "committed"] {
+        let dest = dir.path().join(format!("dest-{}", point.replace(':', "-")));
+        old_install(&dest);
+        Paused::start(installer_at(&stage, &dest, &[]), point, dir.path()).kill();
+        // The mix a kill in the commit leaves: new .sh links over old units.
+        if point == "commit:16" {
+            assert!(fs::read_link(dest.join(ROOT).join("run-atvm-runner.sh")).is_ok());
+            assert_eq!(
+                fs::read_to_string(dest.join(UNITS).join("atvm-runner@.service")).unwrap(),
+                old_unit("atvm-runner@.service")
+            );
+        }
+        let out = run(installer_at(&stage, &dest, &[]));
+        out.succeeds()
+            .said("an earlier install here was interrupted");
+        check_migrated(&dest, &stdout(&out));
+        assert_eq!(reference, snapshot_unstamped(&dest), "{point}");
+        // §6's rollback finds the whole old install in the one .replaced stamp.
+        let kept = only_stamp(&dest.join(ROOT).join(".replaced"));
+        for name in OLD_SCRIPTS {
+            assert_eq!(
+                fs::read_to_string(kept.join(format!("{name}.sh"))).unwrap(),
+                old_script(name)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_recovery_that_is_killed_is_finished_by_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let before = snapshot(&dest);
+    Paused::start(installer_at(&stage, &dest, &[]), "commit:30", dir.path()).kill();
+    for point in ["recover:10", "recover:40"] {
+        Paused::start(
+            installer_at(&stage, &dest, &["--recover"]),
+            point,
+            dir.path(),
+        )
+        .kill();
+        assert!(journal(&dest).is_dir());
+    }
+    run(installer_at(&stage, &dest, &["--recover"]))
+        .succeeds()
+        .said("put the previous install back");
+    assert_eq!(before, snapshot(&dest));
+    run(installer_at(&stage, &dest, &["--recover"]))
+        .succeeds()
+        .said("nothing to recover");
+}
+
+#[test]
+fn a_terminated_install_puts_the_old_install_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let before = snapshot(&dest);
+    let out = Paused::start(installer_at(&stage, &dest, &[]), "commit:16", dir.path()).terminate();
+    out.code_is(1)
+        .said("interrupted; the previous install was put back; nothing was changed");
+    assert_eq!(before, snapshot(&dest));
+}
+
+#[test]
+fn a_second_run_meanwhile_refuses_at_once_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let first = Paused::start(installer_at(&stage, &dest, &[]), "staged", dir.path());
+    let during = snapshot(&dest);
+    for args in [&[][..], &["--uninstall"], &["--recover"]] {
+        let out = run(installer_at(&stage, &dest, args));
+        out.code_is(4)
+            .said("another ./install (or --uninstall, --recover) is running")
+            .never_said("put back");
+        assert_eq!(during, snapshot(&dest), "{args:?} changed something");
+    }
+    let out = first.resume();
+    check_migrated(&dest, &succeeded(out));
+}
+
+/// Run `script` (sh, with `$W` = `work`) in a private mount namespace.
+fn in_namespace(script: &str, work: &Path) -> Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("W", work)
+        .env_remove("DESTDIR")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_anywhere_leaves_the_old_install_or_the_complete_new_one() {
+    if let Some(why) = cannot_unshare() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let stage = staged(work);
+    old_install(&work.join("old"));
+    let old = snapshot(&work.join("old"));
+    // The destination is a tmpfs with room for N inodes (each file, directory, temp and
+    // symlink takes one); TMPDIR is a full one, which the installer must not need.
+    let sizes: Vec<u32> = (30..=125).step_by(7).collect();
+    let list: Vec<String> = sizes.iter().map(u32::to_string).collect();
+    let script = format!(
+        r#"set -u
+mkdir -p "$W/full" "$W/d"
+mount -t tmpfs -o size=4k,nr_inodes=3 tmpfs "$W/full" && : >"$W/full/x" || exit 90
+for n in {sizes}; do
+    mount -t tmpfs -o size=8m,nr_inodes=$n tmpfs "$W/d" || exit 91
+    if cp -a "$W/old/." "$W/d/" 2>/dev/null; then
+        TMPDIR="$W/full" '{install}' --destdir "$W/d" >"$W/out-$n" 2>"$W/err-$n"
+        echo $? >"$W/rc-$n"
+        mkdir "$W/res-$n" && cp -a "$W/d/." "$W/res-$n/"
+    fi
+    umount "$W/d"
+done"#,
+        sizes = list.join(" "),
+        install = stage.join("install").display()
+    );
+    in_namespace(&script, work).succeeds();
+    let d = work.join("d").display().to_string();
+    let (mut complete, mut rolled_back) = (0, 0);
+    for n in &list {
+        let Ok(rc) = fs::read_to_string(work.join(format!("rc-{n}"))) else {
+            continue; // the old install itself did not fit
+        };
+        let res = work.join(format!("res-{n}"));
+        let out = fs::read_to_string(work.join(format!("out-{n}"))).unwrap();
+        let err = fs::read_to_string(work.join(format!("err-{n}"))).unwrap();
+        let said = format!("{n} inodes: rc {rc}{out}{err}");
+        match rc.trim() {
+            "0" => {
+                check_migrated(&res, &out.replace(&d, &res.display().to_string()));
+                complete += 1;
+            }
+            "1" => {
+                assert!(err.contains("nothing was changed"), "{said}");
+                assert!(!err.contains("could not"), "{said}");
+                assert_eq!(old, snapshot(&res), "{said}");
+                rolled_back += 1;
+            }
+            _ => panic!("{said}"),
+        }
+    }
+    assert!(
+        complete > 0 && rolled_back > 2,
+        "{complete} complete, {rolled_back} rolled back"
+    );
+}
+
+#[test]
+fn a_disk_that_fills_up_at_any_step_leaves_the_old_install_or_the_complete_new_one() {
+    if let Some(why) = cannot_unshare() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let stage = staged(work);
+    old_install(&work.join("old"));
+    let old = snapshot(&work.join("old"));
+    // Stopped at each point, the destination (a tmpfs) is filled to the last page; the next
+    // write fails: the journal's plan, a temp, a journal record of a new directory (the first
+    // kept copy's, after stage:5), the phase.
+    let points = [
+        "checked",
+        "stage:1",
+        "stage:5",
+        "stage:30",
+        "staged",
+        "commit:40",
+        "committed",
+    ];
+    let script = format!(
+        r#"set -u
+mkdir -p "$W/d"
+for point in {points}; do
+    mount -t tmpfs -o size=2m tmpfs "$W/d" && cp -a "$W/old/." "$W/d/" || exit 91
+    p="$W/p-$point"
+    mkdir -p "$p"
+    ATVM_INSTALL_TEST_PAUSE=$point ATVM_INSTALL_TEST_PAUSE_DIR=$p \
+        '{install}' --destdir "$W/d" >"$W/out-$point" 2>"$W/err-$point" &
+    pid=$!
+    while [ ! -e "$p/reached" ] && kill -0 $pid 2>/dev/null; do sleep 0.01; done
+    dd if=/dev/zero of="$W/d/.fill" bs=4k 2>/dev/null
+    : >"$p/go"
+    wait $pid
+    echo $? >"$W/rc-$point"
+    rm -f "$W/d/.fill"
+    mkdir "$W/res-$point" && cp -a "$W/d/." "$W/res-$point/"
+    umount "$W/d"
+done"#,
+        points = points.join(" "),
+        install = stage.join("install").display()
+    );
+    in_namespace(&script, work).succeeds();
+    let d = work.join("d").display().to_string();
+    for point in points {
+        let rc = fs::read_to_string(work.join(format!("rc-{point}"))).unwrap();
+        let res = work.join(format!("res-{point}"));
+        let out = fs::read_to_string(work.join(format!("out-{point}"))).unwrap();
+        let err = fs::read_to_string(work.join(format!("err-{point}"))).unwrap();
+        let said = format!("full at {point}: rc {rc}{out}{err}");
+        if point == "committed" {
+            // Every file was in place: what is left (removing backups) needs no space.
+            assert_eq!(rc.trim(), "0", "{said}");
+            check_migrated(&res, &out.replace(&d, &res.display().to_string()));
+        } else {
+            assert_eq!(rc.trim(), "1", "{said}");
+            assert!(err.contains("nothing was changed"), "{said}");
+            assert!(!err.contains("could not"), "{said}");
+            assert_eq!(old, snapshot(&res), "{said}");
+        }
+    }
+}
+
+#[test]
+fn an_incomplete_or_changed_payload_is_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let unpacked = unpacked_tarball(dir.path());
+    let cases: [(&str, &str); 4] = [
+        ("bin/atvm-run-watcher", "is missing (SHA256SUMS lists it)"),
+        (
+            "units/atvm-runner@.service.in",
+            "is missing (SHA256SUMS lists it)",
+        ),
+        (
+            "share/man/man1/start-atvm-run.1",
+            "is not the file SHA256SUMS lists",
+        ),
+        ("SHA256SUMS", "SHA256SUMS is missing"),
+    ];
+    for (i, (file, why)) in cases.iter().enumerate() {
+        let copy = dir.path().join(format!("payload-{i}"));
+        Command::new("cp")
+            .arg("-a")
+            .arg(&unpacked)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        if why.contains("not the file") {
+            let mut text = fs::read(copy.join(file)).unwrap();
+            text.extend_from_slice(b"changed\n");
+            fs::write(copy.join(file), text).unwrap();
+        } else {
+            fs::remove_file(copy.join(file)).unwrap();
+        }
+        let dest = dir.path().join(format!("dest-{i}"));
+        old_install(&dest);
+        let before = snapshot(&dest);
+        let out = tarball_install(&copy, &["--destdir", dest.to_str().unwrap()]);
+        out.code_is(1).said("nothing was changed");
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{}", copy.join(file).display())) && err.contains(why),
+            "{err}"
+        );
+        assert_eq!(before, snapshot(&dest), "{file}");
+    }
+}
+
+#[test]
+fn a_package_root_mounted_noexec_is_found_before_any_write() {
+    if let Some(why) = cannot_unshare() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let stage = staged(dir.path());
+    let before = snapshot(&dest);
+    let root = dest.join(ROOT);
+    let out = install_after_mount(
+        &stage,
+        &dest,
+        "mount --bind \"$T\" \"$T\"; mount -o remount,bind,noexec \"$T\"",
+        &root,
+    );
+    out.code_is(1)
+        .said(&format!("programs cannot run from {}", root.display()))
+        .said("noexec")
+        .said("nothing was changed");
+    check_old_install_intact(&dest, &before);
+}
+
+#[test]
+fn a_kept_copies_directory_that_is_a_link_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    for link in [
+        format!("{ROOT}/.replaced"),
+        "etc/systemd/system.replaced".to_string(),
+    ] {
+        let dest = dir.path().join("dest");
+        if dest.exists() {
+            fs::remove_dir_all(&dest).unwrap();
+        }
+        old_install(&dest);
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join(&link)).unwrap();
+        let before = snapshot(&dest);
+        let out = run(installer_at(&stage, &dest, &[]));
+        out.code_is(1)
+            .said(&format!(
+                "{} is a symbolic link",
+                dest.join(&link).display()
+            ))
+            .said("nothing was changed");
+        assert_eq!(before, snapshot(&dest));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{link}");
+    }
+}
+
+#[test]
+fn an_env_file_others_can_read_is_kept_with_a_warning_saying_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let env = dest.join(ENV);
+    fs::set_permissions(&env, fs::Permissions::from_mode(0o644)).unwrap();
+    let as_root = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) == 0;
+    if as_root {
+        Command::new("chown")
+            .arg("1234:1234")
+            .arg(&env)
+            .status()
+            .unwrap();
+    }
+    let out = run(installer_at(&stage, &dest, &[]));
+    out.succeeds()
+        .said(&format!("kept {} (never overwritten)", env.display()))
+        .said(&format!("chmod 0600 {}", env.display()));
+    if as_root {
+        out.said(&format!("chown root:root {}", env.display()));
+        assert_eq!(fs::metadata(&env).unwrap().uid(), 1234);
+    }
+    assert_eq!(mode(&env), 0o644);
+    assert_eq!(fs::read_to_string(&env).unwrap(), ENV_TEXT);
+    // A private one says nothing.
+    fs::set_permissions(&env, fs::Permissions::from_mode(0o600)).unwrap();
+    if as_root {
+        Command::new("chown").arg("0:0").arg(&env).status().unwrap();
+    }
+    run(installer_at(&stage, &dest, &[]))
+        .succeeds()
+        .never_said("warning");
+}
+
+#[test]
+fn kept_copies_others_can_read_from_an_older_install_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let dest = dir.path().join("dest");
+    old_install(&dest);
+    let older = dest.join(ROOT).join(".replaced/20250101T000000Z");
+    write(
+        &older.join("atvm-run-watcher@.service"),
+        "Environment=MATTERMOST_ATVM_WEBHOOK=x\n",
+        0o644,
+    );
+    fs::set_permissions(older.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    run(installer_at(&stage, &dest, &[]))
+        .succeeds()
+        .said(&format!(
+            "chmod 0700 {}",
+            dest.join(ROOT).join(".replaced").display()
+        ));
+}
+
+#[test]
+fn every_tool_it_needs_is_checked_before_the_first_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    // Everything of /usr/bin and /bin but rm, mkdir, dirname and flock.
+    let tools = dir.path().join("tools");
+    fs::create_dir_all(&tools).unwrap();
+    let missing = ["rm", "mkdir", "dirname", "flock"];
+    for bin in ["/usr/bin", "/bin"] {
+        for entry in fs::read_dir(bin).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            let link = tools.join(&name);
+            if !missing.contains(&name.to_str().unwrap_or_default()) && !link.exists() {
+                std::os::unix::fs::symlink(entry.path(), link).unwrap();
+            }
+        }
+    }
+    let dest = dir.path().join("dest");
+    for path in [tools.display().to_string(), String::new()] {
+        let out = Command::new("/bin/sh")
+            .arg(stage.join("install"))
+            .arg("--destdir")
+            .arg(&dest)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        out.code_is(1)
+            .said("nothing was changed")
+            .never_said("not found");
+        let err = stderr(&out);
+        for tool in missing {
+            let line = format!("the {tool} command is missing\n");
+            assert_eq!(err.matches(&line).count(), 1, "{tool}: {err}");
+        }
+        if path.is_empty() {
+            assert!(err.contains("the sha256sum command is missing"), "{err}");
+        }
+        assert!(!dest.exists(), "PATH={path}: something was written");
+    }
+}
+
+#[test]
+fn a_relative_destdir_is_shown_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let sub = dir.path().join("sub");
+    fs::create_dir_all(&sub).unwrap();
+    let out = Command::new(stage.join("install"))
+        .arg("--destdir=../dest/./")
+        .current_dir(&sub)
+        .env_remove("DESTDIR")
+        .output()
+        .unwrap();
+    out.succeeds()
+        .said(&format!(
+            "staging root {} (",
+            dir.path().join("dest").display()
+        ))
+        .never_said("/../")
+        .never_said("/./");
+}
+
+/// Run `program args` with `env` in a private mount namespace whose `/` is read-only: a
+/// test of what must be refused can then never change this machine, whatever the installer
+/// does.
+fn on_a_readonly_root(program: &Path, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -o remount,bind,ro / && exec \"$0\" \"$@\"")
+        .arg(program)
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("DESTDIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_destdir_that_is_the_root_or_comes_from_the_environment_is_refused() {
+    if let Some(why) = cannot_unshare() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stage = staged(dir.path());
+    let install = stage.join("install");
+    let rehearsal = dir.path().join("rehearsal");
+    let to_root = dir.path().join("to-root");
+    std::os::unix::fs::symlink("/", &to_root).unwrap();
+    let to_root = to_root.to_str().unwrap();
+    // A rehearsal's `export DESTDIR=…` left in the shell: refused, never a staging install
+    // (nor, for a packager's DESTDIR, a real one).
+    for args in [&[][..], &["--uninstall"], &["--recover"]] {
+        on_a_readonly_root(
+            &install,
+            args,
+            &[("DESTDIR", rehearsal.to_str().unwrap())],
+            dir.path(),
+        )
+        .code_is(2)
+        .said("DESTDIR is set")
+        .said("only with --destdir");
+    }
+    assert!(!rehearsal.exists());
+    for args in [
+        &["--destdir", "/"][..],
+        &["--destdir", "//"],
+        &["--destdir=/tmp/.."],
+        &["--destdir", to_root],
+        &["--uninstall", "--destdir", "/"],
+    ] {
+        on_a_readonly_root(&install, args, &[], dir.path())
+            .code_is(2)
+            .said("--destdir must be a staging root other than /");
+    }
+    for args in [&["--destdir", ""][..], &["--destdir="]] {
+        on_a_readonly_root(&install, args, &[], dir.path())
+            .code_is(2)
+            .said("--destdir needs a directory");
+    }
+    // With --destdir, a DESTDIR in the environment is not read.
+    let dest = dir.path().join("dest");
+    let out = Command::new(&install)
+        .arg("--destdir")
+        .arg(&dest)
+        .env("DESTDIR", &rehearsal)
+        .output()
+        .unwrap();
+    out.succeeds();
+    assert!(dest.join(ROOT).join("start-atvm-run").is_file());
+    assert!(!rehearsal.exists());
 }

@@ -15,6 +15,7 @@
 //! | `units/<unit>.in` | the unit templates of `units::ALL` (rendered for `--prefix` by `install`) |
 //! | `share/…` | completions and man pages, as under `/usr/local/share` |
 //! | `examples/` | `vm-inventory.md.example`, `atvm-run-watcher.env.example` |
+//! | `SHA256SUMS` | every other file with its hash (`sha256sum -c` format): the payload the installer checks, and installs, before it changes anything |
 
 use crate::Result;
 use std::fs;
@@ -172,7 +173,52 @@ pub fn stage(parent: &Path, bins: &Path) -> Result<PathBuf> {
         &dir.join("examples").join(ENV_EXAMPLE),
         0o644,
     )?;
+    write_checksums(&dir)?;
     Ok(dir)
+}
+
+/// The name of the payload list in the staged tree.
+pub const CHECKSUMS: &str = "SHA256SUMS";
+
+/// Write `<dir>/SHA256SUMS`: every file under `dir` but itself, sorted, in `sha256sum` format.
+/// The installer installs what it lists and refuses a payload that does not match it (a file
+/// missing from the unpacked tarball, or changed). Call it again after changing a staged tree.
+pub fn write_checksums(dir: &Path) -> Result {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result {
+        let entries =
+            fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                walk(base, &path, out)?;
+            } else if let Ok(rel) = path.strip_prefix(base) {
+                let rel = rel.to_string_lossy().to_string();
+                if rel != CHECKSUMS {
+                    out.push(rel);
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let out = Command::new("sha256sum")
+        .arg("--")
+        .args(&files)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run sha256sum: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sha256sum failed in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    write(&dir.join(CHECKSUMS), &out.stdout, 0o644)
 }
 
 /// The pages of `docs` that ship: `install.md` and every page reachable from it by relative
@@ -288,11 +334,12 @@ fn stage_docs(docs: &Path, dir: &Path) -> Result {
 }
 
 /// The installer `script` for `destdir` (none: the controller itself) and `prefix`. The
-/// script also honours a `DESTDIR` environment variable; xtask's `--destdir` is the only way
-/// in here, so a stray `DESTDIR` in the caller's shell cannot redirect a real install.
+/// script takes a staging root only from `--destdir`, and refuses to run when `DESTDIR` is set
+/// without it: so a stray `DESTDIR` in the caller's shell never silently turns
+/// `cargo xtask install` into a real install, nor a real one into a staging install.
 pub fn installer(script: &Path, destdir: Option<&Path>, prefix: &Path) -> Command {
     let mut cmd = Command::new(script);
-    cmd.env_remove("DESTDIR").arg("--prefix").arg(prefix);
+    cmd.arg("--prefix").arg(prefix);
     if let Some(d) = destdir {
         cmd.arg("--destdir").arg(d);
     }
