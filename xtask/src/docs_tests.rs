@@ -186,7 +186,8 @@ fn the_old_to_new_table_names_every_binary_with_all_its_flags() {
     assert!(doc.contains("`python3 atvm_run_watcher.py --help`"));
 }
 
-/// `"ATVM_…"` and `"MATTERMOST_ATVM_…"` string literals in the Rust files under `dir`.
+/// `"ATVM_…"` and `"MATTERMOST_ATVM_…"` string literals in the Rust files under `dir`, and
+/// every other variable read by name (`var("…")`, `var_os("…")`: `JOURNAL_STREAM`, say).
 fn variables_in(dir: &Path, found: &mut Vec<String>) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -194,13 +195,13 @@ fn variables_in(dir: &Path, found: &mut Vec<String>) {
             variables_in(&path, found);
         } else if path.extension().is_some_and(|e| e == "rs") {
             let text = fs::read_to_string(&path).unwrap();
-            for prefix in ["\"ATVM_", "\"MATTERMOST_ATVM_"] {
+            for prefix in ["\"ATVM_", "\"MATTERMOST_ATVM_", "var(\"", "var_os(\""] {
                 for (i, _) in text.match_indices(prefix) {
-                    let rest = &text[i + 1..];
+                    let rest = &text[i + prefix.find('"').unwrap() + 1..];
                     let end = rest
                         .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
                         .unwrap_or(rest.len());
-                    if rest[end..].starts_with('"') {
+                    if end > 0 && rest[end..].starts_with('"') {
                         found.push(rest[..end].to_string());
                     }
                 }
