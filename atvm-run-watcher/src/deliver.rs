@@ -21,7 +21,7 @@ use atvm_common::state::{Post, PostStatus, Request};
 use atvm_common::{StateDir, Timestamp, failpoint, fsutil, logging};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a postable result's payload is kept from the moment it is due until it is
 /// delivered, beside its `state.json`: a restarted watcher posts exactly those bytes.
@@ -29,6 +29,10 @@ pub const PAYLOAD_FILE: &str = "payload.json";
 
 /// How long to wait between tries of a record that could not be written (a full disk).
 const RECORD_RETRY: Duration = Duration::from_secs(2);
+
+/// How often a wait between attempts looks at the cancel marker: a cancel ends the
+/// retries within this long, whatever the backoff.
+const CANCEL_CHECK: Duration = Duration::from_secs(1);
 
 /// Where results go: Mattermost, or `post.json` files with `--dry-run`.
 #[derive(Clone, Debug)]
@@ -156,6 +160,7 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
             post: &mut post,
             ledger,
             unrecordable: None,
+            unrecorded_said: false,
         };
         let attempts = hooks.post.attempts;
         let delivery = mattermost::deliver(
@@ -229,8 +234,9 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
             Outcome::Cancelled
         }
         Delivery::Interrupted { attempts } => {
+            // `last_error` keeps the last real error (a timeout, a 503): that is what an
+            // operator needs to see, not that the watcher was stopped.
             post.attempts = attempts;
-            post.last_error = Some("stopped before the post was delivered; owed".to_string());
             logging::info(format!(
                 "{build}: stopped; the {label} post stays owed and the next start delivers it"
             ));
@@ -308,6 +314,9 @@ struct AttemptLog<'a> {
     /// A record that failed for a reason waiting will not cure: the loop stops, nothing
     /// more is sent, and the error ends the watcher.
     unrecordable: Option<Error>,
+    /// The operator was told that an attempt waits for its record (said once, not at
+    /// every backoff).
+    unrecorded_said: bool,
 }
 
 impl AttemptLog<'_> {
@@ -339,12 +348,24 @@ impl Hooks for AttemptLog<'_> {
             return false;
         }
         match self.record_attempt(n) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.unrecorded_said {
+                    logging::info(format!(
+                        "{}: attempt {n} of the {} post is recorded now; sending it",
+                        self.job.request.build_name, self.job.label
+                    ));
+                    self.unrecorded_said = false;
+                }
+                true
+            }
             Err(e) => {
-                logging::warn(format!(
-                    "{}: not sending attempt {n} of the {} post: it cannot be recorded ({e})",
-                    self.job.request.build_name, self.job.label
-                ));
+                if !self.unrecorded_said {
+                    logging::warn(format!(
+                        "{}: not sending attempt {n} of the {} post until it can be recorded ({e})",
+                        self.job.request.build_name, self.job.label
+                    ));
+                    self.unrecorded_said = true;
+                }
                 if !e.is_transient() {
                     self.unrecordable = Some(e);
                 }
@@ -365,7 +386,20 @@ impl Hooks for AttemptLog<'_> {
         }
     }
     fn sleep(&mut self, d: Duration) -> bool {
-        self.job.shutdown.sleep(d)
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            if !self.job.shutdown.sleep(left.min(CANCEL_CHECK)) {
+                return false;
+            }
+            if self.ledger.cancelled() {
+                // The wait is over: the loop finds the cancel before its next attempt.
+                return true;
+            }
+        }
     }
     fn stop_requested(&mut self) -> bool {
         self.unrecordable.is_some() || self.job.shutdown.requested()

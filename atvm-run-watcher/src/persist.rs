@@ -9,13 +9,14 @@
 //! kept, and a cancel marker of this run turns whatever was about to be written into
 //! CANCELLED: read outside the lock, a cancel landing in between would be lost.
 
+use crate::decide::transition_allowed;
 use crate::record::RunRecord;
 use crate::watch::Ctx;
 use atvm_common::cypress::LogParser;
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, FollowPoint};
 use atvm_common::procfs::ProcessId;
-use atvm_common::state::{Request, RunState, State};
+use atvm_common::state::{PostStatus, Request, RunState, State};
 use atvm_common::{Moment, StateDir, Timestamp, fsutil, logging};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -239,23 +240,30 @@ impl Store {
         let mut next = record.state.clone();
         fit(&mut next);
         let written = ctx.sd.update_state(|current| {
-            if !next.is_final {
-                if let Some(ended) = current.filter(|c| c.is_final && c.run_id == next.run_id) {
-                    // Another tool ended this run (a start helper whose runner could not
-                    // start, the cancel helper): its verdict stands.
-                    return Ok((None, ended));
-                }
-                if cancelled_at(&ctx.sd, &ctx.request)?.is_some() {
-                    next.end_unposted(
-                        RunState::Cancelled,
-                        "cancelled with cancel-atvm-run-watcher",
-                    );
-                }
+            if !next.is_final
+                && let Some(ended) = current.filter(|c| c.is_final && c.run_id == next.run_id)
+            {
+                // Another tool ended this run (a start helper whose runner could not
+                // start, the cancel helper): its verdict stands.
+                return Ok((None, ended));
+            }
+            // A cancel wins over anything not delivered yet, a result waiting to be
+            // posted included (docs/watcher-service.md): this is the record of an attempt
+            // the watcher then does not send.
+            let posted = next.post.status == PostStatus::Posted;
+            if next.state != RunState::Cancelled
+                && transition_allowed(next.state, next.is_final, posted, RunState::Cancelled)
+                && cancelled_at(&ctx.sd, &ctx.request)?.is_some()
+            {
+                next.end_unposted(
+                    RunState::Cancelled,
+                    "cancelled with cancel-atvm-run-watcher",
+                );
             }
             next.updated_at = Timestamp::now();
             Ok((Some(next.clone()), next))
         })?;
-        if written.is_final && !record.state.is_final {
+        if written.state != record.state.state || written.is_final != record.state.is_final {
             record.ended_elsewhere(&written);
             self.save_subruns(ctx, record)?;
         }

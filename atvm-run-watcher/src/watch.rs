@@ -295,8 +295,15 @@ impl<'a> Watcher<'a> {
     /// Every post still owed by the run or a sub-run (left by an earlier watcher that was
     /// stopped or died), delivered before anything else.
     fn deliver_owed(&mut self) -> Result<()> {
-        // What failed for good earlier is never sent again, but still makes the exit 1.
-        for (target, error) in self.record.failed_for_good() {
+        // What failed for good earlier is never sent again, but still makes the exit 1
+        // (unless the run was cancelled since: a cancelled run posts nothing).
+        let cancelled = self.record.state.state == RunState::Cancelled;
+        for (target, error) in self
+            .record
+            .failed_for_good()
+            .into_iter()
+            .filter(|_| !cancelled)
+        {
             let label = self.record.label(target);
             self.failed_posts
                 .push(format!("{label}: {error} (earlier; never sent again)"));
@@ -358,6 +365,9 @@ impl<'a> Watcher<'a> {
             return Err(e);
         }
         match outcome {
+            // A cancel that came while the refused post was on the wire: the run is
+            // CANCELLED, which posts nothing; the refusal is not the watcher's failure.
+            Outcome::Failed(_) if self.record.state.state == RunState::Cancelled => {}
             Outcome::Failed(error) => self.failed_posts.push(error),
             Outcome::Cancelled => self.record.cancel(),
             Outcome::Posted | Outcome::DryRun | Outcome::Interrupted => {}
@@ -431,6 +441,10 @@ impl Ledger for RecordLedger<'_, '_> {
     }
 
     fn cancelled(&mut self) -> bool {
+        if self.record.state.state == RunState::Cancelled {
+            // The last record found the cancel under the state lock.
+            return true;
+        }
         match persist::cancelled_at(&self.ctx.sd, &self.ctx.request) {
             Ok(at) => at.is_some(),
             Err(e) => {

@@ -5,10 +5,12 @@
 //! start lock, shared), so the cancel reaches the run that start makes.
 
 use atvm_common::error::{Error, Result};
+use atvm_common::fsutil::Lock;
 use atvm_common::state::{PostStatus, RunState, StartLock, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, StateDir, logging};
 use clap::Parser;
+use std::time::{Duration, Instant};
 
 const EXAMPLE: &str = "\
 Example:
@@ -75,10 +77,13 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         // state says whether that post went out.
         systemctl.stop(&unit)?;
     }
-    let stopped = match activity.is_running() {
+    let mut stopped = match activity.is_running() {
         true => format!("{unit} stopped"),
         false => format!("{unit} was not running ({})", activity.word()),
     };
+    if wait_for_hand_run_watcher(build, &sd)? {
+        stopped.push_str("; a watcher run outside systemd saw the cancel and ended");
+    }
     // Read again: a post on the wire when the cancel came has finished now.
     let now = sd.read_state()?;
     let groups = now.as_ref().map(posted_groups).unwrap_or_default();
@@ -102,6 +107,43 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     };
     logging::info(line);
     Ok(())
+}
+
+/// How long a watcher run by hand gets to see the cancel: a post on the wire finishes
+/// within the client's 10 s timeout, a wait between attempts looks at the marker every
+/// second, a poll every `--poll-seconds` (the unit's stop timeout is 30 s too).
+const HAND_RUN_WATCHER_WAIT: Duration = Duration::from_secs(30);
+
+/// A watcher started by hand (`atvm-run-watcher --build-name B --once`, as start-atvm-run
+/// suggests for an owed post) holds `watcher.lock` outside the unit, so stopping the unit
+/// does not reach it: wait until it has seen the marker and ended, so that what the cancel
+/// says afterwards is what happened. `true` if there was one to wait for.
+fn wait_for_hand_run_watcher(build: &BuildName, sd: &StateDir) -> Result<bool> {
+    let start = Instant::now();
+    let mut waited = false;
+    loop {
+        match Lock::try_exclusive(&sd.watcher_lock()) {
+            Ok(_free) => return Ok(waited),
+            Err(Error::LockHeld { path }) => {
+                if !waited {
+                    logging::notice(format!(
+                        "waiting for the watcher of {build} running outside systemd to see the cancel… ({})",
+                        path.display()
+                    ));
+                    waited = true;
+                }
+                if start.elapsed() >= HAND_RUN_WATCHER_WAIT {
+                    logging::warn(format!(
+                        "a watcher of {build} still runs outside systemd; it sends nothing more once it sees the cancel ({})",
+                        path.display()
+                    ));
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The sub-runs whose result was delivered.

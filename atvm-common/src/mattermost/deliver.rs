@@ -1,6 +1,6 @@
 //! The delivery loop (docs/watcher-service.md): attempts with backoff and jitter inside the retry window,
-//! the cancel check right before each attempt, and three rules that keep a post from being
-//! sent twice:
+//! the cancel check before each attempt is recorded and again right before it is sent, and
+//! three rules that keep a post from being sent twice:
 //!
 //! - an attempt is sent only once the caller has durably recorded it ([`Hooks::attempting`]
 //!   returns `true`); a full disk delays the post (the loop waits and asks again) and does
@@ -102,6 +102,10 @@ pub fn deliver(
             continue;
         }
         unrecorded = 0;
+        // Right before the send: a cancel that landed while the attempt was recorded wins.
+        if hooks.cancelled() {
+            return Delivery::Cancelled { attempts };
+        }
         attempts += 1;
         let started = *first_sent.get_or_insert_with(Instant::now);
         // On the wire: it runs to its answer or the client's timeout, stop or not.
@@ -307,9 +311,11 @@ mod tests {
             cancel_after: Some(2),
             ..Recorder::default()
         };
+        // The cancel is there once attempt 2 is recorded: found right before sending it,
+        // so only the first was sent.
         assert_eq!(
             deliver(&p, "{}", Duration::from_secs(60), 0, &mut hooks),
-            Delivery::Cancelled { attempts: 2 }
+            Delivery::Cancelled { attempts: 1 }
         );
     }
 

@@ -477,6 +477,109 @@ fn a_cancel_while_the_post_is_on_the_wire_and_refused_posts_nothing() {
     );
 }
 
+#[test]
+fn a_cancel_of_a_watcher_run_by_hand_wins_over_the_attempt_it_was_about_to_record() {
+    // `atvm-run-watcher --once`, as start-atvm-run suggests for an owed post, runs outside
+    // the unit: the cancel cannot stop it, so the attempt's record must find the marker.
+    let p = completed(vec![]);
+    let w = watcher(&p, Some("deliver.before-record"));
+    reached(&p, "deliver.before-record");
+    let (cancel, said) = p.spawn_logged("cancel-atvm-run-watcher", &["--build-name", B]);
+    let marker = p.state_dir(B).join("cancelled.marker");
+    p.wait_until("the cancel marker", LONG, || marker.exists());
+    release(&p, "deliver.before-record");
+    finish(w, LONG).code_is(0);
+    let out = finish(cancel, LONG);
+    let said = fs::read_to_string(said).unwrap();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("state CANCELLED, nothing posted")
+            && said.contains("a watcher run outside systemd saw the cancel and ended"),
+        "{said}"
+    );
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("CANCELLED"), &json!("suppressed")),
+        "{s:#}"
+    );
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(p.hook.count(), 0, "nothing was sent");
+}
+
+#[test]
+fn a_cancel_of_a_watcher_run_by_hand_with_its_post_on_the_wire_says_it_was_delivered() {
+    let p = completed(vec![Reply::delayed(Duration::from_millis(1500), Reply::Ok)]);
+    let w = watcher(&p, None);
+    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
+    let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    out.succeeds().said("already reported").said("delivered");
+    finish(w, LONG).code_is(0);
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("COMPLETED"), &json!("posted")),
+        "{s:#}"
+    );
+    assert_eq!(p.hook.count(), 1);
+}
+
+#[test]
+fn a_cancel_while_a_refused_post_is_on_the_wire_ends_cancelled_and_exits_0() {
+    // The server refuses for good (400) the post that was on the wire when the cancel
+    // came: the run is CANCELLED, which posts nothing; no failed unit, now or later.
+    let p = started(vec![Reply::delayed(
+        Duration::from_millis(1500),
+        Reply::status(400, "bad"),
+    )]);
+    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds()
+        .said("state CANCELLED, nothing posted");
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!("CANCELLED"), &json!("suppressed")),
+        "{s:#}"
+    );
+    let unit = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+    // The refusal is logged as what the server said, but it does not fail the watcher.
+    p.wait_unit_inactive(unit, LONG);
+    let journal = p.unit_output(unit);
+    assert!(journal.contains("COMPLETED → CANCELLED"), "{journal}");
+    assert!(
+        !journal.contains("Mattermost delivery failed for good"),
+        "{journal}"
+    );
+    restart(&p).code_is(0).never_said("failed for good");
+    assert_eq!(p.hook.count(), 1);
+}
+
+#[test]
+fn a_cancel_during_the_backoff_ends_the_retries_within_a_second() {
+    // Mattermost is down; the watcher waits its backoff (here well over a second).
+    let p = completed(vec![Reply::status(503, "down"); 5]);
+    let mut cmd = p.cmd("atvm-run-watcher");
+    cmd.args(["--build-name", B, "--post-retry-seconds", "120"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let w = cmd.spawn().unwrap();
+    // After the third refusal the backoff is about 4 s.
+    p.wait_until("three refused attempts", LONG, || p.hook.count() == 3);
+    let started = Instant::now();
+    // The unit is not running (a watcher run by hand): the cancel waits for it.
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds()
+        .said("nothing posted");
+    finish(w, LONG).code_is(0);
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the backoff was waited out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.hook.count(), 3, "no attempt after the cancel");
+}
+
 // ----- owed posts at every start -----------------------------------------------------------
 
 #[test]
