@@ -185,30 +185,36 @@ pub const MIN_SECRET_PIECE: usize = 6;
 pub const MIN_SECRET_FRAGMENT: usize = 8;
 
 /// `text` with every run of ASCII letters and digits that contains a fragment of one of
-/// `patterns` (see [`MIN_SECRET_FRAGMENT`]) replaced by [`REDACTED`].
+/// `patterns` (see [`MIN_SECRET_FRAGMENT`]) replaced by [`REDACTED`]. A run may spell its
+/// letters and digits percent-encoded (`%61%62…`): it is compared decoded.
 fn redact_fragments(text: &[u8], patterns: &[Vec<u8>]) -> Vec<u8> {
     let is_secret = |run: &[u8]| {
-        let run = run.to_ascii_lowercase();
         run.windows(MIN_SECRET_FRAGMENT).any(|w| {
             patterns
                 .iter()
                 .any(|p| p.windows(MIN_SECRET_FRAGMENT).any(|q| q == w))
         })
     };
+    // A letter or digit at `i`, literal or `%XX`: (it, lower-cased; where the next starts).
+    let alnum_at = |i: usize| decode_unit(text, i).filter(|(b, _)| b.is_ascii_alphanumeric());
     let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(&b) = rest.first() {
-        let len = rest
-            .iter()
-            .position(|c| c.is_ascii_alphanumeric() != b.is_ascii_alphanumeric())
-            .unwrap_or(rest.len());
-        let (run, tail) = rest.split_at(len);
-        if b.is_ascii_alphanumeric() && is_secret(run) {
-            out.extend_from_slice(REDACTED.as_bytes());
-        } else {
-            out.extend_from_slice(run);
+    let mut i = 0;
+    while i < text.len() {
+        let start = i;
+        let mut decoded = Vec::new();
+        while let Some((b, next)) = alnum_at(i) {
+            decoded.push(b.to_ascii_lowercase());
+            i = next;
         }
-        rest = tail;
+        if i > start {
+            match is_secret(&decoded) {
+                true => out.extend_from_slice(REDACTED.as_bytes()),
+                false => out.extend_from_slice(&text[start..i]),
+            }
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
     }
     out
 }
@@ -559,6 +565,22 @@ mod tests {
             format!("key ending {} not found", &KEY[16..]),
             format!("token=abc{}xyz", &KEY[5..13].to_uppercase()),
             format!("{{\"key\":\"{}\"}}", &KEY[..MIN_SECRET_FRAGMENT]),
+            // Percent-encoded, in either hex case, all of it or a mix.
+            format!(
+                "path /hooks/{}...",
+                KEY[..13]
+                    .bytes()
+                    .map(|b| format!("%{b:02x}"))
+                    .collect::<String>()
+            ),
+            format!(
+                "Location: http://{}{}.evil.example/",
+                KEY[..4]
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect::<String>(),
+                &KEY[4..12]
+            ),
         ] {
             let out = w.redact(&said);
             assert!(out.contains(REDACTED), "{said:?} -> {out:?}");
