@@ -845,6 +845,57 @@ fn three_groups_runner(env: &Env, exit: i32) -> String {
 }
 
 #[test]
+fn a_categorized_group_whose_cypress_crashed_is_posted_failed() {
+    // The linux group's Cypress crashes before its summary; the wrapper goes on with the
+    // windows and ubuntu groups and exits 0. The crashed group is not a pass.
+    let env = Posting::new(vec![]);
+    env.write_request(B, json!({"categorize": true}));
+    let log = fs::read_to_string(fixture("cypress/categorized-3-groups.log")).unwrap();
+    let cut = log.find("  (Run Finished)").unwrap();
+    let rest = log.find("=== group windows").unwrap();
+    let crashed = format!(
+        "{}\n  Oops...we've encountered an error. Cypress crashed\n\n{}",
+        &log[..cut],
+        &log[rest..]
+    );
+    let path = env.root().join("crashed.log");
+    fs::write(&path, crashed).unwrap();
+    start_runner(&env, &format!("cat '{}'; exit 0", path.display()));
+    let out = watch(&env, &["--grace-seconds", "0.2"]);
+    let s = assert_final(&env, &out, "FAILED");
+    let subs: Vec<(&str, &str, &str)> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["key"].as_str().unwrap(),
+                x["state"].as_str().unwrap(),
+                x["post"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subs,
+        [
+            ("01-linux", "FAILED", "posted"),
+            ("02-windows", "FAILED", "posted"),
+            ("03-ubuntu-24.04", "COMPLETED", "posted"),
+        ]
+    );
+    let first = &env.posts()[0];
+    assert!(
+        first["text"].as_str().unwrap().contains("linux")
+            && first["text"]
+                .as_str()
+                .unwrap()
+                .contains("crashed or was killed"),
+        "{first}"
+    );
+    assert_eq!(env.hook.count(), 3);
+}
+
+#[test]
 fn categorized_groups_post_one_by_one_while_the_watcher_keeps_going() {
     let env = Posting::new(vec![]);
     env.write_request(B, json!({"categorize": true}));

@@ -6,6 +6,9 @@
 //! - A block becomes a sub-run once its `(Run Starting)` header is complete (its group, and
 //!   so its key, is final) or, when the runner is gone, as it is.
 //! - A block whose `(Run Finished)` summary appeared ends its sub-run by that summary alone.
+//! - A block followed by another `(Run Starting)` before its summary was cut off (Cypress
+//!   crashed or was killed while the wrapper went on to the next group): FAILED, posted —
+//!   as a plain run cut off before its summary is.
 //! - A sub-run cut off by the runner's end follows the plain-run rules.
 //! - The parent ends only once the runner has been inactive for the grace period; it then
 //!   summarises its sub-runs. A cancel ends everything at once; a hang ends the parent.
@@ -75,14 +78,7 @@ pub fn plan(
         plan.parent = run_verdict(f, LogView::EMPTY);
         return plan;
     }
-    for (i, block) in summary.runs.iter().enumerate().take(states.len()) {
-        if block.is_finished() && states[i].is_none() {
-            let v = finished_subrun_verdict(block);
-            states[i] = Some(v.state);
-            plan.finished_seen.push(i);
-            plan.finish.push((i, v));
-        }
-    }
+    end_finished_and_superseded(summary, &mut states, &mut plan);
     // Only the last block can still be running.
     let open = summary
         .runs
@@ -104,15 +100,48 @@ pub fn plan(
     plan
 }
 
+/// End every open sub-run whose block printed its summary, or that a later block followed
+/// before it did.
+fn end_finished_and_superseded(
+    summary: &LogSummary,
+    states: &mut [Option<RunState>],
+    plan: &mut Plan,
+) {
+    let blocks = summary.runs.len();
+    for (i, block) in summary.runs.iter().enumerate().take(states.len()) {
+        let superseded = i + 1 < blocks;
+        if states[i].is_some() || !(block.is_finished() || superseded) {
+            continue;
+        }
+        let v = match block.is_finished() {
+            true => finished_subrun_verdict(block),
+            false => cut_off_subrun_verdict(),
+        };
+        states[i] = Some(v.state);
+        plan.finished_seen.push(i);
+        plan.finish.push((i, v));
+    }
+}
+
+/// The verdict on a sub-run whose block another `(Run Starting)` followed before its
+/// summary: its Cypress run stopped half-way.
+pub fn cut_off_subrun_verdict() -> Verdict {
+    verdict(
+        RunState::Failed,
+        "Cypress stopped before this group's summary (it crashed or was killed) and the next group started",
+    )
+}
+
 /// Blocks after the `known` ones whose header is complete (or all of them once the runner
-/// is gone: a cut-off header is all there will ever be).
+/// is gone, and any block another one follows: a cut-off header is all there will be).
 fn new_subruns(summary: &LogSummary, known: usize, take_all: bool) -> Vec<NewSubRun> {
+    let blocks = summary.runs.len();
     summary
         .runs
         .iter()
         .enumerate()
         .skip(known)
-        .take_while(|(_, b)| take_all || header_known(b))
+        .take_while(|(i, b)| take_all || header_known(b) || i + 1 < blocks)
         .map(|(index, b)| NewSubRun {
             index,
             key: LogSummary::subrun_key(index + 1, b.group.as_deref()),
@@ -180,8 +209,8 @@ fn ended_parent(
         return;
     }
     let runner_verdict = run_verdict(f, LogView::whole(summary));
-    // An earlier block that never finished is still open: it counts as WATCHING here and
-    // ends with the parent.
+    // Every block is final by now (finished, superseded or cut off by the runner's end);
+    // one not yet known as a sub-run counts as WATCHING and ends with the parent.
     let all: Vec<RunState> = states
         .iter()
         .map(|s| s.unwrap_or(RunState::Watching))
@@ -422,6 +451,38 @@ mod tests {
             "{}",
             p.parent.reason
         );
+    }
+
+    #[test]
+    fn a_group_cut_off_by_the_next_group_is_failed_and_posted_at_once() {
+        // linux crashed half-way; the wrapper went on to windows, which now runs.
+        let s = summary(&format!(
+            "{}{}",
+            block("linux", None),
+            block("windows", None)
+        ));
+        let p = plan(&facts(&RunnerFacts::Alive { pid: 7 }), &s, &[], None);
+        let keys: Vec<&str> = p.start.iter().map(|n| n.key.as_str()).collect();
+        assert_eq!(keys, ["01-linux", "02-windows"]);
+        assert_eq!(p.finish, vec![(0, cut_off_subrun_verdict())]);
+        assert_eq!(p.finish[0].1.state, RunState::Failed);
+        assert_eq!(p.finished_seen, [0]);
+        assert_eq!(p.parent.state, RunState::Watching);
+        // Known as final at the next poll: not finished again.
+        let p = plan(
+            &facts(&RunnerFacts::Alive { pid: 7 }),
+            &s,
+            &[Some(RunState::Failed), None],
+            None,
+        );
+        assert!(p.finish.is_empty());
+        // A header cut off half-way is all there will ever be once another block follows.
+        let torn = "  (Run Starting)\n  ┌────┐\n  │ Cypress:  12.17.4 │\n";
+        let s = summary(&format!("{torn}{}", block("windows", None)));
+        let p = plan(&facts(&RunnerFacts::Alive { pid: 7 }), &s, &[], None);
+        let keys: Vec<&str> = p.start.iter().map(|n| n.key.as_str()).collect();
+        assert_eq!(keys, ["01", "02-windows"]);
+        assert_eq!(p.finish, vec![(0, cut_off_subrun_verdict())]);
     }
 
     #[test]
