@@ -250,16 +250,26 @@ impl<'a> Watcher<'a> {
     }
 
     /// The last save: tried again while the disk is full, until it works or a stop request
-    /// gives up (then the error is the exit status).
+    /// gives up. Giving up loses nothing: what was sent is recorded by `posted.marker` or
+    /// `failed.marker` (renamed into place, no space needed), a post not sent stays owed,
+    /// and the next start writes the state from them. So a stop is a clean exit (0), not
+    /// the exit 1 that means a post failed for good.
     fn save_final(&mut self) -> Result<()> {
+        let mut said = false;
         loop {
             match self.save() {
                 Ok(()) => return Ok(()),
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => {
-                    logging::warn(format!("cannot save the final state yet: {e}"));
+                    if !said {
+                        logging::warn(format!("cannot save the final state yet: {e}"));
+                        said = true;
+                    }
                     if !self.ctx.shutdown.sleep(std::time::Duration::from_secs(2)) {
-                        return Err(e);
+                        logging::error(format!(
+                            "stopped before the state could be saved ({e}); the next start writes it from the post markers and sends nothing twice"
+                        ));
+                        return Ok(());
                     }
                 }
             }
