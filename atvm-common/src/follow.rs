@@ -32,6 +32,36 @@ impl FileId {
 pub struct FollowPoint {
     pub file: FileId,
     pub offset: u64,
+    /// A hash of the [`SEAM`] bytes before `offset`, as they were read: if they are not
+    /// there any more, the file was truncated and written again — even past its old length,
+    /// which a size check alone would take for new output (`> B.log` by a second runner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seam: Option<u64>,
+}
+
+/// How many bytes before the offset [`FollowPoint::seam`] covers.
+pub const SEAM: u64 = 64;
+
+/// FNV-1a: a stable hash (it is stored), and plenty to tell two byte strings apart here.
+fn seam_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The seam of `file` before `offset` (`None` when the file is shorter).
+fn seam_of(file: &mut File, offset: u64) -> io::Result<Option<u64>> {
+    let start = offset.saturating_sub(SEAM);
+    let mut buf = vec![0u8; (offset - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => return Ok(None),
+            n => got += n,
+        }
+    }
+    Ok(Some(seam_hash(&buf)))
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -111,7 +141,11 @@ impl LogFollower {
         };
         let len = file.metadata()?.len();
         let mut offset = self.point.map_or(0, |p| p.offset);
-        if len < offset {
+        let rewritten = match self.point.and_then(|p| p.seam) {
+            Some(seam) if len >= offset => seam_of(file, offset)? != Some(seam),
+            _ => false,
+        };
+        if len < offset || rewritten {
             offset = 0;
             if self.restart_on_truncation {
                 *parser = LogParser::new();
@@ -124,9 +158,14 @@ impl LogFollower {
         let (n, more) = read_from(file, offset, parser, budget)?;
         progress.bytes += n;
         progress.more = more;
+        let seam = match (n, self.point) {
+            (0, Some(p)) if !progress.truncated => p.seam,
+            _ => seam_of(file, offset + n)?,
+        };
         self.point = Some(FollowPoint {
             file: expected,
             offset: offset + n,
+            seam,
         });
         Ok(progress)
     }

@@ -160,10 +160,19 @@ struct Proc {
 
 /// Fields 4 (ppid) and 6 (session) of /proc/<pid>/stat.
 fn stat_ids(pid: u32) -> Option<(u32, i32)> {
+    stat_fields(pid).map(|(ppid, _, sid)| (ppid, sid))
+}
+
+/// Fields 4 (ppid), 5 (process group) and 6 (session) of /proc/<pid>/stat.
+fn stat_fields(pid: u32) -> Option<(u32, i32, i32)> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((fields.get(1)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(2)?.parse().ok()?,
+        fields.get(3)?.parse().ok()?,
+    ))
 }
 
 /// The session a process belongs to.
@@ -298,6 +307,41 @@ fn wraps_own(pid: u32, procs: &[Proc], own: &OwnBinaries) -> bool {
         }
     }
     false
+}
+
+/// Does `pid` write `(dev, ino)` apart from `other`: itself or through a descendant, or —
+/// only when its process group is not `other`'s — through a process of its group (`… | tee
+/// B.log` beside it)? What makes a newer process a new run that takes over from `other`, an
+/// adopted leftover: a process that merely shares the adopted runner's session (an
+/// operator's status loop, a shell started from the same terminal) and writes nothing is
+/// not one.
+pub fn writes_apart_from(pid: u32, other: u32, dev: u64, ino: u64) -> bool {
+    let all: Vec<(u32, u32, i32)> = pids()
+        .into_iter()
+        .filter_map(|p| stat_fields(p).map(|(ppid, pgrp, _)| (p, ppid, pgrp)))
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() && tree.len() < 10_000 {
+        let parent = tree[i];
+        tree.extend(
+            all.iter()
+                .filter(|(_, ppid, _)| *ppid == parent)
+                .map(|(p, ..)| *p),
+        );
+        i += 1;
+    }
+    if tree.iter().any(|&p| !write_flags(p, dev, ino).is_empty()) {
+        return true;
+    }
+    let group = |p: u32| all.iter().find(|(q, ..)| *q == p).map(|(.., g)| *g);
+    match (group(pid), group(other)) {
+        (Some(mine), theirs) if Some(mine) != theirs => all
+            .iter()
+            .filter(|(.., g)| *g == mine)
+            .any(|(p, ..)| !write_flags(*p, dev, ino).is_empty()),
+        _ => false,
+    }
 }
 
 /// Is the file `(dev, ino)` open for writing by `pid` or by any process of `pid`'s session

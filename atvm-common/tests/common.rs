@@ -412,13 +412,26 @@ fn follower_reads_increments_truncation_and_rotation() {
     assert!(p.truncated);
     assert_eq!(parser.summary().runs.len(), 2);
 
+    // Truncated and written again past where reading had got to: still read from the start.
+    let again = format!("  (Run Finished)\n  (Run Starting)\n{}\n", "x".repeat(200));
+    fs::write(&log, &again).expect("rewrite");
+    let p = f.poll(first, &mut parser, u64::MAX).expect("poll");
+    assert!(p.truncated, "rewritten beyond the old length");
+    assert_eq!(p.bytes, again.len() as u64);
+    assert_eq!(parser.summary().runs.len(), 3);
+    // The same bytes before the offset, more after them: plain new output.
+    append(&log, b"  (Run Starting)\n");
+    let p = f.poll(first, &mut parser, u64::MAX).expect("poll");
+    assert!(!p.truncated);
+    assert_eq!(parser.summary().runs.len(), 4);
+
     // A new runner rotates the log and starts a new file: the old one is finished first.
     append(&log, b"  (Run Finished)\n\n\n       Spec\n");
     fs::rename(&log, dir.path().join("b.log.1")).expect("rotate");
     append(&log, b"  (Run Starting)\n");
     let second = id(&log);
     f.poll(second, &mut parser, u64::MAX).expect("poll");
-    assert_eq!(parser.summary().runs.len(), 3);
+    assert_eq!(parser.summary().runs.len(), 5);
     assert_eq!(f.point().map(|p| p.file), Some(second));
 }
 

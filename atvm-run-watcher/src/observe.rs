@@ -213,10 +213,14 @@ impl Observer {
         });
         let seen_before = found.is_some() && found == self.candidate;
         self.candidate = found;
-        // A newer process of the build that the adopted runner started is part of its run.
+        // A newer process of the build that the adopted runner started is part of its run;
+        // one that takes over must write the log apart from it (not merely share its
+        // session, as an operator's status loop does).
         let newer = found.filter(|f| {
             cp.fallback.is_none_or(|a| {
-                f.start_ticks > a.start_ticks && !procfs::descends_from(f.pid, a.pid)
+                f.start_ticks > a.start_ticks
+                    && !procfs::descends_from(f.pid, a.pid)
+                    && log.is_some_and(|l| procfs::writes_apart_from(f.pid, a.pid, l.dev, l.ino))
             })
         });
         match (cp.fallback, newer) {
@@ -341,10 +345,13 @@ impl Observer {
         let Some((path, expected)) = self.log_target(ctx, cp, status) else {
             return Ok(());
         };
+        // A hand-started run's log truncated by `> B.log` is a new run of the build writing
+        // it: what was parsed before is dropped. Not for a categorized run, whose sub-runs
+        // are the log's blocks in order: a second runner of the run (within the grace
+        // period) writes blocks that come after the ones already reported, with new keys.
+        let restart = cp.fallback.is_some() && !ctx.request.categorize;
         if self.follower.as_ref().is_none_or(|f| f.path() != path) {
-            self.follower = Some(
-                LogFollower::new(&path, cp.follow).restart_on_truncation(cp.fallback.is_some()),
-            );
+            self.follower = Some(LogFollower::new(&path, cp.follow).restart_on_truncation(restart));
             cp.log_path = Some(path.clone());
         }
         let Some(follower) = self.follower.as_mut() else {
@@ -354,9 +361,14 @@ impl Observer {
             let progress = follower
                 .poll(expected, &mut cp.parser, READ_SLICE)
                 .map_err(|e| Error::io("cannot read the run log", &path, e))?;
-            if progress.truncated && cp.fallback.is_some() {
+            if progress.truncated && restart {
                 logging::warn(format!(
                     "{} was truncated: a new run writes it; what was read before is dropped",
+                    path.display()
+                ));
+            } else if progress.truncated && cp.fallback.is_some() {
+                logging::warn(format!(
+                    "{} was truncated: another runner of the run writes it; its groups follow the ones already seen",
                     path.display()
                 ));
             }

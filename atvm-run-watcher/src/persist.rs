@@ -161,6 +161,7 @@ fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<(Checkpoint, bool)> {
     let half_line = old["parser"]["partial"].as_array().map_or(0, Vec::len) as u64;
     if let Some(follow) = cp.follow.as_mut() {
         follow.offset = follow.offset.saturating_sub(half_line);
+        follow.seam = None;
     }
     Ok((cp, false))
 }
@@ -276,8 +277,13 @@ impl Store {
     /// has not seen the end of; written only when its bytes change.
     fn save_checkpoint(&mut self, ctx: &Ctx, cp: &Checkpoint) -> Result<()> {
         let mut stored = cp.clone();
-        if let Some(follow) = stored.follow.as_mut() {
+        if let Some(follow) = stored.follow.as_mut()
+            && cp.parser.unterminated() > 0
+        {
             follow.offset = follow.offset.saturating_sub(cp.parser.unterminated());
+            // The seam was taken where reading stopped, not at the line's start: without
+            // one, the resumed watcher takes a fresh seam after its first read.
+            follow.seam = None;
         }
         let file = CheckpointFile {
             run_id: ctx.request.run_id.clone(),

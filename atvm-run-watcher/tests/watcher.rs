@@ -735,6 +735,65 @@ fn a_detached_runner_found_by_its_build_name_is_followed_from_its_log() {
 }
 
 #[test]
+fn a_second_hand_started_runner_of_a_categorized_run_gets_new_keys_and_posts() {
+    // The first runner prints the linux group and exits; within the grace period the
+    // operator starts the rest by hand, truncating the log (`> B.log`). Its groups come
+    // after linux: new keys, each posted, none taken for the one already reported.
+    const B: &str = "e2e-fallback-categorized-again";
+    let env = Posting::new(vec![]);
+    let log = fs::read_to_string(fixture("cypress/categorized-3-groups.log")).unwrap();
+    let windows = log.find("=== group windows").unwrap();
+    let (first, rest) = (env.root().join("first.log"), env.root().join("rest.log"));
+    fs::write(&first, &log[..windows]).unwrap();
+    fs::write(&rest, &log[windows..]).unwrap();
+    env.write_request(B, json!({"categorize": true}));
+    let mut one = detached_runner(
+        &format!("cat '{}'; sleep 0.5; :", first.display()),
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--grace-seconds", "2"],
+    );
+    env.wait_until("the linux group posted", LONG, || env.hook.count() == 1);
+    one.wait().unwrap();
+    let mut two = detached_runner(
+        &format!("cat '{}'; sleep 0.3; exit 1", rest.display()),
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    let out = finish(watcher, LONG);
+    two.wait().unwrap();
+    out.code_is(0);
+    let s = env.state(B);
+    assert_eq!(s["state"], "FAILED", "{s:#}");
+    let subs: Vec<(&str, &str, &str)> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["key"].as_str().unwrap(),
+                x["state"].as_str().unwrap(),
+                x["post"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        subs,
+        [
+            ("01-linux", "COMPLETED", "posted"),
+            ("02-windows", "FAILED", "posted"),
+            ("03-ubuntu-24.04", "COMPLETED", "posted"),
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.hook.count(), 3);
+}
+
+#[test]
 fn a_stale_report_from_an_earlier_run_is_not_counted() {
     let env = Posting::new(vec![]);
     let stale = env.reporter_dir.join("stale.json");

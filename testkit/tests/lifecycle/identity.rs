@@ -844,3 +844,67 @@ fn an_operator_s_status_loop_naming_the_build_is_not_taken_for_the_runner() {
     assert_eq!(s["state"], "COMPLETED", "{s:#}");
     assert_eq!(p.posts().len(), 1);
 }
+
+#[test]
+fn a_status_loop_started_beside_an_adopted_runner_never_takes_its_place() {
+    // The operator's script starts the runner in the background, then a status loop beside
+    // it (same script, same process group), as `… & sh -c 'while :; do atvm-run-status
+    // --build-name "$1"; sleep 1; done' loop B &` would: the tool is inside the loop's
+    // script, so its command line does not show that it wraps ours. The loop is newer and its session writes the log, but it writes nothing
+    // itself: when it is stopped, the run goes on and its result is posted.
+    const B: &str = "e2e-identity-loop-beside";
+    let p = Posting::new(vec![]);
+    let dir = p.root();
+    let (go_loop, go_run, loop_pid, loop_out) = (
+        dir.join("go-loop"),
+        dir.join("go-run"),
+        dir.join("loop.pid"),
+        dir.join("loop.out"),
+    );
+    let status = p.package_root.join("atvm-run-status.sh");
+    let script = format!(
+        "sh -c 'while [ ! -e \"{go_run}\" ]; do sleep 0.05; done; cat \"{log}\"; exit 2' sh --build_name {B} > '{run_log}' &
+         while [ ! -e '{go_loop}' ]; do sleep 0.05; done
+         sh -c 'echo $$ > \"{loop_pid}\"; while :; do \"{status}\" \"$@\" >/dev/null 2>&1; echo tick >> \"{loop_out}\"; sleep 0.1; done' loop --build-name {B} &
+         wait",
+        go_run = go_run.display(),
+        log = fixture("cypress/failing-2-of-20.log").display(),
+        run_log = p.run_log(B).display(),
+        go_loop = go_loop.display(),
+        loop_pid = loop_pid.display(),
+        loop_out = loop_out.display(),
+        status = status.display(),
+    );
+    let _script = Group::spawn(
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .envs(
+                p.cmd("atvm-run-status")
+                    .get_envs()
+                    .filter_map(|(k, v)| Some((k, v?))),
+            ),
+    );
+    let out = p.run("start-atvm-run-watcher", &["--build-name", B]);
+    assert_code(&out, 0, "start-atvm-run-watcher");
+    p.wait_until("the runner adopted", LONG, || {
+        p.unit_output(&watcher_unit(B))
+            .contains("following runner pid")
+    });
+    fs::write(&go_loop, "").unwrap();
+    // Let the loop run through several of the watcher's polls, then stop it.
+    p.wait_until("the loop's statuses", LONG, || {
+        fs::read_to_string(&loop_out).is_ok_and(|t| t.lines().count() >= 8)
+    });
+    let pid = fs::read_to_string(&loop_pid).unwrap();
+    Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    fs::write(&go_run, "").unwrap();
+    let s = finished(&p, B);
+    let journal = p.unit_output(&watcher_unit(B));
+    assert_eq!(s["state"], "FAILED", "{s:#}\n{journal}");
+    assert!(!journal.contains("left over"), "{journal}");
+    assert_eq!(p.posts().len(), 1);
+}
