@@ -246,12 +246,14 @@ fn argv(pid: u32) -> Option<Vec<String>> {
 /// log `log` open for writing, itself or through a process of its session. Of several, the
 /// newest that is not the child of another candidate: a runner left over from an earlier
 /// run of the build name is older. The watcher asks again at every poll, so a newer run
-/// that appears after a leftover was adopted takes its place.
+/// that appears after a leftover was adopted takes its place. Processes of `earlier` runs
+/// of the build name (and their descendants) are never candidates.
 pub fn find_fallback(
     build: &str,
     uid: u32,
     own: &OwnBinaries,
     log: (u64, u64),
+    earlier: &[ProcessId],
 ) -> Option<ProcessId> {
     let me = std::process::id();
     let procs: Vec<Proc> = pids()
@@ -271,11 +273,20 @@ pub fn find_fallback(
             })
         })
         .collect();
+    // An earlier run's process, or one it started: never this run's, nor does its writing
+    // of the log make another process of its session look like the runner.
+    let of_earlier = |pid: u32, start_ticks: Option<u64>| {
+        earlier.iter().any(|e| {
+            (e.pid == pid && start_ticks.is_none_or(|t| t == e.start_ticks))
+                || (is_alive(*e) && descends_from(pid, e.pid))
+        })
+    };
     let candidates: Vec<&Proc> = procs
         .iter()
         .filter(|p| p.names_build)
         .filter(|p| uids(p.id.pid).is_some_and(|(real, eff)| real == uid && eff == uid))
         .filter(|p| !own.runs_in(p.id.pid) && !p.invokes_own && !wraps_own(p.id.pid, &procs, own))
+        .filter(|p| !of_earlier(p.id.pid, Some(p.id.start_ticks)))
         .collect();
     let mut roots: Vec<ProcessId> = candidates
         .iter()
@@ -285,9 +296,11 @@ pub fn find_fallback(
     // Newest first (a pid breaks a tie within one clock tick): a leftover writing the log
     // itself must not win over a newer run that writes it through `| tee log`.
     roots.sort_by_key(|id| std::cmp::Reverse((id.start_ticks, id.pid)));
-    roots
-        .into_iter()
-        .find(|id| held_for_writing(id.pid, log.0, log.1))
+    roots.into_iter().find(|id| {
+        session_writers_where(id.pid, log.0, log.1, |p| !of_earlier(p, start_ticks(p)))
+            .next()
+            .is_some()
+    })
 }
 
 /// Does a descendant of `pid` run one of our binaries?
@@ -361,10 +374,21 @@ const O_APPEND: u32 = 0o2000;
 
 /// The open flags of every descriptor of `pid`'s session that writes `(dev, ino)`.
 fn session_writers(pid: u32, dev: u64, ino: u64) -> impl Iterator<Item = u32> {
+    session_writers_where(pid, dev, ino, |_| true)
+}
+
+/// [`session_writers`], counting only the processes `counts` admits.
+fn session_writers_where(
+    pid: u32,
+    dev: u64,
+    ino: u64,
+    counts: impl Fn(u32) -> bool,
+) -> impl Iterator<Item = u32> {
     let sid = session(pid);
     pids()
         .into_iter()
         .filter(move |&p| sid.is_some() && (p == pid || session(p) == sid))
+        .filter(move |&p| counts(p))
         .flat_map(move |p| write_flags(p, dev, ino))
 }
 
@@ -526,7 +550,7 @@ mod tests {
             }
             let seen =
                 named(child.id()) && !write_flags(child.id(), meta.dev(), meta.ino()).is_empty();
-            let found = find_fallback(build, uid, &own, (meta.dev(), meta.ino()));
+            let found = find_fallback(build, uid, &own, (meta.dev(), meta.ino()), &[]);
             let _ = child.kill();
             let _ = child.wait();
             assert!(
@@ -566,18 +590,21 @@ mod tests {
         // Until the children have exec'ed, their command lines are still ours.
         let mut found = None;
         for _ in 0..200 {
-            found = find_fallback("procfs-test-build", uid, &own, id);
+            found = find_fallback("procfs-test-build", uid, &own, id, &[]);
             if found.is_some() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        let other_user = find_fallback("procfs-test-build", uid.wrapping_add(1), &own, id);
+        let other_user = find_fallback("procfs-test-build", uid.wrapping_add(1), &own, id, &[]);
+        let earlier: Vec<ProcessId> = found.into_iter().collect();
+        let again = find_fallback("procfs-test-build", uid, &own, id, &earlier);
         for child in [&mut idle, &mut runner] {
             let _ = child.kill();
             let _ = child.wait();
         }
         assert_eq!(found.map(|f| f.pid), Some(runner.id()));
         assert_eq!(other_user, None, "another user's process is never adopted");
+        assert_eq!(again, None, "an earlier run's process is never adopted");
     }
 }

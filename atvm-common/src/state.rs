@@ -10,7 +10,7 @@ use crate::build_name::BuildName;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Lock};
 use crate::logging;
-use crate::procfs;
+use crate::procfs::{self, ProcessId};
 use crate::time::{BootInstant, Moment, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -49,6 +49,12 @@ pub struct Request {
     pub categorize: bool,
     #[serde(default)]
     pub scope_description: Option<String>,
+    /// Processes that ran earlier runs of this build name and were still alive when this
+    /// run was requested (a hand-started runner a cancel could not stop, a leftover): never
+    /// this run's runner, nor are their descendants. Reusing a name inherits nothing, not
+    /// even the earlier run's process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_runners: Vec<ProcessId>,
 }
 
 impl Request {
@@ -455,6 +461,38 @@ impl StateDir {
     /// The watcher's resume point (log offset, parser state): compact, its own file.
     pub fn checkpoint(&self) -> PathBuf {
         self.dir.join("watcher").join("checkpoint.json")
+    }
+
+    /// The processes this directory's run (and the runs before it) followed that are still
+    /// alive: the runner whose status it recorded, the process the watcher adopted by its
+    /// command line, and the earlier runs' such processes its request lists. At most 20.
+    /// What cannot be read adds nothing: this is a protection, not a record.
+    pub fn live_runners(&self) -> Vec<ProcessId> {
+        let mut found: Vec<ProcessId> = self
+            .read_request()
+            .ok()
+            .flatten()
+            .map(|r| r.earlier_runners)
+            .unwrap_or_default();
+        if let Ok(Some(status)) = self.read_status()
+            && status.pid != 0
+        {
+            found.push(ProcessId {
+                pid: status.pid,
+                start_ticks: status.pid_start_ticks,
+            });
+        }
+        let checkpoint: Option<serde_json::Value> =
+            fsutil::read_json(&self.checkpoint()).ok().flatten();
+        if let Some(adopted) = checkpoint
+            .and_then(|c| serde_json::from_value::<ProcessId>(c.get("fallback")?.clone()).ok())
+        {
+            found.push(adopted);
+        }
+        found.retain(|id| procfs::is_alive(*id));
+        found.dedup();
+        found.truncate(20);
+        found
     }
     pub fn subrun_dir(&self, key: &str) -> PathBuf {
         self.dir.join("subruns").join(key)

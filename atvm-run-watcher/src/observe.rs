@@ -64,6 +64,19 @@ pub struct Observer {
 impl Observer {
     /// Resume following the log where the checkpoint says reading stopped.
     pub fn resume(ctx: &Ctx, cp: &Checkpoint) -> Observer {
+        let earlier: Vec<String> = ctx
+            .request
+            .earlier_runners
+            .iter()
+            .map(|id| id.pid.to_string())
+            .collect();
+        if !earlier.is_empty() && ctx.request.runner_command.is_none() {
+            logging::info(format!(
+                "pid {} ran an earlier run of {} and still runs: never taken for this run's runner",
+                earlier.join(", "),
+                ctx.build
+            ));
+        }
         Observer {
             follower: cp.log_path.as_ref().map(|p| LogFollower::new(p, cp.follow)),
             reporter: None,
@@ -208,8 +221,15 @@ impl Observer {
     fn fallback_runner(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> RunnerFacts {
         // Only a process writing this run's log can be its runner.
         let log = self.trusted_log(ctx);
+        let earlier = &ctx.request.earlier_runners;
         let found = log.and_then(|l| {
-            procfs::find_fallback(ctx.build.as_str(), self.uid, &self.own, (l.dev, l.ino))
+            procfs::find_fallback(
+                ctx.build.as_str(),
+                self.uid,
+                &self.own,
+                (l.dev, l.ino),
+                earlier,
+            )
         });
         let seen_before = found.is_some() && found == self.candidate;
         self.candidate = found;

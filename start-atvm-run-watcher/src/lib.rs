@@ -200,6 +200,9 @@ pub fn start(
     sd.check()?;
     refuse_if_locked(build, paths)?;
     refuse_if_owed(build, paths)?;
+    // Read before the archive moves them: an earlier run's process still alive is never
+    // taken for this run's runner.
+    let earlier_runners = sd.live_runners();
     if let Some(to) = sd.archive(&paths.archive_root())? {
         logging::info(format!(
             "archived the previous state of {build} to {}",
@@ -221,6 +224,7 @@ pub fn start(
         integration_plugin: args.integration_plugin.clone(),
         categorize: args.categorize,
         scope_description: args.scope_description.clone(),
+        earlier_runners,
     };
     // 0600: it records command lines.
     fsutil::write_json(&sd.request(), &request, 0o600)?;

@@ -908,3 +908,61 @@ fn a_status_loop_started_beside_an_adopted_runner_never_takes_its_place() {
     assert!(!journal.contains("left over"), "{journal}");
     assert_eq!(p.posts().len(), 1);
 }
+
+#[test]
+fn a_cancelled_hand_started_run_s_process_is_never_the_next_run_s_runner() {
+    // A runner started by hand is followed; the operator cancels the watch, but the runner
+    // goes on (nothing of ours can stop a process we did not start). A new run of the same
+    // name must not adopt it and post its result as the new run's.
+    const B: &str = "e2e-identity-after-cancel";
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_START_TIMEOUT_SECONDS", "1.5");
+    let go = p.root().join("go");
+    let runner = detached_runner(
+        &p,
+        B,
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done; cat '{}'; exit 2",
+            go.display(),
+            fixture("cypress/failing-2-of-20.log").display()
+        ),
+    );
+    assert_code(
+        &p.run("start-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "first start",
+    );
+    p.wait_until("the runner adopted", LONG, || {
+        p.unit_output(&watcher_unit(B))
+            .contains(&format!("following runner pid {} ", runner.0.id()))
+    });
+    assert_code(
+        &p.run("cancel-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "cancel",
+    );
+    // The next run, before the operator starts its runner: while the old process lives.
+    assert_code(
+        &p.run("start-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "second start",
+    );
+    let following = format!("following runner pid {} ", runner.0.id());
+    p.wait_until(
+        "the second run to end or to adopt the process",
+        LONG,
+        || {
+            p.unit_output(&watcher_unit(B)).matches(&following).count() > 1
+                || p.try_state(B).is_some_and(|s| s["final"] == true)
+        },
+    );
+    fs::write(&go, "").unwrap();
+    let s = finished(&p, B);
+    let journal = p.unit_output(&watcher_unit(B));
+    assert_eq!(s["state"], "UNKNOWN", "{s:#}\n{journal}");
+    assert!(
+        journal.contains(&format!("pid {} ran an earlier run of {B}", runner.0.id())),
+        "{journal}"
+    );
+    assert!(p.posts().is_empty(), "{:?}", p.posts());
+}
