@@ -105,6 +105,7 @@ struct Started {
 /// (never through a link or someone else's file in /tmp), starting `/bin/sh`.
 fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
     let spec = read_spec(sd, build)?;
+    refuse_if_ended(sd, &spec)?;
     // The start helper checked it too, but it may have gone since.
     RunnerSpec::check_workdir(&spec.workdir)?;
     let log = fsutil::create_fresh_log(&spec.log_path)?;
@@ -142,6 +143,22 @@ fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
         status,
         child,
     })
+}
+
+/// A run that has already ended (its start was abandoned as UNKNOWN because this wrapper
+/// did not report in time, or it was cancelled) is not started late: nobody would follow
+/// it, and the start helper has told the operator it did not start.
+fn refuse_if_ended(sd: &StateDir, spec: &RunnerSpec) -> Result<()> {
+    match sd.read_state()? {
+        Some(state) if state.run_id == spec.run_id && state.is_final => Err(Error::file(
+            format!(
+                "the run {} has already ended {} ({}); not starting it",
+                spec.run_id, state.state, state.reason
+            ),
+            sd.state(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn clone(log: &fs::File, path: &std::path::Path) -> Result<fs::File> {

@@ -267,3 +267,65 @@ fn a_template_step_that_cancels_its_own_build_is_refused_not_deadlocked() {
         );
     }
 }
+
+#[test]
+fn a_runner_that_reports_too_late_is_stopped_and_never_runs_unwatched() {
+    // The runner unit's wrapper is slow to come up (a loaded machine): the start reports
+    // that the runner did not start, so it must not run its command afterwards.
+    let (mut env, hook) = setup();
+    let unit = env.units_dir.join("atvm-runner@.service");
+    let text_of_unit = fs::read_to_string(&unit).unwrap();
+    let delayed = text_of_unit.replace(
+        "ExecStart=",
+        "ExecStart=/bin/sh -c 'sleep 1.5; exec \"$0\" \"$@\"' ",
+    );
+    assert_ne!(delayed, text_of_unit);
+    fs::write(&unit, delayed).unwrap();
+    env.set("ATVM_START_CONFIRM_SECONDS", "0.5");
+    let ran = env.root().join("cypress-ran");
+    let out = start_run(&env, "true", &format!("touch '{}'", ran.display()), &[]);
+    out.code_is(5)
+        .said("no status from its wrapper within 0.5s");
+    assert!(
+        env.systemctl_calls()
+            .contains(&format!("stop {RUNNER_UNIT}")),
+        "{}",
+        env.systemctl_calls()
+    );
+    env.wait_unit_inactive(WATCHER_UNIT, std::time::Duration::from_secs(10));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        !ran.exists(),
+        "the runner command ran after the start gave up"
+    );
+    assert_eq!(env.state(B)["state"], "UNKNOWN");
+    assert!(hook.requests().is_empty());
+}
+
+#[test]
+fn a_wrapper_that_starts_after_its_run_ended_refuses() {
+    // The same, seen from the wrapper: the run it was started for is already final.
+    let (env, _hook) = setup();
+    let ran = env.root().join("cypress-ran");
+    env.write_request(B, serde_json::json!({}));
+    let out = env.run(
+        "start-atvm-runner",
+        &[
+            "--build-name",
+            B,
+            "--runner-command",
+            &format!("sleep 0.2; touch '{}'", ran.display()),
+        ],
+    );
+    out.succeeds();
+    env.wait_unit_inactive(RUNNER_UNIT, std::time::Duration::from_secs(10));
+    // Now end the run (as a start that gave up does) and run the wrapper again by hand.
+    fs::remove_file(&ran).ok();
+    env.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds();
+    let again = env.run("run-atvm-runner", &["--build-name", B]);
+    again
+        .code_is(1)
+        .error_line("run-atvm-runner", "has already ended CANCELLED");
+    assert!(!ran.exists());
+}

@@ -224,7 +224,14 @@ pub fn start(
     // was never loaded has nothing to reset, which systemctl reports as an error: ignore it.
     let _ = systemctl.reset_failed(&unit);
     systemctl.start(&unit)?;
-    confirm(&sd, &spec, &unit)?;
+    if let Err(e) = confirm(&sd, &spec, &unit) {
+        // Reported as not started: it must not start late, unwatched. (A wrapper that
+        // refused has exited already; the stop is then a no-op.)
+        if let Err(stop) = systemctl.stop(&unit) {
+            logging::error(stop);
+        }
+        return Err(e);
+    }
     logging::info(format!(
         "started {unit} (run {run_id}); log: {}",
         spec.log_path.display()
@@ -238,7 +245,15 @@ fn confirm(sd: &StateDir, spec: &RunnerSpec, unit: &str) -> Result<()> {
     let deadline = Instant::now() + window;
     loop {
         match sd.read_status() {
-            Ok(Some(s)) if s.start_id == spec.start_id => {
+            // A refusal of the spec itself (a link, someone else's) cannot name its start:
+            // it is this start's if it is for this run and came after the spec.
+            Ok(Some(s))
+                if s.start_id == spec.start_id
+                    || (s.start_id.is_empty()
+                        && s.refused.is_some()
+                        && s.run_id == spec.run_id
+                        && s.started_at >= spec.created_at) =>
+            {
                 return match s.refused {
                     Some(why) => Err(Error::RunnerStart {
                         unit: unit.to_string(),

@@ -166,3 +166,35 @@ fn a_runner_for_a_run_that_has_already_ended_is_refused() {
         env.systemctl_calls()
     );
 }
+
+#[test]
+fn a_refused_spec_is_reported_at_once_by_its_name() {
+    // The spec is swapped for a symbolic link between the helper writing it and the
+    // wrapper reading it: the wrapper refuses it without knowing which start it was for;
+    // the helper still recognises the refusal as its own and says why, at once.
+    let mut env = Env::new();
+    env.write_request(B, json!({}));
+    let spec = env.state_dir(B).join("runner/spec.json");
+    let swap = env.script(
+        "swapping-systemctl",
+        &format!(
+            "case \"$1 $2\" in\n  'start atvm-runner@'*) cp '{s}' '{s}.real'; rm '{s}'; ln -s '{s}.real' '{s}' ;;\nesac\nexec '{}' \"$@\"",
+            env.systemctl.display(),
+            s = spec.display()
+        ),
+    );
+    env.set("ATVM_SYSTEMCTL", swap.display().to_string());
+    let started = std::time::Instant::now();
+    let out = env.run(
+        "start-atvm-runner",
+        &["--build-name", B, "--runner-command", "true"],
+    );
+    out.code_is(5)
+        .said("spec.json")
+        .never_said("no status from its wrapper");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
