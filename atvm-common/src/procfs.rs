@@ -40,6 +40,26 @@ pub fn self_id() -> Option<ProcessId> {
     start_ticks(pid).map(|start_ticks| ProcessId { pid, start_ticks })
 }
 
+/// When `id` started, on the wall clock (the boot time from /proc/stat plus its start
+/// ticks), if it is still running.
+pub fn started_at(id: ProcessId) -> Option<std::time::SystemTime> {
+    if !is_alive(id) {
+        return None;
+    }
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf(3) only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    let since_boot = std::time::Duration::from_millis(id.start_ticks.saturating_mul(1000) / hz);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime) + since_boot)
+}
+
 /// Is the process that was `id` still running?
 pub fn is_alive(id: ProcessId) -> bool {
     id.pid != 0 && start_ticks(id.pid) == Some(id.start_ticks)
@@ -416,6 +436,17 @@ fn open_flags(pid: u32, fd: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_start_time_is_on_the_wall_clock() {
+        let me = self_id().expect("own stat");
+        let started = started_at(me).expect("start time");
+        let age = std::time::SystemTime::now()
+            .duration_since(started)
+            .expect("started in the past");
+        // btime has a one-second resolution; the test process started minutes ago at most.
+        assert!(age < std::time::Duration::from_secs(3600), "{age:?}");
+    }
 
     #[test]
     fn we_are_alive_and_a_wrong_start_time_is_not_us() {

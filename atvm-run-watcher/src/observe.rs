@@ -258,7 +258,10 @@ impl Observer {
             (Some(adopted), _) if procfs::is_alive(adopted) => {
                 RunnerFacts::Alive { pid: adopted.pid }
             }
-            (Some(_), _) => RunnerFacts::FallbackGone,
+            (Some(_), _) => {
+                self.runner_exited_at.get_or_insert(now.wall);
+                RunnerFacts::FallbackGone
+            }
             (None, Some(id)) if seen_before => {
                 logging::info(format!(
                     "following runner pid {} found by its --build_name {}, writing {}",
@@ -299,7 +302,10 @@ impl Observer {
         cp.fallback = Some(id);
         cp.fallback_log = log;
         self.runner_started = Some(now.clone());
-        self.runner_started_at.get_or_insert(now.wall);
+        // When the process really started (it usually runs before the watcher does): the
+        // footer's start, and the time its reports count from.
+        let started = procfs::started_at(id).map(Timestamp::from_system);
+        self.runner_started_at = Some(started.unwrap_or(now.wall));
         RunnerFacts::Alive { pid: id.pid }
     }
 
@@ -403,10 +409,14 @@ impl Observer {
     }
 
     fn scan_reporter(&mut self, ctx: &Ctx, cp: &Checkpoint) {
-        let Some(since) = self
-            .runner_started_at
-            .or(cp.fallback.map(|_| ctx.request.requested_at))
-        else {
+        let fallback_start = || {
+            cp.fallback.map(|id| {
+                procfs::started_at(id)
+                    .map(Timestamp::from_system)
+                    .unwrap_or(ctx.request.requested_at)
+            })
+        };
+        let Some(since) = self.runner_started_at.or_else(fallback_start) else {
             return;
         };
         let reporter = self
@@ -487,6 +497,11 @@ impl Observer {
         let Some(reporter) = self.reporter.as_mut() else {
             return reporter::Summary::default();
         };
+        // A report rewritten in place (mochawesome with a fixed file name) changes no
+        // directory entry: look at every file again before a message is written.
+        for warning in reporter.scan(true).warnings {
+            logging::warn(warning);
+        }
         reporter.summarize(
             |m| m > from && to.is_none_or(|t| m <= t),
             &specs,

@@ -793,6 +793,89 @@ fn a_second_hand_started_runner_of_a_categorized_run_gets_new_keys_and_posts() {
     assert_eq!(env.hook.count(), 3);
 }
 
+/// The real mochawesome report of area07.cy.js (one failed test, "Login rejects a bad
+/// password"), written outside the reporter directory.
+fn area07_report(env: &Env) -> std::path::PathBuf {
+    let report = env.root().join("area07.json");
+    fs::write(
+        &report,
+        fs::read_to_string(fixture("mochawesome/login.json"))
+            .unwrap()
+            .replace("login.cy.js", "area07.cy.js"),
+    )
+    .unwrap();
+    report
+}
+
+#[test]
+fn a_report_rewritten_in_place_is_read_again_before_the_post() {
+    // mochawesome with a fixed report name rewrites the same file: no directory changes.
+    let env = Posting::new(vec![]);
+    let report = area07_report(&env);
+    let in_place = env.reporter_dir.join("area07.json");
+    fs::write(&in_place, "{\"stats\": {\"tests\": 0}}").unwrap();
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&in_place)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    env.write_request(B, json!({}));
+    start_runner(
+        &env,
+        &format!(
+            "sleep 0.5; cat '{}' > '{}'; {}",
+            report.display(),
+            in_place.display(),
+            env.cypress_command("failing-2-of-20.log", 2)
+        ),
+    );
+    assert_final(&env, &watch(&env, &[]), "FAILED");
+    let text = attachment(&env.only_post())["text"].to_string();
+    assert!(text.contains("Login rejects a bad password"), "{text}");
+}
+
+#[test]
+fn a_hand_started_run_s_reports_count_from_its_own_start_and_its_footer_has_both_times() {
+    // The old validation launched the run first and the watcher after it: a report the run
+    // wrote before the watcher came is still the run's.
+    const B: &str = "e2e-fallback-early-report";
+    let env = Posting::new(vec![]);
+    let report = area07_report(&env);
+    let go = env.root().join("go");
+    let script = format!(
+        "cp '{}' '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; cat '{}'; sleep 0.3; exit 2",
+        report.display(),
+        env.reporter_dir.display(),
+        go.display(),
+        fixture("cypress/failing-2-of-20.log").display()
+    );
+    let mut runner = detached_runner(&script, B, fs::File::create(env.run_log(B)).unwrap().into());
+    let copied = env.reporter_dir.join("area07.json");
+    env.wait_until("the early report", LONG, || copied.exists());
+    std::thread::sleep(Duration::from_millis(1100));
+    env.write_request(B, json!({}));
+    let watcher = env.spawn("atvm-run-watcher", &["--build-name", B]);
+    env.wait_until("the runner adopted", LONG, || {
+        env.try_state(B).is_some_and(|s| s["state"] == "WATCHING")
+    });
+    fs::write(&go, "").unwrap();
+    let out = finish(watcher, LONG);
+    runner.wait().unwrap();
+    out.code_is(0);
+    assert_eq!(env.state(B)["state"], "FAILED");
+    let a = attachment(&env.only_post()).clone();
+    assert!(
+        a["text"]
+            .to_string()
+            .contains("Login rejects a bad password"),
+        "{a}"
+    );
+    let footer = a["footer"].as_str().unwrap();
+    assert!(footer.contains(" → "), "start and end: {footer}");
+}
+
 #[test]
 fn a_stale_report_from_an_earlier_run_is_not_counted() {
     let env = Posting::new(vec![]);
