@@ -18,12 +18,19 @@ while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
 verb=${1:-}; unit=${2:-}
 pidfile="$state/$unit.pid"
 
+# "<state letter> <start time>" of a pid (fields 3 and 22 of /proc/<pid>/stat).
+proc_of() {
+  sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $1, $20 }'
+}
+
+# The pidfile holds "<pid> <start time>": a pid reused by another process since (the
+# machine runs other suites too) is not the unit's, and is never signalled.
 alive() {
   [ -f "$pidfile" ] || return 1
-  pid=$(cat "$pidfile")
-  [ -r "/proc/$pid/stat" ] || return 1
-  st=$(sed 's/.*) //' "/proc/$pid/stat" | cut -c1)
-  [ "$st" != Z ] && [ "$st" != X ]
+  read -r pid started < "$pidfile" || return 1
+  # shellcheck disable=SC2046 # split into the two fields on purpose
+  set -- $(proc_of "$pid")
+  [ $# -eq 2 ] && [ "$1" != Z ] && [ "$1" != X ] && [ "$2" = "${started:-$2}" ]
 }
 
 case "${FAKE_SYSTEMCTL_FAIL:-}" in
@@ -42,11 +49,13 @@ case "$verb" in
     unset_vars=$(sed -n 's/^UnsetEnvironment=//p' "$file")
     for v in $unset_vars; do unset "$v"; done
     JOURNAL_STREAM=8:424242 setsid sh -c "exec $cmd" >> "$state/$unit.out" 2>&1 < /dev/null &
-    echo $! > "$pidfile"
+    pid=$!
+    # shellcheck disable=SC2046 # split into the two fields on purpose
+    set -- $(proc_of "$pid")
+    echo "$pid ${2:-}" > "$pidfile"
     ;;
   stop)
     alive || exit 0
-    pid=$(cat "$pidfile")
     kill -TERM "$pid" 2>/dev/null
     i=0
     while alive && [ $i -lt $(( ${FAKE_STOP_TIMEOUT:-5} * 20 )) ]; do sleep 0.05; i=$((i + 1)); done

@@ -67,10 +67,13 @@ fn wait_watching(env: &Env) {
     env.wait_state(B, "WATCHING", LONG);
 }
 
+/// The unit's main pid, as the fake systemctl records it (`<pid> <start time>`).
 fn unit_pid(env: &Env, unit: &str) -> String {
     fs::read_to_string(env.systemd_dir.join(format!("{unit}.pid")))
         .unwrap()
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string()
 }
 
