@@ -25,9 +25,21 @@ impl IntoExit for u8 {
     }
 }
 
+/// Every binary of the project carries this string (its `main` refers to it), so the
+/// watcher recognises a process running one of ours by its executable's content too — a
+/// copy outside the package root, or another version's build (docs/watcher-service.md).
+pub const MARKER: &str = "atvm-watcher-service binary 3f9c27d1e8b45a60";
+
 pub fn main<C: Parser, T: IntoExit>(program: &'static str, run: fn(C) -> Result<T>) -> ExitCode {
+    std::hint::black_box(MARKER);
     logging::init(program);
-    let cli = match C::try_parse() {
+    // Parsed under the program's own name, whatever name or link it was started through
+    // (`start-atvm-run.sh`): --help and usage errors read the same either way.
+    let matches = C::command()
+        .name(program)
+        .bin_name(program)
+        .try_get_matches();
+    let cli = match matches.and_then(|m| C::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };

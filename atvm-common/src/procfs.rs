@@ -85,6 +85,9 @@ pub struct OwnBinaries {
     files: Vec<(u64, u64)>,
     /// `<package-root>/<binary>`: how an upgraded (deleted) binary still shows in `exe`.
     paths: Vec<String>,
+    /// Executables looked into for [`crate::cli::MARKER`], by (device, inode): each is read
+    /// once per watcher.
+    marked: std::cell::RefCell<std::collections::HashMap<(u64, u64), bool>>,
 }
 
 impl OwnBinaries {
@@ -106,13 +109,15 @@ impl OwnBinaries {
         own
     }
 
-    /// Is `pid` running one of our binaries?
+    /// Is `pid` running one of our binaries: a package binary, or any executable that
+    /// carries the project's marker (a copy elsewhere, another build)?
     pub fn runs_in(&self, pid: u32) -> bool {
         let exe = format!("/proc/{pid}/exe");
-        if let Ok(meta) = fs::metadata(&exe)
-            && self.files.contains(&(meta.dev(), meta.ino()))
-        {
-            return true;
+        if let Ok(meta) = fs::metadata(&exe) {
+            let id = (meta.dev(), meta.ino());
+            if self.files.contains(&id) || self.carries_marker(Path::new(&exe), id) {
+                return true;
+            }
         }
         // Replaced by an upgrade while running: the link reads `<path> (deleted)`.
         fs::read_link(&exe).is_ok_and(|target| {
@@ -150,9 +155,30 @@ impl OwnBinaries {
     }
 
     fn is_own_file(&self, path: &Path) -> bool {
-        fs::metadata(path).is_ok_and(|m| m.is_file() && self.files.contains(&(m.dev(), m.ino())))
+        fs::metadata(path).is_ok_and(|m| {
+            let id = (m.dev(), m.ino());
+            m.is_file() && (self.files.contains(&id) || self.carries_marker(path, id))
+        })
+    }
+
+    /// Does the file at `path` (identity `id`) contain the project's marker? Only regular
+    /// files of a plausible size are read, each once.
+    fn carries_marker(&self, path: &Path, id: (u64, u64)) -> bool {
+        if let Some(&known) = self.marked.borrow().get(&id) {
+            return known;
+        }
+        let found = fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() < MAX_EXE_BYTES)
+            && fs::read(path).is_ok_and(|bytes| {
+                memchr::memmem::find(&bytes, crate::cli::MARKER.as_bytes()).is_some()
+            });
+        self.marked.borrow_mut().insert(id, found);
+        found
     }
 }
+
+/// Executables larger than this are not looked into for the marker (ours are a few MB;
+/// a debug build some tens).
+const MAX_EXE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The absolute directories of `pid`'s `PATH` (a usual default when it cannot be read).
 fn search_path(pid: u32) -> Vec<PathBuf> {

@@ -452,6 +452,13 @@ fn every_binary_answers_help_with_an_example_and_version() {
             out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with(name),
             "{name}"
         );
+        // The same help through the drop-in name an old caller uses.
+        let through_link = env.run(&format!("{name}.sh"), &["--help"]);
+        assert_eq!(
+            String::from_utf8_lossy(&through_link.stdout),
+            help,
+            "{name}.sh --help differs"
+        );
     }
 }
 

@@ -966,3 +966,37 @@ fn a_cancelled_hand_started_run_s_process_is_never_the_next_run_s_runner() {
     );
     assert!(p.posts().is_empty(), "{:?}", p.posts());
 }
+
+#[test]
+fn a_copy_of_one_of_our_binaries_outside_the_package_root_is_never_the_runner() {
+    // A copy of cancel-atvm-runner (a staging build, say) waits on another controller's
+    // start lock with its output in this build's log: it is ours by its content, not a run.
+    const B: &str = "e2e-identity-copied-binary";
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_START_TIMEOUT_SECONDS", "1.5");
+    let other = Env::new();
+    let _held = other.hold_start_lock(B);
+    fs::create_dir_all(other.state_dir(B)).unwrap();
+    let copy = p.root().join("staging-cancel-runner");
+    fs::copy(testkit::bin("cancel-atvm-runner"), &copy).unwrap();
+    let log = fs::File::create(p.run_log(B)).unwrap();
+    let _copy = Group::spawn(
+        Command::new(&copy)
+            .args(["--build-name", B])
+            .env_clear()
+            .env("ATVM_STATE_ROOT", &other.state_root)
+            .env("ATVM_SYSTEMCTL", &other.systemctl)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    );
+    assert_code(
+        &p.run("start-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "start",
+    );
+    let s = finished(&p, B);
+    let journal = p.unit_output(&watcher_unit(B));
+    assert_eq!(s["state"], "UNKNOWN", "{s:#}\n{journal}");
+    assert!(!journal.contains("following runner"), "{journal}");
+    assert!(p.posts().is_empty());
+}
