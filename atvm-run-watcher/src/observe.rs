@@ -37,6 +37,8 @@ pub struct Observation {
     pub log_error: Option<String>,
     pub cancelled_at: Option<Timestamp>,
     pub last_activity: Moment,
+    /// A file at the run log's path that is not read as a run's output, and why.
+    pub untrusted_log: Option<String>,
 }
 
 /// The watcher's open inputs and what it learnt about the runner, kept between polls.
@@ -107,6 +109,10 @@ impl Observer {
         self.refresh_specs(cp);
         let cancelled_at = cancelled_at(&ctx.sd, &ctx.request)?;
         let last_activity = self.last_activity(ctx, cp, &now);
+        let untrusted_log = match (&runner, self.managed) {
+            (RunnerFacts::NotYet, false) => untrusted(ctx, self.uid),
+            _ => None,
+        };
         Ok(Some(Observation {
             now,
             runner,
@@ -114,6 +120,7 @@ impl Observer {
             log_error: log_error.map(|e| e.to_string()),
             cancelled_at,
             last_activity,
+            untrusted_log,
         }))
     }
 
@@ -527,6 +534,28 @@ impl Observer {
             })
             .unwrap_or_default()
     }
+}
+
+/// Why the file at the run log's path is not read as a hand-started run's output, if one is
+/// there and is not: said when no runner comes, so the operator sees what was refused.
+fn untrusted(ctx: &Ctx, uid: u32) -> Option<String> {
+    let path = ctx.paths.run_log(&ctx.build);
+    let m = std::fs::symlink_metadata(&path).ok()?;
+    let why = if m.file_type().is_symlink() {
+        "it is a symbolic link".to_string()
+    } else if !m.is_file() {
+        "it is not a regular file".to_string()
+    } else if m.uid() != uid {
+        format!("it belongs to uid {}, not to the watcher's user", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!("others can write it (mode {:04o})", m.mode() & 0o7777)
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{} is not read as this run's log: {why}",
+        path.display()
+    ))
 }
 
 /// Once the log's summary table is there, the specs it shows failing: the only reports whose

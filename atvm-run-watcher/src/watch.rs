@@ -165,6 +165,7 @@ impl<'a> Watcher<'a> {
             runner: &obs.runner,
             last_activity: obs.last_activity.clone(),
             timing: &timing,
+            untrusted_log: obs.untrusted_log.as_deref(),
         };
         if let Some(error) = &obs.log_error {
             // Inputs that cannot be read: UNKNOWN, with the file named.

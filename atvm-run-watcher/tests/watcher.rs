@@ -877,6 +877,37 @@ fn a_hand_started_run_s_reports_count_from_its_own_start_and_its_footer_has_both
 }
 
 #[test]
+fn a_hand_started_run_whose_log_is_not_trusted_ends_unknown_naming_it() {
+    // The file at the log path is a link (someone planted it in /tmp): never read, and
+    // when no runner turns up the reason says what was refused, not only the timeout.
+    const B: &str = "e2e-fallback-untrusted-log";
+    let env = Posting::new(vec![]);
+    let target = env.root().join("elsewhere.log");
+    fs::copy(fixture("cypress/passing.log"), &target).unwrap();
+    std::os::unix::fs::symlink(&target, env.run_log(B)).unwrap();
+    env.write_request(B, json!({}));
+    let out = finish(
+        env.spawn(
+            "atvm-run-watcher",
+            &["--build-name", B, "--start-timeout-seconds", "0.5"],
+        ),
+        LONG,
+    );
+    out.code_is(0);
+    let s = env.state(B);
+    assert_eq!(s["state"], "UNKNOWN", "{s:#}");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "{} is not read as this run's log: it is a symbolic link",
+            env.run_log(B).display()
+        )),
+        "{reason}"
+    );
+    assert_eq!(env.hook.count(), 0);
+}
+
+#[test]
 fn a_stale_report_from_an_earlier_run_is_not_counted() {
     let env = Posting::new(vec![]);
     let stale = env.reporter_dir.join("stale.json");

@@ -36,6 +36,7 @@ pub fn facts(runner: &RunnerFacts, now: i64, last_activity: i64) -> Facts<'_> {
         runner,
         last_activity: t(last_activity),
         timing: &TIMING,
+        untrusted_log: None,
     }
 }
 

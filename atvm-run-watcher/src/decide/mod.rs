@@ -68,6 +68,9 @@ pub struct Facts<'a> {
     pub runner: &'a RunnerFacts,
     pub last_activity: Moment,
     pub timing: &'a Timing,
+    /// Why the file at the run log's path is not read as this run's output, when there is
+    /// one there (a link, someone else's, writable by others): said if no runner comes.
+    pub untrusted_log: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,10 +227,14 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
 /// No runner yet: keep waiting, or UNKNOWN once the start timeout has passed.
 fn not_started_verdict(f: &Facts) -> Verdict {
     if f.requested.until(&f.now) >= f.timing.start_timeout {
+        let why = f
+            .untrusted_log
+            .map(|w| format!("; {w}"))
+            .unwrap_or_default();
         verdict(
             RunState::Unknown,
             format!(
-                "no runner for this run within {} of the request",
+                "no runner for this run within {} of the request{why}",
                 human_duration(f.timing.start_timeout)
             ),
         )
@@ -434,6 +441,20 @@ mod tests {
             },
         );
         assert_eq!(v.state, RunState::Completed);
+    }
+
+    #[test]
+    fn a_start_timeout_names_a_log_that_was_not_trusted() {
+        let mut f = fixtures::facts(&RunnerFacts::NotYet, 1000, 0);
+        f.untrusted_log = Some("/tmp/b.log is not read: it is a symbolic link");
+        let v = run_verdict(&f, LogView::EMPTY);
+        assert_eq!(v.state, RunState::Unknown);
+        assert!(
+            v.reason
+                .ends_with("of the request; /tmp/b.log is not read: it is a symbolic link"),
+            "{}",
+            v.reason
+        );
     }
 
     #[test]
