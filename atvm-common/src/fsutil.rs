@@ -160,9 +160,10 @@ pub fn create_dir(dir: &Path, mode: u32) -> Result<()> {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|e| Error::io("cannot create directory", parent, e))?;
+            // Missing parents are made with the same mode (`subruns/` of `subruns/01-linux`
+            // is as private as the sub-run's own directory); existing ones are left alone.
+            if let Some(parent) = dir.parent().filter(|p| fs::symlink_metadata(p).is_err()) {
+                create_dir(parent, mode)?;
             }
             match fs::create_dir(dir) {
                 Ok(()) => {}
@@ -424,6 +425,20 @@ mod tests {
         fs::write(&target, b"{}").expect("write");
         let err = read_json::<serde_json::Value>(&link).expect_err("symlink");
         assert!(err.to_string().contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn missing_parents_get_the_same_mode_and_existing_ones_are_left_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let deep = dir.path().join("subruns/01-linux");
+        create_dir(&deep, 0o700).expect("create");
+        for d in [&deep, &dir.path().join("subruns")] {
+            let mode = fs::metadata(d).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", d.display());
+        }
+        let top = fs::metadata(dir.path()).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(top, 0o755, "an existing parent keeps its mode");
     }
 
     #[test]

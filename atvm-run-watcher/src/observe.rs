@@ -201,7 +201,7 @@ impl Observer {
             exited_facts(&status)
         } else if status.from_earlier_boot(this_boot) {
             // The machine rebooted under the run: that pid is some other process now.
-            vanished_facts(&status)
+            vanished_facts(&status, true)
         } else if procfs::is_alive(id) {
             RunnerFacts::Alive { pid: status.pid }
         } else {
@@ -211,7 +211,7 @@ impl Observer {
                     self.note_runner(&again);
                     return (exited_facts(&again), again);
                 }
-                _ => vanished_facts(&status),
+                _ => vanished_facts(&status, false),
             }
         };
         (facts, status)
@@ -579,11 +579,14 @@ fn run_specs(cp: &Checkpoint) -> SpecSet {
 
 /// The runner is gone without recording its exit. If cancel-atvm-runner had asked for the
 /// stop, it is the cancel that ended it (the wrapper was killed when the stop timed out).
-fn vanished_facts(s: &RunnerStatus) -> RunnerFacts {
+fn vanished_facts(s: &RunnerStatus, rebooted: bool) -> RunnerFacts {
     if s.cancel_requested {
         exited_facts(s)
     } else {
-        RunnerFacts::Vanished { pid: s.pid }
+        RunnerFacts::Vanished {
+            pid: s.pid,
+            rebooted,
+        }
     }
 }
 

@@ -105,7 +105,7 @@ impl<'a> Watcher<'a> {
         }
         if self.ctx.sink.is_dry_run() {
             logging::info(format!(
-                "dry run: {} would be {} ({}); nothing was written but post.json",
+                "dry run: {} would be {} ({}); nothing was written (post.json only for a result due now)",
                 self.ctx.build, self.record.state.state, self.record.state.reason
             ));
         }
@@ -210,7 +210,7 @@ impl<'a> Watcher<'a> {
     fn note_details(&mut self, obs: &Observation) {
         let d = &mut self.record.state.details;
         let pid = match &obs.runner {
-            decide::RunnerFacts::Alive { pid } | decide::RunnerFacts::Vanished { pid } => {
+            decide::RunnerFacts::Alive { pid } | decide::RunnerFacts::Vanished { pid, .. } => {
                 Some(*pid)
             }
             _ => None,

@@ -56,7 +56,8 @@ pub struct WatchArgs {
     /// The template step's command (recorded; start-atvm-run runs it).
     #[arg(long, value_name = "CMD")]
     pub template_command: Option<String>,
-    /// The runner's command (recorded; start-atvm-runner runs it).
+    /// The runner's command, recorded in the request (start-atvm-run runs it; with this
+    /// helper alone, start it with start-atvm-runner).
     #[arg(long, value_name = "CMD")]
     pub runner_command: Option<String>,
     /// Configuration family of the run, e.g. `redhat` (shown in the message).

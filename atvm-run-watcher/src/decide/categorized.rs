@@ -175,7 +175,10 @@ fn alive_parent(
         .unwrap_or_default();
     verdict(
         RunState::Watching,
-        format!("{current}{done} sub-run(s) finished"),
+        format!(
+            "{current}{} finished",
+            super::plural(done as u64, "sub-run")
+        ),
     )
 }
 
@@ -271,7 +274,7 @@ mod tests {
             p.parent
                 .reason
                 .starts_with("sub-run 02-windows — running spec 1 of 1")
-                && p.parent.reason.ends_with("1 sub-run(s) finished"),
+                && p.parent.reason.ends_with("1 sub-run finished"),
             "{}",
             p.parent.reason
         );
@@ -283,7 +286,10 @@ mod tests {
         let s = summary(log);
         let alive = RunnerFacts::Alive { pid: 7 };
         assert!(plan(&facts(&alive), &s, &[], None).start.is_empty());
-        let gone = RunnerFacts::Vanished { pid: 7 };
+        let gone = RunnerFacts::Vanished {
+            pid: 7,
+            rebooted: false,
+        };
         let p = plan(&facts(&gone), &s, &[], None);
         assert_eq!(p.start.len(), 1);
         assert_eq!(p.start[0].key, "01");
@@ -308,7 +314,10 @@ mod tests {
             block("linux", Some(true)),
             block("windows", None)
         ));
-        let runner = RunnerFacts::Vanished { pid: 7 };
+        let runner = RunnerFacts::Vanished {
+            pid: 7,
+            rebooted: false,
+        };
         let p = plan(
             &facts(&runner),
             &s,

@@ -47,9 +47,11 @@ pub enum RunnerFacts {
     },
     /// The wrapper could not start the run (log, spec or workdir refused); why.
     Refused(String),
-    /// Recorded as started, now dead, and no exit was recorded (SIGKILL, crash).
+    /// Recorded as started, now dead, and no exit was recorded (SIGKILL, crash, or the
+    /// machine rebooted under it: `rebooted`).
     Vanished {
         pid: u32,
+        rebooted: bool,
     },
     /// A run not started through start-atvm-runner whose process has ended.
     FallbackGone,
@@ -146,7 +148,10 @@ impl LogView<'_> {
             }
         }
         Some(if spec_total > 0 {
-            format!("{spec_failed} of {spec_total} specs failed ({tests_failed} failing tests)")
+            format!(
+                "{spec_failed} of {spec_total} specs failed ({})",
+                plural(tests_failed, "failing test")
+            )
         } else {
             "failing tests in the run log".to_string()
         })
@@ -165,6 +170,14 @@ impl LogView<'_> {
     /// followed by a finished one is a wrapper's retry: the last one is the run's result.)
     fn finished(&self) -> bool {
         self.blocks.last().is_some_and(RunBlock::is_finished)
+    }
+}
+
+/// `1 failing test`, `2 failing tests`.
+pub fn plural(n: u64, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
     }
 }
 
@@ -214,7 +227,14 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
             },
             log,
         ),
-        RunnerFacts::Vanished { pid } => verdict(
+        RunnerFacts::Vanished {
+            pid,
+            rebooted: true,
+        } => verdict(
+            RunState::Terminated,
+            format!("the machine rebooted while the runner (pid {pid}) ran; it recorded no exit"),
+        ),
+        RunnerFacts::Vanished { pid, .. } => verdict(
             RunState::Terminated,
             format!(
                 "runner (pid {pid}) ended without recording an exit (killed with SIGKILL or crashed)"
@@ -304,10 +324,11 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
         );
     }
     if let Some(failures) = log.failures() {
-        // Cypress's exit code is the number of failed tests, modulo 256.
+        // Cypress's exit code is the number of failed tests, modulo 256 (256 failures exit
+        // 0), and a wrapper may swallow it: the log decides.
         return verdict(
             RunState::Failed,
-            format!("{failures} (exit code 0: Cypress exit codes wrap at 256)"),
+            format!("{failures} (the runner exited 0; the log shows the failures)"),
         );
     }
     if !log.blocks.is_empty() && !log.finished() {
@@ -378,7 +399,10 @@ pub fn parent_summary(runner_verdict: &Verdict, subrun_states: &[RunState]) -> V
         .iter()
         .filter(|s| **s == RunState::Completed)
         .count();
-    let tally = format!("{n} sub-runs: {completed} completed, {failed} failed");
+    let tally = format!(
+        "{}: {completed} completed, {failed} failed",
+        plural(n as u64, "sub-run")
+    );
     match runner_verdict.state {
         RunState::Cancelled | RunState::Terminated | RunState::Hung | RunState::Unknown => verdict(
             runner_verdict.state,
@@ -468,7 +492,12 @@ mod tests {
             },
         );
         assert_eq!(v.state, RunState::Failed);
-        assert!(v.reason.contains("wrap at 256"), "{}", v.reason);
+        assert!(
+            v.reason
+                .contains("the runner exited 0; the log shows the failures"),
+            "{}",
+            v.reason
+        );
     }
 
     #[test]
@@ -536,7 +565,10 @@ mod tests {
             run_verdict(&facts(&stopped), LogView::EMPTY).state,
             RunState::Terminated
         );
-        let gone = RunnerFacts::Vanished { pid: 42 };
+        let gone = RunnerFacts::Vanished {
+            pid: 42,
+            rebooted: false,
+        };
         assert_eq!(
             run_verdict(&facts(&gone), LogView::EMPTY).state,
             RunState::Terminated
@@ -683,7 +715,7 @@ mod tests {
         );
         assert_eq!(
             v.reason,
-            "runner exited with code 1: 1 of 7 specs failed (1 failing tests)"
+            "runner exited with code 1: 1 of 7 specs failed (1 failing test)"
         );
         // Failures seen before any summary: no spec tally to give.
         let cut = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  a.cy.js   00:01   1   -   1   -   - │\n";
@@ -795,13 +827,13 @@ mod tests {
             parent_summary(&failed_runner, &[RunState::Completed]),
             verdict(
                 RunState::Failed,
-                "1 sub-runs: 1 completed, 0 failed; runner: runner exited with code 1"
+                "1 sub-run: 1 completed, 0 failed; runner: runner exited with code 1"
             )
         );
         let hung = verdict(RunState::Hung, "no activity");
         assert_eq!(
             parent_summary(&hung, &[RunState::Failed]).reason,
-            "no activity; 1 sub-runs: 0 completed, 1 failed"
+            "no activity; 1 sub-run: 0 completed, 1 failed"
         );
     }
 
