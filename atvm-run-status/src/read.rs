@@ -8,7 +8,7 @@ use crate::view::{
     Detail, FileError, Groups, MarkerView, PostView, RunView, RunnerView, SubRunView,
 };
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{Marker, Request, RunnerStatus, State};
+use atvm_common::state::{Marker, PostStatus, Request, RunnerStatus, State};
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
 use serde::de::DeserializeOwned;
 use std::fs;
@@ -220,9 +220,12 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             .and_then(|s| s.subruns_total)
             .unwrap_or(subruns.len())
             .max(subruns.len());
+        let posts = |status: PostStatus| subruns.iter().filter(|s| s.post.status == status).count();
         Groups {
             done: subruns.iter().filter(|s| s.state.is_terminal()).count() + total - subruns.len(),
             total,
+            posted: posts(PostStatus::Posted),
+            post_failed: posts(PostStatus::Failed),
         }
     });
     // A run whose directory cannot be read still gets every detail key (null), as documented.

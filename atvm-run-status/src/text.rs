@@ -34,9 +34,7 @@ pub fn table(runs: &[RunView], with_archive: bool, columns: Option<usize>) -> St
                 (None, false) => "ERROR".into(),
             },
             yes_no(run.is_final),
-            run.post
-                .as_ref()
-                .map_or("-".into(), |p| post_word(p).to_string()),
+            post_cell(run),
             run.groups
                 .as_ref()
                 .map_or("-".into(), |g| format!("{}/{}", g.done, g.total)),
@@ -244,6 +242,19 @@ fn subrun_table(subruns: &[SubRunView]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The run's post status; for a categorized run that posts per sub-run, what its sub-runs'
+/// posts came to (`2 posted`, `1 posted, 1 failed`), so a failed group post shows here.
+fn post_cell(run: &RunView) -> String {
+    let own = run.post.as_ref().map(post_word);
+    match (&run.groups, own) {
+        (Some(g), None | Some("none")) if g.posted + g.post_failed > 0 => match g.post_failed {
+            0 => format!("{} posted", g.posted),
+            f => format!("{} posted, {f} failed", g.posted),
+        },
+        (_, own) => own.unwrap_or("-").to_string(),
+    }
 }
 
 fn post_word(p: &PostView) -> &'static str {

@@ -96,6 +96,9 @@ impl From<&Post> for PostView {
 pub struct Groups {
     pub done: usize,
     pub total: usize,
+    /// Sub-runs whose post was delivered, and whose post failed for good (of those listed).
+    pub posted: usize,
+    pub post_failed: usize,
 }
 
 #[derive(Debug, Serialize)]

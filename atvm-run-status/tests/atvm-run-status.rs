@@ -136,7 +136,8 @@ fn the_table_lists_runs_newest_first_and_all_adds_archived_ones() {
     assert_eq!(column(&table, "BUILD"), ["watching-2", "new-3", "done-1"]);
     assert_eq!(column(&table, "STATE"), ["WATCHING", "-", "COMPLETED"]);
     assert_eq!(column(&table, "FINAL"), ["no", "-", "yes"]);
-    assert_eq!(column(&table, "POST"), ["none", "-", "posted"]);
+    // watching-2 posts per group: its first group's post shows.
+    assert_eq!(column(&table, "POST"), ["1 posted", "-", "posted"]);
     assert_eq!(column(&table, "GROUPS"), ["1/2", "-", "-"]);
     assert_eq!(column(&table, "UNIT"), ["inactive"; 3]);
     let ages = column(&table, "AGE");
@@ -213,7 +214,10 @@ fn json_lists_the_same_runs_with_every_key() {
         (&w["state"], &w["final"]),
         (&json!("WATCHING"), &json!(false))
     );
-    assert_eq!(w["groups"], json!({"done": 1, "total": 2}));
+    assert_eq!(
+        w["groups"],
+        json!({"done": 1, "total": 2, "posted": 1, "post_failed": 0})
+    );
     assert_eq!(
         w["post"],
         json!({"status": "none", "attempts": 0, "last_error": null, "posted_at": null})
@@ -508,7 +512,10 @@ fn the_detail_view_shows_everything_about_a_categorized_run() {
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1);
     let r = &runs[0];
-    assert_eq!(r["groups"], json!({"done": 3, "total": 3}));
+    assert_eq!(
+        r["groups"],
+        json!({"done": 3, "total": 3, "posted": 1, "post_failed": 1})
+    );
     assert_eq!(r["request"]["integration_plugin"], "vault");
     assert_eq!(r["request"]["categorize"], true);
     assert_eq!(r["runner"]["pid"], 4242);

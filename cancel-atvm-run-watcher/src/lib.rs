@@ -87,15 +87,19 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     // Read again: a post on the wire when the cancel came has finished now.
     let now = sd.read_state()?;
     let groups = now.as_ref().map(posted_groups).unwrap_or_default();
+    let note = groups_note(now.as_ref());
     let line = match (now.filter(|s| s.post.status == PostStatus::Posted), found) {
         (Some(s), _) => format!(
             "{build} was already reported: its {} post was delivered before the cancel took effect; {stopped}",
             s.state
         ),
-        (None, Found::EndedUnposted(state)) => {
+        (None, Found::EndedUnposted(state)) if note.is_empty() => {
             format!(
                 "{build} had already ended as {state} (never posted); marked cancelled; {stopped}"
             )
+        }
+        (None, Found::EndedUnposted(state)) => {
+            format!("{build} had already ended as {state}{note}; marked cancelled; {stopped}")
         }
         (None, _) if groups.is_empty() => {
             format!("cancelled {build}: state CANCELLED, nothing posted; {stopped}")
@@ -157,11 +161,42 @@ fn posted_groups(state: &State) -> Vec<String> {
         .collect()
 }
 
+/// The sub-runs whose post failed for good.
+fn failed_groups(state: &State) -> Vec<String> {
+    state
+        .subruns
+        .iter()
+        .flatten()
+        .filter(|s| s.post.status == PostStatus::Failed)
+        .map(|s| s.key.clone())
+        .collect()
+}
+
 /// Was everything of the run that is ever posted, posted? The run's own post, or — for a
-/// categorized run that has ended and owes nothing — its groups'.
+/// categorized run that has ended and owes nothing — its groups', none of them failed.
 fn reported(state: &State) -> bool {
     state.post.status == PostStatus::Posted
-        || (state.is_final && !state.owes_a_post() && !posted_groups(state).is_empty())
+        || (state.is_final
+            && !state.owes_a_post()
+            && !posted_groups(state).is_empty()
+            && failed_groups(state).is_empty())
+}
+
+/// `; groups posted: 01-linux; failed to post: 02-windows` for a categorized run, or nothing.
+fn groups_note(state: Option<&State>) -> String {
+    let Some(state) = state else {
+        return String::new();
+    };
+    let mut note = String::new();
+    let posted = posted_groups(state);
+    if !posted.is_empty() {
+        note.push_str(&format!("; groups posted: {}", posted.join(", ")));
+    }
+    let failed = failed_groups(state);
+    if !failed.is_empty() {
+        note.push_str(&format!("; failed to post: {}", failed.join(", ")));
+    }
+    note
 }
 
 /// Under the state lock (so a watcher saving at the same moment sees it): write the

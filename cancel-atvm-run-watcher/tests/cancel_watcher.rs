@@ -138,6 +138,32 @@ fn categorized(env: &Env, final_state: Option<&str>, posted: &[&str]) {
 }
 
 #[test]
+fn a_categorized_run_with_a_group_post_failed_for_good_is_not_called_reported() {
+    let env = Env::new();
+    categorized(&env, Some("FAILED"), &["01-linux"]);
+    let path = env.state_dir(B).join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    state["subruns"].as_array_mut().unwrap().push(json!({
+        "key": "02-windows", "group": "windows", "state": "FAILED", "counts": null,
+        "post": {"status": "failed", "attempts": 1, "last_error": "HTTP 400 (chat.example.com)"}
+    }));
+    fs::write(&path, state.to_string()).unwrap();
+    let table = env.run("atvm-run-status", &[]);
+    table.succeeds().said("1 posted, 1 failed");
+    let out = env.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    out.succeeds()
+        .never_said("already reported")
+        .said("had already ended as FAILED; groups posted: 01-linux; failed to post: 02-windows; marked cancelled");
+    assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
+    assert_eq!(
+        env.state(B)["state"],
+        "FAILED",
+        "an ended run keeps its state"
+    );
+}
+
+#[test]
 fn a_categorized_run_cancelled_midway_names_the_groups_already_posted() {
     let env = Env::new();
     categorized(&env, None, &["01-linux"]);
