@@ -47,7 +47,7 @@ pub enum Error {
     LockHeld { path: PathBuf },
 
     /// The runner unit started but its wrapper refused the run, or never confirmed it.
-    #[error("the runner did not start ({unit}): {why}")]
+    #[error("the runner did not start: {why} ({unit})")]
     RunnerStart { unit: String, why: String },
 
     #[error("systemctl {action} failed: {detail} ({unit})")]

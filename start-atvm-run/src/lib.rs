@@ -104,7 +104,10 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Err(e) = start_atvm_runner::start(&build, &paths, &systemctl, &runner, &lock) {
         // Stop the watcher again and record why, so the run does not sit in STARTING until
         // the start timeout.
-        let reason = format!("the runner could not be started: {e}");
+        let reason = match &e {
+            Error::RunnerStart { .. } => e.to_string(),
+            other => format!("the runner could not be started: {other}"),
+        };
         start_atvm_run_watcher::abandon(&build, &paths, &systemctl, &reason);
         return Err(e);
     }
