@@ -325,6 +325,7 @@ fn read_detail(
         cancelled: readable.then(|| r.marker(&sd.cancelled_marker())).flatten(),
         posted: readable.then(|| r.marker(&sd.posted_marker())).flatten(),
         last_error: state.and_then(|s| s.post.last_error.clone()),
+        watcher_error: text("watcher_error"),
         subruns,
     }
 }

@@ -132,10 +132,14 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     line("watcher unit", unit(run.watcher_unit.as_ref()));
     if let Some(word) = unattended(run) {
         let name = run.watcher_unit.as_ref().map_or("", |u| u.name.as_str());
+        let why = d
+            .and_then(|d| d.watcher_error.as_deref())
+            .map(|e| format!(" (it stopped: {e})"))
+            .unwrap_or_default();
         line(
             "attention",
             format!(
-                "the run is not final but its watcher is {word}: see journalctl -u {name}; restart it with systemctl start {name}"
+                "the run is not final but its watcher is {word}{why}: see journalctl -u {name}; restart it with systemctl start {name}"
             ),
         );
     }

@@ -69,6 +69,9 @@ pub struct Detail {
     pub posted: Option<MarkerView>,
     /// The run's own post error (sub-runs carry theirs).
     pub last_error: Option<String>,
+    /// Why the run's watcher stopped with an error (it exited 1 and the unit stays failed),
+    /// as it recorded it.
+    pub watcher_error: Option<String>,
     /// `null` for a run that is not categorized.
     pub subruns: Option<Vec<SubRunView>>,
 }

@@ -126,22 +126,7 @@ pub fn run(cli: Cli) -> Result<()> {
         return resume::resume_all(&paths, &Systemctl::from_env());
     }
     let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
-    let sink = if cli.dry_run {
-        let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
-        Sink::DryRun {
-            channel: config.channel,
-            format: config.format,
-        }
-    } else {
-        let config = MattermostConfig::load(&paths.env_file)?;
-        let webhook = config.require_webhook(&paths.env_file)?.clone();
-        let poster: Arc<dyn Poster> = Arc::new(Client::new(webhook, timing.post_retry));
-        Sink::Mattermost {
-            poster,
-            channel: config.channel,
-            format: config.format,
-        }
-    };
+    let sink = sink(cli.dry_run, &paths, timing)?;
     let sd = paths.state_dir(&build);
     sd.check()?;
     let request = sd.read_request()?.ok_or_else(|| {
@@ -170,8 +155,61 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
     };
     let shutdown = shutdown::Shutdown::install()?;
-    let mut watcher = Watcher::resume(paths, build, request, timing, sink, &shutdown)?;
-    watcher.run(cli.once)
+    let dry_run = sink.is_dry_run();
+    let run_id = request.run_id.clone();
+    let watched = Watcher::resume(paths, build, request, timing, sink, &shutdown)
+        .and_then(|mut watcher| watcher.run(cli.once));
+    if let Err(e) = &watched
+        && !dry_run
+    {
+        note_fatal(&sd, &run_id, e);
+    }
+    watched
+}
+
+/// A watcher ending with an error that waiting does not cure (an unreadable file, say)
+/// leaves the unit failed and its run not final: put why in the run's `state.json`
+/// (`details.watcher_error`), where `atvm-run-status` shows it. Best effort: the state
+/// itself may be what cannot be read or written. A post that failed for good is already
+/// in the post's own record.
+fn note_fatal(sd: &atvm_common::StateDir, run_id: &str, e: &Error) {
+    // Only a file the watcher could not use: not another watcher's lock, a usage or
+    // configuration error, or a full disk (waited out, not fatal).
+    if !matches!(e, Error::File { .. } | Error::Io { .. }) || e.is_transient() {
+        return;
+    }
+    let _ = sd.update_state(|current| {
+        Ok((
+            current
+                .filter(|s| s.run_id == run_id && !s.is_final)
+                .map(|mut s| {
+                    s.details
+                        .insert("watcher_error".into(), serde_json::json!(e.to_string()));
+                    s
+                }),
+            (),
+        ))
+    });
+}
+
+/// Where results go: Mattermost (the webhook must be configured), or with `--dry-run`
+/// `post.json` files (no webhook needed).
+fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
+    if dry_run {
+        let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
+        return Ok(Sink::DryRun {
+            channel: config.channel,
+            format: config.format,
+        });
+    }
+    let config = MattermostConfig::load(&paths.env_file)?;
+    let webhook = config.require_webhook(&paths.env_file)?.clone();
+    let poster: Arc<dyn Poster> = Arc::new(Client::new(webhook, timing.post_retry));
+    Ok(Sink::Mattermost {
+        poster,
+        channel: config.channel,
+        format: config.format,
+    })
 }
 
 fn test_post(paths: &Paths, window: Duration) -> Result<()> {

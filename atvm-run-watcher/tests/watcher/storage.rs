@@ -328,3 +328,28 @@ fn a_restart_of_a_run_with_more_groups_than_state_json_lists_posts_each_group_on
         assert!(mine[0].starts_with(expected), "group {g}: {}", mine[0]);
     }
 }
+
+#[test]
+fn a_watcher_stopped_by_an_unreadable_checkpoint_says_why_where_operators_look() {
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    start_runner(&p, "echo '  (Run Starting)'; sleep 30; :");
+    let out = watch(&p, &["--once"]);
+    out.succeeds();
+    let cp = p.state_dir(B).join("watcher/checkpoint.json");
+    fs::write(&cp, "{\"run_id\": 5").unwrap();
+    watch(&p, &["--once"]).code_is(1).said("checkpoint.json");
+    assert_eq!(
+        fs::read_to_string(&cp).unwrap(),
+        "{\"run_id\": 5",
+        "kept as it was"
+    );
+    let s = p.state(B);
+    let why = s["details"]["watcher_error"].as_str().unwrap_or_default();
+    assert!(why.contains("checkpoint.json"), "{s:#}");
+    p.run("atvm-run-status", &["--build-name", B])
+        .succeeds()
+        .said("attention")
+        .said("(it stopped: ");
+    p.cancel_run(B);
+}
