@@ -133,15 +133,16 @@ pub fn cut_off_subrun_verdict() -> Verdict {
 }
 
 /// Blocks after the `known` ones whose header is complete (or all of them once the runner
-/// is gone, and any block another one follows: a cut-off header is all there will be).
+/// is gone: a cut-off header is all there will ever be). A header torn off by the next
+/// `(Run Starting)` is complete too: the parser ends the table at the first line that is
+/// not part of it.
 fn new_subruns(summary: &LogSummary, known: usize, take_all: bool) -> Vec<NewSubRun> {
-    let blocks = summary.runs.len();
     summary
         .runs
         .iter()
         .enumerate()
         .skip(known)
-        .take_while(|(i, b)| take_all || header_known(b) || i + 1 < blocks)
+        .take_while(|(_, b)| take_all || header_known(b))
         .map(|(index, b)| NewSubRun {
             index,
             key: LogSummary::subrun_key(index + 1, b.group.as_deref()),
