@@ -484,15 +484,23 @@ impl StateDir {
         }
         let checkpoint: Option<serde_json::Value> =
             fsutil::read_json(&self.checkpoint()).ok().flatten();
-        if let Some(adopted) = checkpoint
-            .and_then(|c| serde_json::from_value::<ProcessId>(c.get("fallback")?.clone()).ok())
-        {
-            found.push(adopted);
+        if let Some(c) = checkpoint {
+            // Every process the watcher followed (`adopted`), and the one it followed last
+            // (`fallback`, all an older checkpoint has).
+            let listed = c.get("adopted").cloned().unwrap_or_default();
+            found.extend(serde_json::from_value::<Vec<ProcessId>>(listed).unwrap_or_default());
+            let last = c.get("fallback").cloned().unwrap_or_default();
+            found.extend(serde_json::from_value::<ProcessId>(last).ok());
         }
         found.retain(|id| procfs::is_alive(*id));
-        found.dedup();
-        found.truncate(20);
-        found
+        let mut unique: Vec<ProcessId> = Vec::new();
+        for id in found {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        unique.truncate(20);
+        unique
     }
     pub fn subrun_dir(&self, key: &str) -> PathBuf {
         self.dir.join("subruns").join(key)

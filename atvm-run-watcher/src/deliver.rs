@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Where a postable result's payload is kept from the moment it is due until it is
-/// delivered, beside its `state.json`: a restarted watcher posts exactly those bytes.
+/// Where a postable result's payload is kept, beside its `state.json`, from its first
+/// attempt until it is delivered: a restarted watcher posts exactly those bytes.
 pub const PAYLOAD_FILE: &str = "payload.json";
 
 /// How long to wait between tries of a record that could not be written (a full disk).
@@ -154,13 +154,14 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
         record_until_done(job, ledger, &post)?;
         return Ok(Outcome::Failed(error));
     }
-    let (delivery, unrecordable) = {
+    let (delivery, unrecordable, unsent) = {
         let mut hooks = AttemptLog {
             job,
             post: &mut post,
             ledger,
             unrecordable: None,
             unrecorded_said: false,
+            unsent: false,
         };
         let attempts = hooks.post.attempts;
         let delivery = mattermost::deliver(
@@ -170,8 +171,13 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
             attempts,
             &mut hooks,
         );
-        (delivery, hooks.unrecordable)
+        (delivery, hooks.unrecordable, hooks.unsent)
     };
+    if unsent && matches!(delivery, Delivery::Cancelled { .. }) {
+        // The attempt prepared last was never sent (the cancel came first): no `post.ready`
+        // may suggest to the cancel helper that it is on the wire.
+        let _ = std::fs::remove_file(job.ready());
+    }
     if let Some(e) = unrecordable {
         // Nothing more was sent: the post stays owed, and the file is named.
         return Err(e);
@@ -317,6 +323,8 @@ struct AttemptLog<'a> {
     /// The operator was told that an attempt waits for its record (said once, not at
     /// every backoff).
     unrecorded_said: bool,
+    /// An attempt was recorded (and `post.ready` prepared) but not sent yet.
+    unsent: bool,
 }
 
 impl AttemptLog<'_> {
@@ -349,6 +357,7 @@ impl Hooks for AttemptLog<'_> {
         }
         match self.record_attempt(n) {
             Ok(()) => {
+                self.unsent = true;
                 if self.unrecorded_said {
                     logging::info(format!(
                         "{}: attempt {n} of the {} post is recorded now; sending it",
@@ -374,6 +383,16 @@ impl Hooks for AttemptLog<'_> {
         }
     }
     fn attempted(&mut self, _n: u32, outcome: &Attempt) {
+        self.unsent = false;
+        if let Attempt::Retry {
+            maybe_delivered: false,
+            ..
+        } = outcome
+        {
+            // The server said it did not take it (or was never reached): no `post.ready`
+            // may suggest to the cancel helper that an answer is still awaited.
+            let _ = std::fs::remove_file(self.job.ready());
+        }
         if let Attempt::Retry { error, .. } = outcome {
             logging::warn(format!(
                 "{}: post attempt failed: {error}",

@@ -253,8 +253,8 @@ impl Observer {
         match (cp.fallback, newer) {
             (Some(adopted), Some(id)) if seen_before || !procfs::is_alive(adopted) => {
                 logging::warn(format!(
-                    "runner pid {} started after pid {} and writes {}: following it \
-                     (pid {} is left over from an earlier run)",
+                    "runner pid {} started after pid {} and writes {} itself: following it \
+                     instead (pid {} is taken for a leftover, or an earlier attempt of this run)",
                     id.pid,
                     adopted.pid,
                     ctx.paths.run_log(&ctx.build).display(),
@@ -292,22 +292,30 @@ impl Observer {
         log: Option<FileId>,
         now: &Moment,
     ) -> RunnerFacts {
-        if let Some(l) = log
-            && procfs::appended_by(id.pid, l.dev, l.ino)
-        {
+        let appends = log.is_some_and(|l| procfs::appended_by(id.pid, l.dev, l.ino));
+        if appends {
             logging::warn(format!(
                 "{} is written in append mode (`>>`, `tee -a`): lines of an earlier run \
                  at its start are read as this run's",
                 ctx.paths.run_log(&ctx.build).display()
             ));
         }
-        if cp.fallback_log.is_some() && cp.fallback_log != log {
-            cp.parser = Default::default();
+        // Another file, or a new runner that opened the log without appending (`>`
+        // truncated it, even if it then wrote the same bytes again): read it from its
+        // start. A categorized run keeps its blocks — the new ones follow, with new keys.
+        let takeover = cp.fallback.is_some_and(|old| old != id);
+        let new_file = cp.fallback_log.is_some() && cp.fallback_log != log;
+        if new_file || (takeover && !appends) {
+            match ctx.request.categorize {
+                true => cp.parser.reset_partial_line(),
+                false => cp.parser = Default::default(),
+            }
             cp.follow = None;
             self.follower = None;
         }
         cp.fallback = Some(id);
         cp.fallback_log = log;
+        cp.note_adopted(id);
         self.runner_started = Some(now.clone());
         // When the process really started (it usually runs before the watcher does): the
         // footer's start, and the time its reports count from.

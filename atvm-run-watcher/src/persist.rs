@@ -53,6 +53,25 @@ pub struct Checkpoint {
     /// lists only the latest when there are many).
     #[serde(default)]
     pub subrun_keys: Vec<String>,
+    /// Every process followed by its command line, oldest first (at most
+    /// [`MAX_ADOPTED`]): a later run of the build name never takes one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<ProcessId>,
+}
+
+/// How many adopted processes a checkpoint remembers.
+pub const MAX_ADOPTED: usize = 20;
+
+impl Checkpoint {
+    /// Remember that `id` was followed as this run's runner.
+    pub fn note_adopted(&mut self, id: ProcessId) {
+        if !self.adopted.contains(&id) {
+            if self.adopted.len() == MAX_ADOPTED {
+                self.adopted.remove(0);
+            }
+            self.adopted.push(id);
+        }
+    }
 }
 
 /// The cancel marker's time, if the marker belongs to this run.
@@ -260,6 +279,11 @@ impl Store {
                     RunState::Cancelled,
                     "cancelled with cancel-atvm-run-watcher",
                 );
+            }
+            if next.state == RunState::Cancelled && next.post.status != PostStatus::Posted {
+                // A cancelled run posts nothing: an attempt that failed after the cancel
+                // (its window ran out, say) does not make it a failed post.
+                next.post.status = PostStatus::Suppressed;
             }
             next.updated_at = Timestamp::now();
             Ok((Some(next.clone()), next))

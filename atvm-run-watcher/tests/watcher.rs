@@ -597,7 +597,7 @@ fn a_run_started_after_a_leftover_was_adopted_takes_its_place() {
     out.code_is(0);
     let s = env.state(B);
     assert_eq!(s["state"], "FAILED", "{s}\n{}", text(&out));
-    out.said("left over from an earlier run");
+    out.said("is taken for a leftover");
     assert_eq!(env.hook.count(), 1, "the new run's result is posted");
 }
 
@@ -911,6 +911,66 @@ fn a_hand_started_run_whose_log_is_not_trusted_ends_unknown_naming_it() {
         "{reason}"
     );
     assert_eq!(env.hook.count(), 0);
+}
+
+#[test]
+fn a_second_categorized_runner_writing_the_same_bytes_again_still_gets_new_keys() {
+    // A rerun of the same groups with the same output, truncating the log (`> B.log`)
+    // and writing it all within one poll: nothing about the bytes says they are new, the
+    // new writer does (it did not open the log to append).
+    const B: &str = "e2e-fallback-categorized-same";
+    let env = Posting::new(vec![]);
+    let log = fixture("cypress/categorized-3-groups.log");
+    env.write_request(B, json!({"categorize": true}));
+    let mut one = detached_runner(
+        &format!("cat '{}'; sleep 2.5; exit 1", log.display()),
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    let watcher = env.spawn(
+        "atvm-run-watcher",
+        &[
+            "--build-name",
+            B,
+            "--grace-seconds",
+            "3",
+            "--poll-seconds",
+            "1",
+        ],
+    );
+    env.wait_until("the first runner's groups posted", LONG, || {
+        env.hook.count() == 3
+    });
+    one.wait().unwrap();
+    let mut two = detached_runner(
+        &format!("cat '{}'; sleep 1.5; exit 1", log.display()),
+        B,
+        fs::File::create(env.run_log(B)).unwrap().into(),
+    );
+    let out = finish(watcher, LONG);
+    two.wait().unwrap();
+    out.code_is(0);
+    let s = env.state(B);
+    let keys: Vec<&str> = s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "01-linux",
+            "02-windows",
+            "03-ubuntu-24.04",
+            "04-linux",
+            "05-windows",
+            "06-ubuntu-24.04"
+        ],
+        "{}",
+        text(&out)
+    );
+    assert_eq!(env.hook.count(), 6);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use atvm_common::state::{PostStatus, RunState, StartLock, State};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, StateDir, logging};
 use clap::Parser;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const EXAMPLE: &str = "\
@@ -81,17 +82,35 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         true => format!("{unit} stopped"),
         false => format!("{unit} was not running ({})", activity.word()),
     };
-    if wait_for_hand_run_watcher(build, &sd)? {
-        stopped.push_str("; a watcher run outside systemd saw the cancel and ended");
+    let hand_run = wait_for_hand_run_watcher(build, &sd)?;
+    match hand_run {
+        HandRun::None => {}
+        HandRun::Ended => {
+            stopped.push_str("; a watcher run outside systemd saw the cancel and ended")
+        }
+        HandRun::StillRunning => stopped.push_str(
+            "; a watcher run outside systemd still runs: it sends nothing more once it sees the cancel",
+        ),
     }
-    // Read again: a post on the wire when the cancel came has finished now.
+    // Read again: a post on the wire when the cancel came has finished now. Its marker is
+    // the first record of a delivery (the state may lag: a full disk, a kill).
     let now = sd.read_state()?;
+    let delivered = now
+        .as_ref()
+        .filter(|s| s.post.status == PostStatus::Posted || run_marker(&sd, "posted.marker"))
+        .map(|s| s.state);
+    // An attempt sent whose answer was never recorded (the watcher was killed waiting for
+    // it, or still waits): it may have reached Mattermost.
+    let unknown = hand_run == HandRun::StillRunning || attempt_unanswered(&sd, now.as_ref());
     let groups = now.as_ref().map(posted_groups).unwrap_or_default();
     let note = groups_note(now.as_ref());
-    let line = match (now.filter(|s| s.post.status == PostStatus::Posted), found) {
-        (Some(s), _) => format!(
-            "{build} was already reported: its {} post was delivered before the cancel took effect; {stopped}",
-            s.state
+    let line = match (delivered, found) {
+        (Some(state), _) => format!(
+            "{build} was already reported: its {state} post was delivered before the cancel took effect; {stopped}"
+        ),
+        (None, _) if unknown => format!(
+            "cancelled {build}: state CANCELLED; a post attempt was under way and may have reached Mattermost before the cancel (its footer carries the run id){}; nothing more is posted; {stopped}",
+            note
         ),
         (None, Found::EndedUnposted(state)) if note.is_empty() => {
             format!(
@@ -118,16 +137,55 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
 /// second, a poll every `--poll-seconds` (the unit's stop timeout is 30 s too).
 const HAND_RUN_WATCHER_WAIT: Duration = Duration::from_secs(30);
 
+/// What became of a watcher running outside its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HandRun {
+    /// There was none.
+    None,
+    /// It saw the cancel and ended.
+    Ended,
+    /// It still runs after [`HAND_RUN_WATCHER_WAIT`].
+    StillRunning,
+}
+
+/// Is `name` (a post marker) in the run's directory, for this run?
+fn run_marker(sd: &StateDir, name: &str) -> bool {
+    let Ok(Some(request)) = sd.read_request() else {
+        return false;
+    };
+    sd.read_marker(&sd.path().join(name))
+        .ok()
+        .flatten()
+        .is_some_and(|(m, mtime)| m.belongs_to(&request.run_id, request.requested_at, mtime))
+}
+
+/// Was an attempt (of the run's post or a sub-run's) prepared and sent, with no answer
+/// recorded? Its `post.ready` is still there and no posted or failed marker replaced it.
+fn attempt_unanswered(sd: &StateDir, state: Option<&State>) -> bool {
+    let keys = state
+        .and_then(|s| s.subruns.as_ref())
+        .map(|l| l.iter().map(|s| sd.subrun_dir(&s.key)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    std::iter::once(sd.path().to_path_buf())
+        .chain(keys)
+        .any(|dir| {
+            dir.join("post.ready").exists()
+                && !dir.join("posted.marker").exists()
+                && !dir.join("failed.marker").exists()
+        })
+}
+
 /// A watcher started by hand (`atvm-run-watcher --build-name B --once`, as start-atvm-run
 /// suggests for an owed post) holds `watcher.lock` outside the unit, so stopping the unit
 /// does not reach it: wait until it has seen the marker and ended, so that what the cancel
-/// says afterwards is what happened. `true` if there was one to wait for.
-fn wait_for_hand_run_watcher(build: &BuildName, sd: &StateDir) -> Result<bool> {
+/// says afterwards is what happened.
+fn wait_for_hand_run_watcher(build: &BuildName, sd: &StateDir) -> Result<HandRun> {
     let start = Instant::now();
     let mut waited = false;
     loop {
         match Lock::try_exclusive(&sd.watcher_lock()) {
-            Ok(_free) => return Ok(waited),
+            Ok(_free) if waited => return Ok(HandRun::Ended),
+            Ok(_free) => return Ok(HandRun::None),
             Err(Error::LockHeld { path }) => {
                 if !waited {
                     logging::notice(format!(
@@ -137,11 +195,7 @@ fn wait_for_hand_run_watcher(build: &BuildName, sd: &StateDir) -> Result<bool> {
                     waited = true;
                 }
                 if start.elapsed() >= HAND_RUN_WATCHER_WAIT {
-                    logging::warn(format!(
-                        "a watcher of {build} still runs outside systemd; it sends nothing more once it sees the cancel ({})",
-                        path.display()
-                    ));
-                    return Ok(true);
+                    return Ok(HandRun::StillRunning);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -203,13 +257,36 @@ fn groups_note(state: Option<&State>) -> String {
 /// marker and make the run CANCELLED — unless its result was already posted.
 fn mark_cancelled(build: &BuildName, sd: &StateDir) -> Result<Found> {
     let request = sd.read_request()?;
+    let delivered = |dir: &Path, run_id: &str| {
+        let requested_at = request.as_ref().map(|r| r.requested_at);
+        sd.read_marker(&dir.join("posted.marker"))
+            .ok()
+            .flatten()
+            .is_some_and(|(m, mtime)| {
+                requested_at.is_some_and(|at| m.belongs_to(run_id, at, mtime))
+            })
+    };
     sd.update_state(|current| {
         let run_id = request
             .as_ref()
             .map(|r| r.run_id.clone())
             .or_else(|| current.as_ref().map(|s| s.run_id.clone()))
             .unwrap_or_default();
-        let existing = current.filter(|s| s.run_id == run_id);
+        let mut existing = current.filter(|s| s.run_id == run_id);
+        // What Mattermost answered `ok` to is recorded by its marker first; the state may
+        // not say so yet (a full disk, a watcher stopped before it wrote it).
+        if let Some(s) = existing.as_mut() {
+            if s.post.status != PostStatus::Posted && delivered(sd.path(), &run_id) {
+                s.post.status = PostStatus::Posted;
+            }
+            for sub in s.subruns.iter_mut().flatten() {
+                if sub.post.status != PostStatus::Posted
+                    && delivered(&sd.subrun_dir(&sub.key), &run_id)
+                {
+                    sub.post.status = PostStatus::Posted;
+                }
+            }
+        }
         if let Some(s) = existing.as_ref().filter(|s| reported(s)) {
             return Ok((None, Found::Reported(s.state)));
         }

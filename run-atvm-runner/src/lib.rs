@@ -47,6 +47,9 @@ pub fn run(cli: Cli) -> Result<u8> {
     // Register before spawning: a stop that arrives during start-up is queued, not lost.
     let signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))?;
+    // A second wrapper of a start (run by hand beside the unit's) must not touch the live
+    // one's log or status: refused without a record, which would be the live one's.
+    refuse_if_running(&sd)?;
     let started = match prepare(&sd, &build) {
         Ok(started) => started,
         Err(e) => {
@@ -143,6 +146,28 @@ fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
         status,
         child,
     })
+}
+
+/// Another wrapper of the build is alive (its recorded pid still has its start time): exit 4.
+fn refuse_if_running(sd: &StateDir) -> Result<()> {
+    let Some(status) = sd.read_status().ok().flatten() else {
+        return Ok(());
+    };
+    let live = procfs::ProcessId {
+        pid: status.pid,
+        start_ticks: status.pid_start_ticks,
+    };
+    let me = procfs::self_id();
+    if status.exited_at.is_none() && procfs::is_alive(live) && me != Some(live) {
+        return Err(Error::AlreadyRunning {
+            what: format!(
+                "another wrapper (pid {}) runs run {} of this build; stop it with cancel-atvm-runner",
+                status.pid, status.run_id
+            ),
+            unit: sd.runner_status().display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A run that has already ended (its start was abandoned as UNKNOWN because this wrapper

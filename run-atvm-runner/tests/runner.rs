@@ -395,3 +395,31 @@ fn bad_build_names_touch_nothing() {
     );
     assert_eq!(env.systemctl_calls(), "", "systemctl never called");
 }
+
+#[test]
+fn a_second_wrapper_of_a_live_start_is_refused_and_touches_nothing() {
+    let env = Env::new();
+    env.write_request(B, serde_json::json!({}));
+    start(&env, "echo first; sleep 3; exit 0");
+    let live = wait_started(&env);
+    let status_path = env.state_dir(B).join("runner/status.json");
+    let before = fs::read_to_string(&status_path).unwrap();
+    let log_inode = fs::metadata(env.run_log(B)).unwrap().ino();
+    let out = env.run("run-atvm-runner", &["--build-name", B]);
+    out.code_is(4).error_line(
+        "run-atvm-runner",
+        &format!("another wrapper (pid {})", live["pid"]),
+    );
+    assert_eq!(
+        fs::read_to_string(&status_path).unwrap(),
+        before,
+        "status untouched"
+    );
+    assert_eq!(
+        fs::metadata(env.run_log(B)).unwrap().ino(),
+        log_inode,
+        "log not rotated"
+    );
+    assert!(!env.log_dir.join(format!("{B}.log.1")).exists());
+    wait_exit(&env);
+}

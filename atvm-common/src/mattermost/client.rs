@@ -34,6 +34,10 @@ pub enum Attempt {
     Retry {
         error: String,
         after: Option<Duration>,
+        /// The request may have reached the server (a timeout or a dropped connection
+        /// after it was sent), as opposed to an answer saying it was not taken (5xx, 429)
+        /// or a connection never made.
+        maybe_delivered: bool,
     },
     Permanent {
         error: String,
@@ -129,6 +133,7 @@ impl Poster for Client {
                             self.webhook.host()
                         ),
                         after: None,
+                        maybe_delivered: true,
                     };
                 }
                 Err(_) => String::new(),
@@ -184,6 +189,7 @@ pub fn classify(answer: &Answer, webhook: &Webhook) -> Attempt {
                 .retry_after
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_SECS))),
+            maybe_delivered: false,
         },
         _ => Attempt::Permanent {
             error: format!("HTTP {status}{} ({host})", said()),
@@ -206,7 +212,28 @@ fn transport_error(e: &ureq::Error, webhook: &Webhook) -> Attempt {
         | ureq::Error::Http(_)
         | ureq::Error::InvalidProxyUrl
         | ureq::Error::RequireHttpsOnly(_) => Attempt::Permanent { error },
-        _ => Attempt::Retry { error, after: None },
+        _ => Attempt::Retry {
+            error,
+            after: None,
+            maybe_delivered: !never_connected(e),
+        },
+    }
+}
+
+/// Did the failure happen before a connection was made (so nothing was sent)?
+fn never_connected(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect),
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+                | ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
     }
 }
 
@@ -319,6 +346,16 @@ mod tests {
         }
         let e = answer(503, "");
         assert_eq!(error_of(&e), "HTTP 503 (chat.example.com)");
+        assert!(
+            matches!(
+                e,
+                Attempt::Retry {
+                    maybe_delivered: false,
+                    ..
+                }
+            ),
+            "an answer: not taken"
+        );
     }
 
     #[test]
@@ -546,7 +583,7 @@ mod tests {
             );
             let a = client.attempt("{}");
             assert!(
-                matches!(&a, Attempt::Retry { error, .. } if error.contains("HTTP 200, but the answer broke off")),
+                matches!(&a, Attempt::Retry { error, maybe_delivered: true, .. } if error.contains("HTTP 200, but the answer broke off")),
                 "{cut_off:?}: {a:?}"
             );
             assert!(!error_of(&a).contains(KEY));
@@ -566,8 +603,8 @@ mod tests {
         );
         let a = client.attempt("{}");
         assert!(
-            matches!(&a, Attempt::Retry { error, .. } if error.ends_with(&format!("({addr})"))),
-            "{a:?}"
+            matches!(&a, Attempt::Retry { error, maybe_delivered: false, .. } if error.ends_with(&format!("({addr})"))),
+            "refused: never sent: {a:?}"
         );
         assert!(!error_of(&a).contains(KEY));
         // A server that accepts and never answers: the overall timeout (1 s for a 2 s window).
@@ -585,8 +622,8 @@ mod tests {
             started.elapsed()
         );
         assert!(
-            matches!(&a, Attempt::Retry { error, .. } if error.to_lowercase().contains("timeout")),
-            "{a:?}"
+            matches!(&a, Attempt::Retry { error, maybe_delivered: true, .. } if error.to_lowercase().contains("timeout")),
+            "no answer: it may have been taken: {a:?}"
         );
         drop(silent);
     }

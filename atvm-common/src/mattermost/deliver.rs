@@ -114,7 +114,7 @@ pub fn deliver(
         let (error, after) = match outcome {
             Attempt::Delivered => return Delivery::Delivered { attempts },
             Attempt::Permanent { error } => return Delivery::Failed { attempts, error },
-            Attempt::Retry { error, after } => (error, after),
+            Attempt::Retry { error, after, .. } => (error, after),
         };
         retries += 1;
         // `Retry-After` is a minimum: never sooner than the backoff (a `0` must not turn
@@ -228,6 +228,7 @@ mod tests {
         let huge = Attempt::Retry {
             error: "HTTP 429".into(),
             after: Some(Duration::MAX),
+            maybe_delivered: false,
         };
         let p: Arc<dyn Poster> = Arc::new(Scripted(Mutex::new(vec![huge])));
         let d = deliver(&p, "{}", window, 0, &mut Recorder::default());
@@ -275,6 +276,7 @@ mod tests {
         Attempt::Retry {
             error: "HTTP 500".into(),
             after: after.map(Duration::from_secs),
+            maybe_delivered: false,
         }
     }
 

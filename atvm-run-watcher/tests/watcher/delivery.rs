@@ -484,8 +484,9 @@ fn a_cancel_of_a_watcher_run_by_hand_wins_over_the_attempt_it_was_about_to_recor
     let w = watcher(&p, Some("deliver.before-record"));
     reached(&p, "deliver.before-record");
     let (cancel, said) = p.spawn_logged("cancel-atvm-run-watcher", &["--build-name", B]);
-    let marker = p.state_dir(B).join("cancelled.marker");
-    p.wait_until("the cancel marker", LONG, || marker.exists());
+    p.wait_until("the cancel to wait for the watcher", LONG, || {
+        fs::read_to_string(&said).is_ok_and(|t| t.contains("waiting for the watcher"))
+    });
     release(&p, "deliver.before-record");
     finish(w, LONG).code_is(0);
     let out = finish(cancel, LONG);
@@ -577,6 +578,63 @@ fn a_cancel_during_the_backoff_ends_the_retries_within_a_second() {
         started.elapsed()
     );
     assert_eq!(p.hook.count(), 3, "no attempt after the cancel");
+}
+
+#[test]
+fn a_cancel_that_kills_a_watcher_waiting_for_an_answer_does_not_claim_nothing_was_posted() {
+    // Mattermost has answered `ok` but the watcher is held before recording it; the cancel
+    // stops the unit, whose stop timeout ends in SIGKILL. Whether the post reached the
+    // channel is not known to the helper: it must not say "nothing posted".
+    let mut p = Posting::new(vec![]);
+    p.set("FAKE_STOP_TIMEOUT", "1");
+    p.set("ATVM_FAILPOINTS", "deliver.answered");
+    let faults = fault_dir(&p).display().to_string();
+    p.set("ATVM_FAILPOINT_DIR", faults);
+    p.run(
+        "start-atvm-run",
+        &[
+            "--build-name",
+            B,
+            "--runner-command",
+            &p.cypress_command("passing.log", 0),
+        ],
+    )
+    .succeeds();
+    reached(&p, "deliver.answered");
+    let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    out.succeeds()
+        .never_said("nothing posted")
+        .said("a post attempt was under way and may have reached Mattermost");
+    assert_eq!(p.hook.count(), 1);
+}
+
+#[test]
+fn a_cancel_after_a_delivery_the_state_does_not_show_yet_says_it_was_reported() {
+    // posted.marker is there (renamed into place on `ok`), state.json still says pending:
+    // the disk was full when the watcher stopped. The cancel must not undo the delivery.
+    let p = Posting::new(vec![]);
+    let run_id = p.write_request(B, json!({}));
+    let dir = p.state_dir(B);
+    let state = json!({
+        "build_name": B, "run_id": run_id, "state": "COMPLETED", "final": true,
+        "reason": "all specs passed", "updated_at": "2026-12-01T10:00:00.000Z", "counts": null,
+        "post": {"status": "pending", "attempts": 1, "last_error": null}
+    });
+    fs::write(dir.join("state.json"), state.to_string()).unwrap();
+    fs::write(
+        dir.join("posted.marker"),
+        format!("2026-12-01T10:00:01.000Z run_id={run_id}\n"),
+    )
+    .unwrap();
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds()
+        .said("was already reported (COMPLETED, posted)");
+    assert_eq!(p.state(B)["state"], "COMPLETED");
+    assert!(!dir.join("cancelled.marker").exists());
+    // The next watcher records the delivery from the marker and sends nothing.
+    restart(&p).code_is(0);
+    assert_eq!(p.state(B)["post"]["status"], "posted");
+    assert_eq!(p.hook.count(), 0);
 }
 
 // ----- owed posts at every start -----------------------------------------------------------

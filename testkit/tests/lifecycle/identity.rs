@@ -1000,3 +1000,71 @@ fn a_copy_of_one_of_our_binaries_outside_the_package_root_is_never_the_runner() 
     assert!(!journal.contains("following runner"), "{journal}");
     assert!(p.posts().is_empty());
 }
+
+#[test]
+fn every_process_an_earlier_run_followed_is_barred_from_the_next_run_not_only_the_last() {
+    // Run 1 follows A, then B2 (a newer process writing the log itself) takes over. After
+    // a cancel, run 2 must not fall back on A, which still writes the log.
+    const B: &str = "e2e-identity-earlier-first";
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_START_TIMEOUT_SECONDS", "1.5");
+    let first = detached_runner(
+        &p,
+        B,
+        &format!(
+            "cat '{}'; sleep 30; :",
+            fixture("cypress/cut-off.log").display()
+        ),
+    );
+    assert_code(
+        &p.run("start-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "run 1",
+    );
+    p.wait_until("run 1 follows the first process", LONG, || {
+        p.unit_output(&watcher_unit(B))
+            .contains(&format!("following runner pid {} ", first.0.id()))
+    });
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(p.run_log(B))
+        .unwrap();
+    let second = Group::spawn(
+        Command::new("sh")
+            .args(["-c", "sleep 30; :", "sh", "--build_name", B])
+            .stdin(Stdio::null())
+            .stdout(log),
+    );
+    p.wait_until("run 1 switches to the newer process", LONG, || {
+        p.unit_output(&watcher_unit(B)).contains(&format!(
+            "runner pid {} started after pid {}",
+            second.0.id(),
+            first.0.id()
+        ))
+    });
+    assert_code(
+        &p.run("cancel-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "cancel",
+    );
+    assert_code(
+        &p.run("start-atvm-run-watcher", &["--build-name", B]),
+        0,
+        "run 2",
+    );
+    let s = finished(&p, B);
+    let journal = p.unit_output(&watcher_unit(B));
+    assert_eq!(s["state"], "UNKNOWN", "{s:#}\n{journal}");
+    let request = testkit::read_json(&p.state_dir(B).join("request.json"));
+    let barred: Vec<u64> = request["earlier_runners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pid"].as_u64().unwrap())
+        .collect();
+    assert!(
+        barred.contains(&u64::from(first.0.id())) && barred.contains(&u64::from(second.0.id())),
+        "{barred:?}"
+    );
+    assert!(p.posts().is_empty(), "{:?}", p.posts());
+}
