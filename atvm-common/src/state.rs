@@ -404,6 +404,15 @@ impl Marker {
     }
 }
 
+/// Written in a result's directory (the run's, or a sub-run's) only after Mattermost
+/// answered `ok`.
+pub const POSTED_MARKER: &str = "posted.marker";
+/// Written in a result's directory when its post failed for good.
+pub const FAILED_MARKER: &str = "failed.marker";
+/// Prepared before each attempt and renamed to one of the two above once it is answered:
+/// while it is there, an attempt's answer is awaited (or was never recorded).
+pub const POST_READY: &str = "post.ready";
+
 /// `<state-root>/<build>/` and the names inside it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateDir {
@@ -441,7 +450,7 @@ impl StateDir {
         self.dir.join("cancelled.marker")
     }
     pub fn posted_marker(&self) -> PathBuf {
-        self.dir.join("posted.marker")
+        self.dir.join(POSTED_MARKER)
     }
     pub fn post_json(&self) -> PathBuf {
         self.dir.join("post.json")
@@ -616,6 +625,15 @@ impl StateDir {
             state.end_unposted(RunState::Unknown, reason);
             Ok((Some(state), None))
         })
+    }
+
+    /// When the marker at `path` was written for `request`'s run (its time, else the file's),
+    /// if it was: a marker of an earlier run of the build name does not count.
+    pub fn marked_for(&self, path: &Path, request: &Request) -> Result<Option<Timestamp>> {
+        Ok(self
+            .read_marker(path)?
+            .filter(|(m, mtime)| m.belongs_to(&request.run_id, request.requested_at, *mtime))
+            .map(|(m, mtime)| m.at.unwrap_or(mtime)))
     }
 
     /// Read a marker: `None` when absent. Returns the parsed content and its mtime.

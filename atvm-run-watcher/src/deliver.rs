@@ -17,7 +17,7 @@
 use crate::shutdown::Shutdown;
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
-use atvm_common::state::{Post, PostStatus, Request};
+use atvm_common::state::{FAILED_MARKER, POST_READY, POSTED_MARKER, Post, PostStatus, Request};
 use atvm_common::{StateDir, Timestamp, failpoint, fsutil, logging};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,29 +91,21 @@ pub struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Written only after Mattermost answered `ok`.
     fn posted_marker(&self) -> PathBuf {
-        self.dir.join("posted.marker")
+        self.dir.join(POSTED_MARKER)
     }
 
-    /// Written when the post failed for good.
     fn failed_marker(&self) -> PathBuf {
-        self.dir.join("failed.marker")
+        self.dir.join(FAILED_MARKER)
     }
 
-    /// Prepared before each attempt; renamed to one of the two above.
     fn ready(&self) -> PathBuf {
-        self.dir.join("post.ready")
+        self.dir.join(POST_READY)
     }
 
     /// When `marker` of this run was written, if it was.
     fn marked(&self, marker: &Path) -> Result<Option<Timestamp>> {
-        let (run_id, requested_at) = (&self.request.run_id, self.request.requested_at);
-        Ok(self
-            .sd
-            .read_marker(marker)?
-            .filter(|(m, mtime)| m.belongs_to(run_id, requested_at, *mtime))
-            .map(|(m, mtime)| m.at.unwrap_or(mtime)))
+        self.sd.marked_for(marker, self.request)
     }
 }
 

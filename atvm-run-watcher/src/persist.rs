@@ -76,10 +76,7 @@ impl Checkpoint {
 
 /// The cancel marker's time, if the marker belongs to this run.
 pub fn cancelled_at(sd: &StateDir, request: &Request) -> Result<Option<Timestamp>> {
-    Ok(sd
-        .read_marker(&sd.cancelled_marker())?
-        .filter(|(m, mtime)| m.belongs_to(&request.run_id, request.requested_at, *mtime))
-        .map(|(m, mtime)| m.at.unwrap_or(mtime)))
+    sd.marked_for(&sd.cancelled_marker(), request)
 }
 
 /// The final state another tool recorded for this run, if it did (a start helper whose

@@ -6,12 +6,14 @@
 
 use atvm_common::error::{Error, Result};
 use atvm_common::fsutil::Lock;
-use atvm_common::state::{PostStatus, RunState, StartLock, State};
+use atvm_common::state::{
+    FAILED_MARKER, POST_READY, POSTED_MARKER, PostStatus, Request, RunState, StartLock, State,
+};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, StateDir, logging};
 use clap::Parser;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const EXAMPLE: &str = "\
 Example:
@@ -95,14 +97,20 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     // Read again: a post on the wire when the cancel came has finished now. Its marker is
     // the first record of a delivery (the state may lag: a full disk, a kill).
     let now = sd.read_state()?;
+    let request = sd.read_request()?;
     let delivered = now
         .as_ref()
-        .filter(|s| s.post.status == PostStatus::Posted || run_marker(&sd, "posted.marker"))
+        .filter(|s| {
+            s.post.status == PostStatus::Posted || delivered(&sd, request.as_ref(), sd.path())
+        })
         .map(|s| s.state);
     // An attempt sent whose answer was never recorded (the watcher was killed waiting for
     // it, or still waits): it may have reached Mattermost.
     let unknown = hand_run == HandRun::StillRunning || attempt_unanswered(&sd, now.as_ref());
-    let groups = now.as_ref().map(posted_groups).unwrap_or_default();
+    let groups = now
+        .as_ref()
+        .map(|s| groups_whose_post(s, PostStatus::Posted))
+        .unwrap_or_default();
     let note = groups_note(now.as_ref());
     let line = match (delivered, found) {
         (Some(state), _) => format!(
@@ -148,15 +156,16 @@ enum HandRun {
     StillRunning,
 }
 
-/// Is `name` (a post marker) in the run's directory, for this run?
-fn run_marker(sd: &StateDir, name: &str) -> bool {
-    let Ok(Some(request)) = sd.read_request() else {
-        return false;
-    };
-    sd.read_marker(&sd.path().join(name))
-        .ok()
-        .flatten()
-        .is_some_and(|(m, mtime)| m.belongs_to(&request.run_id, request.requested_at, mtime))
+/// Does the result directory `dir` (the run's, or a sub-run's) hold a `posted.marker` of
+/// `request`'s run? What Mattermost answered `ok` to is recorded by it first: the state
+/// may not say so yet (a full disk, a watcher stopped before it wrote it).
+fn delivered(sd: &StateDir, request: Option<&Request>, dir: &Path) -> bool {
+    request.is_some_and(|r| {
+        sd.marked_for(&dir.join(POSTED_MARKER), r)
+            .ok()
+            .flatten()
+            .is_some()
+    })
 }
 
 /// Was an attempt (of the run's post or a sub-run's) prepared and sent, with no answer
@@ -169,9 +178,9 @@ fn attempt_unanswered(sd: &StateDir, state: Option<&State>) -> bool {
     std::iter::once(sd.path().to_path_buf())
         .chain(keys)
         .any(|dir| {
-            dir.join("post.ready").exists()
-                && !dir.join("posted.marker").exists()
-                && !dir.join("failed.marker").exists()
+            dir.join(POST_READY).exists()
+                && !dir.join(POSTED_MARKER).exists()
+                && !dir.join(FAILED_MARKER).exists()
         })
 }
 
@@ -180,48 +189,30 @@ fn attempt_unanswered(sd: &StateDir, state: Option<&State>) -> bool {
 /// does not reach it: wait until it has seen the marker and ended, so that what the cancel
 /// says afterwards is what happened.
 fn wait_for_hand_run_watcher(build: &BuildName, sd: &StateDir) -> Result<HandRun> {
-    let start = Instant::now();
-    let mut waited = false;
-    loop {
-        match Lock::try_exclusive(&sd.watcher_lock()) {
-            Ok(_free) if waited => return Ok(HandRun::Ended),
-            Ok(_free) => return Ok(HandRun::None),
-            Err(Error::LockHeld { path }) => {
-                if !waited {
-                    logging::notice(format!(
-                        "waiting for the watcher of {build} running outside systemd to see the cancel… ({})",
-                        path.display()
-                    ));
-                    waited = true;
-                }
-                if start.elapsed() >= HAND_RUN_WATCHER_WAIT {
-                    return Ok(HandRun::StillRunning);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
+    let lock = sd.watcher_lock();
+    match Lock::try_exclusive(&lock) {
+        Ok(_free) => return Ok(HandRun::None),
+        Err(Error::LockHeld { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    logging::notice(format!(
+        "waiting for the watcher of {build} running outside systemd to see the cancel… ({})",
+        lock.display()
+    ));
+    match Lock::try_exclusive_within(&lock, HAND_RUN_WATCHER_WAIT) {
+        Ok(_free) => Ok(HandRun::Ended),
+        Err(Error::LockHeld { .. }) => Ok(HandRun::StillRunning),
+        Err(e) => Err(e),
     }
 }
 
-/// The sub-runs whose result was delivered.
-fn posted_groups(state: &State) -> Vec<String> {
+/// The sub-runs whose post is in `status` (delivered, failed for good, …).
+fn groups_whose_post(state: &State, status: PostStatus) -> Vec<String> {
     state
         .subruns
         .iter()
         .flatten()
-        .filter(|s| s.post.status == PostStatus::Posted)
-        .map(|s| s.key.clone())
-        .collect()
-}
-
-/// The sub-runs whose post failed for good.
-fn failed_groups(state: &State) -> Vec<String> {
-    state
-        .subruns
-        .iter()
-        .flatten()
-        .filter(|s| s.post.status == PostStatus::Failed)
+        .filter(|s| s.post.status == status)
         .map(|s| s.key.clone())
         .collect()
 }
@@ -232,8 +223,8 @@ fn reported(state: &State) -> bool {
     state.post.status == PostStatus::Posted
         || (state.is_final
             && !state.owes_a_post()
-            && !posted_groups(state).is_empty()
-            && failed_groups(state).is_empty())
+            && !groups_whose_post(state, PostStatus::Posted).is_empty()
+            && groups_whose_post(state, PostStatus::Failed).is_empty())
 }
 
 /// `; groups posted: 01-linux; failed to post: 02-windows` for a categorized run, or nothing.
@@ -242,11 +233,11 @@ fn groups_note(state: Option<&State>) -> String {
         return String::new();
     };
     let mut note = String::new();
-    let posted = posted_groups(state);
+    let posted = groups_whose_post(state, PostStatus::Posted);
     if !posted.is_empty() {
         note.push_str(&format!("; groups posted: {}", posted.join(", ")));
     }
-    let failed = failed_groups(state);
+    let failed = groups_whose_post(state, PostStatus::Failed);
     if !failed.is_empty() {
         note.push_str(&format!("; failed to post: {}", failed.join(", ")));
     }
@@ -257,15 +248,6 @@ fn groups_note(state: Option<&State>) -> String {
 /// marker and make the run CANCELLED — unless its result was already posted.
 fn mark_cancelled(build: &BuildName, sd: &StateDir) -> Result<Found> {
     let request = sd.read_request()?;
-    let delivered = |dir: &Path, run_id: &str| {
-        let requested_at = request.as_ref().map(|r| r.requested_at);
-        sd.read_marker(&dir.join("posted.marker"))
-            .ok()
-            .flatten()
-            .is_some_and(|(m, mtime)| {
-                requested_at.is_some_and(|at| m.belongs_to(run_id, at, mtime))
-            })
-    };
     sd.update_state(|current| {
         let run_id = request
             .as_ref()
@@ -273,16 +255,13 @@ fn mark_cancelled(build: &BuildName, sd: &StateDir) -> Result<Found> {
             .or_else(|| current.as_ref().map(|s| s.run_id.clone()))
             .unwrap_or_default();
         let mut existing = current.filter(|s| s.run_id == run_id);
-        // What Mattermost answered `ok` to is recorded by its marker first; the state may
-        // not say so yet (a full disk, a watcher stopped before it wrote it).
+        // A delivery its marker records and the state does not show yet is a delivery.
         if let Some(s) = existing.as_mut() {
-            if s.post.status != PostStatus::Posted && delivered(sd.path(), &run_id) {
+            if delivered(sd, request.as_ref(), sd.path()) {
                 s.post.status = PostStatus::Posted;
             }
             for sub in s.subruns.iter_mut().flatten() {
-                if sub.post.status != PostStatus::Posted
-                    && delivered(&sd.subrun_dir(&sub.key), &run_id)
-                {
+                if delivered(sd, request.as_ref(), &sd.subrun_dir(&sub.key)) {
                     sub.post.status = PostStatus::Posted;
                 }
             }
