@@ -351,21 +351,29 @@ pub fn find_fallback(
 
 /// Does a descendant of `pid` run one of our binaries?
 fn wraps_own(pid: u32, procs: &[Proc], own: &OwnBinaries) -> bool {
-    let mut frontier = vec![pid];
-    let mut seen = 0;
-    while let Some(parent) = frontier.pop() {
-        for child in procs.iter().filter(|p| p.ppid == parent) {
-            if own.runs_in(child.id.pid) {
-                return true;
-            }
-            seen += 1;
-            if seen > 10_000 {
-                return false;
-            }
-            frontier.push(child.id.pid);
-        }
+    let edges: Vec<(u32, u32)> = procs.iter().map(|p| (p.id.pid, p.ppid)).collect();
+    family(pid, &edges)
+        .into_iter()
+        .skip(1)
+        .any(|p| own.runs_in(p))
+}
+
+/// `root` and its descendants, from `(pid, ppid)` pairs (at most 10,000: a bound against
+/// a table read while it changes).
+fn family(root: u32, edges: &[(u32, u32)]) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() && tree.len() < 10_000 {
+        let parent = tree[i];
+        tree.extend(
+            edges
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
     }
-    false
+    tree
 }
 
 /// Does `pid` write `(dev, ino)` apart from `other`: itself or through a descendant, or —
@@ -379,18 +387,11 @@ pub fn writes_apart_from(pid: u32, other: u32, dev: u64, ino: u64) -> bool {
         .into_iter()
         .filter_map(|p| stat_fields(p).map(|(ppid, pgrp, _)| (p, ppid, pgrp)))
         .collect();
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() && tree.len() < 10_000 {
-        let parent = tree[i];
-        tree.extend(
-            all.iter()
-                .filter(|(_, ppid, _)| *ppid == parent)
-                .map(|(p, ..)| *p),
-        );
-        i += 1;
-    }
-    if tree.iter().any(|&p| !write_flags(p, dev, ino).is_empty()) {
+    let edges: Vec<(u32, u32)> = all.iter().map(|(p, ppid, _)| (*p, *ppid)).collect();
+    if family(pid, &edges)
+        .into_iter()
+        .any(|p| !write_flags(p, dev, ino).is_empty())
+    {
         return true;
     }
     let group = |p: u32| all.iter().find(|(q, ..)| *q == p).map(|(.., g)| *g);

@@ -50,6 +50,14 @@ pub enum Activity {
 }
 
 impl Activity {
+    /// The `is-active` words that mean something is running.
+    pub fn word_is_running(word: &str) -> bool {
+        matches!(
+            word,
+            "active" | "activating" | "deactivating" | "reloading" | "refreshing"
+        )
+    }
+
     pub fn is_running(&self) -> bool {
         matches!(self, Activity::Running(_))
     }
@@ -191,9 +199,7 @@ fn activity(out: &Output) -> Activity {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let word = stdout.split_whitespace().next().unwrap_or("").to_string();
     match word.as_str() {
-        "active" | "activating" | "deactivating" | "reloading" | "refreshing" => {
-            Activity::Running(word)
-        }
+        w if Activity::word_is_running(w) => Activity::Running(word),
         "" if out.status.success() => Activity::Running("active".to_string()),
         "" => Activity::Stopped(describe(out)),
         _ => Activity::Stopped(word),

@@ -5,6 +5,7 @@
 use crate::view::{Detail, MarkerView, PostView, RunView, SubRunView, UnitView};
 use atvm_common::Timestamp;
 use atvm_common::state::{Counts, PostStatus};
+use atvm_common::systemctl::Activity;
 use atvm_common::time::human_duration;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -100,8 +101,7 @@ fn row_reason(run: &RunView) -> String {
 /// is known not to be running.
 fn unattended(run: &RunView) -> Option<&str> {
     let word = run.watcher_unit.as_ref()?.active.as_deref()?;
-    let running = matches!(word, "active" | "activating" | "deactivating" | "reloading");
-    (run.is_final == Some(false) && !running).then_some(word)
+    (run.is_final == Some(false) && !Activity::word_is_running(word)).then_some(word)
 }
 
 /// Everything about one run, label per line.

@@ -81,8 +81,7 @@ fn failures(input: &Input) -> Vec<FailedTest> {
 fn failing_tests(n: u64) -> String {
     match n {
         0 => "failed (no test counted: a hook failed?)".to_string(),
-        1 => "1 failing test".to_string(),
-        n => format!("{n} failing tests"),
+        n => crate::decide::plural(n, "failing test"),
     }
 }
 

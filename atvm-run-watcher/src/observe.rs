@@ -105,7 +105,7 @@ impl Observer {
         if log_error.is_none() && ctx.shutdown.requested() {
             return Ok(None);
         }
-        self.scan_reporter(ctx, cp);
+        self.scan_reporter(ctx);
         self.refresh_specs(cp);
         let cancelled_at = cancelled_at(&ctx.sd, &ctx.request)?;
         let last_activity = self.last_activity(ctx, cp, &now);
@@ -263,9 +263,11 @@ impl Observer {
                 self.adopt(ctx, cp, id, log, now)
             }
             (Some(adopted), _) if procfs::is_alive(adopted) => {
+                self.resumed_start(ctx, Some(adopted));
                 RunnerFacts::Alive { pid: adopted.pid }
             }
             (Some(_), _) => {
+                self.resumed_start(ctx, None);
                 self.runner_exited_at.get_or_insert(now.wall);
                 RunnerFacts::FallbackGone
             }
@@ -324,12 +326,22 @@ impl Observer {
         RunnerFacts::Alive { pid: id.pid }
     }
 
+    /// A runner an earlier watcher of this run adopted (this one resumed): its start is the
+    /// process's own, or — gone already — the request's.
+    fn resumed_start(&mut self, ctx: &Ctx, adopted: Option<ProcessId>) {
+        self.runner_started_at.get_or_insert_with(|| {
+            adopted
+                .and_then(procfs::started_at)
+                .map_or(ctx.request.requested_at, Timestamp::from_system)
+        });
+    }
+
     /// The file at the run log's path, if it may be read as a run's output: a regular
-    /// file of ours that no one else can write.
+    /// file of ours that no one else can write ([`log_refusal`]).
     fn trusted_log(&self, ctx: &Ctx) -> Option<FileId> {
         std::fs::symlink_metadata(ctx.paths.run_log(&ctx.build))
             .ok()
-            .filter(|m| m.is_file() && m.uid() == self.uid && m.mode() & 0o022 == 0)
+            .filter(|m| log_refusal(m, self.uid).is_none())
             .map(|m| FileId::of(&m))
     }
 
@@ -423,15 +435,9 @@ impl Observer {
         }
     }
 
-    fn scan_reporter(&mut self, ctx: &Ctx, cp: &Checkpoint) {
-        let fallback_start = || {
-            cp.fallback.map(|id| {
-                procfs::started_at(id)
-                    .map(Timestamp::from_system)
-                    .unwrap_or(ctx.request.requested_at)
-            })
-        };
-        let Some(since) = self.runner_started_at.or_else(fallback_start) else {
+    fn scan_reporter(&mut self, ctx: &Ctx) {
+        // Reports count from the runner's start, once there is a runner.
+        let Some(since) = self.runner_started_at else {
             return;
         };
         let reporter = self
@@ -548,22 +554,34 @@ impl Observer {
 /// there and is not: said when no runner comes, so the operator sees what was refused.
 fn untrusted(ctx: &Ctx, uid: u32) -> Option<String> {
     let path = ctx.paths.run_log(&ctx.build);
-    let m = std::fs::symlink_metadata(&path).ok()?;
-    let why = if m.file_type().is_symlink() {
-        "it is a symbolic link".to_string()
-    } else if !m.is_file() {
-        "it is not a regular file".to_string()
-    } else if m.uid() != uid {
-        format!("it belongs to uid {}, not to the watcher's user", m.uid())
-    } else if m.mode() & 0o022 != 0 {
-        format!("others can write it (mode {:04o})", m.mode() & 0o7777)
-    } else {
-        return None;
-    };
+    let why = log_refusal(&std::fs::symlink_metadata(&path).ok()?, uid)?;
     Some(format!(
         "{} is not read as this run's log: {why}",
         path.display()
     ))
+}
+
+/// Why a file (its metadata, links not followed) may not be read as a hand-started run's
+/// log, if it may not: only a regular file of the watcher's user that no one else can
+/// write is.
+fn log_refusal(m: &std::fs::Metadata, uid: u32) -> Option<String> {
+    if m.file_type().is_symlink() {
+        Some("it is a symbolic link".to_string())
+    } else if !m.is_file() {
+        Some("it is not a regular file".to_string())
+    } else if m.uid() != uid {
+        Some(format!(
+            "it belongs to uid {}, not to the watcher's user",
+            m.uid()
+        ))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "others can write it (mode {:04o})",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
 }
 
 /// Once the log's summary table is there, the specs it shows failing: the only reports whose
