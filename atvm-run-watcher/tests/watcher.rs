@@ -50,6 +50,22 @@ fn assert_final(env: &Env, out: &Output, expected: &str) -> Value {
     s
 }
 
+/// `(key, state, post status)` of every sub-run `state.json` lists.
+fn subrun_rows(s: &Value) -> Vec<(&str, &str, &str)> {
+    s["subruns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["key"].as_str().unwrap(),
+                x["state"].as_str().unwrap(),
+                x["post"]["status"].as_str().unwrap(),
+            )
+        })
+        .collect()
+}
+
 // ----- terminal states ---------------------------------------------------------------------
 
 #[test]
@@ -93,14 +109,7 @@ fn failing_run_is_failed_with_its_failed_tests() {
     let env = Posting::new(vec![]);
     env.write_request(B, json!({}));
     // The real report, as written for one of the specs this run's log names.
-    let report = env.root().join("area07.json");
-    fs::write(
-        &report,
-        fs::read_to_string(fixture("mochawesome/login.json"))
-            .unwrap()
-            .replace("login.cy.js", "area07.cy.js"),
-    )
-    .unwrap();
+    let report = env.report_for("area07.cy.js");
     start_runner(
         &env,
         &format!(
@@ -774,18 +783,7 @@ fn a_second_hand_started_runner_of_a_categorized_run_gets_new_keys_and_posts() {
     out.code_is(0);
     let s = env.state(B);
     assert_eq!(s["state"], "FAILED", "{s:#}");
-    let subs: Vec<(&str, &str, &str)> = s["subruns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| {
-            (
-                x["key"].as_str().unwrap(),
-                x["state"].as_str().unwrap(),
-                x["post"]["status"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let subs = subrun_rows(&s);
     assert_eq!(
         subs,
         [
@@ -799,25 +797,11 @@ fn a_second_hand_started_runner_of_a_categorized_run_gets_new_keys_and_posts() {
     assert_eq!(env.hook.count(), 3);
 }
 
-/// The real mochawesome report of area07.cy.js (one failed test, "Login rejects a bad
-/// password"), written outside the reporter directory.
-fn area07_report(env: &Env) -> std::path::PathBuf {
-    let report = env.root().join("area07.json");
-    fs::write(
-        &report,
-        fs::read_to_string(fixture("mochawesome/login.json"))
-            .unwrap()
-            .replace("login.cy.js", "area07.cy.js"),
-    )
-    .unwrap();
-    report
-}
-
 #[test]
 fn a_report_rewritten_in_place_is_read_again_before_the_post() {
     // mochawesome with a fixed report name rewrites the same file: no directory changes.
     let env = Posting::new(vec![]);
-    let report = area07_report(&env);
+    let report = env.report_for("area07.cy.js");
     let in_place = env.reporter_dir.join("area07.json");
     fs::write(&in_place, "{\"stats\": {\"tests\": 0}}").unwrap();
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
@@ -848,7 +832,7 @@ fn a_hand_started_run_s_reports_count_from_its_own_start_and_its_footer_has_both
     // wrote before the watcher came is still the run's.
     const B: &str = "e2e-fallback-early-report";
     let env = Posting::new(vec![]);
-    let report = area07_report(&env);
+    let report = env.report_for("area07.cy.js");
     let go = env.root().join("go");
     let script = format!(
         "cp '{}' '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; cat '{}'; sleep 0.3; exit 2",
@@ -1102,18 +1086,7 @@ fn a_categorized_group_whose_cypress_crashed_is_posted_failed() {
     start_runner(&env, &format!("cat '{}'; exit 0", path.display()));
     let out = watch(&env, &["--grace-seconds", "0.2"]);
     let s = assert_final(&env, &out, "FAILED");
-    let subs: Vec<(&str, &str, &str)> = s["subruns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| {
-            (
-                x["key"].as_str().unwrap(),
-                x["state"].as_str().unwrap(),
-                x["post"]["status"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let subs = subrun_rows(&s);
     assert_eq!(
         subs,
         [

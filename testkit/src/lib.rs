@@ -232,6 +232,16 @@ impl Env {
         )
     }
 
+    /// A report in mochawesome's format (the real fixture, written by mochawesome) for
+    /// `spec` (`area07.cy.js`), whose one failed test is "Login rejects a bad password",
+    /// written outside the reporter directory for a runner to copy in.
+    pub fn report_for(&self, spec: &str) -> PathBuf {
+        let path = self.root().join(spec.replace(".cy.js", ".json"));
+        let real = fs::read_to_string(fixture("mochawesome/login.json")).expect("fixture");
+        fs::write(&path, real.replace("login.cy.js", spec)).expect("report");
+        path
+    }
+
     /// A runner command that prints a Cypress log fixture and exits with `code`.
     pub fn cypress_command(&self, fixture_name: &str, code: i32) -> String {
         format!("{}; exit {code}", self.cypress_output(fixture_name))

@@ -426,11 +426,18 @@ fn started(script: Vec<Reply>) -> Posting {
     p
 }
 
-#[test]
-fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
-    let p = started(vec![Reply::delayed(Duration::from_millis(1500), Reply::Ok)]);
+/// A run started through start-atvm-run, cancelled while its post is on the wire (the
+/// server answers `reply` after 1.5 s): the cancel helper's output.
+fn cancelled_on_the_wire(reply: Reply) -> (Posting, Output) {
+    let p = started(vec![Reply::delayed(Duration::from_millis(1500), reply)]);
     p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
     let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    (p, out)
+}
+
+#[test]
+fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
+    let (p, out) = cancelled_on_the_wire(Reply::Ok);
     out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
     assert!(
@@ -453,12 +460,7 @@ fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
 #[test]
 fn a_cancel_while_the_post_is_on_the_wire_and_refused_posts_nothing() {
     // The request on the wire is answered 503: not delivered, and the cancel wins.
-    let p = started(vec![Reply::delayed(
-        Duration::from_millis(1500),
-        Reply::status(503, "maintenance"),
-    )]);
-    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
-    let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
+    let (p, out) = cancelled_on_the_wire(Reply::status(503, "maintenance"));
     out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
     out.said("state CANCELLED, nothing posted");
@@ -528,14 +530,8 @@ fn a_cancel_of_a_watcher_run_by_hand_with_its_post_on_the_wire_says_it_was_deliv
 fn a_cancel_while_a_refused_post_is_on_the_wire_ends_cancelled_and_exits_0() {
     // The server refuses for good (400) the post that was on the wire when the cancel
     // came: the run is CANCELLED, which posts nothing; no failed unit, now or later.
-    let p = started(vec![Reply::delayed(
-        Duration::from_millis(1500),
-        Reply::status(400, "bad"),
-    )]);
-    p.wait_until("the request on the wire", LONG, || p.hook.count() == 1);
-    p.run("cancel-atvm-run-watcher", &["--build-name", B])
-        .succeeds()
-        .said("state CANCELLED, nothing posted");
+    let (p, out) = cancelled_on_the_wire(Reply::status(400, "bad"));
+    out.succeeds().said("state CANCELLED, nothing posted");
     let s = p.state(B);
     assert_eq!(
         (&s["state"], &s["post"]["status"]),

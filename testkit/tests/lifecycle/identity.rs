@@ -70,6 +70,14 @@ fn slow_systemctl(env: &mut Env, pattern: &str, seconds: &str) {
 
 /// The watcher never took a process it found by its command line for the runner.
 #[track_caller]
+/// Wait until the watcher of `build` says it follows process `pid` by its command line.
+fn wait_following(env: &Env, build: &str, pid: u32) {
+    let said = format!("following runner pid {pid} ");
+    env.wait_until(&format!("the watcher to follow pid {pid}"), LONG, || {
+        env.unit_output(&watcher_unit(build)).contains(&said)
+    });
+}
+
 fn assert_no_fallback(env: &Env, build: &str) {
     let journal = env.unit_output(&watcher_unit(build));
     assert!(
@@ -137,20 +145,6 @@ fn detached_runner(env: &Env, build: &str, script: &str) -> Group {
             .stdin(Stdio::null())
             .stdout(log),
     )
-}
-
-/// A report in mochawesome's format (the real fixture) for `spec` (`area07.cy.js`), whose
-/// one failed test is "Login rejects a bad password", written outside the reporter directory.
-fn report_for(env: &Env, spec: &str) -> PathBuf {
-    let path = env.root().join(spec.replace(".cy.js", ".json"));
-    fs::write(
-        &path,
-        fs::read_to_string(fixture("mochawesome/login.json"))
-            .unwrap()
-            .replace("login.cy.js", spec),
-    )
-    .unwrap();
-    path
 }
 
 // ----- the two flows, through both names ----------------------------------------------------
@@ -303,7 +297,7 @@ fn a_categorized_build_name_reused_twice_posts_each_run_s_groups_once() {
 fn an_uncategorized_build_name_reused_posts_only_the_new_run() {
     const B: &str = "e2e-identity-reuse-plain";
     let mut p = Posting::new(vec![]);
-    let report = report_for(&p, "area07.cy.js");
+    let report = p.report_for("area07.cy.js");
     let failing = format!(
         "cp '{}' '{}'; {}",
         report.display(),
@@ -527,8 +521,8 @@ fn two_builds_at_once_each_post_only_their_own_failures() {
             log.display()
         )
     };
-    let area = runner(&report_for(&p, "area07.cy.js"), "zone13.json", &area_log);
-    let zone = runner(&report_for(&p, "zone13.cy.js"), "area07.json", &zone_log);
+    let area = runner(&p.report_for("area07.cy.js"), "zone13.json", &area_log);
+    let zone = runner(&p.report_for("zone13.cy.js"), "area07.json", &zone_log);
     assert_code(&start_run(&p, "", A, &area, &[]), 0, "start A");
     assert_code(&start_run(&p, ".sh", B, &zone, &[]), 0, "start B");
     for build in [A, B] {
@@ -932,10 +926,7 @@ fn a_cancelled_hand_started_run_s_process_is_never_the_next_run_s_runner() {
         0,
         "first start",
     );
-    p.wait_until("the runner adopted", LONG, || {
-        p.unit_output(&watcher_unit(B))
-            .contains(&format!("following runner pid {} ", runner.0.id()))
-    });
+    wait_following(&p, B, runner.0.id());
     assert_code(
         &p.run("cancel-atvm-run-watcher", &["--build-name", B]),
         0,
@@ -1021,10 +1012,7 @@ fn every_process_an_earlier_run_followed_is_barred_from_the_next_run_not_only_th
         0,
         "run 1",
     );
-    p.wait_until("run 1 follows the first process", LONG, || {
-        p.unit_output(&watcher_unit(B))
-            .contains(&format!("following runner pid {} ", first.0.id()))
-    });
+    wait_following(&p, B, first.0.id());
     let log = fs::OpenOptions::new()
         .append(true)
         .open(p.run_log(B))
