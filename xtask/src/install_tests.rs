@@ -1015,6 +1015,50 @@ fn in_namespace(script: &str, work: &Path) -> Output {
         .unwrap()
 }
 
+/// What one installer run of a disk-filling script left under `work` for case `name`
+/// (`rc-`, `out-`, `err-<name>` and a copy of the destination in `res-<name>`).
+struct FilledRun {
+    rc: String,
+    out: String,
+    err: String,
+    res: PathBuf,
+    /// Everything it said, for failure messages.
+    said: String,
+}
+
+impl FilledRun {
+    fn read(work: &Path, name: &str) -> Option<FilledRun> {
+        let rc = fs::read_to_string(work.join(format!("rc-{name}"))).ok()?;
+        let out = fs::read_to_string(work.join(format!("out-{name}"))).unwrap();
+        let err = fs::read_to_string(work.join(format!("err-{name}"))).unwrap();
+        let said = format!("case {name}: rc {rc}{out}{err}");
+        Some(FilledRun {
+            rc: rc.trim().to_string(),
+            out,
+            err,
+            res: work.join(format!("res-{name}")),
+            said,
+        })
+    }
+
+    /// The complete new install, as a migration leaves it (paths said of the destination
+    /// `work/d` are those of the copy).
+    fn assert_complete(&self, work: &Path) {
+        let d = work.join("d").display().to_string();
+        check_migrated(
+            &self.res,
+            &self.out.replace(&d, &self.res.display().to_string()),
+        );
+    }
+
+    /// The old install exactly as it was, and said so.
+    fn assert_rolled_back(&self, old: &BTreeMap<String, String>) {
+        assert!(self.err.contains("nothing was changed"), "{}", self.said);
+        assert!(!self.err.contains("could not"), "{}", self.said);
+        assert_eq!(*old, snapshot(&self.res), "{}", self.said);
+    }
+}
+
 #[test]
 fn a_full_disk_anywhere_leaves_the_old_install_or_the_complete_new_one() {
     if let Some(why) = cannot_unshare() {
@@ -1047,28 +1091,21 @@ done"#,
         install = stage.join("install").display()
     );
     in_namespace(&script, work).succeeds();
-    let d = work.join("d").display().to_string();
     let (mut complete, mut rolled_back) = (0, 0);
     for n in &list {
-        let Ok(rc) = fs::read_to_string(work.join(format!("rc-{n}"))) else {
+        let Some(run) = FilledRun::read(work, n) else {
             continue; // the old install itself did not fit
         };
-        let res = work.join(format!("res-{n}"));
-        let out = fs::read_to_string(work.join(format!("out-{n}"))).unwrap();
-        let err = fs::read_to_string(work.join(format!("err-{n}"))).unwrap();
-        let said = format!("{n} inodes: rc {rc}{out}{err}");
-        match rc.trim() {
+        match run.rc.as_str() {
             "0" => {
-                check_migrated(&res, &out.replace(&d, &res.display().to_string()));
+                run.assert_complete(work);
                 complete += 1;
             }
             "1" => {
-                assert!(err.contains("nothing was changed"), "{said}");
-                assert!(!err.contains("could not"), "{said}");
-                assert_eq!(old, snapshot(&res), "{said}");
+                run.assert_rolled_back(&old);
                 rolled_back += 1;
             }
-            _ => panic!("{said}"),
+            _ => panic!("{n} inodes: {}", run.said),
         }
     }
     assert!(
@@ -1123,22 +1160,15 @@ done"#,
         install = stage.join("install").display()
     );
     in_namespace(&script, work).succeeds();
-    let d = work.join("d").display().to_string();
     for point in points {
-        let rc = fs::read_to_string(work.join(format!("rc-{point}"))).unwrap();
-        let res = work.join(format!("res-{point}"));
-        let out = fs::read_to_string(work.join(format!("out-{point}"))).unwrap();
-        let err = fs::read_to_string(work.join(format!("err-{point}"))).unwrap();
-        let said = format!("full at {point}: rc {rc}{out}{err}");
+        let run = FilledRun::read(work, point).unwrap();
         if point == "committed" {
             // Every file was in place: what is left (removing backups) needs no space.
-            assert_eq!(rc.trim(), "0", "{said}");
-            check_migrated(&res, &out.replace(&d, &res.display().to_string()));
+            assert_eq!(run.rc, "0", "full at {point}: {}", run.said);
+            run.assert_complete(work);
         } else {
-            assert_eq!(rc.trim(), "1", "{said}");
-            assert!(err.contains("nothing was changed"), "{said}");
-            assert!(!err.contains("could not"), "{said}");
-            assert_eq!(old, snapshot(&res), "{said}");
+            assert_eq!(run.rc, "1", "full at {point}: {}", run.said);
+            run.assert_rolled_back(&old);
         }
     }
 }
