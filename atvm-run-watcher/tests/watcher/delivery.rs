@@ -24,6 +24,17 @@ fn completed(script: Vec<Reply>) -> Posting {
     p
 }
 
+/// The run's `state.json` says `state`, with its post `post`.
+#[track_caller]
+fn assert_ended(p: &Posting, state: &str, post: &str) {
+    let s = p.state(B);
+    assert_eq!(
+        (&s["state"], &s["post"]["status"]),
+        (&json!(state), &json!(post)),
+        "{s:#}"
+    );
+}
+
 /// Where a test's pause points signal (`<step>.reached`) and are released (`<step>.go`).
 fn fault_dir(p: &Posting) -> PathBuf {
     let dir = p.root().join("faults");
@@ -445,12 +456,7 @@ fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
         "{}",
         text(&out)
     );
-    let s = p.state(B);
-    assert_eq!(
-        (&s["state"], &s["post"]["status"]),
-        (&json!("COMPLETED"), &json!("posted")),
-        "{s:#}"
-    );
+    assert_ended(&p, "COMPLETED", "posted");
     // Nor does a later watcher change that.
     assert_eq!(restart(&p).status.code(), Some(0));
     assert_eq!(p.state(B)["state"], "COMPLETED");
@@ -464,12 +470,7 @@ fn a_cancel_while_the_post_is_on_the_wire_and_refused_posts_nothing() {
     out.succeeds();
     assert_eq!(text(&out).lines().count(), 1, "{}", text(&out));
     out.said("state CANCELLED, nothing posted");
-    let s = p.state(B);
-    assert_eq!(
-        (&s["state"], &s["post"]["status"]),
-        (&json!("CANCELLED"), &json!("suppressed")),
-        "{s:#}"
-    );
+    assert_ended(&p, "CANCELLED", "suppressed");
     assert_eq!(restart(&p).status.code(), Some(0));
     assert_eq!(
         p.hook.count(),
@@ -499,12 +500,7 @@ fn a_cancel_of_a_watcher_run_by_hand_wins_over_the_attempt_it_was_about_to_recor
             && said.contains("a watcher run outside systemd saw the cancel and ended"),
         "{said}"
     );
-    let s = p.state(B);
-    assert_eq!(
-        (&s["state"], &s["post"]["status"]),
-        (&json!("CANCELLED"), &json!("suppressed")),
-        "{s:#}"
-    );
+    assert_ended(&p, "CANCELLED", "suppressed");
     assert_eq!(restart(&p).status.code(), Some(0));
     assert_eq!(p.hook.count(), 0, "nothing was sent");
 }
@@ -517,12 +513,7 @@ fn a_cancel_of_a_watcher_run_by_hand_with_its_post_on_the_wire_says_it_was_deliv
     let out = p.run("cancel-atvm-run-watcher", &["--build-name", B]);
     out.succeeds().said("already reported").said("delivered");
     finish(w, LONG).code_is(0);
-    let s = p.state(B);
-    assert_eq!(
-        (&s["state"], &s["post"]["status"]),
-        (&json!("COMPLETED"), &json!("posted")),
-        "{s:#}"
-    );
+    assert_ended(&p, "COMPLETED", "posted");
     assert_eq!(p.hook.count(), 1);
 }
 
@@ -532,12 +523,7 @@ fn a_cancel_while_a_refused_post_is_on_the_wire_ends_cancelled_and_exits_0() {
     // came: the run is CANCELLED, which posts nothing; no failed unit, now or later.
     let (p, out) = cancelled_on_the_wire(Reply::status(400, "bad"));
     out.succeeds().said("state CANCELLED, nothing posted");
-    let s = p.state(B);
-    assert_eq!(
-        (&s["state"], &s["post"]["status"]),
-        (&json!("CANCELLED"), &json!("suppressed")),
-        "{s:#}"
-    );
+    assert_ended(&p, "CANCELLED", "suppressed");
     let unit = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
     // The refusal is logged as what the server said, but it does not fail the watcher.
     p.wait_unit_inactive(unit, LONG);
