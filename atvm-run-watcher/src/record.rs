@@ -107,13 +107,7 @@ impl RunRecord {
         if !set(&mut self.state, v) {
             return None;
         }
-        let (state, reason) = (self.state.state, self.state.reason.clone());
-        for sub in self.subruns.iter_mut().filter(|s| !s.is_final) {
-            sub.state = state;
-            sub.is_final = true;
-            sub.reason = format!("run ended: {reason}");
-            sub.post.status = PostStatus::Suppressed;
-        }
+        self.end_open_subruns();
         if postable {
             // Owed from this moment on, in the same save as the final state: a stop (or a
             // kill) before the delivery starts cannot lose it.
@@ -171,6 +165,17 @@ impl RunRecord {
         }
     }
 
+    /// The run has ended: sub-runs still open end with it, in its state, never posted.
+    fn end_open_subruns(&mut self) {
+        let (state, reason) = (self.state.state, self.state.reason.clone());
+        for sub in self.subruns.iter_mut().filter(|s| !s.is_final) {
+            sub.state = state;
+            sub.is_final = true;
+            sub.reason = format!("run ended: {reason}");
+            sub.post.status = PostStatus::Suppressed;
+        }
+    }
+
     /// Another tool ended the run (`written` is what it recorded, found under the state
     /// lock): take its verdict, end open sub-runs with it, and owe nothing.
     pub fn ended_elsewhere(&mut self, written: &State) {
@@ -183,13 +188,7 @@ impl RunRecord {
         self.state.reason = written.reason.clone();
         self.state.is_final = true;
         self.state.post = written.post.clone();
-        let reason = format!("run ended: {}", written.reason);
-        for sub in self.subruns.iter_mut().filter(|s| !s.is_final) {
-            sub.state = written.state;
-            sub.is_final = true;
-            sub.reason = reason.clone();
-            sub.post.status = PostStatus::Suppressed;
-        }
+        self.end_open_subruns();
         if written.state == RunState::Cancelled {
             // Nothing owed goes out after a cancel, a finished sub-run's post included.
             self.cancel();
