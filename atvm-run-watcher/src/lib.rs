@@ -12,6 +12,7 @@ pub mod persist;
 pub mod record;
 pub mod resume;
 pub mod shutdown;
+pub mod wake;
 pub mod watch;
 
 use atvm_common::config::MattermostConfig;
@@ -53,6 +54,7 @@ Environment:
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
   ATVM_POLL_SECONDS, ATVM_GRACE_SECONDS, ATVM_HANG_MINUTES, ATVM_START_TIMEOUT_SECONDS,
   ATVM_POST_RETRY_SECONDS      the timing flags above (the flag wins)
+  ATVM_WATCH_EVENTS            `off`: look every --poll-seconds instead of waiting on file and process events [default: on]
   ATVM_SYSTEMCTL               the program --resume-all uses for systemctl [default: systemctl]
   ATVM_BOOT_ID                 set by the unit (%b): the current boot [default: the kernel's]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
@@ -75,7 +77,7 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub build_name: Option<String>,
-    /// Seconds between polls.
+    /// Seconds between safety-net looks (the watcher wakes on events in between).
     #[arg(long, env = "ATVM_POLL_SECONDS", default_value = "5", value_name = "SECONDS", value_parser = seconds)]
     pub poll_seconds: f64,
     /// Categorized runs: how long the runner must stay inactive before the run ends.

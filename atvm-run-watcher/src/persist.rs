@@ -57,6 +57,10 @@ pub struct Checkpoint {
     /// [`MAX_ADOPTED`]): a later run of the build name never takes one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<ProcessId>,
+    /// The hand-started runner's log was truncated (and read again from its start) since
+    /// the runner was adopted: a newer runner taking over wrote it from its start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated_since_adoption: bool,
 }
 
 /// How many adopted processes a checkpoint remembers.

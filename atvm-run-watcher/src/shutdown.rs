@@ -5,6 +5,7 @@
 use atvm_common::error::{Error, Result};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,21 @@ impl Shutdown {
 
     pub fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
+    }
+
+    /// The self-pipe's reading end, readable once a signal came: for a wait on several
+    /// descriptors at once (see [`crate::wake`]).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Empty the self-pipe after a wait saw it readable.
+    pub fn drain(&self) {
+        if self.wake.set_nonblocking(true).is_ok() {
+            let mut buf = [0u8; 64];
+            while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+            let _ = self.wake.set_nonblocking(false);
+        }
     }
 
     /// Sleep for `d` unless a stop is requested first. Returns `false` when interrupted.

@@ -14,12 +14,14 @@ use crate::observe::{Observation, Observer};
 use crate::persist::{self, Checkpoint, Store};
 use crate::record::{RunRecord, Target};
 use crate::shutdown::Shutdown;
+use crate::wake::{Targets, Wake, Woken};
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Payload};
 use atvm_common::state::{Post, Request, RunState, State};
 use atvm_common::{BuildName, Paths, failpoint, fsutil, logging};
 use serde_json::json;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use crate::deliver::Sink;
 
@@ -32,6 +34,10 @@ pub struct Watcher<'a> {
     store: Store,
     /// Errors of posts that failed for good during this watch.
     failed_posts: Vec<String>,
+    /// What wakes the watcher between looks.
+    wake: Wake,
+    /// Time until the next deadline of the run's own (start timeout, hang, grace).
+    deadline: Option<Duration>,
 }
 
 impl<'a> Watcher<'a> {
@@ -67,6 +73,8 @@ impl<'a> Watcher<'a> {
             cp,
             store,
             failed_posts: Vec::new(),
+            wake: Wake::new(),
+            deadline: None,
         })
     }
 
@@ -114,7 +122,19 @@ impl<'a> Watcher<'a> {
         let Some(obs) = self.observer.observe(&self.ctx, &mut self.cp)? else {
             return Ok(());
         };
+        self.wake.track(&Targets {
+            state_dir: self.ctx.sd.path().to_path_buf(),
+            reporter_dir: self.ctx.paths.reporter_dir.clone(),
+            log: self.cp.log_path.clone(),
+            runner: obs.runner_id,
+        });
         let due = self.decide_and_apply(&obs);
+        let timing = self.ctx.timing;
+        self.deadline = decide::next_deadline(
+            &facts(&obs, &self.ctx.request, &timing),
+            self.record.categorized,
+            self.cp.runner_inactive_since.as_ref(),
+        );
         self.save_or_warn()?;
         if !due.is_empty() {
             failpoint::pause("watch.decided");
@@ -122,8 +142,12 @@ impl<'a> Watcher<'a> {
         self.deliver(&due)
     }
 
-    fn sleep(&self) -> bool {
-        self.ctx.shutdown.sleep(self.ctx.timing.poll)
+    /// Wait for the next look (an event, a deadline, the safety net); false on a stop.
+    fn sleep(&mut self) -> bool {
+        let woken = self
+            .wake
+            .wait(self.ctx.shutdown, self.ctx.timing.poll, self.deadline);
+        woken != Woken::Stop
     }
 
     /// Stopped by a signal: if the cancel helper asked for it, the run (and open sub-runs)
@@ -146,16 +170,7 @@ impl<'a> Watcher<'a> {
     fn decide_and_apply(&mut self, obs: &Observation) -> Vec<Target> {
         self.note_details(obs);
         let timing = self.ctx.timing;
-        let facts = Facts {
-            now: obs.now.clone(),
-            requested: self.ctx.request.requested(),
-            cancelled_at: obs.cancelled_at,
-            runner: &obs.runner,
-            last_activity: obs.last_activity.clone(),
-            timing: &timing,
-            untrusted_log: obs.untrusted_log.as_deref(),
-            log_gap: obs.log_gap.as_deref(),
-        };
+        let facts = facts(obs, &self.ctx.request, &timing);
         if let Some(error) = &obs.log_error {
             // Inputs that cannot be read: UNKNOWN, with the file named.
             let v = decide::Verdict {
@@ -401,10 +416,12 @@ impl<'a> Watcher<'a> {
         // A sub-run runs from its `(Run Starting)` to its summary (see `group_window`).
         let (started, ended) = match sub {
             None => (start, end),
-            Some(i) => self
-                .observer
-                .group_window(&self.cp, i)
-                .map_or((None, None), |(from, to)| (Some(from), to)),
+            Some(i) => (
+                self.observer.group_started(&self.cp, i),
+                self.observer
+                    .group_window(&self.cp, i)
+                    .and_then(|(_, to)| to),
+            ),
         };
         let host = mattermost::host_name();
         message::compose(Input {
@@ -421,6 +438,20 @@ impl<'a> Watcher<'a> {
             channel: self.ctx.sink.channel(),
             format: self.ctx.sink.format(),
         })
+    }
+}
+
+/// What one evaluation knows, from an observation.
+fn facts<'o>(obs: &'o Observation, request: &Request, timing: &'o Timing) -> Facts<'o> {
+    Facts {
+        now: obs.now.clone(),
+        requested: request.requested(),
+        cancelled_at: obs.cancelled_at,
+        runner: &obs.runner,
+        last_activity: obs.last_activity.clone(),
+        timing,
+        untrusted_log: obs.untrusted_log.as_deref(),
+        log_gap: obs.log_gap.as_deref(),
     }
 }
 

@@ -219,6 +219,24 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
+/// How long from `f.now` until time alone can change the verdict: the start timeout while
+/// no runner came, the hang window while one runs, the grace period once a categorized
+/// run's runner has ended (`inactive_since`). `None` when only an event can. The watcher
+/// sets its one timer by this (docs/watcher-service.md, "Waking"); it decides nothing.
+pub fn next_deadline(
+    f: &Facts,
+    categorized: bool,
+    inactive_since: Option<&Moment>,
+) -> Option<Duration> {
+    let left = |from: &Moment, window: Duration| window.saturating_sub(from.until(&f.now));
+    match f.runner {
+        RunnerFacts::NotYet => Some(left(&f.requested, f.timing.start_timeout)),
+        RunnerFacts::Alive { .. } => Some(left(&f.last_activity, f.timing.hang)),
+        _ if categorized => inactive_since.map(|since| left(since, f.timing.grace)),
+        _ => None,
+    }
+}
+
 /// The verdict on a run (or a cut-off sub-run) from the runner and the log.
 pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
     if let Some(at) = f.cancelled_at {
@@ -699,6 +717,33 @@ mod tests {
         let v = with_gap(&RunnerFacts::Alive { pid: 7 });
         assert_eq!(v.state, RunState::Watching);
         assert!(v.reason.ends_with(&format!("; {gap}")), "{}", v.reason);
+    }
+
+    #[test]
+    fn the_next_deadline_is_the_window_that_time_alone_can_close() {
+        // facts(): requested at 0, now 100, last activity 90; start timeout 900 s, hang 90
+        // min, grace 120 s.
+        let none = RunnerFacts::NotYet;
+        assert_eq!(
+            next_deadline(&facts(&none), false, None),
+            Some(Duration::from_secs(800))
+        );
+        let alive = RunnerFacts::Alive { pid: 7 };
+        assert_eq!(
+            next_deadline(&facts(&alive), true, None),
+            Some(Duration::from_secs(90 * 60 - 10))
+        );
+        let ended = exited(0);
+        assert_eq!(next_deadline(&facts(&ended), false, Some(&t(95))), None);
+        assert_eq!(
+            next_deadline(&facts(&ended), true, Some(&t(95))),
+            Some(Duration::from_secs(115))
+        );
+        assert_eq!(next_deadline(&facts(&ended), true, None), None);
+        // Past due: at once.
+        let mut late = facts(&none);
+        late.now = t(1000);
+        assert_eq!(next_deadline(&late, false, None), Some(Duration::ZERO));
     }
 
     #[test]

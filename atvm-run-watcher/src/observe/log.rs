@@ -93,6 +93,9 @@ impl Observer {
                 }
             }
             self.log_open = progress.open;
+            if progress.truncated && cp.fallback.is_some() {
+                cp.truncated_since_adoption = true;
+            }
             if progress.truncated && restart {
                 logging::warn(format!(
                     "{} was truncated: a new run writes it; what was read before is dropped",

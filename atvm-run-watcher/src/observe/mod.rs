@@ -37,6 +37,8 @@ const FULL_REPORTER_SCAN: Duration = Duration::from_secs(60);
 pub struct Observation {
     pub now: Moment,
     pub runner: RunnerFacts,
+    /// The live runner's identity (the wrapper, or the adopted process), to wait on.
+    pub runner_id: Option<ProcessId>,
     /// The run's `runner/status.json`, when there is one for this run.
     pub status: Option<RunnerStatus>,
     /// The run log could not be read: the run ends UNKNOWN with this reason.
@@ -143,9 +145,20 @@ impl Observer {
             (RunnerFacts::NotYet, false) => untrusted(ctx, self.uid),
             _ => None,
         };
+        let runner_id = match runner {
+            RunnerFacts::Alive { .. } => status
+                .as_ref()
+                .map(|s| ProcessId {
+                    pid: s.pid,
+                    start_ticks: s.pid_start_ticks,
+                })
+                .or(cp.fallback),
+            _ => None,
+        };
         Ok(Some(Observation {
             now,
             runner,
+            runner_id,
             status,
             log_error: log_error.map(|e| e.to_string()),
             log_gap,

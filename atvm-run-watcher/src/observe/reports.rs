@@ -71,14 +71,17 @@ impl Observer {
             });
     }
 
-    /// Start and end of sub-run `i`, and the window of report times that belong to it:
-    /// from the runner's timeline for a run started through the runner (from its
-    /// `(Run Starting)` to its summary, or to the next block's start or the runner's exit
-    /// when it was cut off); for a hand-started run, the watcher's own observation of the
-    /// block before it and of this one finishing (a documented limit: it depends on when
-    /// the watcher looked). `None` when the timeline lacks the block (it could not be
-    /// written): the group's reports cannot be told apart, and its post names only what its
-    /// part of the log says.
+    /// The window of report times that belong to sub-run `i`, and when it ended. For a run
+    /// started through the runner both come from the runner's timeline: a group's reports
+    /// are the ones written after the group before it ended (its summary was printed, or it
+    /// was cut off by this one's `(Run Starting)`) — or after the runner started — and up
+    /// to its own end (its summary, the next block's start, or the runner's exit). The
+    /// start is the end of the block before rather than this block's own `(Run Starting)`,
+    /// which the runner may see a moment after Cypress printed it; between the two Cypress
+    /// writes nothing. For a hand-started run, the watcher's own observation of the blocks
+    /// finishing (a documented limit: it depends on when the watcher looked). `None` when the
+    /// timeline lacks a block it needs (it could not be written): the group's reports cannot
+    /// be told apart, and its post names only what its part of the log says.
     pub fn group_window(
         &self,
         cp: &Checkpoint,
@@ -89,17 +92,40 @@ impl Observer {
             let from = i.checked_sub(1).and_then(seen).or(self.runner_started_at);
             return Some((from.unwrap_or_default(), seen(i)));
         }
-        let blocks = &cp.parser.summary().runs;
-        let from = self.timeline.started(i)?.wall;
-        let to = match blocks.get(i).is_some_and(|b| b.is_finished()) {
-            true => Some(self.timeline.finished(i)?.wall),
-            false => self
-                .timeline
-                .started(i + 1)
+        let from = match i.checked_sub(1) {
+            None => self.runner_started_at?,
+            Some(before) => self.block_end(cp, before)??,
+        };
+        Some((from, self.block_end(cp, i)?))
+    }
+
+    /// When block `k` ended, as the runner recorded it: `None` when the timeline lacks it,
+    /// `Some(None)` while it runs.
+    fn block_end(&self, cp: &Checkpoint, k: usize) -> Option<Option<Timestamp>> {
+        let finished = cp
+            .parser
+            .summary()
+            .runs
+            .get(k)
+            .is_some_and(|b| b.is_finished());
+        if finished {
+            return Some(Some(self.timeline.finished(k)?.wall));
+        }
+        Some(
+            self.timeline
+                .started(k + 1)
                 .map(|m| m.wall)
                 .or(self.runner_exited_at),
-        };
-        Some((from, to))
+        )
+    }
+
+    /// When sub-run `i` started: its `(Run Starting)` as the runner saw it, else the start
+    /// of its report window.
+    pub fn group_started(&self, cp: &Checkpoint, i: usize) -> Option<Timestamp> {
+        self.timeline
+            .started(i)
+            .map(|m| m.wall)
+            .or_else(|| self.group_window(cp, i).map(|(from, _)| from))
     }
 
     /// Failed tests (at most the number a message shows) and their total, from the reports

@@ -200,9 +200,13 @@ impl Observer {
         // Another file, or a new runner that opened the log without appending (`>`
         // truncated it, even if it then wrote the same bytes again): read it from its
         // start. A categorized run keeps its blocks — the new ones follow, with new keys.
+        // Not when the truncation was already seen after the last adoption: what was read
+        // since is the new runner's output from its start, and reading it again would make
+        // its groups twice.
         let takeover = cp.fallback.is_some_and(|old| old != id);
         let new_file = cp.fallback_log.is_some() && cp.fallback_log != log;
-        if new_file || (takeover && !appends) {
+        let read_from_start = std::mem::take(&mut cp.truncated_since_adoption);
+        if new_file || (takeover && !appends && !read_from_start) {
             match ctx.request.categorize {
                 true => cp.parser.reset_partial_line(),
                 false => cp.parser = Default::default(),

@@ -1,0 +1,403 @@
+//! When the watcher looks again (docs/watcher-service.md, "Waking"). It waits on events
+//! rather than a timer: the runner's exit (a pidfd, for a hand-started runner too), writes
+//! to the log, the reporter directory and the state directory (inotify), and SIGTERM/SIGINT
+//! (the stop's self-pipe). A timer remains only for the watcher's own deadlines (grace,
+//! hang, start timeout) and for the safety net: every `--poll-seconds` it looks anyway, so
+//! a missed event (an inotify queue overflow, a file system without inotify, a kernel
+//! without pidfds) costs at most one period, never a wrong decision.
+//!
+//! This module never decides anything: it only says "look now". Bursts are coalesced —
+//! a Cypress run writing thousands of lines a second wakes the watcher at most once per
+//! [`SETTLE`] for its log and reports — while the runner's record, the cancel marker and
+//! the runner's exit wake it at once. `ATVM_WATCH_EVENTS=off` turns the events off (the
+//! watcher then looks every `--poll-seconds`, as before events existed).
+
+use crate::shutdown::Shutdown;
+use atvm_common::logging;
+use atvm_common::procfs::{self, ProcessId};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+use std::collections::HashSet;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The least time between two looks woken by the log or the reports alone.
+pub const SETTLE: Duration = Duration::from_millis(100);
+/// The variable that turns events off.
+pub const EVENTS_VAR: &str = "ATVM_WATCH_EVENTS";
+
+/// What the watcher follows now, so the watches follow it too.
+#[derive(Debug, Default)]
+pub struct Targets {
+    /// The build's state directory (cancel marker, a new request) and its `runner/`.
+    pub state_dir: PathBuf,
+    pub reporter_dir: PathBuf,
+    /// The run log, once it is known.
+    pub log: Option<PathBuf>,
+    /// The runner while it lives (the wrapper, or a hand-started process).
+    pub runner: Option<ProcessId>,
+}
+
+/// Why a wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woken {
+    /// Something the watcher reads changed.
+    Event,
+    /// The runner ended.
+    RunnerExit,
+    /// A deadline of the watcher's, or the safety net.
+    Timer,
+    /// SIGTERM/SIGINT.
+    Stop,
+}
+
+/// Which input a watch is on; the log and the reports are coalesced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Source {
+    StateDir,
+    RunnerDir,
+    Reports,
+    Log,
+}
+
+#[derive(Debug)]
+pub struct Wake {
+    inotify: Option<OwnedFd>,
+    /// Watch descriptor → what it watches (and the path, to re-add a replaced file).
+    watches: Vec<(i32, Source, PathBuf)>,
+    runner: Option<(ProcessId, OwnedFd)>,
+    /// A runner whose exit was already reported (its pidfd stays readable).
+    runner_seen_gone: Option<ProcessId>,
+    /// The last time a wait returned: bursts wait out [`SETTLE`] from it.
+    last_look: Instant,
+    /// Failures said once each (a watch that cannot be added, an overflow).
+    said: HashSet<String>,
+}
+
+impl Wake {
+    /// Events on, unless `ATVM_WATCH_EVENTS=off` (or inotify is not available: then said
+    /// once, and the safety net alone wakes the watcher).
+    pub fn new() -> Wake {
+        let off = std::env::var(EVENTS_VAR).is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "off" | "0" | "no" | "false"
+            )
+        });
+        let mut wake = Wake {
+            inotify: None,
+            watches: Vec::new(),
+            runner: None,
+            runner_seen_gone: None,
+            last_look: Instant::now(),
+            said: HashSet::new(),
+        };
+        if !off {
+            match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
+                Ok(fd) => wake.inotify = Some(fd),
+                Err(e) => wake.say_once(format!(
+                    "cannot watch files (inotify: {e}); looking every --poll-seconds instead"
+                )),
+            }
+        }
+        wake
+    }
+
+    /// Are events on?
+    pub fn events(&self) -> bool {
+        self.inotify.is_some()
+    }
+
+    /// Keep the watches in step with `t`: new directories, a log that appeared or was
+    /// replaced, another runner. Cheap when nothing changed.
+    pub fn track(&mut self, t: &Targets) {
+        if self.inotify.is_none() {
+            return;
+        }
+        self.ensure(Source::StateDir, &t.state_dir);
+        self.ensure(Source::RunnerDir, &t.state_dir.join("runner"));
+        self.ensure(Source::Reports, &t.reporter_dir);
+        if let Some(log) = &t.log {
+            self.ensure(Source::Log, log);
+        }
+        self.track_runner(t.runner);
+    }
+
+    /// Watch `path` for `source` unless it already is (a file is watched again when the
+    /// path now leads to another one: the watch follows an inode, not a name).
+    fn ensure(&mut self, source: Source, path: &Path) {
+        let watched = self
+            .watches
+            .iter()
+            .any(|(_, s, p)| *s == source && p == path);
+        if watched && source != Source::Log {
+            return;
+        }
+        let Some(fd) = &self.inotify else { return };
+        let flags = match source {
+            Source::StateDir | Source::RunnerDir => {
+                WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE | WatchFlags::CREATE
+            }
+            Source::Reports => WatchFlags::MOVED_TO | WatchFlags::CLOSE_WRITE,
+            Source::Log => {
+                WatchFlags::MODIFY
+                    | WatchFlags::CLOSE_WRITE
+                    | WatchFlags::ATTRIB
+                    | WatchFlags::DELETE_SELF
+                    | WatchFlags::MOVE_SELF
+            }
+        };
+        match inotify::add_watch(fd, path, flags) {
+            Ok(wd) => {
+                // The same inode gives the same descriptor back: nothing new.
+                if !self.watches.iter().any(|(w, ..)| *w == wd) {
+                    self.watches
+                        .retain(|(_, s, p)| !(*s == source && p == path));
+                    self.watches.push((wd, source, path.to_path_buf()));
+                }
+            }
+            // Not there yet (a runner directory, a reporter directory created later): the
+            // next look tries again, and the safety net covers the meantime.
+            Err(Errno::NOENT) => {}
+            Err(e) => self.say_once(format!(
+                "cannot watch {} ({e}); it is looked at every --poll-seconds",
+                path.display()
+            )),
+        }
+    }
+
+    /// A pidfd for the runner while it lives: readable the moment it ends.
+    fn track_runner(&mut self, runner: Option<ProcessId>) {
+        if self.runner.as_ref().map(|(id, _)| *id) == runner {
+            return;
+        }
+        self.runner = None;
+        let Some(id) = runner.filter(|id| Some(*id) != self.runner_seen_gone) else {
+            return;
+        };
+        let Some(pid) = i32::try_from(id.pid).ok().and_then(Pid::from_raw) else {
+            return;
+        };
+        match pidfd_open(pid, PidfdFlags::empty()) {
+            // Opened, and still the same process (not a pid reused since it was seen).
+            Ok(fd) if procfs::is_alive(id) => self.runner = Some((id, fd)),
+            Ok(_) | Err(Errno::SRCH) => {}
+            Err(e) => self.say_once(format!(
+                "cannot watch the runner's exit (pidfd: {e}); it is looked for every --poll-seconds"
+            )),
+        }
+    }
+
+    /// Wait until something may have changed, `deadline` (the watcher's next own deadline)
+    /// or `safety_net` passes, or a stop is requested — whichever comes first.
+    pub fn wait(
+        &mut self,
+        shutdown: &Shutdown,
+        safety_net: Duration,
+        deadline: Option<Duration>,
+    ) -> Woken {
+        let timeout = deadline.map_or(safety_net, |d| d.min(safety_net));
+        let woken = match self.inotify.is_some() {
+            true => self.wait_events(shutdown, timeout),
+            false => match shutdown.sleep(timeout) {
+                true => Woken::Timer,
+                false => Woken::Stop,
+            },
+        };
+        self.last_look = Instant::now();
+        woken
+    }
+
+    fn wait_events(&mut self, shutdown: &Shutdown, timeout: Duration) -> Woken {
+        let until = Instant::now() + timeout;
+        // A burst seen but not yet looked at: when to look at it.
+        let mut burst_at: Option<Instant> = None;
+        loop {
+            if shutdown.requested() {
+                return Woken::Stop;
+            }
+            let now = Instant::now();
+            let wake_at = burst_at.map_or(until, |b| b.min(until));
+            if now >= wake_at {
+                return if burst_at.is_some_and(|b| b <= now) {
+                    Woken::Event
+                } else {
+                    Woken::Timer
+                };
+            }
+            match self.poll_once(shutdown, wake_at - now) {
+                Some(Ready::Urgent) => return Woken::Event,
+                Some(Ready::RunnerExit) => return Woken::RunnerExit,
+                Some(Ready::Stop) => return Woken::Stop,
+                Some(Ready::Burst) => {
+                    // At once if the last look was long enough ago, else when it will be.
+                    burst_at.get_or_insert((self.last_look + SETTLE).max(now));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// One poll(2) over the stop pipe, inotify and the runner's pidfd.
+    fn poll_once(&mut self, shutdown: &Shutdown, timeout: Duration) -> Option<Ready> {
+        let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let (stop_ready, inotify_ready, runner_ready) = {
+            let inotify = self.inotify.as_ref()?;
+            let stop = shutdown.as_fd();
+            let mut fds = vec![
+                PollFd::new(&stop, PollFlags::IN),
+                PollFd::new(inotify, PollFlags::IN),
+            ];
+            if let Some((_, pidfd)) = &self.runner {
+                fds.push(PollFd::new(pidfd, PollFlags::IN));
+            }
+            match poll(&mut fds, Some(&ts)) {
+                Ok(0) | Err(Errno::INTR) => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    drop(fds);
+                    self.say_once(format!(
+                        "cannot wait for events ({e}); looking every --poll-seconds"
+                    ));
+                    self.inotify = None;
+                    return None;
+                }
+            }
+            let ready = |i: usize| fds.get(i).is_some_and(|f| !f.revents().is_empty());
+            (ready(0), ready(1), ready(2))
+        };
+        if stop_ready {
+            shutdown.drain();
+            return Some(Ready::Stop);
+        }
+        if runner_ready {
+            self.runner_seen_gone = self.runner.take().map(|(id, _)| id);
+            return Some(Ready::RunnerExit);
+        }
+        if inotify_ready {
+            return self.read_events();
+        }
+        None
+    }
+
+    /// Read every queued inotify event: urgent if one is about the runner's record or the
+    /// state directory's markers, a burst if only about the log or the reports.
+    fn read_events(&mut self) -> Option<Ready> {
+        let fd = self.inotify.as_ref()?;
+        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = inotify::Reader::new(fd, &mut buf);
+        let mut found: Option<Ready> = None;
+        let mut overflow = false;
+        let mut gone: Vec<i32> = Vec::new();
+        loop {
+            let event = match reader.next() {
+                Ok(e) => e,
+                Err(Errno::AGAIN | Errno::INTR) => break,
+                Err(_) => break,
+            };
+            let flags = event.events();
+            if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+                overflow = true;
+                continue;
+            }
+            if flags.contains(ReadFlags::IGNORED) {
+                gone.push(event.wd());
+                continue;
+            }
+            let source = self
+                .watches
+                .iter()
+                .find(|(wd, ..)| *wd == event.wd())
+                .map(|(_, s, _)| *s);
+            let name = event.file_name().map(|n| n.to_string_lossy().into_owned());
+            let kind = classify(source, name.as_deref());
+            found = match (found, kind) {
+                (Some(Ready::Urgent), _) | (_, Some(Ready::Urgent)) => Some(Ready::Urgent),
+                (f, k) => f.or(k),
+            };
+        }
+        self.watches.retain(|(wd, ..)| !gone.contains(wd));
+        if overflow {
+            self.say_once(
+                "too many file events at once (inotify queue overflow): looking now, and every --poll-seconds"
+                    .to_string(),
+            );
+            return Some(Ready::Urgent);
+        }
+        found
+    }
+
+    fn say_once(&mut self, what: String) {
+        if self.said.insert(what.clone()) {
+            logging::warn(what);
+        }
+    }
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake::new()
+    }
+}
+
+/// What one poll(2) found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ready {
+    Urgent,
+    Burst,
+    RunnerExit,
+    Stop,
+}
+
+/// Whether an event on `source` (about the file `name` in a watched directory) is worth a
+/// look, and how soon. The watcher's own writes (state.json, its checkpoint, payloads,
+/// markers) are not: only what others write is.
+fn classify(source: Option<Source>, name: Option<&str>) -> Option<Ready> {
+    match (source?, name) {
+        (Source::Log | Source::Reports, _) => Some(Ready::Burst),
+        // The cancel helper's marker, a new request, the runner's directory appearing.
+        (Source::StateDir, Some("cancelled.marker" | "request.json" | "runner")) => {
+            Some(Ready::Urgent)
+        }
+        // The runner's record (its start, exit, a cancel request) and the start's spec.
+        (Source::RunnerDir, Some("status.json" | "spec.json")) => Some(Ready::Urgent),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_others_write_wakes_the_watcher() {
+        use Source::*;
+        assert_eq!(classify(Some(Log), None), Some(Ready::Burst));
+        assert_eq!(classify(Some(Reports), Some("a.json")), Some(Ready::Burst));
+        assert_eq!(
+            classify(Some(StateDir), Some("cancelled.marker")),
+            Some(Ready::Urgent)
+        );
+        assert_eq!(
+            classify(Some(RunnerDir), Some("status.json")),
+            Some(Ready::Urgent)
+        );
+        for own in [
+            "state.json",
+            "payload.json",
+            "posted.marker",
+            ".state.json.tmp",
+        ] {
+            assert_eq!(classify(Some(StateDir), Some(own)), None, "{own}");
+        }
+        assert_eq!(classify(Some(RunnerDir), Some("timeline.jsonl")), None);
+        assert_eq!(classify(None, Some("status.json")), None);
+    }
+}
