@@ -6,6 +6,7 @@ pub mod build_name;
 pub mod cli;
 pub mod config;
 pub mod cypress;
+pub mod envfile;
 pub mod error;
 pub mod failpoint;
 pub mod follow;

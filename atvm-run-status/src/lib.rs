@@ -59,7 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .as_deref()
         .map(BuildName::parse)
         .transpose()?;
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let now = Timestamp::now();
     let sources = match &build {
         None => read::all_runs(&paths, cli.all)?,
@@ -74,7 +74,7 @@ pub fn run(cli: Cli) -> Result<()> {
             .then_with(|| a.build_name.cmp(&b.build_name))
             .then_with(|| a.archive.cmp(&b.archive))
     });
-    add_units(&mut runs, &Systemctl::from_env());
+    add_units(&mut runs, &Systemctl::from_env()?);
     for run in &runs {
         for e in &run.errors {
             logging::warn(&e.error);

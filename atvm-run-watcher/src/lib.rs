@@ -117,13 +117,13 @@ impl Cli {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let timing = cli.timing();
     if cli.test_post {
         return test_post(&paths, timing.post_retry);
     }
     if cli.resume_all {
-        return resume::resume_all(&paths, &Systemctl::from_env());
+        return resume::resume_all(&paths, &Systemctl::from_env()?);
     }
     let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
     let sink = sink(cli.dry_run, &paths, timing)?;
@@ -196,7 +196,8 @@ fn note_fatal(sd: &atvm_common::StateDir, run_id: &str, e: &Error) {
 /// `post.json` files (no webhook needed).
 fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
     if dry_run {
-        let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
+        // No webhook needed, but a value that is set must be valid (exit 78, as a start).
+        let config = MattermostConfig::load(&paths.env_file)?;
         return Ok(Sink::DryRun {
             channel: config.channel,
             format: config.format,

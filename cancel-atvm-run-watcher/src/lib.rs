@@ -39,7 +39,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    cancel(&build, &Paths::from_env(), &Systemctl::from_env())
+    cancel(&build, &Paths::from_env()?, &Systemctl::from_env()?)
 }
 
 /// What the cancel found under the state lock.

@@ -33,7 +33,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    cancel(&build, &Paths::from_env(), &Systemctl::from_env())
+    cancel(&build, &Paths::from_env()?, &Systemctl::from_env()?)
 }
 
 pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {

@@ -40,7 +40,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<u8> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let sd = paths.state_dir(&build);
     // A state directory someone else could write to cannot be trusted with a record either.
     sd.check()?;

@@ -65,8 +65,8 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
-    let systemctl = Systemctl::from_env();
+    let paths = Paths::from_env()?;
+    let systemctl = Systemctl::from_env()?;
     let runner = RunnerArgs {
         runner_command: cli.watch.runner_command.clone().unwrap_or_default(),
         workdir: cli.workdir.clone(),

@@ -60,8 +60,8 @@ pub struct RunnerArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
-    let systemctl = Systemctl::from_env();
+    let paths = Paths::from_env()?;
+    let systemctl = Systemctl::from_env()?;
     if cli.dry_run {
         return dry_run(&build, &paths, &systemctl, &cli.runner);
     }
