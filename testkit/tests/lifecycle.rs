@@ -410,7 +410,17 @@ fn a_second_start_is_refused_while_the_run_is_active() {
 fn every_binary_refuses_bad_build_names_before_touching_anything() {
     let (env, hook) = setup();
     let long = "x".repeat(129);
-    for bad in ["../x", "a/b", "", "-x", "a..b", "ünïcode", long.as_str()] {
+    // `b1.launch`: its run log would be build b1's launch log (`/tmp/b1.launch.log`).
+    for bad in [
+        "../x",
+        "a/b",
+        "",
+        "-x",
+        "a..b",
+        "ünïcode",
+        long.as_str(),
+        "b1.launch",
+    ] {
         for name in testkit::BINARIES {
             let mut args = vec!["--build-name", bad];
             if matches!(name, "start-atvm-run" | "start-atvm-runner") {
@@ -421,6 +431,9 @@ fn every_binary_refuses_bad_build_names_before_touching_anything() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
             assert!(stderr.contains("invalid build name"), "{name}: {stderr}");
+            if bad == "b1.launch" {
+                assert!(stderr.contains("must not end in \".launch\""), "{stderr}");
+            }
         }
     }
     assert_eq!(
