@@ -3,6 +3,7 @@
 //! the systemctl wrapper. The binaries are thin front ends over this crate.
 
 pub mod build_name;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod cypress;

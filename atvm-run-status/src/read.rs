@@ -68,16 +68,14 @@ pub fn build_runs(paths: &Paths, build: &BuildName, all: bool) -> Result<Vec<Sou
     if all {
         sources.extend(archives(paths, build)?);
     }
-    if sources.is_empty() {
-        let what = if all {
-            "no state directory and no archive"
-        } else {
-            "no state directory"
-        };
+    if sources.is_empty() && !all && !archives(paths, build)?.is_empty() {
         return Err(Error::file(
-            format!("unknown build {build}: {what}"),
+            format!("no current run of {build}, only archived ones: add --all to see them"),
             paths.state_dir(build).path(),
         ));
+    }
+    if sources.is_empty() {
+        return Err(atvm_common::builds::unknown(paths, build));
     }
     Ok(sources)
 }

@@ -364,10 +364,14 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         format!(
-            "atvm-run-status: unknown build never-started: no state directory ({})",
+            "atvm-run-status: unknown build never-started: this controller has no run of that name; no known build has a similar name (atvm-run-status lists them) ({})",
             env.state_dir("never-started").display()
         )
     );
+    // A typo names the build meant.
+    status(&env, &["--build-name", "done-2"])
+        .code_is(1)
+        .error_line("atvm-run-status", "did you mean done-1?");
     let out = status(&env, &["--build-name", "../etc", "--json"]);
     out.code_is(2);
     assert!(out.stdout.is_empty());

@@ -60,10 +60,7 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     let _start = StartLock::wait(&paths.state_root, build)?;
     let sd = paths.state_dir(build);
     if !sd.exists() {
-        return Err(Error::file(
-            format!("unknown build {build}: no state directory"),
-            sd.path(),
-        ));
+        return Err(atvm_common::builds::unknown(paths, build));
     }
     sd.check()?;
     let found = mark_cancelled(build, &sd)?;

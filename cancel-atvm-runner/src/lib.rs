@@ -14,7 +14,8 @@ const EXAMPLE: &str = "\
 Example:
   cancel-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
-Cancelling a runner that is not running is not an error. To also stop the watcher without
+Cancelling a runner that is not running is not an error; a build name this controller has
+never run is (exit 1, naming the closest known names). To also stop the watcher without
 a post, run cancel-atvm-run-watcher for the same build. While a start of the build is in
 progress, it waits for that start to finish (saying so) and then cancels the run it made.
 
@@ -53,6 +54,10 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
             start_ticks: s.pid_start_ticks,
         })
         .filter(|id| procfs::is_alive(*id));
+    if !sd.exists() && !activity.is_running() {
+        // Never seen here (no state, no unit running): a typo, not a run to call cancelled.
+        return Err(atvm_common::builds::unknown(paths, build));
+    }
     if !activity.is_running() && wrapper.is_none() {
         logging::info(format!(
             "{unit} is not running ({}); nothing to cancel (a runner started by hand is not \
