@@ -32,6 +32,7 @@ categorized), AGE (since the state was last updated), UNIT (atvm-run-watcher@<bu
 
 Environment:
   ATVM_STATE_ROOT   state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE     its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_LOG_DIR      run and launch logs [default: /tmp]
   ATVM_SYSTEMCTL    program asked `is-active` [default: systemctl]
   COLUMNS           terminal width the table's REASON column is cut to [default: 60 characters]

@@ -46,7 +46,7 @@ Environment:
   ATVM_REPORTER_DIR            mochawesome reports [default: $ATVM_AUTOMATION_ROOT/cypress/cmcReporter]
   ATVM_AUTOMATION_ROOT         [default: /root/cdc-e2e-cyp-12.17.4]
   ATVM_INVENTORY               the VM inventory [default: $ATVM_PACKAGE_ROOT/vm-inventory.md]
-  ATVM_ENV_FILE                read for the MATTERMOST_ATVM_* settings [default: /etc/atvm-run-watcher.env]
+  ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      the webhook (a secret: only its host is ever shown)
   MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]

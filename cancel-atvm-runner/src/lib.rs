@@ -21,6 +21,7 @@ progress, it waits for that start to finish (saying so) and then cancels the run
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 

@@ -26,6 +26,7 @@ Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_BOOT_ID                 set by the unit (%b): the boot recorded with the run [default: the kernel's]
   MATTERMOST_ATVM_WEBHOOK      removed from the command's environment: Cypress never sees it
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
