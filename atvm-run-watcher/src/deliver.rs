@@ -165,6 +165,14 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
         );
         (delivery, hooks.unrecordable, hooks.unsent)
     };
+    // Stopped by the cancel helper (it stops the unit after writing the marker): the post
+    // is not owed, it is never sent, and the journal must say that.
+    let delivery = match delivery {
+        Delivery::Interrupted { attempts } if ledger.cancelled() => {
+            Delivery::Cancelled { attempts }
+        }
+        other => other,
+    };
     if unsent && matches!(delivery, Delivery::Cancelled { .. }) {
         // The attempt prepared last was never sent (the cancel came first): no `post.ready`
         // may suggest to the cancel helper that it is on the wire.

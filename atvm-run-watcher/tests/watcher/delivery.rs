@@ -447,6 +447,24 @@ fn cancelled_on_the_wire(reply: Reply) -> (Posting, Output) {
 }
 
 #[test]
+fn a_cancel_while_the_post_hangs_on_a_silent_server_never_calls_it_owed() {
+    // The server takes the request and never answers: the cancel stops the watcher, which
+    // waits out the request's timeout. Its journal must say what the state says.
+    let (p, out) = cancelled_on_the_wire(Reply::Silent);
+    out.succeeds().said("state CANCELLED");
+    let unit = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+    p.wait_unit_inactive(unit, LONG);
+    assert_ended(&p, "CANCELLED", "suppressed");
+    let journal = p.unit_output(unit);
+    assert!(
+        !journal.contains("stays owed") && journal.contains("not posting"),
+        "{journal}"
+    );
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(p.hook.count(), 1, "nothing sent after the cancel");
+}
+
+#[test]
 fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
     let (p, out) = cancelled_on_the_wire(Reply::Ok);
     out.succeeds();
