@@ -9,6 +9,7 @@ pub mod message;
 pub mod observe;
 pub mod persist;
 pub mod record;
+pub mod resend;
 pub mod resume;
 pub mod shutdown;
 pub mod watch;
@@ -36,8 +37,12 @@ Examples:
   # Check the Mattermost configuration with one labelled test message:
   atvm-run-watcher --test-post
 
-Exit status: 0 final state reached and handled (or stopped by SIGTERM), 1 a post failed for
-good, 2 bad arguments, 4 another watcher holds the lock, 78 no webhook configured.
+  # After Mattermost was down longer than the retry window: send the failed posts again:
+  atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --resend
+
+Exit status: 0 final state reached and handled (or stopped by SIGTERM; --resend: every
+failed post delivered, or none to send), 1 a post failed for good (again), 2 bad arguments,
+4 another watcher holds the lock, 78 no webhook configured or an invalid setting.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -102,6 +107,13 @@ pub struct Cli {
     /// the boot-time unit atvm-run-watcher-resume.service runs after a reboot).
     #[arg(long, conflicts_with_all = ["once", "dry_run", "build_name"])]
     pub resume_all: bool,
+    /// Send again each post of the build that failed for good (after an outage longer
+    /// than the retry window), with its stored payload; exit 4 while its watcher runs.
+    #[arg(long, requires = "build_name", conflicts_with_all = ["once", "dry_run", "test_post", "resume_all"])]
+    pub resend: bool,
+    /// With --resend: only this group's post (its key, e.g. `01-linux`, or group name).
+    #[arg(long, value_name = "KEY", requires = "resend")]
+    pub group: Option<String>,
 }
 
 impl Cli {
@@ -126,6 +138,9 @@ pub fn run(cli: Cli) -> Result<()> {
         return resume::resume_all(&paths, &Systemctl::from_env()?);
     }
     let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
+    if cli.resend {
+        return resend::run(&paths, &build, cli.group.as_deref(), timing.post_retry);
+    }
     let sink = sink(cli.dry_run, &paths, timing)?;
     let sd = paths.state_dir(&build);
     sd.check()?;
