@@ -2,6 +2,8 @@
 //! `atvm-run-watcher@<build>.service` (docs/watcher-service.md). A watcher that does not
 //! come up leaves its run final (UNKNOWN), never one a later `--resume-all` would pick up.
 
+mod place;
+
 use atvm_common::config::{MattermostConfig, env_file_warning};
 use atvm_common::error::{Error, Result};
 use atvm_common::fsutil;
@@ -239,13 +241,6 @@ pub fn start(
     // Read before the archive moves them: an earlier run's process still alive is never
     // taken for this run's runner.
     let earlier_runners = sd.live_runners();
-    if let Some(to) = sd.archive(&paths.archive_root())? {
-        logging::info(format!(
-            "archived the previous state of {build} to {}",
-            to.display()
-        ));
-    }
-    sd.create()?;
     let request = Request {
         build_name: build.to_string(),
         run_id: new_run_id(),
@@ -262,8 +257,14 @@ pub fn start(
         scope_description: args.scope_description.clone(),
         earlier_runners,
     };
-    // 0600: it records command lines.
-    fsutil::write_json(&sd.request(), &request, 0o600)?;
+    // The new directory with its request replaces the old one in one step; the old one
+    // is archived (a reader never finds the build missing).
+    if let Some(to) = place::replace(paths, build, &request)? {
+        logging::info(format!(
+            "archived the previous state of {build} to {}",
+            to.display()
+        ));
+    }
     let unit = UnitKind::Watcher.unit(build);
     if let Err(e) = start_unit(systemctl, &unit) {
         // The request is recorded: a run left without a final state would be resumed by
