@@ -177,6 +177,7 @@ impl Reader {
 pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView {
     let mut r = Reader { errors: Vec::new() };
     let dir = src.dir.path();
+    let mut vanished = false;
     let (readable, mtime) = match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
             r.push(dir, Error::file("refusing to follow a symbolic link", dir));
@@ -188,8 +189,9 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
                 .is_ok();
             (readable, m.modified().ok().map(Timestamp::from_system))
         }
-        // Archived by a start helper between the listing and now, for instance.
+        // Moved by a start or a prune between the listing and now: read again, once.
         Err(e) => {
+            vanished = e.kind() == io::ErrorKind::NotFound;
             r.push(dir, Error::io("cannot read", dir, e));
             (false, None)
         }
@@ -226,6 +228,24 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             post_failed: posts(PostStatus::Failed),
         }
     });
+    // The runner's record of this run, for the duration (its errors are the detail's).
+    let status: Option<RunnerStatus> = match (readable, detail) {
+        (false, _) => None,
+        (true, true) => r.json(&src.dir.runner_status()),
+        (true, false) => fsutil::read_json(&src.dir.runner_status()).ok().flatten(),
+    };
+    let exited = status
+        .as_ref()
+        .filter(|s| request.as_ref().is_some_and(|q| q.run_id == s.run_id))
+        .and_then(|s| s.exited_at);
+    let ended_at = state
+        .as_ref()
+        .filter(|s| s.is_final)
+        .map(|s| exited.unwrap_or(s.updated_at));
+    let duration_seconds = requested_at.map(|a| match ended_at {
+        Some(end) => a.until(end).as_secs(),
+        None => a.until(now).as_secs(),
+    });
     // A run whose directory cannot be read still gets every detail key (null), as documented.
     let detail = detail.then(|| {
         read_detail(
@@ -234,6 +254,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             paths,
             readable,
             request.clone(),
+            status.as_ref(),
             state.as_ref(),
         )
     });
@@ -251,13 +272,43 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         requested_at,
         updated_at,
         age_seconds: since.map(|t| t.until(now).as_secs()),
+        ended_at,
+        duration_seconds,
         counts: state.as_ref().and_then(|s| s.counts),
+        flaky: state.as_ref().and_then(flaky),
         post: state.as_ref().map(|s| PostView::from(&s.post)),
         groups,
         watcher_unit: None,
+        runner_unit: None,
         errors: r.errors,
         detail,
-        sort_time: since.or(mtime).unwrap_or_default(),
+        sort_time: requested_at.or(mtime).unwrap_or_default(),
+        vanished,
+    }
+}
+
+/// The flaky tests the watcher recorded: `details.flaky`, a count or a list of them.
+fn flaky(state: &State) -> Option<u64> {
+    match state.details.get("flaky")? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::Array(list) => Some(list.len() as u64),
+        _ => None,
+    }
+}
+
+/// Read one run as [`run`] does; a run whose directory vanished meanwhile (a start swapping
+/// in a new directory, a prune removing an old archive) is read once more, and an archive
+/// that is gone then was pruned: it is left out, not reported as unreadable.
+pub fn settled(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> Option<RunView> {
+    let first = run(src, paths, detail, now);
+    if !first.vanished {
+        return Some(first);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = run(src, paths, detail, now);
+    match (again.vanished, &src.archive) {
+        (true, Some(_)) => None,
+        _ => Some(again),
     }
 }
 
@@ -267,10 +318,10 @@ fn read_detail(
     paths: &Paths,
     readable: bool,
     request: Option<Request>,
+    status: Option<&RunnerStatus>,
     state: Option<&State>,
 ) -> Detail {
     let sd = &src.dir;
-    let status: Option<RunnerStatus> = readable.then(|| r.json(&sd.runner_status())).flatten();
     let details = state.map(|s| &s.details);
     let text = |key: &str| {
         details
@@ -279,7 +330,6 @@ fn read_detail(
             .map(str::to_string)
     };
     let run_log = status
-        .as_ref()
         .map(|s| s.log_path.clone())
         .or_else(|| text("log").map(PathBuf::from))
         .unwrap_or_else(|| paths.run_log(&src.build));
@@ -313,8 +363,7 @@ fn read_detail(
     });
     Detail {
         request,
-        runner: status.as_ref().map(RunnerView::from),
-        runner_unit: None,
+        runner: status.map(RunnerView::from),
         run_log,
         launch_log: paths.launch_log(&src.build),
         progress: text("progress"),
