@@ -76,11 +76,7 @@ pub fn parse(text: &str) -> HashMap<String, String> {
                 At::PreValue
             }
             At::Key => {
-                match (blank, key_blank) {
-                    (false, _) => key_blank = None,
-                    (true, None) => key_blank = Some(key.len()),
-                    (true, Some(_)) => {}
-                }
+                note_blank(blank, &mut key_blank, key.len());
                 key.push(c);
                 At::Key
             }
@@ -101,11 +97,7 @@ pub fn parse(text: &str) -> HashMap<String, String> {
             }
             At::PreValue if blank => At::PreValue,
             At::PreValue | At::Value => {
-                match (blank, value_blank) {
-                    (false, _) => value_blank = None,
-                    (true, None) => value_blank = Some(value.len()),
-                    (true, Some(_)) => {}
-                }
+                note_blank(blank, &mut value_blank, value.len());
                 value.push(c);
                 At::Value
             }
@@ -152,6 +144,17 @@ pub fn parse(text: &str) -> HashMap<String, String> {
         _ => {}
     }
     out
+}
+
+/// Keep `start` at the first of the trailing blanks of a key or value `len` long, about to
+/// get one more character (`blank` or not).
+fn note_blank(blank: bool, start: &mut Option<usize>, len: usize) {
+    match blank {
+        false => *start = None,
+        true => {
+            start.get_or_insert(len);
+        }
+    }
 }
 
 /// A name systemd accepts for a variable: letters, digits and `_`, not starting with a
