@@ -863,3 +863,41 @@ fn resend_never_sends_beside_a_watcher_nor_for_a_cancelled_or_delivered_run() {
         .code_is(1)
         .error_line("atvm-run-watcher", "no group \"01-linux\"");
 }
+
+#[test]
+fn a_group_post_that_failed_for_good_is_resent_alone_with_group() {
+    // The first group's post is refused for good; the others go out as they finish.
+    let p = Posting::new(vec![Reply::status(400, "invalid payload")]);
+    p.write_request(B, json!({"categorize": true}));
+    start_runner(&p, &three_groups_runner(&p, 1));
+    let w = p.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--grace-seconds", "0.5"],
+    );
+    for i in 1..=2 {
+        p.wait_until("the next group's post", LONG, || p.hook.count() == i);
+        fs::write(p.root().join(format!("go{i}")), "").unwrap();
+    }
+    finish(w, LONG).code_is(1);
+    assert_eq!(p.hook.count(), 3);
+    // Another group's post was delivered: nothing to resend there.
+    resend(&p, &["--group", "02-windows"])
+        .succeeds()
+        .said("nothing to resend")
+        .said("02-windows: posted");
+    resend(&p, &["--group", "01-linux"])
+        .succeeds()
+        .said("re-sent the sub-run 01-linux COMPLETED post");
+    assert_eq!(p.hook.count(), 4);
+    assert_eq!(p.hook.requests()[3].body, p.hook.requests()[0].body);
+    let own = testkit::read_json(&p.state_dir(B).join("subruns/01-linux/state.json"));
+    assert_eq!(own["post"]["status"], "posted", "{own:#}");
+    assert!(own["post"]["resent_at"].is_string());
+    assert_eq!(
+        super::subrun_rows(&p.state(B))[0],
+        ("01-linux", "COMPLETED", "posted")
+    );
+    resend(&p, &[]).succeeds().said("nothing to resend");
+    restart(&p).code_is(0);
+    assert_eq!(p.hook.count(), 4);
+}
