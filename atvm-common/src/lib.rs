@@ -21,6 +21,7 @@ pub mod reporter;
 pub mod state;
 pub mod systemctl;
 pub mod time;
+pub mod timeline;
 
 /// The eight binaries of the product, in the order of the README's table.
 pub const BINARIES: [&str; 8] = [

@@ -5,7 +5,8 @@
 //! A result is posted exactly once: its payload is kept beside its state before the first
 //! attempt, and `posted.marker` is written only after Mattermost answered `ok`.
 
-use crate::clock::{self, Clock};
+use crate::clock;
+use crate::ctx::Ctx;
 use crate::decide::{self, Facts, LogView, Timing, categorized};
 use crate::deliver::{self, Job, Ledger, Outcome};
 use crate::message::{self, Input};
@@ -16,24 +17,11 @@ use crate::shutdown::Shutdown;
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Payload};
 use atvm_common::state::{Post, Request, RunState, State};
-use atvm_common::{BuildName, Paths, StateDir, failpoint, fsutil, logging};
+use atvm_common::{BuildName, Paths, failpoint, fsutil, logging};
 use serde_json::json;
 use std::path::PathBuf;
 
 pub use crate::deliver::Sink;
-
-/// What a watcher works with and never changes: where things are, what it watches, how.
-#[derive(Debug)]
-pub struct Ctx<'a> {
-    pub paths: Paths,
-    pub sd: StateDir,
-    pub build: BuildName,
-    pub request: Request,
-    pub timing: Timing,
-    pub sink: Sink,
-    pub shutdown: &'a Shutdown,
-    pub clock: &'a dyn Clock,
-}
 
 #[derive(Debug)]
 pub struct Watcher<'a> {
@@ -166,6 +154,7 @@ impl<'a> Watcher<'a> {
             last_activity: obs.last_activity.clone(),
             timing: &timing,
             untrusted_log: obs.untrusted_log.as_deref(),
+            log_gap: obs.log_gap.as_deref(),
         };
         if let Some(error) = &obs.log_error {
             // Inputs that cannot be read: UNKNOWN, with the file named.
@@ -389,6 +378,7 @@ impl<'a> Watcher<'a> {
     /// The payload for `target`, from its record, its part of the log, its reports and
     /// the run's VMs.
     fn compose(&mut self, target: Target) -> Payload {
+        self.observer.ready_for_message(&self.ctx, &self.cp);
         let vms = self.observer.vms(&self.ctx);
         let sub = match target {
             Target::Run => None,
@@ -408,13 +398,13 @@ impl<'a> Watcher<'a> {
             (None, Some(a), Some(b)) => Some((a, b)),
             _ => None,
         };
-        // A sub-run runs from the end of the one before it (or the runner's start) to its
-        // own `(Run Finished)`.
-        let seen = |k: usize| self.cp.finished_seen.get(k).copied().flatten();
+        // A sub-run runs from its `(Run Starting)` to its summary (see `group_window`).
         let (started, ended) = match sub {
             None => (start, end),
-            Some(0) => (start, seen(0)),
-            Some(i) => (seen(i - 1), seen(i)),
+            Some(i) => self
+                .observer
+                .group_window(&self.cp, i)
+                .map_or((None, None), |(from, to)| (Some(from), to)),
         };
         let host = mattermost::host_name();
         message::compose(Input {

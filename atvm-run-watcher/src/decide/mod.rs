@@ -73,6 +73,11 @@ pub struct Facts<'a> {
     /// Why the file at the run log's path is not read as this run's output, when there is
     /// one there (a link, someone else's, writable by others): said if no runner comes.
     pub untrusted_log: Option<&'a str>,
+    /// Why the log read is not the whole of what the runner's command printed, when it is
+    /// not: it could not be written (a full file system), or it was removed, replaced or
+    /// cut short before it was read to its end. Never guessed around: such a run ends
+    /// UNKNOWN unless the runner's own records decide a state that posts nothing.
+    pub log_gap: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,15 +125,36 @@ impl<'a> LogView<'a> {
 }
 
 impl LogView<'_> {
-    fn failures(&self) -> Option<String> {
-        let canceled = self.blocks.iter().any(|b| {
+    /// Cypress printed `The run was canceled` (the run was cancelled in Cypress Cloud, by
+    /// hand or by its auto-cancellation after failures).
+    fn cloud_canceled(&self) -> bool {
+        self.blocks.iter().any(|b| {
             b.footer
                 .as_ref()
                 .is_some_and(|f| f.outcome == Outcome::Canceled)
-        });
-        if canceled {
-            return Some("Cypress reported that the run was canceled (Cypress Cloud)".to_string());
+        })
+    }
+
+    /// A run cancelled in Cypress Cloud: CANCELLED (no post) when no test had failed —
+    /// whatever the exit code, Cypress exits 1 after that footer — else FAILED, posted, as
+    /// a run cancelled after its failures (auto-cancellation).
+    fn canceled_verdict(&self) -> Option<Verdict> {
+        if !self.cloud_canceled() {
+            return None;
         }
+        Some(match self.failures() {
+            Some(failures) => verdict(
+                RunState::Failed,
+                format!("cancelled in Cypress Cloud after failures: {failures}"),
+            ),
+            None => verdict(
+                RunState::Cancelled,
+                "cancelled in Cypress Cloud (Cypress printed \"The run was canceled\") before any test failed",
+            ),
+        })
+    }
+
+    fn failures(&self) -> Option<String> {
         let failing: Vec<&RunBlock> = self.blocks.iter().filter(|b| b.has_failures()).collect();
         if failing.is_empty() {
             return None;
@@ -225,6 +251,7 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
                 stop_signal: *stop_signal,
                 cancel_requested: *cancel_requested,
             },
+            f.log_gap,
             log,
         ),
         RunnerFacts::Vanished {
@@ -275,7 +302,8 @@ fn alive_verdict(f: &Facts, pid: u32, log: LogView) -> Verdict {
             ),
         )
     } else {
-        verdict(RunState::Watching, progress(log))
+        let gap = f.log_gap.map(|g| format!("; {g}")).unwrap_or_default();
+        verdict(RunState::Watching, format!("{}{gap}", progress(log)))
     }
 }
 
@@ -288,9 +316,10 @@ struct Exit {
     cancel_requested: bool,
 }
 
-/// A recorded exit: a cancel, a stop or a kill end the run unposted; otherwise the exit
-/// code and the log decide between COMPLETED and FAILED.
-fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
+/// A recorded exit: a cancel, a stop or a kill end the run unposted; a log that is not the
+/// whole output ends it UNKNOWN; otherwise the exit code and the log decide between
+/// COMPLETED and FAILED (or CANCELLED, when Cypress Cloud cancelled it).
+fn exited_verdict(exit: Exit, log_gap: Option<&str>, log: LogView) -> Verdict {
     if exit.cancel_requested {
         return verdict(
             RunState::Cancelled,
@@ -312,8 +341,14 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
             format!("runner command was killed by {}", signal_name(sig)),
         );
     }
+    if let Some(gap) = log_gap {
+        return verdict(RunState::Unknown, gap);
+    }
     if let Some(hint) = log.no_specs_reason() {
         return verdict(RunState::Failed, hint);
+    }
+    if let Some(v) = log.canceled_verdict() {
+        return v;
     }
     let code = exit.code.unwrap_or(1);
     if code != 0 {
@@ -346,6 +381,8 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
 fn fallback_gone_verdict(log: LogView) -> Verdict {
     if let Some(hint) = log.no_specs_reason() {
         verdict(RunState::Failed, hint)
+    } else if let Some(v) = log.canceled_verdict() {
+        v
     } else if !log.finished() {
         verdict(
             RunState::Terminated,
@@ -382,7 +419,11 @@ pub fn progress(log: LogView) -> String {
 
 /// The verdict on a finished sub-run (its own summary decides).
 pub fn finished_subrun_verdict(block: &RunBlock) -> Verdict {
-    match LogView::block(block).failures() {
+    let log = LogView::block(block);
+    if let Some(v) = log.canceled_verdict() {
+        return v;
+    }
+    match log.failures() {
         Some(f) => verdict(RunState::Failed, f),
         None => verdict(RunState::Completed, "all specs passed"),
     }
@@ -573,6 +614,91 @@ mod tests {
             run_verdict(&facts(&gone), LogView::EMPTY).state,
             RunState::Terminated
         );
+    }
+
+    const CANCELED: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    -  The run was canceled   00:01   1   1   -   -   -  \n";
+    const CANCELED_AFTER_FAILURE: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  a.cy.js   00:01   2   1   1   -   - │\n  └──┘\n    -  The run was canceled   00:01   2   1   1   -   -  \n";
+
+    #[test]
+    fn a_cypress_cloud_cancel_posts_only_after_failures_whatever_the_exit_code() {
+        let before = blocks(CANCELED);
+        let after = blocks(CANCELED_AFTER_FAILURE);
+        let view = |b| LogView {
+            blocks: b,
+            no_specs: None,
+        };
+        for code in [0, 1, 3] {
+            let runner = exited(code);
+            let v = run_verdict(&facts(&runner), view(&before));
+            assert_eq!(v.state, RunState::Cancelled, "exit {code}: {}", v.reason);
+            assert!(v.reason.contains("Cypress Cloud"), "{}", v.reason);
+            let v = run_verdict(&facts(&runner), view(&after));
+            assert_eq!(v.state, RunState::Failed, "exit {code}");
+            assert!(
+                v.reason
+                    .contains("cancelled in Cypress Cloud after failures")
+                    && v.reason.contains("1 failing test"),
+                "{}",
+                v.reason
+            );
+        }
+        let gone = RunnerFacts::FallbackGone;
+        assert_eq!(
+            run_verdict(&facts(&gone), view(&before)).state,
+            RunState::Cancelled
+        );
+        assert_eq!(
+            finished_subrun_verdict(&before[0]).state,
+            RunState::Cancelled
+        );
+        assert_eq!(finished_subrun_verdict(&after[0]).state, RunState::Failed);
+    }
+
+    #[test]
+    fn a_log_that_is_not_the_whole_output_is_unknown_unless_the_runner_says_more() {
+        let b = blocks(PASSED);
+        let log = LogView {
+            blocks: &b,
+            no_specs: None,
+        };
+        let gap = "the runner could not write the run log";
+        fn judged(runner: &RunnerFacts, log: LogView, gap: &str) -> Verdict {
+            let mut f = facts(runner);
+            f.log_gap = Some(gap);
+            run_verdict(&f, log)
+        }
+        let with_gap = |runner: &RunnerFacts| judged(runner, log, gap);
+        let v = with_gap(&exited(0));
+        assert_eq!((v.state, v.reason.as_str()), (RunState::Unknown, gap));
+        assert_eq!(with_gap(&exited(2)).state, RunState::Unknown);
+        let cancelled = RunnerFacts::Exited {
+            exit_code: Some(0),
+            signal: None,
+            stop_signal: None,
+            cancel_requested: true,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&cancelled).state, RunState::Cancelled);
+        let killed = RunnerFacts::Exited {
+            exit_code: None,
+            signal: Some(9),
+            stop_signal: None,
+            cancel_requested: false,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&killed).state, RunState::Terminated);
+        let stopped = RunnerFacts::Exited {
+            exit_code: Some(0),
+            signal: None,
+            stop_signal: Some(15),
+            cancel_requested: false,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&stopped).state, RunState::Terminated);
+        // While the runner lives the run is watched, and the reason says what is wrong.
+        let v = with_gap(&RunnerFacts::Alive { pid: 7 });
+        assert_eq!(v.state, RunState::Watching);
+        assert!(v.reason.ends_with(&format!("; {gap}")), "{}", v.reason);
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! The reporter directory: which reports are this run's (written after its runner started,
+//! for a spec its log names), their counts while the log has no summary, and the failed
+//! tests a message lists.
+
+use super::{FULL_REPORTER_SCAN, Observer};
+use crate::ctx::Ctx;
+use crate::persist::Checkpoint;
+use atvm_common::cypress::{RunBlock, SpecRow};
+use atvm_common::reporter::{self, ReporterDir, SpecSet};
+use atvm_common::state::{Counts, RunnerStatus};
+use atvm_common::timeline::Timeline;
+use atvm_common::{Timestamp, logging, mattermost};
+use std::time::Instant;
+
+impl Observer {
+    pub(super) fn scan_reporter(&mut self, ctx: &Ctx) {
+        // Reports count from the runner's start, once there is a runner.
+        let Some(since) = self.runner_started_at else {
+            return;
+        };
+        let stale = &self.stale_reports;
+        let reporter = self.reporter.get_or_insert_with(|| {
+            ReporterDir::new(&ctx.paths.reporter_dir, since.to_system()).without(stale)
+        });
+        let full = self
+            .last_full_scan
+            .is_none_or(|t| t.elapsed() >= FULL_REPORTER_SCAN);
+        if full {
+            self.last_full_scan = Some(Instant::now());
+        }
+        for warning in reporter.scan(full).warnings {
+            logging::warn(warning);
+        }
+    }
+
+    /// Counts from this run's reports, for a run whose log has no summary yet.
+    pub fn reporter_counts(&self) -> Option<Counts> {
+        self.reporter.as_ref().and_then(|r| r.counts(&self.specs.1))
+    }
+
+    /// The specs the log names change only when it grows: recompute them then.
+    pub(super) fn refresh_specs(&mut self, cp: &Checkpoint) {
+        let lines = cp.parser.summary().lines;
+        if self.specs.0 != lines || lines == 0 {
+            self.specs = (lines, run_specs(cp));
+        }
+    }
+
+    /// The runner's timeline, read again when there may be more in it: the runner writes an
+    /// entry before the log line it describes, so after new lines were read, and once
+    /// when the runner has ended. One that cannot be read is said and left empty: the
+    /// groups' posts then name only what the log says.
+    pub(super) fn read_timeline(
+        &mut self,
+        ctx: &Ctx,
+        cp: &Checkpoint,
+        status: Option<&RunnerStatus>,
+    ) {
+        let Some(status) = status else {
+            return;
+        };
+        let key = (cp.parser.summary().lines, status.has_exited());
+        if self.timeline_read_at == Some(key) {
+            return;
+        }
+        self.timeline_read_at = Some(key);
+        self.timeline = Timeline::read(&ctx.sd.runner_timeline(), &ctx.request.run_id)
+            .unwrap_or_else(|e| {
+                logging::warn(format!("{e}; group posts name only what the log says"));
+                Timeline::default()
+            });
+    }
+
+    /// Start and end of sub-run `i`, and the window of report times that belong to it:
+    /// from the runner's timeline for a run started through the runner (from its
+    /// `(Run Starting)` to its summary, or to the next block's start or the runner's exit
+    /// when it was cut off); for a hand-started run, the watcher's own observation of the
+    /// block before it and of this one finishing (a documented limit: it depends on when
+    /// the watcher looked). `None` when the timeline lacks the block (it could not be
+    /// written): the group's reports cannot be told apart, and its post names only what its
+    /// part of the log says.
+    pub fn group_window(
+        &self,
+        cp: &Checkpoint,
+        i: usize,
+    ) -> Option<(Timestamp, Option<Timestamp>)> {
+        if !self.managed {
+            let seen = |k: usize| cp.finished_seen.get(k).copied().flatten();
+            let from = i.checked_sub(1).and_then(seen).or(self.runner_started_at);
+            return Some((from.unwrap_or_default(), seen(i)));
+        }
+        let blocks = &cp.parser.summary().runs;
+        let from = self.timeline.started(i)?.wall;
+        let to = match blocks.get(i).is_some_and(|b| b.is_finished()) {
+            true => Some(self.timeline.finished(i)?.wall),
+            false => self
+                .timeline
+                .started(i + 1)
+                .map(|m| m.wall)
+                .or(self.runner_exited_at),
+        };
+        Some((from, to))
+    }
+
+    /// Failed tests (at most the number a message shows) and their total, from the reports
+    /// of the whole run, or of sub-run `i` ([`Observer::group_window`], for this sub-run's
+    /// specs).
+    pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
+        let runs = &cp.parser.summary().runs;
+        let (window, blocks) = match sub {
+            None => (Some((None, None)), &runs[..]),
+            Some(i) => (
+                self.group_window(cp, i).map(|(from, to)| (Some(from), to)),
+                runs.get(i..=i).unwrap_or_default(),
+            ),
+        };
+        let Some((from, to)) = window else {
+            logging::warn(format!(
+                "the runner's timeline lacks group {} of the log: its post names only what the log says",
+                sub.map_or(0, |i| i + 1)
+            ));
+            return reporter::Summary::default();
+        };
+        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
+        let specs = failing_specs(blocks).unwrap_or_else(|| match sub {
+            None => self.specs.1.clone(),
+            Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
+        });
+        let Some(reporter) = self.reporter.as_mut() else {
+            return reporter::Summary::default();
+        };
+        // A report rewritten in place (mochawesome with a fixed file name) changes no
+        // directory entry: look at every file again before a message is written.
+        for warning in reporter.scan(true).warnings {
+            logging::warn(warning);
+        }
+        reporter.summarize(
+            |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t),
+            &specs,
+            mattermost::MAX_FAILURES_SHOWN,
+        )
+    }
+}
+
+/// Once the log's summary table is there, the specs it shows failing: the only reports whose
+/// failed tests belong in the message. Another build running a spec this run passed, at the
+/// same time, writes a report with this run's spec path and its own failures.
+pub(super) fn failing_specs(blocks: &[RunBlock]) -> Option<SpecSet> {
+    let rows: Vec<&SpecRow> = blocks.iter().flat_map(|b| &b.spec_rows).collect();
+    (!rows.is_empty()).then(|| {
+        SpecSet::new(
+            rows.into_iter()
+                .filter(|r| r.is_failing())
+                .map(|r| r.spec.as_str()),
+        )
+    })
+}
+
+/// Every spec the run's log names so far: the reports that belong to this run.
+pub(super) fn run_specs(cp: &Checkpoint) -> SpecSet {
+    SpecSet::new(cp.parser.summary().runs.iter().flat_map(|b| b.spec_names()))
+}
