@@ -141,6 +141,9 @@ fn check_root(root: &Path) -> Result<()> {
 /// Collects the errors of one run's files while the rest is still read.
 struct Reader {
     errors: Vec<FileError>,
+    /// A file or directory of the run was missing where the listing found it: it is being
+    /// moved or pruned.
+    vanished: bool,
 }
 
 impl Reader {
@@ -165,6 +168,9 @@ impl Reader {
     }
 
     fn push(&mut self, path: &Path, e: Error) {
+        if let Error::Io { source, .. } = &e {
+            self.vanished |= source.kind() == io::ErrorKind::NotFound;
+        }
         self.errors.push(FileError {
             path: path.to_path_buf(),
             error: e.to_string(),
@@ -175,9 +181,11 @@ impl Reader {
 /// Read one run: its summary, and with `detail` everything else. Units are left `None`;
 /// the caller asks systemctl for all of them at once.
 pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView {
-    let mut r = Reader { errors: Vec::new() };
+    let mut r = Reader {
+        errors: Vec::new(),
+        vanished: false,
+    };
     let dir = src.dir.path();
-    let mut vanished = false;
     let (readable, mtime) = match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
             r.push(dir, Error::file("refusing to follow a symbolic link", dir));
@@ -191,7 +199,6 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         }
         // Moved by a start or a prune between the listing and now: read again, once.
         Err(e) => {
-            vanished = e.kind() == io::ErrorKind::NotFound;
             r.push(dir, Error::io("cannot read", dir, e));
             (false, None)
         }
@@ -283,7 +290,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         errors: r.errors,
         detail,
         sort_time: requested_at.or(mtime).unwrap_or_default(),
-        vanished,
+        vanished: r.vanished,
     }
 }
 
