@@ -78,6 +78,8 @@ usage() {
 }
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
+# `arg` quoted for a shell command line an operator copies (a path with blanks stays one word).
+shq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 err() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 usage_error() {
     err "$* (see --help)"
@@ -520,6 +522,8 @@ if [ "$MODE" = uninstall ]; then
         if [ "$dir" = "$ROOT" ] && [ -L "$file.sh" ] && [ "$(readlink "$file.sh")" = "$base" ]; then
             rm -f "$file.sh" || status=1
             removed=$((removed + 1))
+        elif [ "$dir" = "$ROOT" ] && exists "$file.sh"; then
+            say "kept $file.sh (not the link the install made: the operator's own)"
         fi
         if [ "$dir" = "$UNITDIR" ]; then
             for link in "$UNITDIR"/*.wants/"$base"; do
@@ -791,6 +795,39 @@ for f in $RETIRED; do
     fi
 done
 
+# Drop-ins of our units (<unit>.d/*.conf, and instance ones, <name>@<build>.service.d/): one
+# that sets ExecStart= or names the old watcher or an old .sh would run the old scripts in
+# place of the binaries (every watcher would fail to start), so it is retired into the kept
+# copies like the scripts; any other is kept and listed with a warning to review it.
+OLD_RE='atvm_run_watcher\.py'
+for name in $NAMES; do OLD_RE="$OLD_RE|$(printf '%s' "$name" | sed 's/[.]/\\./g')\.sh"; done
+DROPIN_WARNINGS=
+for unit in $UNITS; do
+    case $unit in
+    *@.service) dirs="$UNITDIR/${unit%%@*}@*.service.d" ;;
+    *) dirs="$UNITDIR/$unit.d" ;;
+    esac
+    # shellcheck disable=SC2086 # $dirs is a glob, expanded on purpose
+    for d in $dirs; do
+        if [ ! -d "$d" ] || [ -L "$d" ]; then continue; fi
+        for f in "$d"/*.conf; do
+            exists "$f" || continue
+            case $f in *"|"* | *"$NL"*)
+                DROPIN_WARNINGS="$DROPIN_WARNINGS$f (a name this installer cannot move)$NL"
+                continue
+                ;;
+            esac
+            if grep -Eq '^[[:space:]]*ExecStart[[:space:]]*=' "$f" || grep -Eq "$OLD_RE" "$f"; then
+                replaced_path "$f"
+                need_dir "${_copy%/*}"
+                PLAN="${PLAN}retire|-|-|$f|-|$_copy|-$NL"
+            else
+                DROPIN_WARNINGS="$DROPIN_WARNINGS$f$NL"
+            fi
+        done
+    done
+done
+
 if exists "$STATE" && [ ! -d "$STATE" ]; then
     problem "$STATE is in the way: not a directory"
 fi
@@ -973,7 +1010,7 @@ drop_journal || err "the next ./install will remove it"
 trap - INT TERM HUP
 count=$(printf '%s' "$MANIFEST_TEXT" | grep -c .)
 say "installed $count files: binaries (0755) and .sh links in $ROOT, units (0644) in $UNITDIR, completions and man pages in $SHARE"
-say "manifest: $MANIFEST (check it with: cd $DEST/ && sha256sum -c $MANIFEST)"
+say "manifest: $MANIFEST (check it with: cd $(shq "$DEST/") && sha256sum -c $(shq "$MANIFEST"))"
 say "state root (0700): $STATE"
 if [ "$KEPT_INVENTORY" = yes ]; then
     say "kept $ROOT/$INVENTORY (never overwritten)"
@@ -986,6 +1023,8 @@ else
     say "created $ENVFILE (0600): set MATTERMOST_ATVM_WEBHOOK in it"
 fi
 [ -n "$ENV_WARNING" ] && err "warning: $ENV_WARNING"
+[ -n "$DROPIN_WARNINGS" ] && printf '%s' "$DROPIN_WARNINGS" |
+    sed "s/^/$PROG: warning: kept the drop-in /; s/\$/: it changes the new unit; review it (systemctl cat shows the unit with its drop-ins)/" >&2
 [ -n "$REPL_WARNINGS" ] && printf '%s' "$REPL_WARNINGS" | sed "s/^/$PROG: warning: /" >&2
 
 if [ "$HAVE_DEST" = yes ]; then

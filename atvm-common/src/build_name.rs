@@ -4,12 +4,13 @@
 use crate::error::{Error, Result};
 use std::fmt;
 
-/// A validated build name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` without `..`.
+/// A validated build name: `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$` without `..`, not ending
+/// in `.launch`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BuildName(String);
 
 /// The rule in words, for error messages and `--help`.
-pub const RULE: &str = "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ and must not contain \"..\"";
+pub const RULE: &str = "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$, must not contain \"..\" and must not end in \".launch\"";
 
 impl BuildName {
     pub fn parse(name: &str) -> Result<BuildName> {
@@ -38,6 +39,12 @@ impl BuildName {
         }
         if name.contains("..") {
             return bad("must not contain \"..\"");
+        }
+        if name.ends_with(".launch") {
+            // `<log-dir>/X.launch.log` is this build's run log and build X's launch log.
+            return bad(
+                "must not end in \".launch\" (its run log would be another build's launch log)",
+            );
         }
         Ok(BuildName(name.to_string()))
     }
@@ -78,7 +85,7 @@ mod tests {
     fn refuses_everything_else() {
         let long = "x".repeat(129);
         for bad in [
-            "", "../x", "a/b", &long, "-x", ".x", "_x", "ümlaut", "a..b", "a b", "a\nb",
+            "", "../x", "a/b", &long, "-x", ".x", "_x", "ümlaut", "a..b", "a b", "a\nb", "b.launch",
         ] {
             let e = BuildName::parse(bad).expect_err(bad);
             assert_eq!(e.exit_code(), 2, "{bad}");

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -326,19 +325,67 @@ impl MattermostConfig {
                 },
             });
         }
+        let channel = channel.filter(|c| !c.trim().is_empty());
+        if let Some(c) = channel.as_deref().filter(|c| !is_channel(c)) {
+            return Err(channel_error(c, from_env(CHANNEL_VAR).is_some(), env_file));
+        }
         Ok(MattermostConfig {
             webhook: webhook.map(|w| Webhook::new(&w)),
-            channel: channel.filter(|c| !c.trim().is_empty()),
+            channel,
             format,
         })
     }
 
-    /// The webhook, or the exit-78 error that tells the operator where to put it.
+    /// The webhook, or the exit-78 error that tells the operator where to put it (and that
+    /// the env file is not there at all, when it is not).
     pub fn require_webhook(&self, env_file: &Path) -> Result<&Webhook> {
+        let what = match fs::symlink_metadata(env_file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => format!(
+                "no Mattermost webhook configured: the env file does not exist; create it (mode 0600) with {WEBHOOK_VAR}=https://<host>/hooks/<key>, or set {WEBHOOK_VAR} in the environment"
+            ),
+            _ => format!("no Mattermost webhook configured: set {WEBHOOK_VAR} in the env file"),
+        };
         self.webhook.as_ref().ok_or_else(|| Error::Config {
-            what: format!("no Mattermost webhook configured: set {WEBHOOK_VAR} in the env file"),
+            what,
             path: env_file.to_path_buf(),
         })
+    }
+}
+
+/// Is `value` a channel Mattermost's webhook handler takes: a channel name (lowercase
+/// letters, digits, `-`, `_`, at most 64, optionally after `#`) or `@user`?
+pub fn is_channel(value: &str) -> bool {
+    let ok = |name: &str, allowed: fn(char) -> bool| {
+        (1..=64).contains(&name.chars().count()) && name.chars().all(allowed)
+    };
+    match value.strip_prefix('@') {
+        Some(user) => ok(user, |c| {
+            c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+        }),
+        None => ok(value.strip_prefix('#').unwrap_or(value), |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_')
+        }),
+    }
+}
+
+/// Exit 78 for a channel the server would not find: every post would fail for good. The
+/// value is shown (escaped, cut; it is no secret) so a trailing comment is plain to see.
+fn channel_error(value: &str, in_environment: bool, env_file: &Path) -> Error {
+    let shown: String = value.chars().take(80).collect();
+    let hint = match value.contains('#') && !value.starts_with('#') {
+        true => {
+            "; the env file is read as systemd reads it, where a trailing `# comment` is part of the value: put comments on their own line"
+        }
+        false => "",
+    };
+    Error::Config {
+        what: format!(
+            "{CHANNEL_VAR} is {shown:?}, which is not a Mattermost channel name (lowercase letters, digits, - and _, at most 64, optionally after #) or @user{hint}"
+        ),
+        path: match in_environment {
+            true => format!("{CHANNEL_VAR} in the environment").into(),
+            false => env_file.to_path_buf(),
+        },
     }
 }
 
@@ -357,38 +404,14 @@ pub fn seconds_from_env(var: &str, default: f64) -> Result<std::time::Duration> 
     }
 }
 
-/// Parse a systemd-style `EnvironmentFile`: `KEY=VALUE` lines, `#`/`;` comments, optional
-/// `export `, values optionally in single or double quotes.
+/// The env file's assignments, read as systemd's `EnvironmentFile=` reads them
+/// ([`crate::envfile`]); a missing file is empty.
 pub fn parse_env_file(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let key = key.trim();
-        let value = value.trim();
-        let value = match (value.chars().next(), value.chars().last()) {
-            (Some(q @ ('"' | '\'')), Some(e)) if q == e && value.len() >= 2 => {
-                &value[1..value.len() - 1]
-            }
-            _ => value,
-        };
-        out.insert(key.to_string(), value.to_string());
-    }
-    out
+    crate::envfile::parse(text)
 }
 
 pub fn read_env_file(path: &Path) -> Result<HashMap<String, String>> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(parse_env_file(&text)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(e) => Err(Error::io("cannot read env file", path, e)),
-    }
+    Ok(crate::envfile::read(path)?.unwrap_or_default())
 }
 
 /// A warning when the env file (which holds the webhook secret) is readable or writable by
@@ -630,8 +653,9 @@ mod tests {
 
     #[test]
     fn env_file_syntax() {
+        // As systemd reads it: `export` makes no assignment (tests of every rule: envfile.rs).
         let m = parse_env_file(
-            "# comment\nexport MATTERMOST_ATVM_WEBHOOK=\"https://h/hooks/x\"\n MATTERMOST_ATVM_CHANNEL = 'qa'\nnoise\n",
+            "# comment\nexport MATTERMOST_ATVM_FORMAT=text\nMATTERMOST_ATVM_WEBHOOK=\"https://h/hooks/x\"\n MATTERMOST_ATVM_CHANNEL = 'qa'\nnoise\n",
         );
         assert_eq!(
             m.get(WEBHOOK_VAR).map(String::as_str),
@@ -639,6 +663,33 @@ mod tests {
         );
         assert_eq!(m.get(CHANNEL_VAR).map(String::as_str), Some("qa"));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn channels_are_names_or_users() {
+        for good in [
+            "qa-e2e-results",
+            "#qa_e2e",
+            "town-square",
+            "@qa.oncall",
+            "@Bob-1",
+        ] {
+            assert!(is_channel(good), "{good}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "qa-e2e-results     # optional",
+            "QA",
+            "qa e2e",
+            "#",
+            "@",
+            "##qa",
+            "@a b",
+            "q\u{1b}a",
+            long.as_str(),
+        ] {
+            assert!(!is_channel(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -133,6 +133,19 @@ mod tests {
     const TEXT: &str = "# Controller VMs\n\nSome prose | with a pipe.\n\n| Name | ip | OS | Aliases |\n|:---|---|---|---|\n| `rh96-01` | 192.0.2.11 | redhat9.6 | rhel9.6, rh96 |\n| ub-01 | 192.0.2.12 | ubuntu24.04 | |\n| win-01 | 192.0.2.13 | windows2025 | w2k25 |\n\n| VM | OS |\n|---|---|\n| fc-01 | fc |\n";
 
     #[test]
+    fn the_example_inventory_lists_no_vm_for_fibre_channel() {
+        // `fc` in the operators' build names is Fibre Channel, not Fedora.
+        let example = include_str!("../../inventory/vm-inventory.md");
+        let vms = parse(example);
+        let build = BuildName::parse("e2e-redhat9.6-ubuntu24.04-w2k25-fc").expect("valid");
+        let names: Vec<&str> = for_build(&vms, &build)
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["atvm-rh96-01", "atvm-ub2404-01", "atvm-w2k25-01"]);
+    }
+
+    #[test]
     fn columns_by_header_name_in_any_order() {
         let vms = parse(TEXT);
         assert_eq!(vms.len(), 4);

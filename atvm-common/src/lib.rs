@@ -3,9 +3,11 @@
 //! the systemctl wrapper. The binaries are thin front ends over this crate.
 
 pub mod build_name;
+pub mod builds;
 pub mod cli;
 pub mod config;
 pub mod cypress;
+pub mod envfile;
 pub mod error;
 pub mod failpoint;
 pub mod follow;

@@ -1,8 +1,15 @@
 //! Where everything lives (docs/watcher-service.md). Production defaults, each overridable by an `ATVM_*`
 //! variable so tests and demos never touch real paths. An empty variable counts as unset.
+//!
+//! Every binary resolves them the same way ([`Settings`]): the process environment, then
+//! the `ATVM_*` lines of the env file, then the default. The units load the env file into
+//! the watcher's and runner's environment; reading its `ATVM_*` lines here too is what makes
+//! a start helper run from a shell agree with them about where state lives.
 
 use crate::build_name::BuildName;
+use crate::error::Result;
 use crate::state::StateDir;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -23,10 +30,39 @@ pub struct Paths {
     pub inventory: PathBuf,
 }
 
+/// The `ATVM_*` settings as a binary sees them: the process environment first, then the
+/// `ATVM_*` assignments of the env file (`ATVM_ENV_FILE`, itself only from the environment),
+/// read as systemd reads it. A missing env file adds nothing; an unreadable one is an error
+/// naming it (which state root would be meant cannot be told).
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    file: HashMap<String, String>,
+}
+
+impl Settings {
+    pub fn load() -> Result<Settings> {
+        let env_file = std::env::var_os("ATVM_ENV_FILE")
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_ENV_FILE), PathBuf::from);
+        let mut file = crate::envfile::read(&env_file)?.unwrap_or_default();
+        file.retain(|k, v| k.starts_with("ATVM_") && k != "ATVM_ENV_FILE" && !v.is_empty());
+        Ok(Settings { file })
+    }
+
+    /// `key`'s value: the process environment's unless empty, else the env file's.
+    pub fn get(&self, key: &str) -> Option<OsString> {
+        std::env::var_os(key)
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.file.get(key).map(OsString::from))
+    }
+}
+
 impl Paths {
-    /// Resolve from the process environment.
-    pub fn from_env() -> Paths {
-        Paths::resolve(|key| std::env::var_os(key))
+    /// Resolve as every binary does: flags aside, the process environment, then the env
+    /// file's `ATVM_*` lines ([`Settings`]).
+    pub fn from_env() -> Result<Paths> {
+        let settings = Settings::load()?;
+        Ok(Paths::resolve(|key| settings.get(key)))
     }
 
     /// Resolve with an explicit lookup, so the rules are testable without touching the

@@ -68,12 +68,18 @@ pub fn is_alive(id: ProcessId) -> bool {
 
 /// Does this argv carry `--build_name B` / `--build-name B` (or the `=` forms)?
 pub fn argv_names_build(argv: &[&str], build: &str) -> bool {
-    argv.windows(2)
-        .any(|w| matches!(w[0], "--build_name" | "--build-name") && w[1] == build)
-        || argv.iter().any(|a| {
-            a.strip_prefix("--build_name=")
-                .or_else(|| a.strip_prefix("--build-name="))
-                == Some(build)
+    argv_build_names(argv).any(|b| b == build)
+}
+
+/// Every build name this argv carries: `--build_name B`, `--build-name B` and the `=`
+/// forms, in order.
+pub fn argv_build_names<'a>(argv: &'a [&'a str]) -> impl Iterator<Item = &'a str> + 'a {
+    argv.iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a.split_once('=') {
+            Some(("--build_name" | "--build-name", name)) => Some(name),
+            None if matches!(*a, "--build_name" | "--build-name") => argv.get(i + 1).copied(),
+            _ => None,
         })
 }
 

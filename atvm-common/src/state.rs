@@ -308,6 +308,9 @@ pub struct Post {
     pub last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posted_at: Option<Timestamp>,
+    /// When `atvm-run-watcher --resend` delivered this post after it had failed for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resent_at: Option<Timestamp>,
 }
 
 /// One categorized sub-run as listed in the parent's `state.json`.

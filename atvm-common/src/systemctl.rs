@@ -75,9 +75,13 @@ pub struct Systemctl {
 }
 
 impl Systemctl {
-    pub fn from_env() -> Systemctl {
-        let spec = std::env::var("ATVM_SYSTEMCTL").unwrap_or_default();
-        Systemctl::new(&spec)
+    /// `ATVM_SYSTEMCTL`, resolved as the paths are: the environment, then the env file.
+    pub fn from_env() -> Result<Systemctl> {
+        let spec = crate::paths::Settings::load()?
+            .get("ATVM_SYSTEMCTL")
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Systemctl::new(&spec))
     }
 
     /// `spec` is a program and fixed arguments separated by whitespace (`systemctl --user`).

@@ -56,6 +56,29 @@ impl Timestamp {
     pub fn parse(text: &str) -> Option<Timestamp> {
         parse_rfc3339(text.trim()).map(Timestamp)
     }
+
+    /// `2026-11-24 18:30` in the machine's time zone (`TZ`, else `/etc/localtime`): for
+    /// people at the controller. UTC, marked `Z`, when the zone cannot be applied.
+    pub fn local_minutes(self) -> String {
+        let secs = self.0.div_euclid(1000) as libc::time_t;
+        // SAFETY: an all-zero `tm` is valid (integers and a null zone pointer).
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: localtime_r reads `secs` and writes only into `tm`, which we own; it is
+        // the reentrant form, safe beside other threads.
+        let converted = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+        if !converted {
+            let (y, mo, d, h, mi, _, _) = civil(self.0);
+            return format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}Z");
+        }
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}",
+            i64::from(tm.tm_year) + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min
+        )
+    }
 }
 
 impl fmt::Display for Timestamp {
@@ -364,6 +387,19 @@ mod tests {
         let a = boottime_ns().expect("CLOCK_BOOTTIME");
         assert!(boottime_ns().expect("again") >= a);
         assert_eq!(boot_id().map(|id| id.len()), Some(32));
+    }
+
+    #[test]
+    fn local_minutes_are_a_date_and_a_time() {
+        // The process's zone is whatever the machine says: the shape is what is checked
+        // here (the status tool's tests run it under TZ=UTC).
+        let t = Timestamp::parse("2026-11-24T18:37:12.000Z").expect("parse");
+        let local = t.local_minutes();
+        assert_eq!(local.len(), 16, "{local}");
+        assert!(
+            local.starts_with("2026-11-2") && &local[13..14] == ":",
+            "{local}"
+        );
     }
 
     #[test]

@@ -8,11 +8,14 @@
 //! safely owned, or for an unknown build; 2 for an invalid build name.
 
 mod read;
+mod table;
+mod terminal;
 mod text;
 mod units;
 mod view;
 
 use atvm_common::error::{Error, Result};
+use atvm_common::state::RunState;
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, Timestamp, logging};
 use clap::Parser;
@@ -23,18 +26,22 @@ const EXAMPLE: &str = "\
 Example:
   atvm-run-status                      # every current run, newest first
   atvm-run-status --all                # and the archived ones
+  atvm-run-status --state FAILED,HUNG --since 1d
   atvm-run-status --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
   atvm-run-status --json | jq -r '.runs[] | select(.final == false) | .build_name'
 
-Columns: BUILD, STATE, FINAL, POST (post status), GROUPS (sub-runs ended/seen, - when not
-categorized), AGE (since the state was last updated), UNIT (atvm-run-watcher@<build>.service,
-? when systemctl did not answer), REASON. Nothing is locked or written.
+Columns: BUILD, STATE, POST (a post failed for good shows its HTTP status), GROUPS (sub-runs
+posted/seen, + while the run goes on), STARTED (local time), DURATION (or running for),
+TESTS (passed/failed/flaky), RUNNER and WATCHER (their units' state), REASON (all the width
+the others leave). Nothing is locked or written.
 
 Environment:
   ATVM_STATE_ROOT   state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE     its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_LOG_DIR      run and launch logs [default: /tmp]
   ATVM_SYSTEMCTL    program asked `is-active` [default: systemctl]
-  COLUMNS           terminal width the table's REASON column is cut to [default: 60 characters]
+  COLUMNS           the table's width when the terminal does not say (a pipe gets whole lines)
+  TZ                the time zone of STARTED [default: the machine's]
   JOURNAL_STREAM    set by systemd: error lines carry journal priorities";
 
 #[derive(Debug, Parser)]
@@ -50,6 +57,17 @@ pub struct Cli {
     /// Include archived runs (<state-root>/.archive/<build>/<timestamp>/).
     #[arg(long)]
     pub all: bool,
+    /// Only runs in these states (comma-separated, e.g. `FAILED,HUNG`).
+    #[arg(long, value_name = "STATE,…", value_delimiter = ',', value_parser = state_word)]
+    pub state: Vec<RunState>,
+    /// Only runs started within this long (`90m`, `2h`, `1d`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+}
+
+fn state_word(word: &str) -> std::result::Result<RunState, String> {
+    serde_json::from_value(serde_json::Value::String(word.trim().to_ascii_uppercase()))
+        .map_err(|_| format!("{word:?} is not a state (STARTING, WATCHING, COMPLETED, FAILED, CANCELLED, TERMINATED, HUNG, UNKNOWN)"))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -59,7 +77,7 @@ pub fn run(cli: Cli) -> Result<()> {
         .as_deref()
         .map(BuildName::parse)
         .transpose()?;
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let now = Timestamp::now();
     let sources = match &build {
         None => read::all_runs(&paths, cli.all)?,
@@ -67,14 +85,19 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let mut runs: Vec<RunView> = sources
         .iter()
-        .map(|s| read::run(s, &paths, build.is_some(), now))
+        .filter_map(|s| read::settled(s, &paths, build.is_some(), now))
+        .filter(|r| cli.state.is_empty() || r.state.is_some_and(|s| cli.state.contains(&s)))
+        .filter(|r| {
+            cli.since
+                .is_none_or(|within| r.requested_at.is_some_and(|at| at.until(now) <= within))
+        })
         .collect();
     runs.sort_by(|a, b| {
         (b.sort_time.cmp(&a.sort_time))
             .then_with(|| a.build_name.cmp(&b.build_name))
             .then_with(|| a.archive.cmp(&b.archive))
     });
-    add_units(&mut runs, &Systemctl::from_env());
+    add_units(&mut runs, &Systemctl::from_env()?);
     for run in &runs {
         for e in &run.errors {
             logging::warn(&e.error);
@@ -94,10 +117,7 @@ pub fn run(cli: Cli) -> Result<()> {
         let blocks: Vec<String> = runs.iter().map(|r| text::detail(r, now)).collect();
         blocks.join("\n")
     } else {
-        let columns = std::env::var("COLUMNS")
-            .ok()
-            .and_then(|c| c.trim().parse().ok());
-        text::table(&runs, cli.all, columns)
+        table::table(&runs, cli.all, terminal::width())
     };
     print(&out)
 }
@@ -111,9 +131,7 @@ fn add_units(runs: &mut [RunView], systemctl: &Systemctl) {
             continue;
         };
         wanted.push(UnitKind::Watcher.unit(&build));
-        if run.detail.is_some() {
-            wanted.push(UnitKind::Runner.unit(&build));
-        }
+        wanted.push(UnitKind::Runner.unit(&build));
     }
     let mut answers = units::query(systemctl, &wanted, units::DEADLINE);
     for run in runs.iter_mut().filter(|r| r.archive.is_none()) {
@@ -121,9 +139,7 @@ fn add_units(runs: &mut [RunView], systemctl: &Systemctl) {
             continue;
         };
         run.watcher_unit = answers.remove(&UnitKind::Watcher.unit(&build));
-        if let Some(d) = &mut run.detail {
-            d.runner_unit = answers.remove(&UnitKind::Runner.unit(&build));
-        }
+        run.runner_unit = answers.remove(&UnitKind::Runner.unit(&build));
     }
 }
 

@@ -68,16 +68,14 @@ pub fn build_runs(paths: &Paths, build: &BuildName, all: bool) -> Result<Vec<Sou
     if all {
         sources.extend(archives(paths, build)?);
     }
-    if sources.is_empty() {
-        let what = if all {
-            "no state directory and no archive"
-        } else {
-            "no state directory"
-        };
+    if sources.is_empty() && !all && !archives(paths, build)?.is_empty() {
         return Err(Error::file(
-            format!("unknown build {build}: {what}"),
+            format!("no current run of {build}, only archived ones: add --all to see them"),
             paths.state_dir(build).path(),
         ));
+    }
+    if sources.is_empty() {
+        return Err(atvm_common::builds::unknown(paths, build));
     }
     Ok(sources)
 }
@@ -143,6 +141,9 @@ fn check_root(root: &Path) -> Result<()> {
 /// Collects the errors of one run's files while the rest is still read.
 struct Reader {
     errors: Vec<FileError>,
+    /// A file or directory of the run was missing where the listing found it: it is being
+    /// moved or pruned.
+    vanished: bool,
 }
 
 impl Reader {
@@ -167,6 +168,9 @@ impl Reader {
     }
 
     fn push(&mut self, path: &Path, e: Error) {
+        if let Error::Io { source, .. } = &e {
+            self.vanished |= source.kind() == io::ErrorKind::NotFound;
+        }
         self.errors.push(FileError {
             path: path.to_path_buf(),
             error: e.to_string(),
@@ -177,7 +181,10 @@ impl Reader {
 /// Read one run: its summary, and with `detail` everything else. Units are left `None`;
 /// the caller asks systemctl for all of them at once.
 pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView {
-    let mut r = Reader { errors: Vec::new() };
+    let mut r = Reader {
+        errors: Vec::new(),
+        vanished: false,
+    };
     let dir = src.dir.path();
     let (readable, mtime) = match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -190,7 +197,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
                 .is_ok();
             (readable, m.modified().ok().map(Timestamp::from_system))
         }
-        // Archived by a start helper between the listing and now, for instance.
+        // Moved by a start or a prune between the listing and now: read again, once.
         Err(e) => {
             r.push(dir, Error::io("cannot read", dir, e));
             (false, None)
@@ -228,6 +235,24 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             post_failed: posts(PostStatus::Failed),
         }
     });
+    // The runner's record of this run, for the duration (its errors are the detail's).
+    let status: Option<RunnerStatus> = match (readable, detail) {
+        (false, _) => None,
+        (true, true) => r.json(&src.dir.runner_status()),
+        (true, false) => fsutil::read_json(&src.dir.runner_status()).ok().flatten(),
+    };
+    let exited = status
+        .as_ref()
+        .filter(|s| request.as_ref().is_some_and(|q| q.run_id == s.run_id))
+        .and_then(|s| s.exited_at);
+    let ended_at = state
+        .as_ref()
+        .filter(|s| s.is_final)
+        .map(|s| exited.unwrap_or(s.updated_at));
+    let duration_seconds = requested_at.map(|a| match ended_at {
+        Some(end) => a.until(end).as_secs(),
+        None => a.until(now).as_secs(),
+    });
     // A run whose directory cannot be read still gets every detail key (null), as documented.
     let detail = detail.then(|| {
         read_detail(
@@ -236,6 +261,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
             paths,
             readable,
             request.clone(),
+            status.as_ref(),
             state.as_ref(),
         )
     });
@@ -253,13 +279,43 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         requested_at,
         updated_at,
         age_seconds: since.map(|t| t.until(now).as_secs()),
+        ended_at,
+        duration_seconds,
         counts: state.as_ref().and_then(|s| s.counts),
+        flaky: state.as_ref().and_then(flaky),
         post: state.as_ref().map(|s| PostView::from(&s.post)),
         groups,
         watcher_unit: None,
+        runner_unit: None,
         errors: r.errors,
         detail,
-        sort_time: since.or(mtime).unwrap_or_default(),
+        sort_time: requested_at.or(mtime).unwrap_or_default(),
+        vanished: r.vanished,
+    }
+}
+
+/// The flaky tests the watcher recorded: `details.flaky`, a count or a list of them.
+fn flaky(state: &State) -> Option<u64> {
+    match state.details.get("flaky")? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::Array(list) => Some(list.len() as u64),
+        _ => None,
+    }
+}
+
+/// Read one run as [`run`] does; a run whose directory vanished meanwhile (a start swapping
+/// in a new directory, a prune removing an old archive) is read once more, and an archive
+/// that is gone then was pruned: it is left out, not reported as unreadable.
+pub fn settled(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> Option<RunView> {
+    let first = run(src, paths, detail, now);
+    if !first.vanished {
+        return Some(first);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let again = run(src, paths, detail, now);
+    match (again.vanished, &src.archive) {
+        (true, Some(_)) => None,
+        _ => Some(again),
     }
 }
 
@@ -269,10 +325,10 @@ fn read_detail(
     paths: &Paths,
     readable: bool,
     request: Option<Request>,
+    status: Option<&RunnerStatus>,
     state: Option<&State>,
 ) -> Detail {
     let sd = &src.dir;
-    let status: Option<RunnerStatus> = readable.then(|| r.json(&sd.runner_status())).flatten();
     let details = state.map(|s| &s.details);
     let text = |key: &str| {
         details
@@ -281,7 +337,6 @@ fn read_detail(
             .map(str::to_string)
     };
     let run_log = status
-        .as_ref()
         .map(|s| s.log_path.clone())
         .or_else(|| text("log").map(PathBuf::from))
         .unwrap_or_else(|| paths.run_log(&src.build));
@@ -315,8 +370,7 @@ fn read_detail(
     });
     Detail {
         request,
-        runner: status.as_ref().map(RunnerView::from),
-        runner_unit: None,
+        runner: status.map(RunnerView::from),
         run_log,
         launch_log: paths.launch_log(&src.build),
         progress: text("progress"),

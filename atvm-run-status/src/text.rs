@@ -1,6 +1,7 @@
-//! The text views: one table line per run, or everything about one run. Text that comes
-//! from logs (reasons, errors) has its control characters replaced, so a line stays one
-//! line and nothing in a state file can drive the operator's terminal.
+//! The detail view (everything about one run) and the cells both views share. Text that
+//! comes from logs (reasons, errors) has its control characters replaced, so a line stays
+//! one line and nothing in a state file can drive the operator's terminal. The table is in
+//! [`crate::table`].
 
 use crate::view::{Detail, MarkerView, PostView, RunView, SubRunView, UnitView};
 use atvm_common::Timestamp;
@@ -10,96 +11,9 @@ use atvm_common::time::human_duration;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// Width of the table's REASON column when the terminal's width is unknown (`COLUMNS`).
-pub const REASON_WIDTH: usize = 60;
-/// The REASON column never gets narrower than this, however wide the other columns are.
-const MIN_REASON_WIDTH: usize = 20;
-
-/// The table: a header and one line per run, in the given order. `columns` is the
-/// terminal's width when known; the reason is cut to fit it, or to [`REASON_WIDTH`].
-pub fn table(runs: &[RunView], with_archive: bool, columns: Option<usize>) -> String {
-    let mut rows: Vec<Vec<String>> = vec![
-        [
-            "BUILD", "ARCHIVED", "STATE", "FINAL", "POST", "GROUPS", "AGE", "UNIT", "REASON",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for run in runs {
-        rows.push(vec![
-            clean(&run.build_name),
-            run.archive.clone().unwrap_or_else(|| "-".into()),
-            match (run.state, run.errors.is_empty()) {
-                (Some(s), _) => s.to_string(),
-                (None, true) => "-".into(),
-                (None, false) => "ERROR".into(),
-            },
-            yes_no(run.is_final),
-            post_cell(run),
-            run.groups
-                .as_ref()
-                .map_or("-".into(), |g| format!("{}/{}", g.done, g.total)),
-            run.age_seconds
-                .map_or("-".into(), |s| age(Duration::from_secs(s))),
-            run.watcher_unit.as_ref().map_or("-".into(), unit_word),
-            row_reason(run),
-        ]);
-    }
-    if !with_archive {
-        for row in &mut rows {
-            row.remove(1);
-        }
-    }
-    let last = rows[0].len() - 1;
-    let widths: Vec<usize> = (0..last)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let used: usize = widths.iter().map(|w| w + 2).sum();
-    let reason_width = columns.map_or(REASON_WIDTH, |c| {
-        c.saturating_sub(used).max(MIN_REASON_WIDTH)
-    });
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, w) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<w$}  ");
-        }
-        line.push_str(&cut(&row[last], reason_width));
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// The reason, or for a run whose files could not be read, the first such error (the
-/// cause first: the BUILD column already says which directory). A run that is not final
-/// while its watcher unit is known to be down says so first: nobody is following it.
-fn row_reason(run: &RunView) -> String {
-    match run.errors.first() {
-        Some(e) => {
-            let file = e.path.strip_prefix(&run.dir).unwrap_or(&e.path);
-            let error = e
-                .error
-                .rsplit_once(" (")
-                .map_or(e.error.as_str(), |(w, _)| w);
-            match file.as_os_str().is_empty() {
-                true => clean(error),
-                false => clean(&format!("unreadable {}: {error}", file.display())),
-            }
-        }
-        None => {
-            let reason = run.reason.as_deref().unwrap_or("");
-            match unattended(run) {
-                Some(word) => clean(&format!("watcher {word}, run not final: {reason}")),
-                None => clean(reason),
-            }
-        }
-    }
-}
-
 /// The watcher unit's word (`inactive`, `failed`) when the run is not final and the unit
 /// is known not to be running.
-fn unattended(run: &RunView) -> Option<&str> {
+pub(crate) fn unattended(run: &RunView) -> Option<&str> {
     let word = run.watcher_unit.as_ref()?.active.as_deref()?;
     (run.is_final == Some(false) && !Activity::word_is_running(word)).then_some(word)
 }
@@ -126,9 +40,12 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     line("requested", when(run.requested_at, now));
     line("updated", when(run.updated_at, now));
     line("tests", run.counts.as_ref().map_or("-".into(), counts));
-    line("post", run.post.as_ref().map_or("-".into(), post));
     let d = run.detail.as_ref();
+    line("post", post_line(run));
     line("last error", opt(d.and_then(|d| d.last_error.as_deref())));
+    if let Some(how) = resend_line(run) {
+        line("resend", how);
+    }
     line("watcher unit", unit(run.watcher_unit.as_ref()));
     if let Some(word) = unattended(run) {
         let name = run.watcher_unit.as_ref().map_or("", |u| u.name.as_str());
@@ -148,7 +65,13 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
         .iter()
         .any(|e| e.path.ends_with("runner/status.json"));
     if let Some(d) = d {
-        runner_lines(d, now, runner_unreadable, &mut line);
+        runner_lines(
+            d,
+            run.runner_unit.as_ref(),
+            now,
+            runner_unreadable,
+            &mut line,
+        );
     }
     line("state dir", run.dir.display().to_string());
     let mut text = format!("{}\n{out}", clean(&title));
@@ -184,8 +107,14 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     text
 }
 
-fn runner_lines(d: &Detail, now: Timestamp, unreadable: bool, line: &mut impl FnMut(&str, String)) {
-    line("runner unit", unit(d.runner_unit.as_ref()));
+fn runner_lines(
+    d: &Detail,
+    runner_unit: Option<&UnitView>,
+    now: Timestamp,
+    unreadable: bool,
+    line: &mut impl FnMut(&str, String),
+) {
+    line("runner unit", unit(runner_unit));
     let none = match unreadable {
         true => "- (runner/status.json cannot be read: see errors below)",
         false => "- (no runner/status.json)",
@@ -248,20 +177,66 @@ fn subrun_table(subruns: &[SubRunView]) -> String {
     out
 }
 
-/// The run's post status; for a categorized run that posts per sub-run, what its sub-runs'
-/// posts came to (`2 posted`, `1 posted, 1 failed`), so a failed group post shows here.
-fn post_cell(run: &RunView) -> String {
+/// The run's post status (a post failed for good with its HTTP status: `failed (HTTP
+/// 404)`); for a categorized run that posts per sub-run, what its sub-runs' posts came to
+/// (`2 posted`, `1 posted, 1 failed`), so a failed group post shows here.
+pub(crate) fn post_cell(run: &RunView) -> String {
     let own = run.post.as_ref().map(post_word);
     match (&run.groups, own) {
         (Some(g), None | Some("none")) if g.posted + g.post_failed > 0 => match g.post_failed {
             0 => format!("{} posted", g.posted),
             f => format!("{} posted, {f} failed", g.posted),
         },
+        (_, Some("failed")) => match run.post.as_ref().and_then(PostView::http_status) {
+            Some(http) => format!("failed ({})", &http[5..]),
+            None => "failed".into(),
+        },
         (_, own) => own.unwrap_or("-").to_string(),
     }
 }
 
-fn post_word(p: &PostView) -> &'static str {
+/// The detail view's post line: the run's own post, and for a categorized run (which posts
+/// per group, not itself) what its groups' posts came to.
+fn post_line(run: &RunView) -> String {
+    let own = run.post.as_ref().map_or("-".into(), post);
+    match (&run.groups, run.post.as_ref().map(|p| p.status)) {
+        (Some(g), None | Some(PostStatus::None)) => format!(
+            "{own} (the run posts per group: {} of {} posted, {} failed; see sub-runs)",
+            g.posted, g.total, g.post_failed
+        ),
+        _ => own,
+    }
+}
+
+/// How to send again what failed for good: the run's post, or each group's.
+fn resend_line(run: &RunView) -> Option<String> {
+    let own = run
+        .post
+        .as_ref()
+        .is_some_and(|p| p.status == PostStatus::Failed);
+    let groups: Vec<&str> = run
+        .detail
+        .as_ref()
+        .and_then(|d| d.subruns.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.post.status == PostStatus::Failed)
+        .map(|s| s.key.as_str())
+        .collect();
+    if run.archive.is_some() || (!own && groups.is_empty()) {
+        return None;
+    }
+    let command = format!("atvm-run-watcher --build-name {} --resend", run.build_name);
+    Some(match groups.as_slice() {
+        [] => format!("the post failed for good; once Mattermost is fixed: {command}"),
+        keys => format!(
+            "group posts failed for good ({}); once Mattermost is fixed: {command} (or --group KEY for one)",
+            keys.join(", ")
+        ),
+    })
+}
+
+pub(crate) fn post_word(p: &PostView) -> &'static str {
     match p.status {
         PostStatus::None => "none",
         PostStatus::Pending => "pending",
@@ -271,7 +246,7 @@ fn post_word(p: &PostView) -> &'static str {
     }
 }
 
-fn post(p: &PostView) -> String {
+pub(crate) fn post(p: &PostView) -> String {
     let mut s = post_word(p).to_string();
     if p.attempts > 0 {
         let plural = if p.attempts == 1 { "" } else { "s" };
@@ -280,17 +255,20 @@ fn post(p: &PostView) -> String {
     if let Some(at) = p.posted_at {
         s.push_str(&format!(", posted {at}"));
     }
+    if let Some(at) = p.resent_at {
+        s.push_str(&format!(" (re-sent with --resend {at})"));
+    }
     s
 }
 
-fn counts(c: &Counts) -> String {
+pub(crate) fn counts(c: &Counts) -> String {
     format!(
         "{} · passed {} · failed {} · pending {} · skipped {}",
         c.tests, c.passed, c.failed, c.pending, c.skipped
     )
 }
 
-fn unit(u: Option<&UnitView>) -> String {
+pub(crate) fn unit(u: Option<&UnitView>) -> String {
     match u {
         None => "-".into(),
         Some(u) => match (&u.active, &u.error) {
@@ -301,7 +279,7 @@ fn unit(u: Option<&UnitView>) -> String {
     }
 }
 
-fn unit_word(u: &UnitView) -> String {
+pub(crate) fn unit_word(u: &UnitView) -> String {
     u.active.as_deref().map_or("?".into(), clean)
 }
 
@@ -330,7 +308,7 @@ pub fn age(d: Duration) -> String {
     }
 }
 
-fn yes_no(b: Option<bool>) -> String {
+pub(crate) fn yes_no(b: Option<bool>) -> String {
     match b {
         Some(true) => "yes",
         Some(false) => "no",
@@ -339,12 +317,12 @@ fn yes_no(b: Option<bool>) -> String {
     .into()
 }
 
-fn opt(s: Option<&str>) -> String {
+pub(crate) fn opt(s: Option<&str>) -> String {
     s.unwrap_or("-").to_string()
 }
 
 /// One line, no terminal control sequences.
-fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if is_unsafe(c) { ' ' } else { c })
         .collect()
@@ -358,7 +336,7 @@ fn is_unsafe(c: char) -> bool {
 }
 
 /// `s` cut to `max` characters, the cut marked with `…`.
-fn cut(s: &str, max: usize) -> String {
+pub(crate) fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }

@@ -36,21 +36,36 @@ pub struct RunView {
     pub updated_at: Option<Timestamp>,
     /// Seconds since `updated_at`, or since `requested_at` while there is no state.
     pub age_seconds: Option<u64>,
+    /// When the run ended: its runner's recorded exit, else the final state's time; `null`
+    /// while it runs.
+    pub ended_at: Option<Timestamp>,
+    /// From `requested_at` to `ended_at`, or to now while the run is not final.
+    pub duration_seconds: Option<u64>,
     pub counts: Option<Counts>,
+    /// Tests that failed an attempt and then passed, as the watcher recorded them
+    /// (`details.flaky`); `null` when it recorded none.
+    pub flaky: Option<u64>,
     pub post: Option<PostView>,
     /// Sub-runs that ended / sub-runs seen; `null` for a run that is not categorized.
     pub groups: Option<Groups>,
     /// `atvm-run-watcher@<build>.service`; `null` for an archived run (the unit now belongs
     /// to the build's current run, if any).
     pub watcher_unit: Option<UnitView>,
+    /// `atvm-runner@<build>.service`, the same way.
+    pub runner_unit: Option<UnitView>,
     /// Files of this run that could not be read; the rest of the record is what could be.
     pub errors: Vec<FileError>,
     /// Only with `--build-name`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Detail>,
-    /// What "newest first" orders by: the age's reference time, else the directory's mtime.
+    /// What "newest first" orders by: the start (`requested_at`), else the directory's
+    /// mtime.
     #[serde(skip)]
     pub sort_time: Timestamp,
+    /// The run's directory was gone when it was read (a start or a prune moving it): it
+    /// is read once more, and a pruned archive is left out.
+    #[serde(skip)]
+    pub vanished: bool,
 }
 
 /// Everything else about one run, for the detail view.
@@ -59,7 +74,6 @@ pub struct Detail {
     /// `request.json` as recorded by start-atvm-run-watcher (all its options).
     pub request: Option<Request>,
     pub runner: Option<RunnerView>,
-    pub runner_unit: Option<UnitView>,
     pub run_log: PathBuf,
     pub launch_log: PathBuf,
     pub progress: Option<String>,
@@ -82,6 +96,8 @@ pub struct PostView {
     pub attempts: u32,
     pub last_error: Option<String>,
     pub posted_at: Option<Timestamp>,
+    /// When `atvm-run-watcher --resend` delivered it after it had failed for good.
+    pub resent_at: Option<Timestamp>,
 }
 
 impl From<&Post> for PostView {
@@ -91,7 +107,21 @@ impl From<&Post> for PostView {
             attempts: p.attempts,
             last_error: p.last_error.clone(),
             posted_at: p.posted_at,
+            resent_at: p.resent_at,
         }
+    }
+}
+
+impl PostView {
+    /// `HTTP 404` when the last error was the server's answer.
+    pub fn http_status(&self) -> Option<&str> {
+        let e = self.last_error.as_deref()?;
+        let at = e.find("HTTP ")?;
+        let code = e.get(at..at + 8)?;
+        code[5..]
+            .chars()
+            .all(|c| c.is_ascii_digit())
+            .then_some(code)
     }
 }
 

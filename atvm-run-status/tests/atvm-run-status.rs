@@ -130,34 +130,43 @@ fn the_table_lists_runs_newest_first_and_all_adds_archived_ones() {
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
         [
-            "BUILD", "STATE", "FINAL", "POST", "GROUPS", "AGE", "UNIT", "REASON"
+            "BUILD", "STATE", "POST", "GROUPS", "STARTED", "DURATION", "TESTS", "RUNNER",
+            "WATCHER", "REASON"
         ]
     );
-    assert_eq!(column(&table, "BUILD"), ["watching-2", "new-3", "done-1"]);
-    assert_eq!(column(&table, "STATE"), ["WATCHING", "-", "COMPLETED"]);
-    assert_eq!(column(&table, "FINAL"), ["no", "-", "yes"]);
+    // Newest first by start: new-3 a minute ago, watching-2 ten minutes, done-1 four hours.
+    assert_eq!(column(&table, "BUILD"), ["new-3", "watching-2", "done-1"]);
+    assert_eq!(column(&table, "STATE"), ["-", "WATCHING", "COMPLETED"]);
     // watching-2 posts per group: its first group's post shows.
-    assert_eq!(column(&table, "POST"), ["1 posted", "-", "posted"]);
-    assert_eq!(column(&table, "GROUPS"), ["1/2", "-", "-"]);
-    assert_eq!(column(&table, "UNIT"), ["inactive"; 3]);
-    let ages = column(&table, "AGE");
+    assert_eq!(column(&table, "POST"), ["-", "1 posted", "posted"]);
+    // Posted/seen, `+` while the parent goes on (more groups may come).
+    assert_eq!(column(&table, "GROUPS"), ["-", "1/2+", "-"]);
+    assert_eq!(column(&table, "TESTS"), ["-", "-", "20/0/0"]);
+    assert_eq!(column(&table, "RUNNER"), ["inactive"; 3]);
+    assert_eq!(column(&table, "WATCHER"), ["inactive"; 3]);
+    // Ten minutes running, and the hour done-1 took.
+    assert_eq!(column(&table, "DURATION"), ["1m", "10m", "1h 00m"]);
+    let started = column(&table, "STARTED");
     assert!(
-        ages[0].ends_with('s') && ages[2].starts_with("3h"),
-        "{ages:?}"
+        started.iter().all(|s| s.len() == 11 && &s[8..9] == ":"),
+        "local month, day and time: {started:?}"
     );
-    assert!(lines[1].ends_with("running 2 of 3: login.cy.js"), "{table}");
+    assert!(lines[2].ends_with("running 2 of 3: login.cy.js"), "{table}");
 
     let all = stdout(&status(&env, &["--all"]));
     assert_eq!(
         column(&all, "BUILD"),
-        ["watching-2", "new-3", "done-1", "done-1"]
+        ["new-3", "watching-2", "done-1", "done-1"]
     );
     assert_eq!(
         column(&all, "ARCHIVED"),
         ["-", "-", "-", "20261101T000000Z"]
     );
-    assert_eq!(column(&all, "UNIT")[3], "-", "no unit for an archived run");
-    assert!(column(&all, "AGE")[3].starts_with("30d"), "{all}");
+    assert_eq!(
+        column(&all, "WATCHER")[3],
+        "-",
+        "no unit for an archived run"
+    );
 }
 
 #[test]
@@ -175,8 +184,8 @@ fn json_lists_the_same_runs_with_every_key() {
     assert_eq!(
         names,
         [
-            ("watching-2", &Value::Null),
             ("new-3", &Value::Null),
+            ("watching-2", &Value::Null),
             ("done-1", &Value::Null),
             ("done-1", &json!("20261101T000000Z")),
         ]
@@ -199,15 +208,19 @@ fn json_lists_the_same_runs_with_every_key() {
         "requested_at",
         "updated_at",
         "age_seconds",
+        "ended_at",
+        "duration_seconds",
         "counts",
+        "flaky",
         "post",
         "groups",
         "watcher_unit",
+        "runner_unit",
         "errors",
     ];
     expected.sort_unstable();
     assert_eq!(keys, expected);
-    let w = &runs[0];
+    let w = &runs[1];
     assert_eq!(w["dir"], json!(env.state_dir("watching-2")));
     assert_eq!(w["run_id"], "run-watching-2");
     assert_eq!(
@@ -220,14 +233,14 @@ fn json_lists_the_same_runs_with_every_key() {
     );
     assert_eq!(
         w["post"],
-        json!({"status": "none", "attempts": 0, "last_error": null, "posted_at": null})
+        json!({"status": "none", "attempts": 0, "last_error": null, "posted_at": null, "resent_at": null})
     );
     assert_eq!(
         w["watcher_unit"],
         json!({"name": "atvm-run-watcher@watching-2.service", "active": "inactive", "error": null})
     );
     assert!(w["age_seconds"].as_u64().unwrap() < 600);
-    let new = &runs[1];
+    let new = &runs[0];
     assert_eq!(
         (&new["state"], &new["post"], &new["groups"]),
         (&Value::Null, &Value::Null, &Value::Null)
@@ -364,10 +377,14 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         format!(
-            "atvm-run-status: unknown build never-started: no state directory ({})",
+            "atvm-run-status: unknown build never-started: this controller has no run of that name; no known build has a similar name (atvm-run-status lists them) ({})",
             env.state_dir("never-started").display()
         )
     );
+    // A typo names the build meant.
+    status(&env, &["--build-name", "done-2"])
+        .code_is(1)
+        .error_line("atvm-run-status", "did you mean done-1?");
     let out = status(&env, &["--build-name", "../etc", "--json"]);
     out.code_is(2);
     assert!(out.stdout.is_empty());
@@ -462,6 +479,12 @@ fn the_detail_view_shows_everything_about_a_categorized_run() {
         line("state", "FAILED (final)"),
         line("reason", "1 of 3 groups failed"),
         line("run id", &format!("run-{B}")),
+        // The parent posts nothing itself: its groups' posts are what went out.
+        format!("  {:<15}none (the run posts per group: ", "post"),
+        format!(
+            "; once Mattermost is fixed: atvm-run-watcher --build-name {B} --resend (or --group KEY for one)\n"
+        ),
+        format!("  {:<15}group posts failed for good (", "resend"),
         line(
             "watcher unit",
             &format!("atvm-run-watcher@{B}.service inactive"),
@@ -584,7 +607,8 @@ fn a_missing_or_silent_systemctl_shows_a_question_mark() {
     env.set("ATVM_SYSTEMCTL", "/nonexistent/systemctl");
     let out = status(&env, &[]);
     out.code_is(0);
-    assert_eq!(column(&stdout(&out), "UNIT"), ["?"; 3]);
+    assert_eq!(column(&stdout(&out), "WATCHER"), ["?"; 3]);
+    assert_eq!(column(&stdout(&out), "RUNNER"), ["?"; 3]);
     let report = ok_json(&env, &["--json"]);
     let unit = &report["runs"][0]["watcher_unit"];
     assert_eq!(unit["active"], Value::Null);
@@ -789,4 +813,145 @@ fn an_archive_that_is_a_link_is_not_followed_and_a_refused_directory_says_so() {
         "{shown}"
     );
     assert!(shown.contains("writable by group or others"), "{shown}");
+}
+
+// ----- the table under a real terminal --------------------------------------------------
+
+/// Run `atvm-run-status` with its stdout on a pseudo-terminal of `cols` columns (and
+/// `COLUMNS` unset, as bash leaves it); returns what it printed there.
+fn on_a_terminal(env: &Env, cols: u16) -> String {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let terminal = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    let size = rustix::termios::Winsize {
+        ws_row: 50,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&terminal, size).unwrap();
+    let mut cmd = env.cmd("atvm-run-status");
+    cmd.env_remove("COLUMNS").stdout(terminal);
+    let mut child = cmd.spawn().unwrap();
+    // The terminal's last descriptor must close with the child: then the master reads EOF.
+    drop(cmd);
+    let mut out = Vec::new();
+    let mut master = fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break, // EIO once the child closed the terminal
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    String::from_utf8_lossy(&out).replace("\r\n", "\n")
+}
+
+#[test]
+fn on_a_200_column_terminal_reason_gets_all_the_width_the_other_columns_leave() {
+    let env = Env::new();
+    three_runs(&env);
+    let long = format!("runner exited with code 2: {}", "x".repeat(300));
+    let mut failed = state("FAILED", true, &long, 60, "failed");
+    failed["post"]["last_error"] = json!("HTTP 503 (chat.example.com)");
+    run_dir(
+        &env.state_dir("long-4"),
+        "long-4",
+        30,
+        json!({}),
+        Some(failed),
+    );
+    let table = on_a_terminal(&env, 200);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 5, "{table}");
+    for line in &lines {
+        assert!(
+            line.chars().count() <= 200,
+            "wider than the terminal: {line}"
+        );
+    }
+    let row = lines.iter().find(|l| l.starts_with("long-4")).unwrap();
+    let reason_at = lines[0].find("REASON").unwrap();
+    let reason: String = row.chars().skip(reason_at).collect();
+    assert!(
+        reason.chars().count() >= 100 && reason.ends_with('…'),
+        "REASON got {} characters: {row}",
+        reason.chars().count()
+    );
+    assert_eq!(row.chars().count(), 200, "it uses the whole width: {row}");
+    assert!(row.contains("failed (503)"), "{row}");
+    // Into a pipe (COLUMNS unset): whole lines.
+    let piped = stdout(&status(&env, &[]));
+    assert!(piped.contains(&long), "{piped}");
+}
+
+// ----- reads during a start ---------------------------------------------------------------
+
+#[test]
+fn a_start_replacing_a_run_never_makes_the_build_unknown_or_unreadable() {
+    // The start is held exactly where its old run leaves the build's place: a reader then
+    // must see the old run or the new one, never "unknown build" or a read error.
+    let mut env = Env::new();
+    let hook = testkit::FakeWebhook::start(vec![]);
+    env.set("MATTERMOST_ATVM_WEBHOOK", hook.url());
+    let old = state("COMPLETED", true, "all specs passed", 60, "posted");
+    run_dir(&env.state_dir(B), B, 120, json!({}), Some(old));
+    let faults = env.root().join("faults");
+    fs::create_dir_all(&faults).unwrap();
+    let mut start = env.cmd("start-atvm-run-watcher");
+    start
+        .args(["--build-name", B])
+        .env("ATVM_FAILPOINTS", "start.swapped")
+        .env("ATVM_FAILPOINT_DIR", &faults)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = start.spawn().unwrap();
+    let reached = faults.join("start.swapped.reached");
+    env.wait_until("the start between its two steps", LONG, || reached.exists());
+    let detail = ok_json(&env, &["--build-name", B, "--json"]);
+    let run = &detail["runs"][0];
+    assert!(run["errors"].as_array().unwrap().is_empty(), "{run:#}");
+    assert_ne!(
+        run["run_id"],
+        json!(format!("run-{B}")),
+        "the new run is in place"
+    );
+    let all = ok_json(&env, &["--all", "--json"]);
+    for r in all["runs"].as_array().unwrap() {
+        assert!(r["errors"].as_array().unwrap().is_empty(), "{r:#}");
+    }
+    fs::write(faults.join("start.swapped.go"), b"").unwrap();
+    finish(child, LONG).succeeds();
+    let all = ok_json(&env, &["--all", "--json", "--build-name", B]);
+    let ids: Vec<&Value> = all["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["run_id"])
+        .collect();
+    assert_eq!(ids.len(), 2, "the old run is archived: {all:#}");
+    assert!(ids.contains(&&json!(format!("run-{B}"))));
+    env.cancel_run(B);
+}
+
+#[test]
+fn state_and_since_filter_the_table() {
+    let env = Env::new();
+    three_runs(&env);
+    let table = stdout(&status(&env, &["--state", "completed,WATCHING"]));
+    assert_eq!(column(&table, "BUILD"), ["watching-2", "done-1"]);
+    let table = stdout(&status(&env, &["--since", "5m"]));
+    assert_eq!(column(&table, "BUILD"), ["new-3"]);
+    status(&env, &["--state", "DONE"])
+        .code_is(2)
+        .error_line("atvm-run-status", "not a state");
 }

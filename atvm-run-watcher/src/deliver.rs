@@ -165,6 +165,7 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
         );
         (delivery, hooks.unrecordable, hooks.unsent)
     };
+    let delivery = stopped_by_a_cancel(delivery, ledger);
     if unsent && matches!(delivery, Delivery::Cancelled { .. }) {
         // The attempt prepared last was never sent (the cancel came first): no `post.ready`
         // may suggest to the cancel helper that it is on the wire.
@@ -180,6 +181,18 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
     }
     failpoint::pause("deliver.recorded");
     Ok(outcome)
+}
+
+/// A delivery interrupted because the cancel helper stopped the watcher (it writes the
+/// marker, then stops the unit) is cancelled: the post is not owed, it is never sent, and
+/// the journal must say that.
+fn stopped_by_a_cancel(delivery: Delivery, ledger: &mut dyn Ledger) -> Delivery {
+    match delivery {
+        Delivery::Interrupted { attempts } if ledger.cancelled() => {
+            Delivery::Cancelled { attempts }
+        }
+        other => other,
+    }
 }
 
 /// `--dry-run`: the would-be payload in `post.json`, and nothing else written (docs/watcher-service.md).
@@ -220,7 +233,7 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
             post.attempts = attempts;
             post.last_error = Some(error.clone());
             logging::error(format!(
-                "{build}: could not post {label}, failed for good (never re-sent): {error}"
+                "{build}: could not post {label}, failed for good: {error} (no restart sends it again; once Mattermost is fixed: atvm-run-watcher --build-name {build} --resend)"
             ));
             Outcome::Failed(error)
         }

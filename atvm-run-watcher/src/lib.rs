@@ -10,6 +10,7 @@ pub mod message;
 pub mod observe;
 pub mod persist;
 pub mod record;
+pub mod resend;
 pub mod resume;
 pub mod shutdown;
 pub mod wake;
@@ -38,8 +39,12 @@ Examples:
   # Check the Mattermost configuration with one labelled test message:
   atvm-run-watcher --test-post
 
-Exit status: 0 final state reached and handled (or stopped by SIGTERM), 1 a post failed for
-good, 2 bad arguments, 4 another watcher holds the lock, 78 no webhook configured.
+  # After Mattermost was down longer than the retry window: send the failed posts again:
+  atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --resend
+
+Exit status: 0 final state reached and handled (or stopped by SIGTERM; --resend: every
+failed post delivered, or none to send), 1 a post failed for good (again), 2 bad arguments,
+4 another watcher holds the lock, 78 no webhook configured or an invalid setting.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -48,7 +53,7 @@ Environment:
   ATVM_REPORTER_DIR            mochawesome reports [default: $ATVM_AUTOMATION_ROOT/cypress/cmcReporter]
   ATVM_AUTOMATION_ROOT         [default: /root/cdc-e2e-cyp-12.17.4]
   ATVM_INVENTORY               the VM inventory [default: $ATVM_PACKAGE_ROOT/vm-inventory.md]
-  ATVM_ENV_FILE                read for the MATTERMOST_ATVM_* settings [default: /etc/atvm-run-watcher.env]
+  ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      the webhook (a secret: only its host is ever shown)
   MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
@@ -105,6 +110,13 @@ pub struct Cli {
     /// the boot-time unit atvm-run-watcher-resume.service runs after a reboot).
     #[arg(long, conflicts_with_all = ["once", "dry_run", "build_name"])]
     pub resume_all: bool,
+    /// Send again each post of the build that failed for good (after an outage longer
+    /// than the retry window), with its stored payload; exit 4 while its watcher runs.
+    #[arg(long, requires = "build_name", conflicts_with_all = ["once", "dry_run", "test_post", "resume_all"])]
+    pub resend: bool,
+    /// With --resend: only this group's post (its key, e.g. `01-linux`, or group name).
+    #[arg(long, value_name = "KEY", requires = "resend")]
+    pub group: Option<String>,
 }
 
 impl Cli {
@@ -120,15 +132,18 @@ impl Cli {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let timing = cli.timing();
     if cli.test_post {
         return test_post(&paths, timing.post_retry);
     }
     if cli.resume_all {
-        return resume::resume_all(&paths, &Systemctl::from_env());
+        return resume::resume_all(&paths, &Systemctl::from_env()?);
     }
     let build = BuildName::parse(cli.build_name.as_deref().unwrap_or_default())?;
+    if cli.resend {
+        return resend::run(&paths, &build, cli.group.as_deref(), timing.post_retry);
+    }
     let sink = sink(cli.dry_run, &paths, timing)?;
     let sd = paths.state_dir(&build);
     sd.check()?;
@@ -199,7 +214,8 @@ fn note_fatal(sd: &atvm_common::StateDir, run_id: &str, e: &Error) {
 /// `post.json` files (no webhook needed).
 fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
     if dry_run {
-        let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
+        // No webhook needed, but a value that is set must be valid (exit 78, as a start).
+        let config = MattermostConfig::load(&paths.env_file)?;
         return Ok(Sink::DryRun {
             channel: config.channel,
             format: config.format,

@@ -26,6 +26,7 @@ it made.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
@@ -39,7 +40,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    cancel(&build, &Paths::from_env(), &Systemctl::from_env())
+    cancel(&build, &Paths::from_env()?, &Systemctl::from_env()?)
 }
 
 /// What the cancel found under the state lock.
@@ -60,10 +61,7 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
     let _start = StartLock::wait(&paths.state_root, build)?;
     let sd = paths.state_dir(build);
     if !sd.exists() {
-        return Err(Error::file(
-            format!("unknown build {build}: no state directory"),
-            sd.path(),
-        ));
+        return Err(atvm_common::builds::unknown(paths, build));
     }
     sd.check()?;
     let found = mark_cancelled(build, &sd)?;

@@ -29,7 +29,7 @@ fn errors_under_systemd_carry_journal_priorities() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
         format!(
-            "<3>cancel-atvm-run-watcher: unknown build nope: no state directory ({})",
+            "<3>cancel-atvm-run-watcher: unknown build nope: this controller has no run of that name; no build has run on this controller yet ({})",
             env.state_dir("nope").display()
         )
     );

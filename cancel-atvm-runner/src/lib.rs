@@ -14,12 +14,14 @@ const EXAMPLE: &str = "\
 Example:
   cancel-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc
 
-Cancelling a runner that is not running is not an error. To also stop the watcher without
+Cancelling a runner that is not running is not an error; a build name this controller has
+never run is (exit 1, naming the closest known names). To also stop the watcher without
 a post, run cancel-atvm-run-watcher for the same build. While a start of the build is in
 progress, it waits for that start to finish (saying so) and then cancels the run it made.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
@@ -33,7 +35,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    cancel(&build, &Paths::from_env(), &Systemctl::from_env())
+    cancel(&build, &Paths::from_env()?, &Systemctl::from_env()?)
 }
 
 pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result<()> {
@@ -53,6 +55,10 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
             start_ticks: s.pid_start_ticks,
         })
         .filter(|id| procfs::is_alive(*id));
+    if !sd.exists() && !activity.is_running() {
+        // Never seen here (no state, no unit running): a typo, not a run to call cancelled.
+        return Err(atvm_common::builds::unknown(paths, build));
+    }
     if !activity.is_running() && wrapper.is_none() {
         logging::info(format!(
             "{unit} is not running ({}); nothing to cancel (a runner started by hand is not \

@@ -11,12 +11,27 @@ use testkit::{Env, Expect, finish};
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
 
 #[test]
-fn cancelling_nothing_is_not_an_error() {
+fn cancelling_a_known_build_that_is_not_running_is_not_an_error() {
     let env = Env::new();
+    env.write_request(B, serde_json::json!({}));
     let out = env.run("cancel-atvm-runner", &["--build-name", B]);
     out.succeeds();
     out.said("nothing to cancel");
-    assert!(!env.state_dir(B).exists(), "nothing written");
+    assert!(!env.state_dir(B).join("runner").exists(), "nothing written");
+}
+
+#[test]
+fn cancelling_a_build_never_seen_is_an_error_naming_the_build_meant() {
+    // A typo must not read as "nothing to cancel" while the real run goes on.
+    let env = Env::new();
+    env.write_request(B, serde_json::json!({}));
+    let typo = "e2e-redhat9.6-ubuntu24.04-w2k25-cf";
+    env.run("cancel-atvm-runner.sh", &["--build-name", typo])
+        .code_is(1)
+        .error_line("cancel-atvm-runner", &format!("unknown build {typo}"))
+        .said(&format!("did you mean {B}?"))
+        .never_said("nothing to cancel");
+    assert!(!env.state_dir(typo).exists(), "nothing written");
 }
 
 #[test]

@@ -32,6 +32,7 @@ Reads <state-root>/<build>/runner/spec.json written by start-atvm-runner.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_BOOT_ID                 set by the unit (%b): the boot recorded with the run [default: the kernel's]
   MATTERMOST_ATVM_WEBHOOK      removed from the command's environment: Cypress never sees it
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
@@ -46,7 +47,7 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<u8> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
+    let paths = Paths::from_env()?;
     let sd = paths.state_dir(&build);
     // A state directory someone else could write to cannot be trusted with a record either.
     sd.check()?;

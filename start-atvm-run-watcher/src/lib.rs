@@ -2,6 +2,8 @@
 //! `atvm-run-watcher@<build>.service` (docs/watcher-service.md). A watcher that does not
 //! come up leaves its run final (UNKNOWN), never one a later `--resume-all` would pick up.
 
+mod place;
+
 use atvm_common::config::{MattermostConfig, env_file_warning};
 use atvm_common::error::{Error, Result};
 use atvm_common::fsutil;
@@ -13,11 +15,20 @@ use clap::Parser;
 use start_atvm_runner::checked_state_root;
 
 const EXAMPLE: &str = "\
-Example:
+Example (the two-step flow; start-atvm-run does the template step, watcher and runner in one):
+  cd /root/cdc-e2e-cyp-12.17.4 && python3 ./cmc-templates.py --template_name cmc-e2e \\
+      --config_file cypress.atvm-config-gold.ts
   start-atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc \\
-      --template migration --config-family redhat --config-file cfg/rh96.json \\
-      --migration-style in-place --integration-plugin vmware --categorize \\
+      --template cmc-e2e --config-family gold --config-file cypress.atvm-config-gold.ts \\
+      --migration-style in-place --integration-plugin 'pure with fc' --categorize \\
       --scope-description 'nightly upgrade matrix'
+  start-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc \\
+      --runner-command 'python3 ./run-sorry-cypress.py --config_family gold \\
+          --build_name e2e-redhat9.6-ubuntu24.04-w2k25-fc --categorize'
+
+This helper does not run --template-command (it records it, and says so on stderr): run the
+template step yourself first, as above, or use start-atvm-run. A --runner-command that names
+another build, or categorizes without --categorize here, is refused (exit 2).
 
 Any earlier state of the same build name is moved to <state-root>/.archive/<build>/<time>/
 first, so nothing (markers, posts, sub-runs) is inherited. If the unit cannot be started or
@@ -28,7 +39,7 @@ and runner in that order.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
-  ATVM_ENV_FILE                where the webhook is configured [default: /etc/atvm-run-watcher.env]
+  ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
@@ -53,23 +64,25 @@ pub struct WatchArgs {
     /// Template name (shown in the message).
     #[arg(long, value_name = "NAME")]
     pub template: Option<String>,
-    /// The template step's command (recorded; start-atvm-run runs it).
+    /// The template step's command: recorded only (this helper does not run it; run it
+    /// first, or use start-atvm-run, which does).
     #[arg(long, value_name = "CMD")]
     pub template_command: Option<String>,
-    /// The runner's command, recorded in the request (start-atvm-run runs it; with this
-    /// helper alone, start it with start-atvm-runner).
+    /// The runner's command: recorded in the request and checked against --build-name and
+    /// --categorize (start it with start-atvm-runner).
     #[arg(long, value_name = "CMD")]
     pub runner_command: Option<String>,
-    /// Configuration family of the run, e.g. `redhat` (shown in the message).
+    /// Configuration family of the run, e.g. `gold` (shown in the message).
     #[arg(long, value_name = "FAMILY")]
     pub config_family: Option<String>,
-    /// Configuration file the run uses, e.g. `cfg/rh96.json` (shown in the message).
+    /// Configuration file the run uses, e.g. `cypress.atvm-config-gold.ts` (shown in the
+    /// message).
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<String>,
     /// Migration style under test, e.g. `in-place` (shown in the message).
     #[arg(long, value_name = "STYLE")]
     pub migration_style: Option<String>,
-    /// Integration plugin under test, e.g. `vmware` (shown in the message).
+    /// Integration plugin under test, e.g. `pure with fc` (shown in the message).
     #[arg(long, value_name = "PLUGIN")]
     pub integration_plugin: Option<String>,
     /// Post one result per Cypress group (each `(Run Starting)` block) as it finishes.
@@ -82,14 +95,35 @@ pub struct WatchArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
-    let systemctl = Systemctl::from_env();
+    cli.watch.refuse_contradictions(&build)?;
+    if cli.watch.template_command.is_some() {
+        // Only start-atvm-run runs it: a template step skipped here is how a stale
+        // specPattern ends a run as "no spec files were found".
+        logging::warn(
+            "--template-command is recorded, not run: only start-atvm-run runs the template step (synchronously, before the watcher); run it yourself first, or use start-atvm-run",
+        );
+    }
+    let paths = Paths::from_env()?;
+    let systemctl = Systemctl::from_env()?;
     if cli.dry_run {
         return dry_run(&build, &paths, &systemctl);
     }
     let lock = StartLock::acquire(&checked_state_root(&paths)?, &build)?;
     start(&build, &paths, &systemctl, &cli.watch, &lock)?;
     Ok(())
+}
+
+impl WatchArgs {
+    /// A runner command that contradicts these options (another build, `--categorize`
+    /// without it here) is refused before anything is touched: exit 2, naming both.
+    pub fn refuse_contradictions(&self, build: &BuildName) -> Result<()> {
+        match &self.runner_command {
+            Some(cmd) => {
+                start_atvm_runner::refuse_contradictions(build, cmd, Some(self.categorize))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// Refuse while the watcher or runner of this build is active (exit 4).
@@ -101,8 +135,11 @@ pub fn refuse_if_active(build: &BuildName, systemctl: &Systemctl) -> Result<()> 
 /// Check the Mattermost configuration the watcher will need (exit 78 if missing) and warn
 /// when the env file holding the secret is open to others.
 pub fn check_config(paths: &Paths) -> Result<()> {
+    // start-atvm-run checks before its template step and again in the watcher's start:
+    // the warning is said once per process.
+    static WARNED: std::sync::Once = std::sync::Once::new();
     if let Some(warning) = env_file_warning(&paths.env_file) {
-        logging::warn(warning);
+        WARNED.call_once(|| logging::warn(warning));
     }
     MattermostConfig::load(&paths.env_file)?.require_webhook(&paths.env_file)?;
     Ok(())
@@ -204,13 +241,6 @@ pub fn start(
     // Read before the archive moves them: an earlier run's process still alive is never
     // taken for this run's runner.
     let earlier_runners = sd.live_runners();
-    if let Some(to) = sd.archive(&paths.archive_root())? {
-        logging::info(format!(
-            "archived the previous state of {build} to {}",
-            to.display()
-        ));
-    }
-    sd.create()?;
     let request = Request {
         build_name: build.to_string(),
         run_id: new_run_id(),
@@ -227,8 +257,14 @@ pub fn start(
         scope_description: args.scope_description.clone(),
         earlier_runners,
     };
-    // 0600: it records command lines.
-    fsutil::write_json(&sd.request(), &request, 0o600)?;
+    // The new directory with its request replaces the old one in one step; the old one
+    // is archived (a reader never finds the build missing).
+    if let Some(to) = place::replace(paths, build, &request)? {
+        logging::info(format!(
+            "archived the previous state of {build} to {}",
+            to.display()
+        ));
+    }
     let unit = UnitKind::Watcher.unit(build);
     if let Err(e) = start_unit(systemctl, &unit) {
         // The request is recorded: a run left without a final state would be resumed by

@@ -264,3 +264,100 @@ fn a_watcher_that_does_not_come_up_leaves_its_run_final_and_never_resumed() {
         assert!(hook.requests().is_empty());
     }
 }
+
+/// The env file, with `lines`, mode 0600.
+fn env_file(env: &Env, lines: &str) {
+    fs::write(&env.env_file, lines).unwrap();
+    fs::set_permissions(&env.env_file, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn paths_in_the_env_file_are_what_every_tool_uses_unless_the_environment_says_otherwise() {
+    // docs/install.md invites ATVM_* overrides in the env file: the units load it, and a
+    // shell (which does not) must agree with them about where state lives.
+    let (mut env, _hook) = setup();
+    let moved = env.root().join("srv/atvm-state");
+    fs::create_dir_all(&moved).unwrap();
+    fs::set_permissions(&moved, fs::Permissions::from_mode(0o700)).unwrap();
+    env_file(
+        &env,
+        &format!(
+            "# state elsewhere\nATVM_STATE_ROOT={}\nATVM_SYSTEMCTL='{}'\n",
+            moved.display(),
+            env.systemctl.display()
+        ),
+    );
+    env.unset("ATVM_STATE_ROOT");
+    env.unset("ATVM_SYSTEMCTL");
+    env.run("start-atvm-run-watcher.sh", &["--build-name", B])
+        .succeeds();
+    assert!(moved.join(B).join("request.json").exists());
+    assert!(!env.state_dir(B).exists(), "the environment's old default");
+    let out = env.run("atvm-run-status", &["--build-name", B, "--json"]);
+    out.succeeds();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["state_root"], moved.display().to_string());
+    assert_eq!(json["runs"][0]["watcher_unit"]["active"], "active");
+    env.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds()
+        .said("cancelled");
+    env.run("cancel-atvm-runner", &["--build-name", B])
+        .succeeds();
+    // The environment wins over the file: here the state root it names has no such build.
+    env.set("ATVM_STATE_ROOT", env.state_root.display().to_string());
+    env.run("atvm-run-status", &["--build-name", B])
+        .code_is(1)
+        .error_line("atvm-run-status", "unknown build");
+}
+
+#[test]
+fn a_channel_with_a_trailing_comment_is_refused_by_every_tool_that_loads_it() {
+    // As systemd reads the env file, `# optional` is part of the value: the server would
+    // answer 404 to every post.
+    let (env, hook) = setup();
+    env_file(
+        &env,
+        "MATTERMOST_ATVM_CHANNEL=qa-e2e-results     # optional\n",
+    );
+    let file = env.env_file.display().to_string();
+    for (tool, args) in [
+        ("start-atvm-run-watcher", vec!["--build-name", B]),
+        (
+            "start-atvm-run-watcher",
+            vec!["--build-name", B, "--dry-run"],
+        ),
+        (
+            "start-atvm-run",
+            vec!["--build-name", B, "--runner-command", "true"],
+        ),
+        (
+            "start-atvm-run",
+            vec!["--build-name", B, "--runner-command", "true", "--dry-run"],
+        ),
+        ("atvm-run-watcher", vec!["--test-post"]),
+        ("atvm-run-watcher", vec!["--build-name", B, "--dry-run"]),
+    ] {
+        env.run(tool, &args)
+            .code_is(78)
+            .error_line(tool, "MATTERMOST_ATVM_CHANNEL")
+            .said("trailing `# comment` is part of the value")
+            .said(&file);
+    }
+    assert!(!env.state_dir(B).exists(), "nothing was written");
+    assert_eq!(hook.count(), 0, "nothing was posted");
+    // The comment on its own line: the channel is sent as it is.
+    env_file(&env, "# optional\nMATTERMOST_ATVM_CHANNEL=qa-e2e-results\n");
+    env.run("atvm-run-watcher", &["--test-post"]).succeeds();
+    assert_eq!(hook.requests()[0].json()["channel"], "qa-e2e-results");
+}
+
+#[test]
+fn a_missing_env_file_is_named_as_missing() {
+    let mut env = Env::new();
+    fs::remove_file(&env.env_file).unwrap();
+    env.unset("MATTERMOST_ATVM_WEBHOOK");
+    env.run("start-atvm-run-watcher", &["--build-name", B])
+        .code_is(78)
+        .error_line("start-atvm-run-watcher", "the env file does not exist")
+        .said(&env.env_file.display().to_string());
+}

@@ -21,9 +21,12 @@ const TAIL_LINES: usize = 20;
 const EXAMPLE: &str = "\
 Example:
   start-atvm-run --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc \\
-      --template migration --template-command './select-specs.sh redhat9.6 ubuntu24.04' \\
-      --runner-command 'npx cypress run --record --group linux' \\
-      --config-family redhat --scope-description 'nightly upgrade matrix'
+      --template cmc-e2e --template-command 'python3 ./cmc-templates.py --template_name cmc-e2e \\
+          --config_file cypress.atvm-config-gold.ts' \\
+      --runner-command 'python3 ./run-sorry-cypress.py --config_family gold \\
+          --build_name e2e-redhat9.6-ubuntu24.04-w2k25-fc --categorize' \\
+      --config-family gold --config-file cypress.atvm-config-gold.ts \\
+      --integration-plugin 'pure with fc' --categorize --scope-description 'nightly upgrade matrix'
 
 Order: first everything that can be refused is checked, the runner's working directory
 included (missing or not a directory: exit 5, naming it). (1) the template command runs in
@@ -35,7 +38,7 @@ Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
   ATVM_AUTOMATION_ROOT         where the template step and the runner run [default: /root/cdc-e2e-cyp-12.17.4]
   ATVM_LOG_DIR                 run and launch logs [default: /tmp]
-  ATVM_ENV_FILE                where the webhook is configured [default: /etc/atvm-run-watcher.env]
+  ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   ATVM_START_CONFIRM_SECONDS   how long to wait for the runner to confirm its start [default: 10]
@@ -47,7 +50,14 @@ Environment:
     version,
     about = "Run the template step, then start the watcher and the runner for a build",
     after_help = EXAMPLE,
-    mut_arg("runner_command", |a| a.required(true))
+    mut_arg("runner_command", |a| a.required(true).help(
+        "Command atvm-runner@<build>.service runs with /bin/sh -c in --workdir (the Cypress run); \
+         refused if it names another build, or has --categorize without it here"
+    )),
+    mut_arg("template_command", |a| a.help(
+        "Template step: run first, synchronously, with /bin/sh -c in $ATVM_AUTOMATION_ROOT; \
+         if it fails nothing is started (exit 3)"
+    ))
 )]
 pub struct Cli {
     /// Build name; also the unit instance of both units.
@@ -65,8 +75,8 @@ pub struct Cli {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
-    let systemctl = Systemctl::from_env();
+    let paths = Paths::from_env()?;
+    let systemctl = Systemctl::from_env()?;
     let runner = RunnerArgs {
         runner_command: cli.watch.runner_command.clone().unwrap_or_default(),
         workdir: cli.workdir.clone(),
@@ -79,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
             "--runner-command must not be empty".to_string(),
         ));
     }
+    cli.watch.refuse_contradictions(&build)?;
     start_atvm_runner::checked_workdir(&build, &paths, &runner)?;
     if cli.dry_run {
         start_atvm_run_watcher::preflight(&build, &paths, &systemctl)?;

@@ -329,3 +329,115 @@ fn a_wrapper_that_starts_after_its_run_ended_refuses() {
         .error_line("run-atvm-runner", "has already ended CANCELLED");
     assert!(!ran.exists());
 }
+
+/// Nothing of a start happened: no state, no unit asked to start, no template step.
+#[track_caller]
+fn nothing_touched(env: &Env) {
+    assert_eq!(fs::read_dir(&env.state_root).unwrap().count(), 0);
+    assert_eq!(env.systemctl_calls(), "", "systemctl never called");
+    assert!(!env.log_dir.join(format!("{B}.launch.log")).exists());
+}
+
+#[test]
+fn a_runner_command_that_contradicts_the_options_is_refused_before_anything() {
+    let (env, hook) = setup();
+    let other = "python3 ./run-sorry-cypress.py --config_family gold --build_name e2e-redhat9.6-ubuntu24.04-w2k25";
+    for extra in [&[][..], &["--dry-run"][..]] {
+        start_run(&env, "touch template-ran", other, extra)
+            .code_is(2)
+            .error_line("start-atvm-run", &format!("--build-name is {B}"))
+            .said("names build e2e-redhat9.6-ubuntu24.04-w2k25:");
+        let categorized = format!("python3 ./run-sorry-cypress.py --build_name {B} --categorize");
+        start_run(&env, "touch template-ran", &categorized, extra)
+            .code_is(2)
+            .error_line("start-atvm-run", "--categorize")
+            .said("one combined message instead of one per group");
+        nothing_touched(&env);
+    }
+    assert!(!env.automation_root.join("template-ran").exists());
+    // Both agreeing is fine; a helper told --categorize with a wrapper that categorizes by
+    // itself too.
+    let agreed = format!("python3 ./run-sorry-cypress.py --build_name={B} --categorize");
+    start_run(&env, "true", &agreed, &["--categorize", "--dry-run"]).succeeds();
+    start_run(&env, "true", "./wrapper.sh", &["--categorize", "--dry-run"]).succeeds();
+    assert_eq!(hook.count(), 0);
+}
+
+#[test]
+fn the_two_step_helpers_refuse_the_same_contradictions() {
+    let (env, _hook) = setup();
+    let cmd = "python3 ./run-sorry-cypress.py --build-name another-build";
+    env.run(
+        "start-atvm-run-watcher.sh",
+        &["--build-name", B, "--runner-command", cmd],
+    )
+    .code_is(2)
+    .error_line("start-atvm-run-watcher", "names build another-build");
+    env.run(
+        "start-atvm-runner.sh",
+        &["--build-name", B, "--runner-command", cmd, "--dry-run"],
+    )
+    .code_is(2)
+    .error_line("start-atvm-runner", "names build another-build");
+    nothing_touched(&env);
+    // The runner's helper knows the run's own setting from its request.
+    env.run("start-atvm-run-watcher", &["--build-name", B])
+        .succeeds();
+    let categorized = format!("python3 ./run-sorry-cypress.py --build_name {B} --categorize");
+    env.run(
+        "start-atvm-runner",
+        &["--build-name", B, "--runner-command", &categorized],
+    )
+    .code_is(2)
+    .error_line("start-atvm-runner", "--categorize");
+    assert!(!env.state_dir(B).join("runner").exists());
+    env.cancel_run(B);
+}
+
+#[test]
+fn the_watcher_helper_says_it_does_not_run_the_template_command() {
+    let (env, _hook) = setup();
+    let template = "python3 ./cmc-templates.py --template_name cmc-e2e --config_file cypress.atvm-config-gold.ts";
+    env.run(
+        "start-atvm-run-watcher.sh",
+        &["--build-name", B, "--template-command", template],
+    )
+    .succeeds()
+    .said("start-atvm-run-watcher: warning: --template-command is recorded, not run: only start-atvm-run runs the template step");
+    env.cancel_run(B);
+    // start-atvm-run runs it, and says nothing of the kind.
+    start_run(&env, "true", "true", &["--dry-run"])
+        .succeeds()
+        .never_said("is recorded, not run");
+}
+
+#[test]
+fn an_open_env_file_is_warned_about_once_per_start() {
+    let (env, _hook) = setup();
+    fs::set_permissions(
+        &env.env_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let out = start_run(&env, "true", &env.cypress_command("passing.log", 0), &[]);
+    out.succeeds();
+    assert_eq!(text(&out).matches("chmod 600").count(), 1, "{}", text(&out));
+    env.cancel_run(B);
+}
+
+#[test]
+fn help_describes_this_tool_s_options_with_the_operators_own_commands() {
+    let env = Env::new();
+    let help = env.run("start-atvm-run.sh", &["--help"]);
+    help.succeeds()
+        .never_said("start it with start-atvm-runner")
+        .never_said("select-specs")
+        .never_said("npx cypress")
+        .said("python3 ./cmc-templates.py --template_name cmc-e2e")
+        .said("python3 ./run-sorry-cypress.py")
+        .said("--config-family gold")
+        .said("--integration-plugin 'pure with fc'");
+    env.run("start-atvm-run-watcher", &["--help"])
+        .succeeds()
+        .said("does not run --template-command");
+}

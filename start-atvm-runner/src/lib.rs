@@ -3,6 +3,7 @@
 
 use atvm_common::config;
 use atvm_common::error::{Error, Result};
+use atvm_common::procfs;
 use atvm_common::state::{RunnerSpec, StartLock, new_run_id};
 use atvm_common::systemctl::{Systemctl, UnitKind};
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
@@ -17,17 +18,21 @@ pub const CONFIRM_VAR: &str = "ATVM_START_CONFIRM_SECONDS";
 const EXAMPLE: &str = "\
 Example:
   start-atvm-runner --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc \\
-      --runner-command 'npx cypress run --record --group linux' \\
+      --runner-command 'python3 ./run-sorry-cypress.py --config_family gold \\
+          --build_name e2e-redhat9.6-ubuntu24.04-w2k25-fc --categorize' \\
       --workdir /root/cdc-e2e-cyp-12.17.4
 
 Starts atvm-runner@<build>.service, which runs the command with /bin/sh -c and writes its
 output to <log-dir>/<build>.log. Start the watcher first (start-atvm-run does both, in order).
-A working directory that is missing or not a directory is refused before anything starts
+A command that names another build (--build_name X), or has --categorize for a run started
+without it, is refused (exit 2). A working directory that is missing or not a directory is
+refused before anything starts
 (exit 5, naming it) and recorded in runner/status.json, so the build's watcher ends the run
 UNKNOWN at once instead of waiting for its start timeout.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
+  ATVM_ENV_FILE                the env file: its ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   ATVM_AUTOMATION_ROOT         the runner's default working directory [default: /root/cdc-e2e-cyp-12.17.4]
   ATVM_LOG_DIR                 where the run log goes [default: /tmp]
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
@@ -60,8 +65,13 @@ pub struct RunnerArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     let build = BuildName::parse(&cli.build_name)?;
-    let paths = Paths::from_env();
-    let systemctl = Systemctl::from_env();
+    let paths = Paths::from_env()?;
+    let systemctl = Systemctl::from_env()?;
+    refuse_contradictions(
+        &build,
+        &cli.runner.runner_command,
+        recorded_categorize(&build, &paths),
+    )?;
     if cli.dry_run {
         return dry_run(&build, &paths, &systemctl, &cli.runner);
     }
@@ -77,6 +87,44 @@ pub fn checked_state_root(paths: &Paths) -> Result<PathBuf> {
     }
     fsutil::check_private_dir(&paths.state_root)?;
     Ok(paths.state_root.clone())
+}
+
+/// Refuse a runner command that contradicts the helper's own options (exit 2, naming both
+/// values, before anything is touched): one naming another build (`--build_name X`,
+/// `--build-name X`), or one that categorizes (`--categorize`) for a run that is not
+/// categorized — the watcher would post one combined message instead of one per group.
+/// `categorize` is `None` when the run's setting is not known here. The reverse (a helper
+/// told `--categorize` with a wrapper script that categorizes by itself) is allowed.
+pub fn refuse_contradictions(
+    build: &BuildName,
+    runner_command: &str,
+    categorize: Option<bool>,
+) -> Result<()> {
+    let words = shlex::split(runner_command).unwrap_or_else(|| {
+        // Unbalanced quotes: /bin/sh will say so; the words are still worth a look.
+        runner_command
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    });
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    if let Some(other) = procfs::argv_build_names(&words).find(|n| *n != build.as_str()) {
+        return Err(Error::Usage(format!(
+            "--build-name is {build} but --runner-command names build {other}: the watcher of {build} would never see that run; give both the same name"
+        )));
+    }
+    if categorize == Some(false) && words.contains(&"--categorize") {
+        return Err(Error::Usage(format!(
+            "--runner-command has --categorize but the run of {build} is not categorized (no --categorize): the watcher would post one combined message instead of one per group; add --categorize"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the recorded run of `build` is categorized, if a request can be read.
+fn recorded_categorize(build: &BuildName, paths: &Paths) -> Option<bool> {
+    let sd = paths.state_dir(build);
+    sd.read_request().ok().flatten().map(|r| r.categorize)
 }
 
 /// An empty command is a usage error (exit 2): there is nothing to run.

@@ -203,6 +203,16 @@ impl FakeWebhook {
         }
     }
 
+    /// From now on answer `ok` to everything (the rest of the script is dropped): the
+    /// end of an outage.
+    pub fn recover(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .script
+            .clear();
+    }
+
     /// The webhook URL; its path is the secret.
     pub fn url(&self) -> String {
         format!("http://{}/hooks/{}", self.addr, self.secret)

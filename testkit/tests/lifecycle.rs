@@ -413,7 +413,17 @@ fn a_second_start_is_refused_while_the_run_is_active() {
 fn every_binary_refuses_bad_build_names_before_touching_anything() {
     let (env, hook) = setup();
     let long = "x".repeat(129);
-    for bad in ["../x", "a/b", "", "-x", "a..b", "ünïcode", long.as_str()] {
+    // `b1.launch`: its run log would be build b1's launch log (`/tmp/b1.launch.log`).
+    for bad in [
+        "../x",
+        "a/b",
+        "",
+        "-x",
+        "a..b",
+        "ünïcode",
+        long.as_str(),
+        "b1.launch",
+    ] {
         for name in testkit::BINARIES {
             let mut args = vec!["--build-name", bad];
             if matches!(name, "start-atvm-run" | "start-atvm-runner") {
@@ -424,6 +434,9 @@ fn every_binary_refuses_bad_build_names_before_touching_anything() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
             assert!(stderr.contains("invalid build name"), "{name}: {stderr}");
+            if bad == "b1.launch" {
+                assert!(stderr.contains("must not end in \".launch\""), "{stderr}");
+            }
         }
     }
     assert_eq!(
@@ -437,6 +450,33 @@ fn every_binary_refuses_bad_build_names_before_touching_anything() {
         "no log created"
     );
     assert!(hook.requests().is_empty());
+}
+
+#[test]
+fn a_typo_in_a_build_name_is_the_same_unknown_build_for_every_tool_that_looks_one_up() {
+    // A script's typo must never read as "cancelled" or "not running" while the real run
+    // goes on: both cancel helpers and the status tool say the same, naming the build meant.
+    let (env, _hook) = setup();
+    env.write_request(B, serde_json::json!({}));
+    let typo = "e2e-redhat9.6-ubuntu24.04-w2k25-f";
+    let mut said = Vec::new();
+    for tool in [
+        "cancel-atvm-runner",
+        "cancel-atvm-run-watcher",
+        "atvm-run-status",
+    ] {
+        let out = env.run(tool, &["--build-name", typo]);
+        out.code_is(1)
+            .error_line(tool, &format!("unknown build {typo}"))
+            .said(&format!("did you mean {B}?"));
+        let line = String::from_utf8_lossy(&out.stderr).to_string();
+        said.push(line.split_once(": ").unwrap().1.to_string());
+    }
+    assert!(said.windows(2).all(|w| w[0] == w[1]), "{said:#?}");
+    assert!(!env.state_dir(typo).exists(), "nothing written");
+    for untouched in ["state.json", "cancelled.marker", "runner"] {
+        assert!(!env.state_dir(B).join(untouched).exists(), "{untouched}");
+    }
 }
 
 #[test]

@@ -180,9 +180,7 @@ pub fn run(args: &Args) -> Result {
 }
 
 fn build_probe() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let status = Command::new(cargo)
-        .current_dir(layout::repo_root())
+    let status = layout::cargo()
         .args([
             "build",
             "--release",

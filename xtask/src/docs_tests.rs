@@ -201,7 +201,8 @@ fn variables_in(dir: &Path, found: &mut Vec<String>) {
                     let end = rest
                         .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
                         .unwrap_or(rest.len());
-                    if end > 0 && rest[end..].starts_with('"') {
+                    // `"ATVM_"` alone is the prefix the env-file lookup filters on.
+                    if end > 0 && rest[end..].starts_with('"') && !rest[..end].ends_with('_') {
                         found.push(rest[..end].to_string());
                     }
                 }

@@ -46,12 +46,38 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| repo_root().join("target"))
 }
 
+/// `cargo` as a developer's shell runs it. `cargo xtask` is `cargo run`, which hands xtask
+/// its own package's variables (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, …); ring's build
+/// script declares those as inputs (`rerun-if-env-changed`), so an inner build that
+/// inherits them differs from a shell's `cargo build --release`, and each one that follows
+/// the other rebuilds ring, rustls and everything above them (about three minutes here).
+pub fn cargo() -> Command {
+    let program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut cmd = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if is_package_variable(&key) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+/// The variables `cargo run` sets for the package it runs.
+fn is_package_variable(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            key,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "OUT_DIR"
+        )
+}
+
 /// `cargo build --release` of the product binaries; returns the directory they are in.
 pub fn build_release() -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root())
-        .args(["build", "--release", "--bins"]);
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--bins"]);
     // Package name = binary name = folder name.
     for pkg in BINARIES {
         cmd.args(["-p", pkg]);
@@ -380,6 +406,26 @@ pub mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn the_inner_cargo_does_not_inherit_xtask_s_package_variables() {
+        // Run under `cargo test`, this process has them, as `cargo xtask` would.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = cargo();
+        let removed: Vec<String> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+        ] {
+            assert!(removed.iter().any(|r| r == key), "{key}: {removed:?}");
+        }
+        assert!(!is_package_variable("CARGO_HOME") && !is_package_variable("CARGO_TARGET_DIR"));
     }
 
     #[test]

@@ -401,6 +401,24 @@ fn cancelled_on_the_wire(reply: Reply) -> (Posting, Output) {
 }
 
 #[test]
+fn a_cancel_while_the_post_hangs_on_a_silent_server_never_calls_it_owed() {
+    // The server takes the request and never answers: the cancel stops the watcher, which
+    // waits out the request's timeout. Its journal must say what the state says.
+    let (p, out) = cancelled_on_the_wire(Reply::Silent);
+    out.succeeds().said("state CANCELLED");
+    let unit = "atvm-run-watcher@e2e-redhat9.6-ubuntu24.04-w2k25-fc.service";
+    p.wait_unit_inactive(unit, LONG);
+    assert_ended(&p, "CANCELLED", "suppressed");
+    let journal = p.unit_output(unit);
+    assert!(
+        !journal.contains("stays owed") && journal.contains("not posting"),
+        "{journal}"
+    );
+    assert_eq!(restart(&p).status.code(), Some(0));
+    assert_eq!(p.hook.count(), 1, "nothing sent after the cancel");
+}
+
+#[test]
 fn a_cancel_while_the_post_is_on_the_wire_and_delivered_reports_it_posted() {
     let (p, out) = cancelled_on_the_wire(Reply::Ok);
     out.succeeds();
@@ -688,4 +706,152 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, u32)> {
     }
     out.sort();
     out
+}
+
+// ----- --resend ----------------------------------------------------------------------------
+
+/// `atvm-run-watcher --build-name B --resend` (through the old callers' `.sh` name).
+fn resend(p: &Posting, extra: &[&str]) -> Output {
+    let mut args = vec!["--build-name", B, "--resend"];
+    args.extend_from_slice(extra);
+    p.run("atvm-run-watcher.sh", &args)
+}
+
+#[test]
+fn a_post_lost_to_an_outage_longer_than_the_retry_window_is_resent_once() {
+    // Mattermost answers 503 for longer than the watcher's (short) retry window.
+    let p = completed(vec![Reply::status(503, "maintenance"); 500]);
+    let out = finish(
+        p.spawn(
+            "atvm-run-watcher",
+            &["--build-name", B, "--post-retry-seconds", "1"],
+        ),
+        LONG,
+    );
+    out.code_is(1)
+        .said("failed for good")
+        .said(&format!("atvm-run-watcher --build-name {B} --resend"));
+    assert_ended(&p, "COMPLETED", "failed");
+    let tried = p.hook.count();
+    assert!(tried >= 2, "{tried}");
+    let failed = p.state(B)["post"].clone();
+    assert!(
+        failed["last_error"].as_str().unwrap().contains("HTTP 503"),
+        "{failed}"
+    );
+    // The chat server is back: the operator sends the post again.
+    p.hook.recover();
+    resend(&p, &[])
+        .succeeds()
+        .said("re-sent the COMPLETED post");
+    assert_eq!(p.hook.count(), tried + 1, "one more request");
+    let requests = p.hook.requests();
+    assert_eq!(
+        requests[tried].body, requests[0].body,
+        "the stored payload, byte for byte"
+    );
+    let s = p.state(B);
+    assert_eq!(s["post"]["status"], "posted", "{s:#}");
+    assert!(s["post"]["resent_at"].is_string(), "{s:#}");
+    assert_eq!(s["post"]["attempts"], tried as u64 + 1);
+    let dir = p.state_dir(B);
+    assert!(dir.join("posted.marker").exists() && !dir.join("failed.marker").exists());
+    // Nothing more to send: a second resend sends nothing, nor does a restarted watcher.
+    resend(&p, &[])
+        .succeeds()
+        .said("nothing to resend")
+        .said("the run's post: posted");
+    restart(&p).code_is(0).never_said("failed for good");
+    assert_eq!(p.hook.count(), tried + 1);
+    p.assert_no_secret(&out);
+}
+
+#[test]
+fn a_resend_that_fails_again_exits_1_and_stays_failed() {
+    let p = completed(vec![Reply::status(400, "invalid payload"); 3]);
+    finish(p.spawn("atvm-run-watcher", &["--build-name", B]), LONG).code_is(1);
+    let out = resend(&p, &[]);
+    out.code_is(1);
+    let last = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with("atvm-run-watcher: resend of")
+            && last.contains("failed again: COMPLETED: HTTP 400"),
+        "{last}"
+    );
+    assert_ended(&p, "COMPLETED", "failed");
+    assert!(p.state_dir(B).join("failed.marker").exists());
+    assert_eq!(p.hook.count(), 2);
+}
+
+#[test]
+fn resend_never_sends_beside_a_watcher_nor_for_a_cancelled_or_delivered_run() {
+    // A delivered post: nothing to resend.
+    let p = completed(vec![]);
+    finish(p.spawn("atvm-run-watcher", &["--build-name", B]), LONG).code_is(0);
+    resend(&p, &[]).succeeds().said("nothing to resend");
+    assert_eq!(p.hook.count(), 1);
+    // A failed post of a run cancelled since: never sent.
+    let p = completed(vec![Reply::status(400, "bad"); 3]);
+    finish(p.spawn("atvm-run-watcher", &["--build-name", B]), LONG).code_is(1);
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .succeeds();
+    resend(&p, &[]).succeeds().said("the run was cancelled");
+    assert_eq!(p.hook.count(), 1);
+    // A watcher holds the lock: exit 4, nothing sent.
+    let p = Posting::new(vec![]);
+    p.write_request(B, json!({}));
+    let w = watcher(&p, None);
+    p.wait_state(B, "STARTING", LONG);
+    resend(&p, &[])
+        .code_is(4)
+        .error_line("atvm-run-watcher", "a watcher of");
+    kill(&w, "TERM");
+    finish(w, LONG);
+    assert_eq!(p.hook.count(), 0);
+    // An unknown group names the groups there are.
+    resend(&p, &["--group", "01-linux"])
+        .code_is(1)
+        .error_line("atvm-run-watcher", "no group \"01-linux\"");
+}
+
+#[test]
+fn a_group_post_that_failed_for_good_is_resent_alone_with_group() {
+    // The first group's post is refused for good; the others go out as they finish.
+    let p = Posting::new(vec![Reply::status(400, "invalid payload")]);
+    p.write_request(B, json!({"categorize": true}));
+    start_runner(&p, &three_groups_runner(&p, 1));
+    let w = p.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--grace-seconds", "0.5"],
+    );
+    for i in 1..=2 {
+        p.wait_until("the next group's post", LONG, || p.hook.count() == i);
+        fs::write(p.root().join(format!("go{i}")), "").unwrap();
+    }
+    finish(w, LONG).code_is(1);
+    assert_eq!(p.hook.count(), 3);
+    // Another group's post was delivered: nothing to resend there.
+    resend(&p, &["--group", "02-windows"])
+        .succeeds()
+        .said("nothing to resend")
+        .said("02-windows: posted");
+    resend(&p, &["--group", "01-linux"])
+        .succeeds()
+        .said("re-sent the sub-run 01-linux COMPLETED post");
+    assert_eq!(p.hook.count(), 4);
+    assert_eq!(p.hook.requests()[3].body, p.hook.requests()[0].body);
+    let own = testkit::read_json(&p.state_dir(B).join("subruns/01-linux/state.json"));
+    assert_eq!(own["post"]["status"], "posted", "{own:#}");
+    assert!(own["post"]["resent_at"].is_string());
+    assert_eq!(
+        super::subrun_rows(&p.state(B))[0],
+        ("01-linux", "COMPLETED", "posted")
+    );
+    resend(&p, &[]).succeeds().said("nothing to resend");
+    restart(&p).code_is(0);
+    assert_eq!(p.hook.count(), 4);
 }
