@@ -1,6 +1,7 @@
 //! Shared library of the ATVM watcher service: paths, build names, the state directory,
-//! markers and locks, Cypress log / mochawesome / inventory parsing, Mattermost delivery and
-//! the systemctl wrapper. The binaries are thin front ends over this crate.
+//! markers and locks, Cypress log / report (mochawesome, JUnit) / inventory parsing, the
+//! history of earlier runs, Mattermost delivery and the systemctl wrapper. The binaries are
+//! thin front ends over this crate.
 
 pub mod build_name;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod mattermost;
 pub mod paths;
 pub mod procfs;
 pub mod reporter;
+pub mod reports;
 pub mod state;
 pub mod systemctl;
 pub mod time;

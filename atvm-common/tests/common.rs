@@ -270,6 +270,48 @@ fn mochawesome_report_from_the_real_reporter() {
 }
 
 #[test]
+fn junit_report_from_the_real_reporter_under_cypress() {
+    let r = parse_report(&read("junit/checkout.xml")).expect("parses");
+    // A pass, a failure, a skip and a test that passed on its retry (which
+    // mocha-junit-reporter does not record: it is a plain pass).
+    assert_eq!(r.counts, counts(4, 2, 1, 1, 0));
+    assert_eq!(r.specs, ["cypress/e2e/checkout.cy.js"], "the root suite's file");
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].spec, "cypress/e2e/checkout.cy.js");
+    assert_eq!(r.failures[0].full_title, "Checkout charges the card");
+    assert_eq!(r.failures[0].error, "expected the payment to go through");
+    assert!(r.flaky.is_empty());
+    let ok = parse_report(&read("junit/search.xml")).expect("parses");
+    assert_eq!(ok.counts, counts(2, 2, 0, 0, 0));
+    assert_eq!(ok.specs, ["cypress/e2e/search.cy.js"]);
+    // Plain mocha names the file on the suites themselves, absolute.
+    let plain = parse_report(&read("junit/checkout-mocha.xml")).expect("parses");
+    assert_eq!(plain.failures[0].full_title, "Checkout charges the card");
+    assert!(SpecSet::new(["checkout.cy.js"]).matches(&plain.specs[0]));
+}
+
+#[test]
+fn reporter_dir_reads_junit_beside_mochawesome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    for (from, to) in [
+        ("junit/checkout.xml", "results-1a2b.xml"),
+        ("mochawesome/login.json", "login.json"),
+        ("junit/search.xml", "notes.txt"),
+    ] {
+        fs::copy(fixture(from), dir.path().join(to)).expect("copy");
+    }
+    let specs = SpecSet::new(["checkout.cy.js", "login.cy.js", "search.cy.js"]);
+    let mut rd = ReporterDir::new(dir.path(), since);
+    assert!(rd.scan(true).warnings.is_empty());
+    assert_eq!(rd.counts(&specs).map(|c| c.tests), Some(8), "not notes.txt");
+    let summary = rd.summarize(|_| true, &specs, 10);
+    assert_eq!((summary.reports, summary.failures_total), (2, 2));
+    let titles: Vec<&str> = summary.failures.iter().map(|f| f.full_title.as_str()).collect();
+    assert!(titles.contains(&"Checkout charges the card"), "{titles:?}");
+}
+
+#[test]
 fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stale = dir.path().join("stale.json");
