@@ -359,5 +359,4 @@ mod tests {
         assert!(SpecSet::new([]).is_empty());
         assert!(!SpecSet::new(["", " "]).matches("a.cy.js"));
     }
-
 }

@@ -42,9 +42,12 @@ pub fn parse(bytes: &[u8]) -> Result<Report, String> {
     let mut reading_error = false;
     let mut saw_suite = false;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| format!("not well-formed XML at byte {}: {e}", reader.error_position()))?;
+        let event = reader.read_event().map_err(|e| {
+            format!(
+                "not well-formed XML at byte {}: {e}",
+                reader.error_position()
+            )
+        })?;
         match event {
             Event::Start(e) | Event::Empty(e) if is(&e, "testsuite") => {
                 saw_suite = true;
@@ -65,9 +68,7 @@ pub fn parse(bytes: &[u8]) -> Result<Report, String> {
                     note_child(c, &e);
                 }
             }
-            Event::CData(t) if reading_error => {
-                set_error(&mut case, &t.into_inner())
-            }
+            Event::CData(t) if reading_error => set_error(&mut case, &t.into_inner()),
             Event::Text(t) if reading_error => {
                 set_error(&mut case, &t.xml_content(XmlVersion::Implicit1_0))
             }
@@ -191,7 +192,10 @@ mod tests {
   <testcase name="A is fine"/>
 </testsuite></testsuites>"#;
         let r = parse(xml).expect("report");
-        assert_eq!((r.counts.tests, r.counts.passed, r.counts.failed), (3, 2, 1));
+        assert_eq!(
+            (r.counts.tests, r.counts.passed, r.counts.failed),
+            (3, 2, 1)
+        );
         assert_eq!(
             r.flaky,
             [FlakyTest {
