@@ -11,6 +11,7 @@ pub mod error;
 pub mod failpoint;
 pub mod follow;
 pub mod fsutil;
+pub mod history;
 pub mod inventory;
 pub mod logging;
 pub mod mattermost;
