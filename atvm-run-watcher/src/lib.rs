@@ -3,6 +3,7 @@
 //! `atvm-run-watcher@.service`.
 
 pub mod clock;
+pub mod ctx;
 pub mod decide;
 pub mod deliver;
 pub mod message;

@@ -9,9 +9,9 @@
 //! kept, and a cancel marker of this run turns whatever was about to be written into
 //! CANCELLED: read outside the lock, a cancel landing in between would be lost.
 
+use crate::ctx::Ctx;
 use crate::decide::transition_allowed;
 use crate::record::RunRecord;
-use crate::watch::Ctx;
 use atvm_common::cypress::LogParser;
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, FollowPoint};

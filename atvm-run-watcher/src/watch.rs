@@ -5,7 +5,8 @@
 //! A result is posted exactly once: its payload is kept beside its state before the first
 //! attempt, and `posted.marker` is written only after Mattermost answered `ok`.
 
-use crate::clock::{self, Clock};
+use crate::clock;
+use crate::ctx::Ctx;
 use crate::decide::{self, Facts, LogView, Timing, categorized};
 use crate::deliver::{self, Job, Ledger, Outcome};
 use crate::message::{self, Input};
@@ -16,24 +17,11 @@ use crate::shutdown::Shutdown;
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Payload};
 use atvm_common::state::{Post, Request, RunState, State};
-use atvm_common::{BuildName, Paths, StateDir, failpoint, fsutil, logging};
+use atvm_common::{BuildName, Paths, failpoint, fsutil, logging};
 use serde_json::json;
 use std::path::PathBuf;
 
 pub use crate::deliver::Sink;
-
-/// What a watcher works with and never changes: where things are, what it watches, how.
-#[derive(Debug)]
-pub struct Ctx<'a> {
-    pub paths: Paths,
-    pub sd: StateDir,
-    pub build: BuildName,
-    pub request: Request,
-    pub timing: Timing,
-    pub sink: Sink,
-    pub shutdown: &'a Shutdown,
-    pub clock: &'a dyn Clock,
-}
 
 #[derive(Debug)]
 pub struct Watcher<'a> {

@@ -1,0 +1,97 @@
+//! The run log: which file is this run's (the one the runner recorded, or for a fallback
+//! runner the one its session holds open for writing) and reading what is new in it.
+
+use super::{Observer, READ_SLICE};
+use crate::ctx::Ctx;
+use crate::persist::Checkpoint;
+use atvm_common::error::{Error, Result};
+use atvm_common::follow::{FileId, LogFollower};
+use atvm_common::state::RunnerStatus;
+use atvm_common::{Moment, logging, procfs};
+use std::path::PathBuf;
+
+impl Observer {
+    /// Which file is this run's log, and which identity must it have? The file the runner
+    /// recorded; for a fallback runner, the file at the log path that a process of the run
+    /// holds open for writing (and only if it is ours alone).
+    pub(super) fn log_target(
+        &self,
+        ctx: &Ctx,
+        cp: &mut Checkpoint,
+        status: Option<&RunnerStatus>,
+    ) -> Option<(PathBuf, FileId)> {
+        if let Some(s) = status.filter(|s| s.pid != 0 && s.refused.is_none()) {
+            return Some((
+                s.log_path.clone(),
+                FileId {
+                    dev: s.log_dev,
+                    ino: s.log_inode,
+                },
+            ));
+        }
+        let runner = cp.fallback?;
+        let path = ctx.paths.run_log(&ctx.build);
+        if let Some(id) = self.trusted_log(ctx) {
+            if cp.fallback_log == Some(id) {
+                return Some((path, id));
+            }
+            if procfs::held_for_writing(runner.pid, id.dev, id.ino) {
+                logging::info(format!(
+                    "reading {}: held open for writing by the runner's session",
+                    path.display()
+                ));
+                cp.fallback_log = Some(id);
+                return Some((path, id));
+            }
+        }
+        cp.fallback_log.map(|id| (path, id))
+    }
+
+    /// Read what is new in the run log into the checkpoint's parser.
+    pub(super) fn follow_log(
+        &mut self,
+        ctx: &Ctx,
+        cp: &mut Checkpoint,
+        status: Option<&RunnerStatus>,
+        now: &Moment,
+    ) -> Result<()> {
+        let Some((path, expected)) = self.log_target(ctx, cp, status) else {
+            return Ok(());
+        };
+        // A hand-started run's log truncated by `> B.log` is a new run of the build writing
+        // it: what was parsed before is dropped. Not for a categorized run, whose sub-runs
+        // are the log's blocks in order: a second runner of the run (within the grace
+        // period) writes blocks that come after the ones already reported, with new keys.
+        let restart = cp.fallback.is_some() && !ctx.request.categorize;
+        if self.follower.as_ref().is_none_or(|f| f.path() != path) {
+            self.follower = Some(LogFollower::new(&path, cp.follow).restart_on_truncation(restart));
+            cp.log_path = Some(path.clone());
+        }
+        let Some(follower) = self.follower.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let progress = follower
+                .poll(expected, &mut cp.parser, READ_SLICE)
+                .map_err(|e| Error::io("cannot read the run log", &path, e))?;
+            if progress.truncated && restart {
+                logging::warn(format!(
+                    "{} was truncated: a new run writes it; what was read before is dropped",
+                    path.display()
+                ));
+            } else if progress.truncated && cp.fallback.is_some() {
+                logging::warn(format!(
+                    "{} was truncated: another runner of the run writes it; its groups follow the ones already seen",
+                    path.display()
+                ));
+            }
+            cp.follow = follower.point();
+            if progress.bytes > 0 {
+                cp.last_activity = Some(now.clone());
+            }
+            if !progress.more || ctx.shutdown.requested() {
+                return Ok(());
+            }
+        }
+    }
+}
