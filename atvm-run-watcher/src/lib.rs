@@ -14,7 +14,7 @@ pub mod resume;
 pub mod shutdown;
 pub mod watch;
 
-use atvm_common::config::MattermostConfig;
+use atvm_common::config::{MattermostConfig, Posting};
 use atvm_common::error::{Error, Result};
 use atvm_common::fsutil::Lock;
 use atvm_common::mattermost::{self, Attempt, Client, Payload, Poster};
@@ -51,6 +51,8 @@ Environment:
   MATTERMOST_ATVM_WEBHOOK      the webhook (a secret: only its host is ever shown)
   MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
+  MATTERMOST_ATVM_NOTIFY       `failed` to post FAILED results only [default: all]
+  MATTERMOST_ATVM_MENTION      @name tokens put in FAILED posts, e.g. @qa-oncall [default: none]
   ATVM_POLL_SECONDS, ATVM_GRACE_SECONDS, ATVM_HANG_MINUTES, ATVM_START_TIMEOUT_SECONDS,
   ATVM_POST_RETRY_SECONDS      the timing flags above (the flag wins)
   ATVM_SYSTEMCTL               the program --resume-all uses for systemctl [default: systemctl]
@@ -197,10 +199,14 @@ fn note_fatal(sd: &atvm_common::StateDir, run_id: &str, e: &Error) {
 /// `post.json` files (no webhook needed).
 fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
     if dry_run {
+        // No webhook needed for a preview, but who is named and what is posted must be
+        // valid: a preview of a configuration the real watcher refuses would mislead.
+        let posting = Posting::load(&paths.env_file)?;
         let config = MattermostConfig::load(&paths.env_file).unwrap_or_default();
         return Ok(Sink::DryRun {
             channel: config.channel,
             format: config.format,
+            posting,
         });
     }
     let config = MattermostConfig::load(&paths.env_file)?;
@@ -210,6 +216,7 @@ fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
         poster,
         channel: config.channel,
         format: config.format,
+        posting: config.posting,
     })
 }
 

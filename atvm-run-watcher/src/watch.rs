@@ -23,6 +23,8 @@ use std::path::PathBuf;
 
 pub use crate::deliver::Sink;
 
+mod history;
+
 #[derive(Debug)]
 pub struct Watcher<'a> {
     ctx: Ctx<'a>,
@@ -115,6 +117,7 @@ impl<'a> Watcher<'a> {
             return Ok(());
         };
         let due = self.decide_and_apply(&obs);
+        let due = self.quiet(due);
         self.save_or_warn()?;
         if !due.is_empty() {
             failpoint::pause("watch.decided");
@@ -392,10 +395,6 @@ impl<'a> Watcher<'a> {
             self.observer.runner_started_at,
             self.observer.runner_exited_at,
         );
-        let runner_times = match (sub, start, end) {
-            (None, Some(a), Some(b)) => Some((a, b)),
-            _ => None,
-        };
         // A sub-run runs from the end of the one before it (or the runner's start) to its
         // own `(Run Finished)`.
         let seen = |k: usize| self.cp.finished_seen.get(k).copied().flatten();
@@ -405,20 +404,27 @@ impl<'a> Watcher<'a> {
             Some(i) => (seen(i - 1), seen(i)),
         };
         let host = mattermost::host_name();
-        message::compose(Input {
+        let earlier = self.earlier();
+        let log = self.cp.log_path.as_ref().map(|p| p.to_string_lossy());
+        let composed = message::compose(Input {
             build: &self.ctx.build,
             request: &self.ctx.request,
             record: self.record.state_of(target),
             blocks,
             reported,
-            runner_times,
+            duration: self.duration(sub),
             started,
             ended,
             vms: &vms,
             host: &host,
             channel: self.ctx.sink.channel(),
             format: self.ctx.sink.format(),
-        })
+            log: log.as_deref(),
+            earlier: &earlier,
+            mention: self.ctx.sink.posting().mention.as_ref().map(|m| m.as_str()),
+        });
+        self.remember(target, composed.outcome);
+        composed.payload
     }
 }
 

@@ -292,7 +292,7 @@ pub fn host_name() -> String {
 
 mod sections;
 
-pub use sections::Trend;
+pub use sections::{FLAKY_NAMED, Trend};
 
 /// A message's pieces, each one clean line cut to its size, not yet formatted for a field.
 #[derive(Debug)]

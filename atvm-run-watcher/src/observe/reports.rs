@@ -8,7 +8,7 @@ use crate::persist::Checkpoint;
 use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
 use atvm_common::state::Counts;
-use atvm_common::{Timestamp, logging, mattermost};
+use atvm_common::{Timestamp, history, logging, mattermost};
 use std::time::{Instant, SystemTime};
 
 impl Observer {
@@ -44,7 +44,8 @@ impl Observer {
         }
     }
 
-    /// Failed tests (at most the number a message shows) and their total, from the reports
+    /// Failed tests (at most the number the history keeps), flaky tests and their totals,
+    /// from the reports
     /// of the whole run, or of sub-run `i`: the reports written between the end of the
     /// previous sub-run and the end of this one, for this sub-run's specs.
     pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
@@ -66,10 +67,11 @@ impl Observer {
                 runs.get(i..=i).unwrap_or_default(),
             ),
         };
-        let specs = failing_specs(blocks).unwrap_or_else(|| match sub {
+        let named = match sub {
             None => self.specs.1.clone(),
             Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
-        });
+        };
+        let specs = failing_specs(blocks).unwrap_or_else(|| named.clone());
         let Some(reporter) = self.reporter.as_mut() else {
             return reporter::Summary::default();
         };
@@ -78,11 +80,14 @@ impl Observer {
         for warning in reporter.scan(true).warnings {
             logging::warn(warning);
         }
-        reporter.summarize(
-            |m| m > from && to.is_none_or(|t| m <= t),
-            &specs,
-            mattermost::MAX_FAILURES_SHOWN,
-        )
+        let window = |m| m > from && to.is_none_or(|t| m <= t);
+        // As many failures as the history keeps (the message shows the first ones).
+        let mut summary = reporter.summarize(window, &specs, history::MAX_FAILURES_KEPT);
+        // A flaky test passed: it is in the report of any spec the result names.
+        let all = reporter.summarize(window, &named, mattermost::message::FLAKY_NAMED);
+        summary.flaky = all.flaky;
+        summary.flaky_total = all.flaky_total;
+        summary
     }
 }
 

@@ -9,9 +9,9 @@ use atvm_common::state::{RunState, State};
 use atvm_common::time::BootInstant;
 use atvm_common::{BuildName, Moment, Paths, Timestamp};
 use atvm_run_watcher::clock::Clock;
+use atvm_run_watcher::ctx::Ctx;
 use atvm_run_watcher::decide::Timing;
 use atvm_run_watcher::shutdown::Shutdown;
-use atvm_run_watcher::ctx::Ctx;
 use atvm_run_watcher::watch::{Sink, Watcher};
 use serde_json::json;
 use std::fs;
@@ -104,6 +104,7 @@ fn a_forward_wall_clock_step_neither_times_out_the_start_nor_hangs_a_live_run() 
         sink: Sink::DryRun {
             channel: None,
             format: Format::default(),
+            posting: Default::default(),
         },
         shutdown: &shutdown,
         clock: &clock,
