@@ -7,6 +7,7 @@
 //! error, and also warned about on stderr); 1 when the state root cannot be read or is not
 //! safely owned, or for an unknown build; 2 for an invalid build name.
 
+mod history;
 mod read;
 mod text;
 mod units;

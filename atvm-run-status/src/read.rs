@@ -327,5 +327,9 @@ fn read_detail(
         last_error: state.and_then(|s| s.post.last_error.clone()),
         watcher_error: text("watcher_error"),
         subruns,
+        history: src
+            .archive
+            .is_none()
+            .then(|| crate::history::rows(paths, &src.build)),
     }
 }

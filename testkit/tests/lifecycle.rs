@@ -10,6 +10,9 @@ mod real_systemd;
 #[path = "lifecycle/identity.rs"]
 mod identity;
 
+#[path = "lifecycle/history.rs"]
+mod history;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
