@@ -48,7 +48,7 @@ pub struct Cli {
     /// Print JSON for scripts instead of text (shape: docs/atvm-run-status.md).
     #[arg(long)]
     pub json: bool,
-    /// Include archived runs (<state-root>/.archive/<build>/<timestamp>/).
+    /// Include archived runs (<state-root>/.archive/<build>/<sequence>-<timestamp>/).
     #[arg(long)]
     pub all: bool,
 }
