@@ -292,19 +292,19 @@ pub fn last_runs(earlier: &[Earlier], now: &Outcome) -> String {
     format!("{marks} {}", sparkline(&durations))
 }
 
-/// `▁▂▃▄▅▆▇█`, scaled from the shortest to the longest; `·` for an unknown one.
+/// `▁▂▃▄▅▆▇█`, each bar the value's share of the longest (from zero, so runs that took
+/// about as long look about as tall); `·` for an unknown one.
 pub fn sparkline(values: &[Option<u64>]) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let known = values.iter().flatten();
-    let (Some(&lo), Some(&hi)) = (known.clone().min(), known.max()) else {
+    let Some(&hi) = values.iter().flatten().max() else {
         return values.iter().map(|_| '·').collect();
     };
     values
         .iter()
         .map(|v| match v {
             None => '·',
-            Some(_) if hi == lo => BARS[3],
-            Some(v) => BARS[((v - lo) * 7 / (hi - lo)) as usize],
+            Some(_) if hi == 0 => BARS[0],
+            Some(v) => BARS[((u128::from(*v) * 7 + u128::from(hi) / 2) / u128::from(hi)) as usize],
         })
         .collect()
 }
@@ -531,7 +531,7 @@ mod tests {
             })
             .collect();
         let now = outcome(RunState::Failed, Some(50), vec![]);
-        assert_eq!(last_runs(&earlier, &now), "✔✖✔✖ ▁█·▄");
+        assert_eq!(last_runs(&earlier, &now), "✔✖✔✖ ▃█·▅");
         let many: Vec<Earlier> = (0..15)
             .map(|_| Earlier {
                 started_at: None,
@@ -545,7 +545,8 @@ mod tests {
                 .map(|m| m.chars().count()),
             Some(LAST_RUNS + 1)
         );
-        assert_eq!(sparkline(&[Some(3), Some(3)]), "▄▄");
+        assert_eq!(sparkline(&[Some(3), Some(3)]), "██");
+        assert_eq!(sparkline(&[Some(1000), Some(1100), Some(0)]), "▇█▁");
         assert_eq!(sparkline(&[None]), "·");
     }
 }
