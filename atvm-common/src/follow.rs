@@ -37,6 +37,18 @@ pub struct FollowPoint {
     /// which a size check alone would take for new output (`> B.log` by a second runner).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seam: Option<u64>,
+    /// Every byte of this file fed to the parser, truncations included: equal to what the
+    /// runner wrote when nothing was lost (an operator's truncation of a log already read
+    /// loses nothing). `None` in a checkpoint of an earlier version: the offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u64>,
+}
+
+impl FollowPoint {
+    /// Bytes of the file read so far (see [`FollowPoint::read`]).
+    pub fn bytes_read(&self) -> u64 {
+        self.read.unwrap_or(self.offset)
+    }
 }
 
 /// How many bytes before the offset [`FollowPoint::seam`] covers.
@@ -71,6 +83,9 @@ pub struct Progress {
     pub truncated: bool,
     /// More bytes are waiting (the per-poll budget was used up).
     pub more: bool,
+    /// The expected file is open: neither at the log's path nor at `<path>.1` was it found
+    /// otherwise (removed, or replaced by another file).
+    pub open: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +124,12 @@ impl LogFollower {
         self.point
     }
 
+    /// Read the expected file through `file`, opened elsewhere than at the log's path (the
+    /// writer's descriptor under /proc, when the path no longer leads to it).
+    pub fn use_file(&mut self, file: File, id: FileId) {
+        self.file = Some((file, id));
+    }
+
     /// Read what is new in the file identified by `expected`, feeding `parser`, at most
     /// `budget` bytes. When `expected` is a different file from the one read so far (a new
     /// runner rotated the log), the old one is read to its end first.
@@ -139,6 +160,7 @@ impl LogFollower {
         let Some((file, _)) = self.file.as_mut() else {
             return Ok(progress);
         };
+        progress.open = true;
         let len = file.metadata()?.len();
         let mut offset = self.point.map_or(0, |p| p.offset);
         let rewritten = match self.point.and_then(|p| p.seam) {
@@ -155,6 +177,10 @@ impl LogFollower {
             progress.truncated = true;
         }
         budget = budget.saturating_sub(progress.bytes);
+        let read_before = self
+            .point
+            .filter(|p| p.file == expected)
+            .map_or(0, |p| p.bytes_read());
         let (n, more) = read_from(file, offset, parser, budget)?;
         progress.bytes += n;
         progress.more = more;
@@ -166,6 +192,7 @@ impl LogFollower {
             file: expected,
             offset: offset + n,
             seam,
+            read: Some(read_before + n),
         });
         Ok(progress)
     }

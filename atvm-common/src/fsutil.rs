@@ -234,8 +234,10 @@ pub fn create_fresh_log(path: &Path) -> Result<File> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("cannot inspect log", path, e)),
     }
+    // Appending: a log an operator truncates to free space goes on at its new end, so the
+    // bytes written and the bytes a reader can read still add up (no hole of zeros).
     OpenOptions::new()
-        .write(true)
+        .append(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(0o640)

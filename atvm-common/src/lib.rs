@@ -22,6 +22,7 @@ pub mod reports;
 pub mod state;
 pub mod systemctl;
 pub mod time;
+pub mod timeline;
 
 /// The eight binaries of the product, in the order of the README's table.
 pub const BINARIES: [&str; 8] = [

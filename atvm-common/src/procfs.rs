@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// A running process as identified by pid and start time (clock ticks since boot).
@@ -450,6 +451,38 @@ fn write_flags(pid: u32, dev: u64, ino: u64) -> Vec<u32> {
         // The low two bits are the access mode: 0 is read-only.
         .filter(|flags| flags & 0o3 != 0)
         .collect()
+}
+
+/// Open for reading the file `(dev, ino)` that process `id` holds open, through its
+/// descriptor under /proc — the way to a file whose path was removed or now leads to
+/// another file. Checked again after the open: the pid must still be that process, and
+/// the file the expected one.
+pub fn open_held(id: ProcessId, dev: u64, ino: u64) -> Option<fs::File> {
+    let fds = fs::read_dir(format!("/proc/{}/fd", id.pid)).ok()?;
+    let file = fds
+        .filter_map(|e| e.ok())
+        .filter(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+        .find_map(|fd| {
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(fd.path())
+                .ok()
+        })?;
+    let meta = file.metadata().ok()?;
+    (meta.is_file() && meta.dev() == dev && meta.ino() == ino && is_alive(id)).then_some(file)
+}
+
+/// The mount point of the file system that holds `path` (the longest mount point in
+/// /proc/self/mountinfo that is a prefix of it): how an error names a full file system.
+pub fn mount_point(path: &Path) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        // Field 5 is the mount point, with spaces and the like octal-escaped.
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
 }
 
 /// `flags:` in /proc/<pid>/fdinfo/<fd>, which is octal.

@@ -13,6 +13,7 @@
 
 use crate::reports::{self, Kind};
 use crate::state::Counts;
+use serde::{Deserialize, Serialize};
 
 pub use crate::reports::{FailedTest, FlakyTest, Report};
 
@@ -33,6 +34,60 @@ use std::time::SystemTime;
 
 /// Tolerance between the precise clock and file timestamps (see [`ReporterDir::new`]).
 pub const CLOCK_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A report file as it was when a run's runner started: name, modification time and size.
+/// Such a file was written before the run (by the run before it, less than
+/// [`CLOCK_SLACK`] earlier, or with a modification time in the future after the clock
+/// stepped back) and never counts for it, however its time compares; rewritten, it is
+/// another file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportStamp {
+    pub name: String,
+    /// Nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    pub size: u64,
+}
+
+impl ReportStamp {
+    fn of(name: &std::ffi::OsStr, meta: &fs::Metadata) -> Option<ReportStamp> {
+        let mtime = meta.modified().ok()?;
+        Some(ReportStamp {
+            name: name.to_string_lossy().into_owned(),
+            mtime_ns: nanos(mtime),
+            size: meta.len(),
+        })
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// How many files [`stale_reports`] records at most (the runner keeps them in its status).
+pub const MAX_STALE_REPORTS: usize = 200;
+
+/// The files in `dir` that a time check alone would take for reports of a run starting at
+/// `since` (modified at or after `since` less the slack), recorded by the runner before it
+/// starts the command: the way to tell this run's reports from earlier ones that does not
+/// depend on the slack (docs/watcher-service.md).
+pub fn stale_reports(dir: &Path, since: SystemTime) -> Vec<ReportStamp> {
+    let since = since.checked_sub(CLOCK_SLACK).unwrap_or(since);
+    let Ok(listing) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    listing
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let fresh = meta.is_file() && meta.modified().is_ok_and(|m| m >= since);
+            fresh
+                .then(|| ReportStamp::of(&e.file_name(), &meta))
+                .flatten()
+        })
+        .take(MAX_STALE_REPORTS)
+        .collect()
+}
 
 /// What is kept per report file between polls: enough for change detection, activity and
 /// counts. Failure details are read again, bounded, only when a message is written
@@ -143,6 +198,8 @@ pub struct ScanResult {
 pub struct ReporterDir {
     dir: PathBuf,
     since: SystemTime,
+    /// Files as they were before the run started (see [`ReportStamp`]).
+    stale: Vec<ReportStamp>,
     dir_mtime: Option<SystemTime>,
     entries: HashMap<OsString, Entry>,
     generation: u64,
@@ -158,11 +215,19 @@ impl ReporterDir {
         ReporterDir {
             dir: dir.to_path_buf(),
             since: since.checked_sub(CLOCK_SLACK).unwrap_or(since),
+            stale: Vec::new(),
             dir_mtime: None,
             entries: HashMap::new(),
             generation: 0,
             buf: Vec::new(),
         }
+    }
+
+    /// Never count the files in `stale` as they were (the runner's record of the reports
+    /// that were there before it started).
+    pub fn without(mut self, stale: &[ReportStamp]) -> ReporterDir {
+        self.stale = stale.to_vec();
+        self
     }
 
     /// Look for new or changed reports. Without `full`, an unchanged directory mtime means
@@ -194,7 +259,7 @@ impl ReporterDir {
             }
             let Ok(meta) = entry.metadata() else { continue };
             let Ok(mtime) = meta.modified() else { continue };
-            if !meta.is_file() || mtime < self.since {
+            if !meta.is_file() || mtime < self.since || self.is_stale(&name, &meta) {
                 continue;
             }
             if let Some(e) = self.entries.get_mut(&name)
@@ -236,6 +301,11 @@ impl ReporterDir {
         self.entries.retain(|_, e| e.generation == generation);
         result.changed |= self.entries.len() != before;
         result
+    }
+
+    fn is_stale(&self, name: &std::ffi::OsStr, meta: &fs::Metadata) -> bool {
+        !self.stale.is_empty()
+            && ReportStamp::of(name, meta).is_some_and(|stamp| self.stale.contains(&stamp))
     }
 
     /// Newest mtime of the run's report files (activity for hang detection).

@@ -146,6 +146,33 @@ pub struct RunnerStatus {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited_boot: Option<BootInstant>,
+    /// How many bytes of the command's output the wrapper wrote to the log, recorded with
+    /// the exit: a watcher has read the whole log only when it has read that many bytes of
+    /// it (a log removed, replaced or cut short before that lost part of the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
+    /// The first write to the log that failed (a full file system): from that byte on the
+    /// log lacks the command's output, and the run can only end UNKNOWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_write_error: Option<LogWriteError>,
+    /// Why `runner/timeline.jsonl` misses entries, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline_error: Option<String>,
+    /// The reporter directory's files that were there, recent enough to pass for this
+    /// run's, when the command started: they never count for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_reports: Vec<crate::reporter::ReportStamp>,
+}
+
+/// A write to the run log that failed, as the wrapper saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogWriteError {
+    /// The log's length when the write failed: every byte after it is missing.
+    pub offset: u64,
+    pub errno: i32,
+    /// The error as the system describes it (`No space left on device`).
+    pub error: String,
+    pub at: Timestamp,
 }
 
 impl RunnerStatus {
@@ -466,6 +493,11 @@ impl StateDir {
     }
     pub fn runner_status_lock(&self) -> PathBuf {
         self.runner_dir().join("status.lock")
+    }
+    /// When each Cypress block of the log started and finished, as the runner wrote it
+    /// (see [`crate::timeline`]).
+    pub fn runner_timeline(&self) -> PathBuf {
+        self.runner_dir().join("timeline.jsonl")
     }
     /// The watcher's resume point (log offset, parser state): compact, its own file.
     pub fn checkpoint(&self) -> PathBuf {

@@ -178,6 +178,7 @@ fn load_checkpoint(ctx: &Ctx, saved: &State) -> Result<(Checkpoint, bool)> {
     if let Some(follow) = cp.follow.as_mut() {
         follow.offset = follow.offset.saturating_sub(half_line);
         follow.seam = None;
+        follow.read = None;
     }
     Ok((cp, false))
 }
@@ -302,6 +303,9 @@ impl Store {
             && cp.parser.unterminated() > 0
         {
             follow.offset = follow.offset.saturating_sub(cp.parser.unterminated());
+            follow.read = follow
+                .read
+                .map(|r| r.saturating_sub(cp.parser.unterminated()));
             // The seam was taken where reading stopped, not at the line's start: without
             // one, the resumed watcher takes a fresh seam after its first read.
             follow.seam = None;

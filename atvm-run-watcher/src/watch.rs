@@ -157,6 +157,7 @@ impl<'a> Watcher<'a> {
             last_activity: obs.last_activity.clone(),
             timing: &timing,
             untrusted_log: obs.untrusted_log.as_deref(),
+            log_gap: obs.log_gap.as_deref(),
         };
         if let Some(error) = &obs.log_error {
             // Inputs that cannot be read: UNKNOWN, with the file named.
@@ -380,6 +381,7 @@ impl<'a> Watcher<'a> {
     /// The payload for `target`, from its record, its part of the log, its reports and
     /// the run's VMs.
     fn compose(&mut self, target: Target) -> Payload {
+        self.observer.ready_for_message(&self.ctx, &self.cp);
         let vms = self.observer.vms(&self.ctx);
         let sub = match target {
             Target::Run => None,
@@ -395,13 +397,13 @@ impl<'a> Watcher<'a> {
             self.observer.runner_started_at,
             self.observer.runner_exited_at,
         );
-        // A sub-run runs from the end of the one before it (or the runner's start) to its
-        // own `(Run Finished)`.
-        let seen = |k: usize| self.cp.finished_seen.get(k).copied().flatten();
+        // A sub-run runs from its `(Run Starting)` to its summary (see `group_window`).
         let (started, ended) = match sub {
             None => (start, end),
-            Some(0) => (start, seen(0)),
-            Some(i) => (seen(i - 1), seen(i)),
+            Some(i) => self
+                .observer
+                .group_window(&self.cp, i)
+                .map_or((None, None), |(from, to)| (Some(from), to)),
         };
         let host = mattermost::host_name();
         let earlier = self.earlier();

@@ -1,14 +1,20 @@
 //! run-atvm-runner: the ExecStart of `atvm-runner@.service` (docs/watcher-service.md). Runs the recorded
-//! command in its own process group with its output in the run log, records pid, log inode
-//! and exit in `runner/status.json`, forwards SIGTERM/SIGINT to the group, and exits with the
+//! command in its own process group, copies its output into the run log ([`copy`]: the one
+//! process that knows whether the log could be written, and when each Cypress block
+//! started and finished), records pid, log inode, exit and the bytes written in
+//! `runner/status.json`, forwards SIGTERM/SIGINT to the group, and exits with the
 //! command's code (128+signal when it was killed).
+
+pub mod copy;
 
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{RunnerSpec, RunnerStatus};
+use atvm_common::state::{LogWriteError, RunnerSpec, RunnerStatus};
 use atvm_common::time::BootInstant;
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging, procfs};
+use atvm_common::{reporter, timeline};
 use clap::Parser;
+use copy::{Copied, Copier};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::fs;
@@ -16,7 +22,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 const EXAMPLE: &str = "\
 Example (normally run by systemd as atvm-runner@<build>.service):
@@ -50,7 +56,7 @@ pub fn run(cli: Cli) -> Result<u8> {
     // A second wrapper of a start (run by hand beside the unit's) must not touch the live
     // one's log or status: refused without a record, which would be the live one's.
     refuse_if_running(&sd)?;
-    let started = match prepare(&sd, &build) {
+    let started = match prepare(&sd, &build, &paths.reporter_dir) {
         Ok(started) => started,
         Err(e) => {
             sd.record_refusal(&paths.run_log(&build), &e.to_string())?;
@@ -61,6 +67,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         spec,
         mut status,
         mut child,
+        copier,
+        output,
     } = started;
     status.child_pid = child.id();
     write_start_status(&sd, status)?;
@@ -85,28 +93,45 @@ pub fn run(cli: Cli) -> Result<u8> {
             }
         })
     };
+    let exited = Arc::new(AtomicBool::new(false));
+    let copying = {
+        let exited = Arc::clone(&exited);
+        let sd = sd.clone();
+        let run_id = spec.run_id.clone();
+        std::thread::spawn(move || {
+            copier.run(output, &exited, |e| note_write_error(&sd, &run_id, e))
+        })
+    };
     let waited = child.wait();
+    exited.store(true, Ordering::SeqCst);
+    let copied = copying
+        .join()
+        .unwrap_or_else(|_| Copied::lost("the copy of the command's output stopped"));
     handle.close();
     let _ = forwarder.join();
     let exit =
         waited.map_err(|e| Error::failed(format!("cannot wait for the runner command: {e}")))?;
     let stop = stop_signal.load(Ordering::SeqCst);
-    record_exit(&sd, exit, (stop != 0).then_some(stop))?;
+    record_exit(&sd, exit, (stop != 0).then_some(stop), copied)?;
     let code = exit_code(exit);
     logging::info(format!("run {} ended: {}", spec.run_id, describe(exit)));
     Ok(code)
 }
 
-/// A command running under the wrapper, with the status to record for it.
+/// A command running under the wrapper, with the status to record for it and the copy of
+/// its output (the pipe's reading end) into the log.
 struct Started {
     spec: RunnerSpec,
     status: RunnerStatus,
     child: std::process::Child,
+    copier: Copier,
+    output: std::io::PipeReader,
 }
 
 /// Everything that can refuse a run, in order: the spec, the working directory, the log
-/// (never through a link or someone else's file in /tmp), starting `/bin/sh`.
-fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
+/// (never through a link or someone else's file in /tmp), starting `/bin/sh`. The reports
+/// already in `reporter_dir` are recorded as not this run's.
+fn prepare(sd: &StateDir, build: &BuildName, reporter_dir: &std::path::Path) -> Result<Started> {
     let spec = read_spec(sd, build)?;
     refuse_if_ended(sd, &spec)?;
     // The start helper checked it too, but it may have gone since.
@@ -130,21 +155,42 @@ fn prepare(sd: &StateDir, build: &BuildName) -> Result<Started> {
         log_dev: log_meta.dev(),
         ..RunnerStatus::default()
     };
+    // After the start time is taken and before the command runs: what is in the reporter
+    // directory now is not this run's, whatever its time says.
+    let status = RunnerStatus {
+        stale_reports: reporter::stale_reports(reporter_dir, status.started_at.to_system()),
+        ..status
+    };
+    let (output, input) =
+        std::io::pipe().map_err(|e| Error::io("cannot make a pipe for", &spec.log_path, e))?;
+    let stderr = input
+        .try_clone()
+        .map_err(|e| Error::io("cannot make a pipe for", &spec.log_path, e))?;
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(&spec.command)
         .current_dir(&spec.workdir)
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(clone(&log, &spec.log_path)?)
-        .stderr(clone(&log, &spec.log_path)?)
+        .stdout(input)
+        .stderr(stderr)
         .env_remove(WEBHOOK_VAR)
         .spawn()
         .map_err(|e| Error::io("cannot start /bin/sh in", &spec.workdir, e))?;
+    let timeline = sd
+        .create_runner_dir()
+        .and_then(|()| timeline::Writer::open(&sd.runner_timeline(), &spec.run_id));
+    let copier = Copier::new(
+        log,
+        spec.log_path.clone(),
+        timeline.map_err(|e| e.to_string()),
+    );
     Ok(Started {
         spec,
         status,
         child,
+        copier,
+        output,
     })
 }
 
@@ -184,11 +230,6 @@ fn refuse_if_ended(sd: &StateDir, spec: &RunnerSpec) -> Result<()> {
         )),
         _ => Ok(()),
     }
-}
-
-fn clone(log: &fs::File, path: &std::path::Path) -> Result<fs::File> {
-    log.try_clone()
-        .map_err(|e| Error::io("cannot use log", path, e))
 }
 
 /// The spec holds a command that runs as root: refuse one that someone else could have
@@ -243,7 +284,29 @@ fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
     })
 }
 
-fn record_exit(sd: &StateDir, exit: ExitStatus, stop_signal: Option<i32>) -> Result<()> {
+/// A write to the log failed: say so in the status at once (`atvm-run-status` shows it
+/// while the run goes on). Best effort: the exit record carries it again.
+fn note_write_error(sd: &StateDir, run_id: &str, error: &LogWriteError) {
+    let noted = sd.update_status(|current| {
+        Ok((
+            current.filter(|s| s.run_id == run_id).map(|mut s| {
+                s.log_write_error = Some(error.clone());
+                s
+            }),
+            (),
+        ))
+    });
+    if let Err(e) = noted {
+        logging::warn(format!("cannot record the failed log write yet: {e}"));
+    }
+}
+
+fn record_exit(
+    sd: &StateDir,
+    exit: ExitStatus,
+    stop_signal: Option<i32>,
+    copied: Copied,
+) -> Result<()> {
     sd.update_status(|current| {
         let Some(mut status) = current else {
             return Err(Error::file(
@@ -256,6 +319,9 @@ fn record_exit(sd: &StateDir, exit: ExitStatus, stop_signal: Option<i32>) -> Res
         status.exit_code = exit.code();
         status.signal = exit.signal();
         status.stop_signal = stop_signal;
+        status.log_bytes = Some(copied.bytes);
+        status.log_write_error = copied.write_error;
+        status.timeline_error = copied.timeline_error;
         Ok((Some(status), ()))
     })
 }

@@ -9,6 +9,7 @@
 #![allow(clippy::panic, clippy::unwrap_used)] // test support: failing loudly is the point
 
 pub mod assert;
+pub mod scenario;
 pub mod webhook;
 
 pub use assert::Expect;
@@ -199,6 +200,12 @@ impl Env {
 
     pub fn status(&self, build: &str) -> Value {
         read_json(&self.state_dir(build).join("runner/status.json"))
+    }
+
+    /// `runner/status.json` of a build, if it is there and parses.
+    pub fn try_status(&self, build: &str) -> Option<Value> {
+        let text = fs::read_to_string(self.state_dir(build).join("runner/status.json")).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     pub fn run_log(&self, build: &str) -> PathBuf {

@@ -10,6 +10,9 @@ mod real_systemd;
 #[path = "lifecycle/identity.rs"]
 mod identity;
 
+#[path = "lifecycle/equivalence.rs"]
+mod equivalence;
+
 #[path = "lifecycle/history.rs"]
 mod history;
 

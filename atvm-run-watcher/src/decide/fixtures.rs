@@ -37,6 +37,7 @@ pub fn facts(runner: &RunnerFacts, now: i64, last_activity: i64) -> Facts<'_> {
         last_activity: t(last_activity),
         timing: &TIMING,
         untrusted_log: None,
+        log_gap: None,
     }
 }
 

@@ -73,6 +73,11 @@ pub struct Facts<'a> {
     /// Why the file at the run log's path is not read as this run's output, when there is
     /// one there (a link, someone else's, writable by others): said if no runner comes.
     pub untrusted_log: Option<&'a str>,
+    /// Why the log read is not the whole of what the runner's command printed, when it is
+    /// not: it could not be written (a full file system), or it was removed, replaced or
+    /// cut short before it was read to its end. Never guessed around: such a run ends
+    /// UNKNOWN unless the runner's own records decide a state that posts nothing.
+    pub log_gap: Option<&'a str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,15 +125,36 @@ impl<'a> LogView<'a> {
 }
 
 impl LogView<'_> {
-    fn failures(&self) -> Option<String> {
-        let canceled = self.blocks.iter().any(|b| {
+    /// Cypress printed `The run was canceled` (the run was cancelled in Cypress Cloud, by
+    /// hand or by its auto-cancellation after failures).
+    fn cloud_canceled(&self) -> bool {
+        self.blocks.iter().any(|b| {
             b.footer
                 .as_ref()
                 .is_some_and(|f| f.outcome == Outcome::Canceled)
-        });
-        if canceled {
-            return Some("Cypress reported that the run was canceled (Cypress Cloud)".to_string());
+        })
+    }
+
+    /// A run cancelled in Cypress Cloud: CANCELLED (no post) when no test had failed —
+    /// whatever the exit code, Cypress exits 1 after that footer — else FAILED, posted, as
+    /// a run cancelled after its failures (auto-cancellation).
+    fn canceled_verdict(&self) -> Option<Verdict> {
+        if !self.cloud_canceled() {
+            return None;
         }
+        Some(match self.failures() {
+            Some(failures) => verdict(
+                RunState::Failed,
+                format!("cancelled in Cypress Cloud after failures: {failures}"),
+            ),
+            None => verdict(
+                RunState::Cancelled,
+                "cancelled in Cypress Cloud (Cypress printed \"The run was canceled\") before any test failed",
+            ),
+        })
+    }
+
+    fn failures(&self) -> Option<String> {
         let failing: Vec<&RunBlock> = self.blocks.iter().filter(|b| b.has_failures()).collect();
         if failing.is_empty() {
             return None;
@@ -225,6 +251,7 @@ pub fn run_verdict(f: &Facts, log: LogView) -> Verdict {
                 stop_signal: *stop_signal,
                 cancel_requested: *cancel_requested,
             },
+            f.log_gap,
             log,
         ),
         RunnerFacts::Vanished {
@@ -275,7 +302,8 @@ fn alive_verdict(f: &Facts, pid: u32, log: LogView) -> Verdict {
             ),
         )
     } else {
-        verdict(RunState::Watching, progress(log))
+        let gap = f.log_gap.map(|g| format!("; {g}")).unwrap_or_default();
+        verdict(RunState::Watching, format!("{}{gap}", progress(log)))
     }
 }
 
@@ -288,9 +316,10 @@ struct Exit {
     cancel_requested: bool,
 }
 
-/// A recorded exit: a cancel, a stop or a kill end the run unposted; otherwise the exit
-/// code and the log decide between COMPLETED and FAILED.
-fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
+/// A recorded exit: a cancel, a stop or a kill end the run unposted; a log that is not the
+/// whole output ends it UNKNOWN; otherwise the exit code and the log decide between
+/// COMPLETED and FAILED (or CANCELLED, when Cypress Cloud cancelled it).
+fn exited_verdict(exit: Exit, log_gap: Option<&str>, log: LogView) -> Verdict {
     if exit.cancel_requested {
         return verdict(
             RunState::Cancelled,
@@ -312,8 +341,14 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
             format!("runner command was killed by {}", signal_name(sig)),
         );
     }
+    if let Some(gap) = log_gap {
+        return verdict(RunState::Unknown, gap);
+    }
     if let Some(hint) = log.no_specs_reason() {
         return verdict(RunState::Failed, hint);
+    }
+    if let Some(v) = log.canceled_verdict() {
+        return v;
     }
     let code = exit.code.unwrap_or(1);
     if code != 0 {
@@ -346,6 +381,8 @@ fn exited_verdict(exit: Exit, log: LogView) -> Verdict {
 fn fallback_gone_verdict(log: LogView) -> Verdict {
     if let Some(hint) = log.no_specs_reason() {
         verdict(RunState::Failed, hint)
+    } else if let Some(v) = log.canceled_verdict() {
+        v
     } else if !log.finished() {
         verdict(
             RunState::Terminated,
@@ -382,7 +419,11 @@ pub fn progress(log: LogView) -> String {
 
 /// The verdict on a finished sub-run (its own summary decides).
 pub fn finished_subrun_verdict(block: &RunBlock) -> Verdict {
-    match LogView::block(block).failures() {
+    let log = LogView::block(block);
+    if let Some(v) = log.canceled_verdict() {
+        return v;
+    }
+    match log.failures() {
         Some(f) => verdict(RunState::Failed, f),
         None => verdict(RunState::Completed, "all specs passed"),
     }

@@ -6,8 +6,9 @@ use crate::ctx::Ctx;
 use crate::persist::Checkpoint;
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, LogFollower};
+use atvm_common::procfs::{self, ProcessId};
 use atvm_common::state::RunnerStatus;
-use atvm_common::{Moment, logging, procfs};
+use atvm_common::{Moment, logging};
 use std::path::PathBuf;
 
 impl Observer {
@@ -55,6 +56,7 @@ impl Observer {
         status: Option<&RunnerStatus>,
         now: &Moment,
     ) -> Result<()> {
+        self.log_open = false;
         let Some((path, expected)) = self.log_target(ctx, cp, status) else {
             return Ok(());
         };
@@ -70,10 +72,27 @@ impl Observer {
         let Some(follower) = self.follower.as_mut() else {
             return Ok(());
         };
+        let mut through_proc = false;
         loop {
             let progress = follower
                 .poll(expected, &mut cp.parser, READ_SLICE)
                 .map_err(|e| Error::io("cannot read the run log", &path, e))?;
+            if !progress.open && !through_proc {
+                // Removed (a /tmp cleaner) or replaced while the runner still writes it:
+                // its descriptor under /proc still leads to it.
+                through_proc = true;
+                if let Some(file) = writer_of(status)
+                    .and_then(|id| procfs::open_held(id, expected.dev, expected.ino))
+                {
+                    logging::warn(format!(
+                        "{} no longer leads to the run's log (removed or replaced): reading it through the runner's descriptor",
+                        path.display()
+                    ));
+                    follower.use_file(file, expected);
+                    continue;
+                }
+            }
+            self.log_open = progress.open;
             if progress.truncated && restart {
                 logging::warn(format!(
                     "{} was truncated: a new run writes it; what was read before is dropped",
@@ -94,4 +113,56 @@ impl Observer {
             }
         }
     }
+
+    /// Why what was read of a managed run's log is not the whole of its command's output,
+    /// if it is not (docs/watcher-service.md, "Restart equivalence"): the runner could not
+    /// write it, or — once the runner recorded how many bytes it wrote — fewer were read
+    /// and the file can no longer give them.
+    pub(super) fn log_gap(&self, cp: &Checkpoint, status: Option<&RunnerStatus>) -> Option<String> {
+        let s = status.filter(|s| s.pid != 0 && s.refused.is_none())?;
+        let path = s.log_path.display();
+        if let Some(e) = &s.log_write_error {
+            let fs = procfs::mount_point(&s.log_path)
+                .map(|m| format!("the file system mounted at {}", m.display()))
+                .unwrap_or_else(|| "its file system".to_string());
+            return Some(format!(
+                "the runner could not write the run log {path} from byte {} on ({}): {fs} is full or failing, so the run's output is incomplete and its result unknown",
+                e.offset, e.error
+            ));
+        }
+        if !s.has_exited() {
+            return None;
+        }
+        let expected = FileId {
+            dev: s.log_dev,
+            ino: s.log_inode,
+        };
+        let read = cp
+            .follow
+            .filter(|p| p.file == expected)
+            .map_or(0, |p| p.bytes_read());
+        match (s.log_bytes, self.log_open) {
+            (Some(n), _) if read >= n => None,
+            (Some(n), true) => Some(format!(
+                "the run log {path} holds less than the runner wrote ({read} of {n} bytes read): it was cut short before it was read to its end"
+            )),
+            (Some(n), false) => Some(format!(
+                "the run log {path} was removed or replaced before it was read to its end ({read} of {n} bytes read)"
+            )),
+            (None, true) => None,
+            (None, false) => Some(format!(
+                "the run log {path} is gone, and its runner (an earlier version) did not record how long it was: whether it was read to its end cannot be told"
+            )),
+        }
+    }
+}
+
+/// The wrapper that still holds the run's log open, while it runs.
+fn writer_of(status: Option<&RunnerStatus>) -> Option<ProcessId> {
+    status
+        .filter(|s| s.pid != 0 && !s.has_exited())
+        .map(|s| ProcessId {
+            pid: s.pid,
+            start_ticks: s.pid_start_ticks,
+        })
 }

@@ -15,9 +15,10 @@ use crate::persist::{Checkpoint, cancelled_at};
 use atvm_common::error::Result;
 use atvm_common::follow::LogFollower;
 use atvm_common::inventory::{self, Vm};
-use atvm_common::procfs::{OwnBinaries, ProcessId};
-use atvm_common::reporter::{ReporterDir, SpecSet};
+use atvm_common::procfs::{self, OwnBinaries, ProcessId};
+use atvm_common::reporter::{ReportStamp, ReporterDir, SpecSet};
 use atvm_common::state::RunnerStatus;
+use atvm_common::timeline::Timeline;
 use atvm_common::{Moment, Timestamp, fsutil, logging};
 use runner::untrusted;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +41,9 @@ pub struct Observation {
     pub status: Option<RunnerStatus>,
     /// The run log could not be read: the run ends UNKNOWN with this reason.
     pub log_error: Option<String>,
+    /// Why what was read of the log is not the whole of the command's output, if it is not
+    /// (see [`crate::decide::Facts::log_gap`]).
+    pub log_gap: Option<String>,
     pub cancelled_at: Option<Timestamp>,
     pub last_activity: Moment,
     /// A file at the run log's path that is not read as a run's output, and why.
@@ -50,6 +54,9 @@ pub struct Observation {
 #[derive(Debug)]
 pub struct Observer {
     follower: Option<LogFollower>,
+    /// The run's log was open at the last poll (found at its path, at `<path>.1`, or
+    /// through the runner's descriptor).
+    log_open: bool,
     reporter: Option<ReporterDir>,
     last_full_scan: Option<Instant>,
     inventory: Option<Option<Vec<Vm>>>,
@@ -66,6 +73,16 @@ pub struct Observer {
     runner_started: Option<Moment>,
     pub runner_started_at: Option<Timestamp>,
     pub runner_exited_at: Option<Timestamp>,
+    /// The reports the runner found before its command started (never this run's).
+    stale_reports: Vec<ReportStamp>,
+    /// The runner's timeline of the log's blocks (managed runs), read again whenever the
+    /// log grew: its entries are written before the lines they describe.
+    timeline: Timeline,
+    /// The parser's line count, and whether the runner had ended, when it was read.
+    timeline_read_at: Option<(u64, bool)>,
+    /// The inputs of a message are loaded (an observation was made, or
+    /// [`Observer::ready_for_message`] loaded them).
+    ready: bool,
 }
 
 impl Observer {
@@ -86,6 +103,7 @@ impl Observer {
         }
         Observer {
             follower: cp.log_path.as_ref().map(|p| LogFollower::new(p, cp.follow)),
+            log_open: false,
             reporter: None,
             last_full_scan: None,
             inventory: None,
@@ -98,18 +116,25 @@ impl Observer {
             runner_started: None,
             runner_started_at: None,
             runner_exited_at: None,
+            stale_reports: Vec::new(),
+            timeline: Timeline::default(),
+            timeline_read_at: None,
+            ready: false,
         }
     }
 
     /// Observe everything once. `None` when a stop was requested while the log was read
     /// (the poll is abandoned; what was read is in the checkpoint).
     pub fn observe(&mut self, ctx: &Ctx, cp: &mut Checkpoint) -> Result<Option<Observation>> {
+        self.ready = true;
         let now = ctx.clock.now();
         let (runner, status) = self.runner(ctx, cp, &now);
         let log_error = self.follow_log(ctx, cp, status.as_ref(), &now).err();
         if log_error.is_none() && ctx.shutdown.requested() {
             return Ok(None);
         }
+        let log_gap = self.log_gap(cp, status.as_ref());
+        self.read_timeline(ctx, cp, status.as_ref());
         self.scan_reporter(ctx);
         self.refresh_specs(cp);
         let cancelled_at = cancelled_at(&ctx.sd, &ctx.request)?;
@@ -123,6 +148,7 @@ impl Observer {
             runner,
             status,
             log_error: log_error.map(|e| e.to_string()),
+            log_gap,
             cancelled_at,
             last_activity,
             untrusted_log,
@@ -149,6 +175,32 @@ impl Observer {
             );
         cp.last_activity = Some(latest.clone());
         latest
+    }
+
+    /// Load what a message is made of when this watcher has not observed anything yet: a
+    /// post an earlier watcher decided but did not send (it stopped in between) is composed
+    /// from the same inputs its decision had — the runner's record and timeline, the
+    /// reports — not from none.
+    pub fn ready_for_message(&mut self, ctx: &Ctx, cp: &Checkpoint) {
+        if std::mem::replace(&mut self.ready, true) {
+            return;
+        }
+        let status = ctx
+            .sd
+            .read_status()
+            .ok()
+            .flatten()
+            .filter(|s| s.run_id == ctx.request.run_id && s.pid != 0 && s.refused.is_none());
+        match &status {
+            Some(s) => {
+                self.managed = true;
+                self.note_runner(s);
+            }
+            None => self.resumed_start(ctx, cp.fallback.filter(|id| procfs::is_alive(*id))),
+        }
+        self.refresh_specs(cp);
+        self.read_timeline(ctx, cp, status.as_ref());
+        self.scan_reporter(ctx);
     }
 
     /// The inventory's VMs of this build (the file is read once per watcher).

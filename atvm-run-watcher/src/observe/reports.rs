@@ -7,9 +7,10 @@ use crate::ctx::Ctx;
 use crate::persist::Checkpoint;
 use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
-use atvm_common::state::Counts;
+use atvm_common::state::{Counts, RunnerStatus};
+use atvm_common::timeline::Timeline;
 use atvm_common::{Timestamp, history, logging, mattermost};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 impl Observer {
     pub(super) fn scan_reporter(&mut self, ctx: &Ctx) {
@@ -17,9 +18,10 @@ impl Observer {
         let Some(since) = self.runner_started_at else {
             return;
         };
-        let reporter = self
-            .reporter
-            .get_or_insert_with(|| ReporterDir::new(&ctx.paths.reporter_dir, since.to_system()));
+        let stale = &self.stale_reports;
+        let reporter = self.reporter.get_or_insert_with(|| {
+            ReporterDir::new(&ctx.paths.reporter_dir, since.to_system()).without(stale)
+        });
         let full = self
             .last_full_scan
             .is_none_or(|t| t.elapsed() >= FULL_REPORTER_SCAN);
@@ -44,29 +46,82 @@ impl Observer {
         }
     }
 
-    /// Failed tests (at most the number the history keeps), flaky tests and their totals,
-    /// from the reports
-    /// of the whole run, or of sub-run `i`: the reports written between the end of the
-    /// previous sub-run and the end of this one, for this sub-run's specs.
-    pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
-        let seen = |k: usize| {
-            cp.finished_seen
-                .get(k)
-                .copied()
-                .flatten()
-                .map(Timestamp::to_system)
+    /// The runner's timeline, read again when there may be more in it: the runner writes an
+    /// entry before the log line it describes, so after new lines were read, and once
+    /// when the runner has ended. One that cannot be read is said and left empty: the
+    /// groups' posts then name only what the log says.
+    pub(super) fn read_timeline(
+        &mut self,
+        ctx: &Ctx,
+        cp: &Checkpoint,
+        status: Option<&RunnerStatus>,
+    ) {
+        let Some(status) = status else {
+            return;
         };
+        let key = (cp.parser.summary().lines, status.has_exited());
+        if self.timeline_read_at == Some(key) {
+            return;
+        }
+        self.timeline_read_at = Some(key);
+        self.timeline = Timeline::read(&ctx.sd.runner_timeline(), &ctx.request.run_id)
+            .unwrap_or_else(|e| {
+                logging::warn(format!("{e}; group posts name only what the log says"));
+                Timeline::default()
+            });
+    }
+
+    /// Start and end of sub-run `i`, and the window of report times that belong to it:
+    /// from the runner's timeline for a run started through the runner (from its
+    /// `(Run Starting)` to its summary, or to the next block's start or the runner's exit
+    /// when it was cut off); for a hand-started run, the watcher's own observation of the
+    /// block before it and of this one finishing (a documented limit: it depends on when
+    /// the watcher looked). `None` when the timeline lacks the block (it could not be
+    /// written): the group's reports cannot be told apart, and its post names only what its
+    /// part of the log says.
+    pub fn group_window(
+        &self,
+        cp: &Checkpoint,
+        i: usize,
+    ) -> Option<(Timestamp, Option<Timestamp>)> {
+        if !self.managed {
+            let seen = |k: usize| cp.finished_seen.get(k).copied().flatten();
+            let from = i.checked_sub(1).and_then(seen).or(self.runner_started_at);
+            return Some((from.unwrap_or_default(), seen(i)));
+        }
+        let blocks = &cp.parser.summary().runs;
+        let from = self.timeline.started(i)?.wall;
+        let to = match blocks.get(i).is_some_and(|b| b.is_finished()) {
+            true => Some(self.timeline.finished(i)?.wall),
+            false => self
+                .timeline
+                .started(i + 1)
+                .map(|m| m.wall)
+                .or(self.runner_exited_at),
+        };
+        Some((from, to))
+    }
+
+    /// Failed tests (at most the number the history keeps), flaky tests and their totals,
+    /// from the reports of the whole run, or of sub-run `i` ([`Observer::group_window`],
+    /// for this sub-run's specs).
+    pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
         let runs = &cp.parser.summary().runs;
-        let (from, to, blocks) = match sub {
-            None => (SystemTime::UNIX_EPOCH, None, &runs[..]),
+        let (window, blocks) = match sub {
+            None => (Some((None, None)), &runs[..]),
             Some(i) => (
-                i.checked_sub(1)
-                    .and_then(seen)
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                seen(i),
+                self.group_window(cp, i).map(|(from, to)| (Some(from), to)),
                 runs.get(i..=i).unwrap_or_default(),
             ),
         };
+        let Some((from, to)) = window else {
+            logging::warn(format!(
+                "the runner's timeline lacks group {} of the log: its post names only what the log says",
+                sub.map_or(0, |i| i + 1)
+            ));
+            return reporter::Summary::default();
+        };
+        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
         let named = match sub {
             None => self.specs.1.clone(),
             Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
@@ -80,7 +135,7 @@ impl Observer {
         for warning in reporter.scan(true).warnings {
             logging::warn(warning);
         }
-        let window = |m| m > from && to.is_none_or(|t| m <= t);
+        let window = |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t);
         // As many failures as the history keeps (the message shows the first ones).
         let mut summary = reporter.summarize(window, &specs, history::MAX_FAILURES_KEPT);
         // A flaky test passed: it is in the report of any spec the result names.

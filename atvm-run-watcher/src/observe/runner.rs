@@ -241,9 +241,14 @@ impl Observer {
     }
 
     pub(super) fn note_runner(&mut self, status: &RunnerStatus) {
+        if self.runner_started_at != Some(status.started_at) {
+            // Another runner: its reports count from its own start.
+            self.reporter = None;
+        }
         self.runner_started = Some(status.started());
         self.runner_started_at = Some(status.started_at);
         self.runner_exited_at = status.exited_at;
+        self.stale_reports.clone_from(&status.stale_reports);
     }
 }
 

@@ -1,0 +1,276 @@
+//! The runner's timeline of a run: when each Cypress block of the log (`(Run Starting)` …
+//! `(Run Finished)`) started and finished, recorded by run-atvm-runner as it copies the
+//! command's output into the log, in `runner/timeline.jsonl` beside `status.json`.
+//!
+//! Why the runner and not the watcher: a categorized run's reports are told apart by the
+//! time they were written (two groups may run specs Cypress prints with the same name).
+//! The watcher sees a group finish only when it looks — after a restart it may see every
+//! group finish at once — so a window taken from its observation depends on when it
+//! looked. The runner sees every byte as it is written: the times it records are facts of
+//! the run, the same for any watcher that reads them (docs/watcher-service.md, "Restart
+//! equivalence").
+//!
+//! The file is append-only, one JSON object per line, each written with one `write(2)` and
+//! synced before the log line it describes is written: a watcher that has read a block's
+//! `(Run Finished)` from the log finds its event here (or the runner recorded why it could
+//! not write one). Block numbers count across every wrapper of the run, in log order, as
+//! the watcher's parser counts blocks across a rotated log.
+
+use crate::cypress::LogParser;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::time::Moment;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// What happened to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockEvent {
+    /// Its `(Run Starting)` line was written.
+    Started,
+    /// Its summary's footer (`All specs passed!`, `N of M failed`, …) was written: every
+    /// report of the block was written before it.
+    Finished,
+}
+
+/// One line of `runner/timeline.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub run_id: String,
+    /// 0-based, in log order over every wrapper of the run.
+    pub block: usize,
+    pub event: BlockEvent,
+    pub at: Moment,
+}
+
+/// A run's timeline as read by the watcher.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Timeline {
+    entries: Vec<Entry>,
+}
+
+impl Timeline {
+    /// The entries of `run_id` in `path` (none when the file does not exist). A last line
+    /// without its newline is a write that did not complete: it is not an entry.
+    pub fn read(path: &Path, run_id: &str) -> Result<Timeline> {
+        let Some((bytes, _)) = fsutil::read_file(path)? else {
+            return Ok(Timeline::default());
+        };
+        Ok(Timeline {
+            entries: parse(&bytes, path)?
+                .into_iter()
+                .filter(|e| e.run_id == run_id)
+                .collect(),
+        })
+    }
+
+    /// When block `block` started, if the runner recorded it.
+    pub fn started(&self, block: usize) -> Option<&Moment> {
+        self.find(block, BlockEvent::Started)
+    }
+
+    /// When block `block` finished, if the runner recorded it.
+    pub fn finished(&self, block: usize) -> Option<&Moment> {
+        self.find(block, BlockEvent::Finished)
+    }
+
+    /// How many blocks were started.
+    pub fn blocks_started(&self) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.event == BlockEvent::Started)
+            .count()
+    }
+
+    fn find(&self, block: usize, event: BlockEvent) -> Option<&Moment> {
+        self.entries
+            .iter()
+            .find(|e| e.block == block && e.event == event)
+            .map(|e| &e.at)
+    }
+}
+
+fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Entry>> {
+    let complete = match memchr::memrchr(b'\n', bytes) {
+        Some(last) => &bytes[..=last],
+        None => return Ok(Vec::new()),
+    };
+    complete
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_slice(line)
+                .map_err(|e| Error::file(format!("runner timeline does not parse: {e}"), path))
+        })
+        .collect()
+}
+
+/// The runner's side: appends this wrapper's events, numbering its blocks after the ones
+/// earlier wrappers of the run recorded.
+#[derive(Debug)]
+pub struct Writer {
+    file: File,
+    path: PathBuf,
+    run_id: String,
+    /// Blocks earlier wrappers of this run started.
+    base: usize,
+}
+
+impl Writer {
+    /// Open (create) the timeline at `path` for appending.
+    pub fn open(path: &Path, run_id: &str) -> Result<Writer> {
+        let base = Timeline::read(path, run_id)?.blocks_started();
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| Error::io("cannot open the runner timeline", path, e))?;
+        Ok(Writer {
+            file,
+            path: path.to_path_buf(),
+            run_id: run_id.to_string(),
+            base,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Record that this wrapper's block `local` had `event` now: one write, then synced,
+    /// so the entry is on disk before the log line it describes.
+    pub fn record(&mut self, local: usize, event: BlockEvent) -> io::Result<()> {
+        let entry = Entry {
+            run_id: self.run_id.clone(),
+            block: self.base + local,
+            event,
+            at: Moment::now(),
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()
+    }
+}
+
+/// Finds the block events in a stream of log lines with the watcher's own parser, so the
+/// runner and the watcher agree on where each block starts and finishes.
+#[derive(Debug, Default)]
+pub struct BlockTracker {
+    parser: LogParser,
+    started: usize,
+    finished: usize,
+}
+
+impl BlockTracker {
+    /// Feed one line (with its newline, if it has one); the events it completes, in order.
+    pub fn line(&mut self, line: &[u8]) -> Vec<(usize, BlockEvent)> {
+        self.parser.feed(line);
+        let runs = &self.parser.summary().runs;
+        let mut events = Vec::new();
+        // A block is finished (and so are the ones before it) once its footer is parsed;
+        // only the last block can gain one, but a new block also closes the count.
+        while self.started < runs.len() {
+            events.push((self.started, BlockEvent::Started));
+            self.started += 1;
+        }
+        while self.finished < runs.len() && runs[self.finished].is_finished() {
+            events.push((self.finished, BlockEvent::Finished));
+            self.finished += 1;
+        }
+        // A block cut off before its summary (the next one started) never finishes.
+        if self.finished + 1 < runs.len() {
+            self.finished = runs.len() - 1;
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const BLOCK: &str = "  (Run Starting)\n  ┌────┐\n  │ Cypress:  12.17.4 │\n  │ Params:   Group: linux, Parallel: false │\n  └────┘\n  Running:  a.cy.js  (1 of 1)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    ✔  All specs passed!   00:01   1   1   -   -   -  \n";
+
+    fn events(log: &str) -> Vec<(usize, BlockEvent, String)> {
+        let mut t = BlockTracker::default();
+        log.split_inclusive('\n')
+            .flat_map(|l| {
+                t.line(l.as_bytes())
+                    .into_iter()
+                    .map(move |(b, e)| (b, e, l.trim().to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_block_starts_at_its_header_and_finishes_at_its_footer() {
+        let got = events(&format!("{BLOCK}{BLOCK}"));
+        let kinds: Vec<(usize, BlockEvent)> = got.iter().map(|(b, e, _)| (*b, *e)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, BlockEvent::Started),
+                (0, BlockEvent::Finished),
+                (1, BlockEvent::Started),
+                (1, BlockEvent::Finished)
+            ]
+        );
+        assert_eq!(got[0].2, "(Run Starting)");
+        assert!(got[1].2.contains("All specs passed!"), "{}", got[1].2);
+    }
+
+    #[test]
+    fn a_block_cut_off_by_the_next_never_finishes() {
+        let cut = "  (Run Starting)\n  ┌────┐\n  │ Cypress:  12.17.4 │\n  └────┘\n  Running:  a.cy.js  (1 of 2)\n";
+        let got: Vec<(usize, BlockEvent)> = events(&format!("{cut}{BLOCK}"))
+            .into_iter()
+            .map(|(b, e, _)| (b, e))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, BlockEvent::Started),
+                (1, BlockEvent::Started),
+                (1, BlockEvent::Finished)
+            ]
+        );
+    }
+
+    #[test]
+    fn entries_are_read_per_run_and_a_torn_last_line_is_not_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timeline.jsonl");
+        let mut w = Writer::open(&path, "run-a").unwrap();
+        w.record(0, BlockEvent::Started).unwrap();
+        w.record(0, BlockEvent::Finished).unwrap();
+        // A second wrapper of the same run numbers its blocks after the first one's.
+        let mut w2 = Writer::open(&path, "run-a").unwrap();
+        w2.record(0, BlockEvent::Started).unwrap();
+        let mut other = Writer::open(&path, "run-b").unwrap();
+        other.record(0, BlockEvent::Started).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"run_id\":\"run-a\",\"blo").unwrap();
+        let t = Timeline::read(&path, "run-a").unwrap();
+        assert!(t.started(0).is_some() && t.finished(0).is_some());
+        assert!(t.started(1).is_some() && t.finished(1).is_none());
+        assert_eq!(t.blocks_started(), 2);
+        assert_eq!(Timeline::read(&path, "run-b").unwrap().blocks_started(), 1);
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("timeline.jsonl");
+        std::fs::write(&path, "not json\n").unwrap();
+        let e = Timeline::read(&path, "r").unwrap_err().to_string();
+        assert!(e.contains("timeline.jsonl"), "{e}");
+    }
+}
