@@ -259,6 +259,13 @@ fn a_test_that_passed_on_a_retry_is_flaky_and_the_run_stays_green() {
         &[],
     );
     assert_eq!(env.state(B)["state"], "COMPLETED");
+    // The footer says where the log is: host:<path>, never its content.
+    let log = env.log_dir.join(format!("{B}.log"));
+    let footer = attachment(&post)["footer"].as_str().unwrap_or_default();
+    assert!(
+        footer.contains(&format!(":{} · run ", log.display())),
+        "{footer}"
+    );
     assert!(
         post["text"]
             .as_str()
