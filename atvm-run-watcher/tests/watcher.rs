@@ -10,6 +10,8 @@ mod clock;
 mod delivery;
 #[path = "watcher/message.rs"]
 mod message;
+#[path = "watcher/restart.rs"]
+mod restart;
 #[path = "watcher/storage.rs"]
 mod storage;
 

@@ -503,6 +503,70 @@ impl Drop for Env {
     }
 }
 
+/// A small tmpfs mounted over a directory of the environment (as root only; `None`, saying
+/// why, elsewhere), so a test can fill it: a full state root, a full /tmp for the logs.
+#[derive(Debug)]
+pub struct SmallDisk {
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mount a tmpfs of `size` (`64k`, `2m`) over `dir`, mode 0700 as the tools want it.
+    pub fn mount(dir: &Path, size: &str) -> Option<SmallDisk> {
+        let uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if uid.ok() != Some(0) {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status();
+        if !ok.is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            return None;
+        }
+        Some(SmallDisk {
+            mount: dir.to_path_buf(),
+        })
+    }
+
+    /// Fill it to the last byte.
+    pub fn fill(&self) {
+        self.fill_leaving(0);
+        let probe = fs::write(self.mount.join("probe"), b"x");
+        assert!(probe.is_err(), "the disk is full");
+    }
+
+    /// Fill it but for about `bytes` (whole 4 KiB pages).
+    pub fn fill_leaving(&self, bytes: usize) {
+        use std::io::Write;
+        let mut f = fs::File::create(self.mount.join("filler")).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.write_all(&[0]);
+        let keep = bytes.div_ceil(4096) as u64 * 4096;
+        let len = f.metadata().expect("filler size").len();
+        f.set_len(len.saturating_sub(keep)).expect("shrink filler");
+    }
+
+    pub fn free(&self) {
+        fs::remove_file(self.mount.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
 /// A lock held by a child process until this is dropped ([`Env::hold_start_lock`]).
 #[derive(Debug)]
 pub struct HeldLock(std::process::Child);

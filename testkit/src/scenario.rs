@@ -9,9 +9,13 @@
 //! the real mochawesome fixtures with their spec path and failed test's title changed to
 //! name the group, so a report attributed to the wrong group shows in the post.
 
+use crate::Env;
 use std::fmt::Write as _;
 use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// SplitMix64: small, seedable, and the same on every machine.
 #[derive(Clone, Debug)]
@@ -200,6 +204,88 @@ impl Scenario {
             .collect()
     }
 }
+
+/// A scenario being played by the real runner wrapper (started with start-atvm-runner), one
+/// step at a time.
+#[derive(Debug)]
+pub struct Play {
+    dir: PathBuf,
+    go: fs::File,
+    steps: usize,
+    next: usize,
+}
+
+impl Play {
+    /// Start `sc`'s runner for `build` (whose request is written) and hold it before its
+    /// first step.
+    pub fn start(env: &Env, build: &str, sc: &Scenario) -> Play {
+        let dir = env.root().join(format!("play-{build}"));
+        fs::create_dir_all(&dir).expect("play dir");
+        let fifo = dir.join("go");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let script = sc.script(&dir, &env.reporter_dir);
+        let command = format!("sh '{}'", script.display());
+        let out = env.run(
+            "start-atvm-runner",
+            &["--build-name", build, "--runner-command", &command],
+        );
+        assert!(
+            out.status.success(),
+            "start-atvm-runner: {}",
+            crate::text(&out)
+        );
+        let mut go = None;
+        env.wait_until("the runner script to open its FIFO", LONG, || {
+            go = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .ok();
+            go.is_some()
+        });
+        Play {
+            dir,
+            go: go.expect("fifo"),
+            steps: sc.steps().len(),
+            next: 0,
+        }
+    }
+
+    /// How many steps are left before the command's end.
+    pub fn remaining(&self) -> usize {
+        self.steps - self.next
+    }
+
+    /// Play the next step and wait until it is done; after the last step, end the command
+    /// and wait for the runner's exit record. Returns false when there is nothing left.
+    pub fn step(&mut self, env: &Env, build: &str) -> bool {
+        if self.next > self.steps {
+            return false;
+        }
+        let k = self.next;
+        writeln!(self.go, "{k}").expect("go");
+        self.next += 1;
+        if k < self.steps {
+            let done = self.dir.join(format!("done.{k}"));
+            env.wait_until(&format!("step {k}"), LONG, || done.exists());
+        } else {
+            env.wait_until("the runner's exit record", LONG, || {
+                env.try_status(build)
+                    .is_some_and(|s| !s["exited_at"].is_null())
+            });
+        }
+        true
+    }
+
+    /// Play every step left, to the command's end.
+    pub fn to_end(&mut self, env: &Env, build: &str) {
+        while self.step(env, build) {}
+    }
+}
+
+const LONG: Duration = Duration::from_secs(30);
 
 fn group_label(g: &Group) -> &str {
     g.name.as_deref().unwrap_or("run")

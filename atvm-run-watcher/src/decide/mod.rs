@@ -616,6 +616,91 @@ mod tests {
         );
     }
 
+    const CANCELED: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✔  a.cy.js   00:01   1   1   -   -   - │\n  └──┘\n    -  The run was canceled   00:01   1   1   -   -   -  \n";
+    const CANCELED_AFTER_FAILURE: &str = "  (Run Starting)\n  (Run Finished)\n  ┌──┐\n  │ ✖  a.cy.js   00:01   2   1   1   -   - │\n  └──┘\n    -  The run was canceled   00:01   2   1   1   -   -  \n";
+
+    #[test]
+    fn a_cypress_cloud_cancel_posts_only_after_failures_whatever_the_exit_code() {
+        let before = blocks(CANCELED);
+        let after = blocks(CANCELED_AFTER_FAILURE);
+        let view = |b| LogView {
+            blocks: b,
+            no_specs: None,
+        };
+        for code in [0, 1, 3] {
+            let runner = exited(code);
+            let v = run_verdict(&facts(&runner), view(&before));
+            assert_eq!(v.state, RunState::Cancelled, "exit {code}: {}", v.reason);
+            assert!(v.reason.contains("Cypress Cloud"), "{}", v.reason);
+            let v = run_verdict(&facts(&runner), view(&after));
+            assert_eq!(v.state, RunState::Failed, "exit {code}");
+            assert!(
+                v.reason
+                    .contains("cancelled in Cypress Cloud after failures")
+                    && v.reason.contains("1 failing test"),
+                "{}",
+                v.reason
+            );
+        }
+        let gone = RunnerFacts::FallbackGone;
+        assert_eq!(
+            run_verdict(&facts(&gone), view(&before)).state,
+            RunState::Cancelled
+        );
+        assert_eq!(
+            finished_subrun_verdict(&before[0]).state,
+            RunState::Cancelled
+        );
+        assert_eq!(finished_subrun_verdict(&after[0]).state, RunState::Failed);
+    }
+
+    #[test]
+    fn a_log_that_is_not_the_whole_output_is_unknown_unless_the_runner_says_more() {
+        let b = blocks(PASSED);
+        let log = LogView {
+            blocks: &b,
+            no_specs: None,
+        };
+        let gap = "the runner could not write the run log";
+        fn judged(runner: &RunnerFacts, log: LogView, gap: &str) -> Verdict {
+            let mut f = facts(runner);
+            f.log_gap = Some(gap);
+            run_verdict(&f, log)
+        }
+        let with_gap = |runner: &RunnerFacts| judged(runner, log, gap);
+        let v = with_gap(&exited(0));
+        assert_eq!((v.state, v.reason.as_str()), (RunState::Unknown, gap));
+        assert_eq!(with_gap(&exited(2)).state, RunState::Unknown);
+        let cancelled = RunnerFacts::Exited {
+            exit_code: Some(0),
+            signal: None,
+            stop_signal: None,
+            cancel_requested: true,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&cancelled).state, RunState::Cancelled);
+        let killed = RunnerFacts::Exited {
+            exit_code: None,
+            signal: Some(9),
+            stop_signal: None,
+            cancel_requested: false,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&killed).state, RunState::Terminated);
+        let stopped = RunnerFacts::Exited {
+            exit_code: Some(0),
+            signal: None,
+            stop_signal: Some(15),
+            cancel_requested: false,
+            at: t(9),
+        };
+        assert_eq!(with_gap(&stopped).state, RunState::Terminated);
+        // While the runner lives the run is watched, and the reason says what is wrong.
+        let v = with_gap(&RunnerFacts::Alive { pid: 7 });
+        assert_eq!(v.state, RunState::Watching);
+        assert!(v.reason.ends_with(&format!("; {gap}")), "{}", v.reason);
+    }
+
     #[test]
     fn hang_and_start_timeout() {
         let alive = RunnerFacts::Alive { pid: 7 };

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{Expect, Posting, Reply, finish, text};
+use testkit::{Expect, Posting, Reply, SmallDisk, finish, text};
 
 /// A run that passed, waiting for its watcher.
 fn completed(script: Vec<Reply>) -> Posting {
@@ -224,46 +224,6 @@ fn a_stop_in_the_poll_that_decides_the_result_leaves_it_owed() {
 
 // ----- full disk ---------------------------------------------------------------------------
 
-/// A small tmpfs mounted over the Env's state root (as root only), so a test can fill it.
-struct SmallDisk {
-    mount: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(p: &Posting) -> Option<SmallDisk> {
-        let uid = fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-        if uid.ok() != Some(0) {
-            eprintln!("skipped: mounting a small tmpfs for the state root needs root");
-            return None;
-        }
-        let mount = p.state_root.clone();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs"])
-            .arg(&mount)
-            .status();
-        if !ok.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot mount a tmpfs here");
-            return None;
-        }
-        Some(SmallDisk { mount })
-    }
-
-    /// Fill it to the last byte.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = fs::File::create(self.mount.join("filler")).unwrap();
-        let block = vec![0u8; 4096];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.write_all(&[0]);
-        let probe = fs::write(self.mount.join("probe"), b"x");
-        assert!(probe.is_err(), "the disk is full");
-    }
-
-    fn free(&self) {
-        fs::remove_file(self.mount.join("filler")).unwrap();
-    }
-}
-
 /// `dir` made read-only by a bind mount over itself (as root only): new opens through the
 /// path fail with EROFS, even for root, while files already open stay writable.
 struct ReadOnly {
@@ -299,12 +259,6 @@ impl Drop for ReadOnly {
     }
 }
 
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
 fn state_of(dir: &Path) -> Value {
     testkit::read_json(&dir.join("state.json"))
 }
@@ -312,7 +266,7 @@ fn state_of(dir: &Path) -> Value {
 #[test]
 fn a_full_disk_before_the_attempt_is_recorded_delays_the_post_never_duplicates_it() {
     let p = Posting::new(vec![]);
-    let Some(disk) = SmallDisk::mount(&p) else {
+    let Some(disk) = SmallDisk::mount(&p.state_root, "2m") else {
         return;
     };
     p.write_request(B, json!({}));
@@ -336,7 +290,7 @@ fn a_full_disk_before_the_attempt_is_recorded_delays_the_post_never_duplicates_i
 #[test]
 fn a_full_disk_after_ok_still_records_the_delivery_and_never_sends_again() {
     let p = Posting::new(vec![]);
-    let Some(disk) = SmallDisk::mount(&p) else {
+    let Some(disk) = SmallDisk::mount(&p.state_root, "2m") else {
         return;
     };
     p.write_request(B, json!({}));
@@ -366,7 +320,7 @@ fn a_full_disk_after_ok_still_records_the_delivery_and_never_sends_again() {
 fn a_permanent_failure_on_a_full_disk_then_a_stop_is_never_sent_again() {
     // 200 without `ok`: perhaps processed by the server, certainly not to be re-sent.
     let p = Posting::new(vec![Reply::status(200, "nope")]);
-    let Some(disk) = SmallDisk::mount(&p) else {
+    let Some(disk) = SmallDisk::mount(&p.state_root, "2m") else {
         return;
     };
     p.write_request(B, json!({}));

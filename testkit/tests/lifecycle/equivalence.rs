@@ -12,12 +12,10 @@
 
 use serde_json::{Value, json};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
-use testkit::scenario::{Rng, Scenario};
+use testkit::scenario::{Ending, Play, Rng, Scenario};
 use testkit::{Posting, attachment, finish, text};
 
 const B: &str = "e2e-redhat9.6-ubuntu24.04-w2k25-fc";
@@ -48,9 +46,36 @@ struct Outcome {
     state: Value,
 }
 
+/// The posts a play's webhook received: each payload once (a payload sent again byte for
+/// byte, footer and run id included, is the re-send of the documented SIGKILL window), and
+/// how many were such re-sends. A request cut off by a kill is no post (the server answers
+/// it 400).
+fn received(p: &Posting) -> (Vec<Value>, usize) {
+    let mut seen: Vec<String> = Vec::new();
+    let mut resent = 0;
+    for body in p.hook.requests().into_iter().map(|r| r.body) {
+        if serde_json::from_str::<Value>(&body).is_err() {
+            continue;
+        }
+        if seen.contains(&body) {
+            resent += 1;
+        } else {
+            seen.push(body);
+        }
+    }
+    let posts = seen
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
+        .collect();
+    (posts, resent)
+}
+
 /// A running watcher process, if any.
 struct Watcher {
     child: Option<Child>,
+    /// One was killed with SIGKILL during the play (a re-sent post is then allowed: the
+    /// documented window between the server's answer and its record).
+    killed: bool,
 }
 
 impl Watcher {
@@ -69,15 +94,24 @@ impl Watcher {
         }
         Watcher {
             child: Some(cmd.spawn().unwrap()),
+            killed: false,
         }
     }
 
     fn signal(&mut self, sig: i32) {
         if let Some(mut child) = self.child.take() {
+            self.killed |= sig == libc::SIGKILL && child.try_wait().unwrap().is_none();
             // SAFETY: kill(2) on our own child's pid, which we have not waited for yet.
             unsafe { libc::kill(child.id() as i32, sig) };
             let _ = child.wait();
         }
+    }
+
+    /// Start another watcher in its place.
+    fn restart(&mut self, p: &Posting, env: &[(&str, &str)]) {
+        let killed = self.killed;
+        *self = Watcher::start(p, env);
+        self.killed = killed;
     }
 
     /// Wait for it to end by itself (the run is final).
@@ -100,59 +134,34 @@ fn play(sc: &Scenario, disturb: Disturb, rng: &mut Rng) -> (Outcome, usize) {
     p.set("ATVM_POLL_SECONDS", "0.05");
     p.set("ATVM_GRACE_SECONDS", "0.3");
     p.write_request(B, json!({ "categorize": sc.categorized }));
-    let dir = p.root().join("play");
-    fs::create_dir_all(&dir).unwrap();
-    mkfifo(&dir.join("go"));
-    let script = sc.script(&dir, &p.reporter_dir);
-    p.run(
-        "start-atvm-runner",
-        &[
-            "--build-name",
-            B,
-            "--runner-command",
-            &format!("sh '{}'", script.display()),
-        ],
-    )
-    .status
-    .success()
-    .then_some(())
-    .expect("start-atvm-runner");
-    let mut go = open_fifo(&p, &dir.join("go"));
+    let mut run = Play::start(&p, B, sc);
     let fp_dir = p.root().join("failpoints");
     fs::create_dir_all(&fp_dir).unwrap();
-    let fp_env = |step: &'static str| {
-        [
-            ("ATVM_FAILPOINTS", step.to_string()),
-            ("ATVM_FAILPOINT_DIR", fp_dir.display().to_string()),
-        ]
-    };
     let mut watcher = match disturb {
-        Disturb::OncePerStep => Watcher { child: None },
+        Disturb::OncePerStep => Watcher {
+            child: None,
+            killed: false,
+        },
         Disturb::Failpoint(step) => {
-            let env = fp_env(step);
-            Watcher::start(&p, &[(env[0].0, &env[0].1), (env[1].0, &env[1].1)])
+            let dir = fp_dir.display().to_string();
+            Watcher::start(
+                &p,
+                &[("ATVM_FAILPOINTS", step), ("ATVM_FAILPOINT_DIR", &dir)],
+            )
         }
         _ => Watcher::start(&p, &[]),
     };
     let mut restarts = 0;
-    let steps = sc.steps().len();
-    for k in 0..=steps {
-        writeln!(go, "{k}").unwrap();
-        if k < steps {
-            let done = dir.join(format!("done.{k}"));
-            p.wait_until(&format!("step {k} (seed {})", sc.seed), LONG, || {
-                done.exists()
-            });
-        } else {
-            p.wait_until("the runner's exit record", LONG, || {
-                p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
-            });
-        }
+    while run.step(&p, B) {
         restarts += disturb_at(&p, disturb, &mut watcher, &fp_dir, rng);
     }
     restarts += finish_play(&p, disturb, &mut watcher, &fp_dir);
-    drop(go);
-    let o = outcome(&p);
+    let (o, resent) = outcome(&p);
+    assert!(
+        resent == 0 || watcher.killed,
+        "seed {}: {disturb:?} sent a post twice without a SIGKILL",
+        sc.seed
+    );
     if std::env::var_os("ATVM_EQUIVALENCE_KEEP").is_some() {
         eprintln!("{disturb:?}: kept {}", p.root().display());
         std::mem::forget(p);
@@ -186,7 +195,7 @@ fn disturb_at(
             };
             std::thread::sleep(Duration::from_millis(rng.below(30)));
             watcher.signal(sig);
-            *watcher = Watcher::start(p, &[]);
+            watcher.restart(p, &[]);
             1
         }
         Disturb::Failpoint(step) => kill_at_failpoint(p, watcher, fp_dir, step),
@@ -199,9 +208,12 @@ fn kill_at_failpoint(p: &Posting, watcher: &mut Watcher, fp_dir: &Path, step: &s
     if !fp_dir.join(format!("{step}.reached")).exists() {
         return 0;
     }
+    // Killed before anything was sent: the post goes out once, never twice.
+    let killed = watcher.killed;
     watcher.signal(libc::SIGKILL);
     fs::remove_file(fp_dir.join(format!("{step}.reached"))).unwrap();
-    *watcher = Watcher::start(p, &[]);
+    watcher.restart(p, &[]);
+    watcher.killed = killed;
     1
 }
 
@@ -219,7 +231,7 @@ fn finish_play(p: &Posting, disturb: Disturb, watcher: &mut Watcher, fp_dir: &Pa
         Disturb::Signals => {
             // The machine "rebooted" after the runner's exit: another boot id.
             watcher.signal(libc::SIGKILL);
-            *watcher = Watcher::start(p, &[("ATVM_BOOT_ID", &"ab".repeat(16))]);
+            watcher.restart(p, &[("ATVM_BOOT_ID", &"ab".repeat(16))]);
             restarts += 1;
             watcher.wait();
         }
@@ -247,31 +259,11 @@ fn once(p: &Posting, env: &[(&str, &str)]) {
     assert!(out.status.success(), "--once: {}", text(&out));
 }
 
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mkfifo(3) with a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-}
-
-/// The FIFO's writing end, once the runner's script holds its reading end.
-fn open_fifo(p: &Posting, path: &PathBuf) -> fs::File {
-    let mut file = None;
-    p.wait_until("the runner script to open its FIFO", LONG, || {
-        file = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .ok();
-        file.is_some()
-    });
-    file.unwrap()
-}
-
 /// The posts without what differs between two plays of one scenario (the footer's times
 /// and run id, the run's measured duration), and the final state's decisions.
-fn outcome(p: &Posting) -> Outcome {
-    let posts = p
-        .posts()
+fn outcome(p: &Posting) -> (Outcome, usize) {
+    let (posts, resent) = received(p);
+    let posts = posts
         .into_iter()
         .map(|mut post| {
             let a = &mut post["attachments"][0];
@@ -300,7 +292,7 @@ fn outcome(p: &Posting) -> Outcome {
         "state": s["state"], "final": s["final"], "reason": s["reason"],
         "counts": s["counts"], "post": s["post"]["status"], "subruns": subruns,
     });
-    Outcome { posts, state }
+    (Outcome { posts, state }, resent)
 }
 
 /// What any play of `sc` must show, whatever the watcher went through: every group that
@@ -325,7 +317,7 @@ fn check_right(sc: &Scenario, o: &Outcome) {
         });
         let title = attachment(post)["title"].as_str().unwrap_or_default();
         let expected = if fails { "FAILED" } else { "COMPLETED" };
-        if sc.categorized || sc.ending == testkit::scenario::Ending::Exit(0) {
+        if sc.categorized || sc.ending == Ending::Exit(0) {
             assert!(
                 title.starts_with(expected),
                 "seed {seed}: group {i}: {title}"
