@@ -1,7 +1,12 @@
-//! Mattermost configuration: `MATTERMOST_ATVM_WEBHOOK`, `MATTERMOST_ATVM_CHANNEL` and
-//! `MATTERMOST_ATVM_FORMAT`, each from the process environment, else from the env file
+//! Mattermost configuration: `MATTERMOST_ATVM_WEBHOOK`, `MATTERMOST_ATVM_CHANNEL`,
+//! `MATTERMOST_ATVM_FORMAT` and ([`posting`]) `MATTERMOST_ATVM_NOTIFY` and
+//! `MATTERMOST_ATVM_MENTION`, each from the process environment, else from the env file
 //! (docs/watcher-service.md). The webhook URL is a secret: the [`Webhook`] type never prints it, only its
 //! host, and [`Webhook::redact`] removes it from anything a server or the HTTP client said.
+
+mod posting;
+
+pub use posting::{MENTION_VAR, Mention, NOTIFY_VAR, Notify, Posting};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -286,6 +291,8 @@ pub struct MattermostConfig {
     pub webhook: Option<Webhook>,
     pub channel: Option<String>,
     pub format: Format,
+    /// `MATTERMOST_ATVM_NOTIFY` and `MATTERMOST_ATVM_MENTION`.
+    pub posting: Posting,
 }
 
 impl MattermostConfig {
@@ -333,6 +340,7 @@ impl MattermostConfig {
             webhook: webhook.map(|w| Webhook::new(&w)),
             channel,
             format,
+            posting: Posting::load(env_file)?,
         })
     }
 

@@ -11,6 +11,10 @@
 //! them after looking at their first few bytes, which keeps a full parse close to the speed
 //! of `grep -c`.
 
+mod attempts;
+
+pub use attempts::FlakyInLog;
+
 use crate::state::Counts;
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +74,20 @@ pub struct RunBlock {
     pub specs_run: Vec<String>,
     pub spec_rows: Vec<SpecRow>,
     pub footer: Option<Footer>,
+    /// Tests that failed an attempt and then passed: the first [`MAX_FLAKY_NAMED`] named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flaky: Vec<FlakyInLog>,
+    /// Every flaky test of the block, named or not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flaky_total: u32,
+}
+
+/// Flaky tests a block keeps by name (a post names 5); the rest are counted. The parser's
+/// state is checkpointed, so nothing in it grows with the run.
+pub const MAX_FLAKY_NAMED: usize = 20;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +312,9 @@ pub struct LogParser {
     unterminated: u64,
     section: Section,
     summary: LogSummary,
+    /// The test whose `(Attempt N of M)` lines are being read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retrying: Option<attempts::Retrying>,
 }
 
 impl LogParser {
@@ -374,7 +395,11 @@ impl LogParser {
         if let Some(cr) = memchr::memrchr(b'\r', raw) {
             raw = &raw[cr + 1..];
         }
-        if self.section == Section::Top && !maybe_interesting(raw) {
+        if self.section == Section::Top
+            && !maybe_interesting(raw)
+            && self.retrying.is_none()
+            && !attempts::maybe_attempt(raw.trim_ascii_start())
+        {
             return;
         }
         let owned;
@@ -463,10 +488,26 @@ impl LogParser {
     }
 
     fn top_line(&mut self, line: &str, trimmed: &str) {
+        if let Some(title) = attempts::follow(&mut self.retrying, trimmed) {
+            let block = self.block_mut();
+            block.flaky_total += 1;
+            if block.flaky.len() < MAX_FLAKY_NAMED {
+                let spec = block.current.as_ref().map(|c| c.spec.clone());
+                let mut title = title;
+                cap(&mut title);
+                block.flaky.push(FlakyInLog {
+                    spec: spec.unwrap_or_default(),
+                    title,
+                });
+            }
+            return;
+        }
         if trimmed == "(Run Starting)" {
+            self.retrying = None;
             self.summary.runs.push(RunBlock::default());
             self.section = Section::StartTable { col: 0, last: None };
         } else if trimmed == "(Run Finished)" {
+            self.retrying = None;
             if self.summary.runs.last().is_none_or(|b| b.is_finished()) {
                 // The start of this block was not seen (log read from the middle).
                 self.summary.runs.push(RunBlock::default());
@@ -474,6 +515,8 @@ impl LogParser {
             self.section = Section::FinishedHeader;
         } else if let Some(rest) = trimmed.strip_prefix("Running:") {
             if let Some((spec, index, total)) = parse_running(rest) {
+                // A retry never finished in the spec before (it crashed) ends here.
+                self.retrying = None;
                 let col = line.find(spec).unwrap_or(0);
                 let block = self.block_mut();
                 if let Some(prev) = block.current.take()

@@ -1,6 +1,7 @@
 //! Shared library of the ATVM watcher service: paths, build names, the state directory,
-//! markers and locks, Cypress log / mochawesome / inventory parsing, Mattermost delivery and
-//! the systemctl wrapper. The binaries are thin front ends over this crate.
+//! markers and locks, Cypress log / report (mochawesome, JUnit) / inventory parsing, the
+//! history of earlier runs, Mattermost delivery and the systemctl wrapper. The binaries are
+//! thin front ends over this crate.
 
 pub mod build_name;
 pub mod builds;
@@ -12,12 +13,14 @@ pub mod error;
 pub mod failpoint;
 pub mod follow;
 pub mod fsutil;
+pub mod history;
 pub mod inventory;
 pub mod logging;
 pub mod mattermost;
 pub mod paths;
 pub mod procfs;
 pub mod reporter;
+pub mod reports;
 pub mod state;
 pub mod systemctl;
 pub mod time;

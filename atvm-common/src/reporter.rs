@@ -1,6 +1,8 @@
-//! mochawesome JSON reports in the reporter directory (docs/watcher-service.md): counts, failed tests (spec,
-//! full title, first line of the error) and activity for hang detection. Only files modified
-//! after the runner started count; a malformed file is skipped with a warning.
+//! The reporter directory (docs/watcher-service.md), scanned for the run's reports —
+//! mochawesome JSON or JUnit XML, read by [`crate::reports`] — for counts, failed and
+//! flaky tests (spec, full title, first line of the error) and activity for hang
+//! detection. Only files modified after the runner started count; a malformed file is
+//! skipped with a warning.
 //!
 //! The directory is shared by every build of the controller, so a report counts for a run
 //! only when its spec is one the run's log names ([`SpecSet`]): Cypress prints spec paths
@@ -9,10 +11,16 @@
 //! the log's on a `/` boundary. Another build's reports never enter this run's counts,
 //! activity or message.
 
+use crate::reports::{self, Kind};
 use crate::state::Counts;
-use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
+
+pub use crate::reports::{FailedTest, FlakyTest, Report};
+
+/// Read one report, mochawesome or JUnit (see [`crate::reports`]).
+pub fn parse_report(bytes: &[u8]) -> Result<Report, String> {
+    reports::parse(bytes)
+}
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -79,175 +87,6 @@ pub fn stale_reports(dir: &Path, since: SystemTime) -> Vec<ReportStamp> {
         })
         .take(MAX_STALE_REPORTS)
         .collect()
-}
-
-/// Failed tests kept per report file; the message shows at most 10 anyway.
-const MAX_FAILURES_PER_REPORT: usize = 50;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailedTest {
-    /// Spec file as the reporter names it, e.g. `cypress/e2e/login.cy.js`.
-    pub spec: String,
-    pub full_title: String,
-    /// First line of `err.message`.
-    pub error: String,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    pub counts: Counts,
-    pub start: Option<Timestamp>,
-    pub end: Option<Timestamp>,
-    pub duration_ms: Option<u64>,
-    /// Spec files the report covers.
-    pub specs: Vec<String>,
-    pub failures: Vec<FailedTest>,
-    /// Failures beyond [`MAX_FAILURES_PER_REPORT`] that were counted but not kept.
-    pub more_failures: usize,
-}
-
-// The raw documents borrow their strings from the file's bytes (zero-copy): a report is
-// parsed for a handful of fields, and allocating every title of every passed test would
-// leave a watcher of a 10,000-spec run fragmented and several megabytes bigger.
-
-#[derive(Deserialize)]
-struct RawReport<'a> {
-    stats: RawStats<'a>,
-    #[serde(default, borrow)]
-    results: Vec<RawSuite<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawStats<'a> {
-    #[serde(default)]
-    tests: u64,
-    #[serde(default)]
-    passes: u64,
-    #[serde(default)]
-    failures: u64,
-    #[serde(default)]
-    pending: u64,
-    #[serde(default)]
-    skipped: u64,
-    #[serde(default, borrow)]
-    start: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    end: Option<Cow<'a, str>>,
-    #[serde(default)]
-    duration: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct RawSuite<'a> {
-    #[serde(default, borrow)]
-    file: Option<Cow<'a, str>>,
-    #[serde(default, borrow, rename = "fullFile")]
-    full_file: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    tests: Vec<RawTest<'a>>,
-    #[serde(default, borrow)]
-    suites: Vec<RawSuite<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawTest<'a> {
-    #[serde(default, borrow)]
-    title: Cow<'a, str>,
-    #[serde(default, borrow, rename = "fullTitle")]
-    full_title: Cow<'a, str>,
-    #[serde(default, borrow)]
-    state: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    err: Option<RawErr<'a>>,
-}
-
-#[derive(Deserialize)]
-struct RawErr<'a> {
-    #[serde(default, borrow)]
-    message: Option<Cow<'a, str>>,
-}
-
-impl RawStats<'_> {
-    fn counts(&self) -> Counts {
-        Counts {
-            tests: self.tests,
-            passed: self.passes,
-            failed: self.failures,
-            pending: self.pending,
-            skipped: self.skipped,
-        }
-    }
-}
-
-/// Parse one mochawesome JSON document.
-pub fn parse_report(bytes: &[u8]) -> Result<Report, String> {
-    let raw: RawReport = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let s = &raw.stats;
-    let mut report = Report {
-        counts: s.counts(),
-        start: s.start.as_deref().and_then(Timestamp::parse),
-        end: s.end.as_deref().and_then(Timestamp::parse),
-        duration_ms: s.duration,
-        ..Report::default()
-    };
-    for suite in &raw.results {
-        let spec = spec_name(suite);
-        if !spec.is_empty() && !report.specs.contains(&spec) {
-            report.specs.push(spec.clone());
-        }
-        collect_failures(suite, &spec, &mut report);
-    }
-    Ok(report)
-}
-
-fn spec_name(suite: &RawSuite) -> String {
-    let file = suite
-        .file
-        .as_deref()
-        .or(suite.full_file.as_deref())
-        .unwrap_or("");
-    file.trim_start_matches('/').to_string()
-}
-
-fn collect_failures(suite: &RawSuite, spec: &str, report: &mut Report) {
-    for test in &suite.tests {
-        if test.state.as_deref() != Some("failed") {
-            continue;
-        }
-        if report.failures.len() >= MAX_FAILURES_PER_REPORT {
-            report.more_failures += 1;
-            continue;
-        }
-        let message = test
-            .err
-            .as_ref()
-            .and_then(|e| e.message.as_deref())
-            .unwrap_or("");
-        let title = if test.full_title.is_empty() {
-            &test.title
-        } else {
-            &test.full_title
-        };
-        // Chai and Cypress colour their messages: the codes go, not only their ESC byte.
-        let plain = |text: &str| match text.contains('\u{1b}') {
-            true => crate::cypress::strip_ansi(text.as_bytes()),
-            false => text.to_string(),
-        };
-        report.failures.push(FailedTest {
-            spec: spec.to_string(),
-            full_title: plain(title),
-            error: plain(
-                message
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty())
-                    .unwrap_or(""),
-            ),
-        });
-    }
-    for child in &suite.suites {
-        collect_failures(child, spec, report);
-    }
 }
 
 /// What is kept per report file between polls: enough for change detection, activity and
@@ -335,6 +174,10 @@ pub struct Summary {
     pub reports: usize,
     /// The spec paths those reports cover (so a failing spec without one can be named).
     pub specs: Vec<String>,
+    /// The first flaky tests (reports that record attempts), at most the number asked for.
+    pub flaky: Vec<FlakyTest>,
+    /// All flaky tests in those reports.
+    pub flaky_total: usize,
 }
 
 /// Capacity of the read buffer kept between scans.
@@ -411,7 +254,7 @@ impl ReporterDir {
         let mut buf = std::mem::take(&mut self.buf);
         for entry in listing.filter_map(|e| e.ok()) {
             let name = entry.file_name();
-            if !name.as_bytes().ends_with(b".json") {
+            if !Kind::may_be(name.as_bytes()) {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
@@ -429,7 +272,7 @@ impl ReporterDir {
             let path = self.dir.join(&name);
             buf.clear();
             let (counts, suffixes) =
-                match read_into(&path, &mut buf).and_then(|_| parse_counts(&buf)) {
+                match read_into(&path, &mut buf).and_then(|_| reports::parse_counts(&buf)) {
                     Ok((c, specs)) => (Some(c), suffix_hashes(&specs)),
                     Err(e) => {
                         result.warnings.push(format!(
@@ -511,7 +354,7 @@ impl ReporterDir {
         let mut buf = std::mem::take(&mut self.buf);
         for (_, name) in files {
             let Ok(report) =
-                read_into(&self.dir.join(&name), &mut buf).and_then(|_| parse_report(&buf))
+                read_into(&self.dir.join(&name), &mut buf).and_then(|_| reports::parse(&buf))
             else {
                 continue;
             };
@@ -530,6 +373,9 @@ impl ReporterDir {
             summary
                 .failures
                 .extend(report.failures.into_iter().take(room));
+            summary.flaky_total += report.flaky.len() + report.more_flaky;
+            let room = max_failures.saturating_sub(summary.flaky.len());
+            summary.flaky.extend(report.flaky.into_iter().take(room));
         }
         buf.shrink_to(READ_BUFFER_KEEP);
         self.buf = buf;
@@ -563,33 +409,6 @@ fn read_into(path: &Path, buf: &mut Vec<u8>) -> Result<(), String> {
 /// A report this large is not mochawesome's (a run of 10,000 tests writes a few MiB).
 const MAX_REPORT_BYTES: u64 = 256 << 20;
 
-/// Only the `stats` of a report and the spec files it covers (what every poll needs),
-/// without building the rest.
-fn parse_counts(bytes: &[u8]) -> Result<(Counts, Vec<String>), String> {
-    #[derive(Deserialize)]
-    struct FileOnly<'a> {
-        #[serde(default, borrow)]
-        file: Option<Cow<'a, str>>,
-        #[serde(default, borrow, rename = "fullFile")]
-        full_file: Option<Cow<'a, str>>,
-    }
-    #[derive(Deserialize)]
-    struct StatsAndFiles<'a> {
-        #[serde(borrow)]
-        stats: RawStats<'a>,
-        #[serde(default, borrow)]
-        results: Vec<FileOnly<'a>>,
-    }
-    let only: StatsAndFiles = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let specs = only
-        .results
-        .iter()
-        .filter_map(|r| r.file.as_deref().or(r.full_file.as_deref()))
-        .map(str::to_string)
-        .collect();
-    Ok((only.stats.counts(), specs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,24 +428,5 @@ mod tests {
         assert!(!set.matches("cypress/e2e/login.cy.js.bak"));
         assert!(SpecSet::new([]).is_empty());
         assert!(!SpecSet::new(["", " "]).matches("a.cy.js"));
-    }
-
-    #[test]
-    fn colour_codes_in_an_error_are_removed_whole() {
-        let doc = br#"{"stats":{"tests":1,"failures":1},"results":[{"file":"cypress/e2e/a.cy.js",
-            "suites":[{"title":"A","tests":[{"title":"t","fullTitle":"A \u001b[1mt\u001b[22m",
-            "state":"failed","err":{"message":"\u001b[31mAssertionError\u001b[39m: expected red\nstack"}}],
-            "suites":[]}]}]}"#;
-        let r = parse_report(doc).expect("report");
-        assert_eq!(r.failures[0].full_title, "A t");
-        assert_eq!(r.failures[0].error, "AssertionError: expected red");
-    }
-
-    #[test]
-    fn minimal_and_broken_documents() {
-        let r = parse_report(br#"{"stats":{"tests":1,"passes":1}}"#).expect("minimal");
-        assert_eq!(r.counts.tests, 1);
-        assert!(parse_report(b"{\"stats\":").is_err());
-        assert!(parse_report(b"[]").is_err());
     }
 }

@@ -736,8 +736,13 @@ impl StateDir {
         Ok(())
     }
 
-    /// Move the whole directory to `<state-root>/.archive/<build>/<UTC-timestamp>/` and keep
-    /// the newest [`ARCHIVE_KEEP`] archives of this build. Returns where it went.
+    /// Move the whole directory to `<state-root>/.archive/<build>/<NNNNNN>-<UTC-timestamp>/`
+    /// and prune the build's archives (see [`prune_archives`]). Returns where it went.
+    ///
+    /// `NNNNNN` is the build's archive sequence, one more than any archive (or kept
+    /// summary) of the build has: the order of starts. The time stamp only names the
+    /// moment; a wall-clock step cannot reorder the archives, so "the newest" and "the
+    /// previous run" are what they say.
     pub fn archive(&self, archive_root: &Path) -> Result<Option<PathBuf>> {
         if !self.exists() {
             return Ok(None);
@@ -745,52 +750,102 @@ impl StateDir {
         let base = archive_root.join(self.build.as_str());
         fsutil::create_dir(archive_root, 0o700)?;
         fsutil::create_dir(&base, 0o700)?;
-        let target = base.join(next_archive_name(&base, &Timestamp::now().compact())?);
+        let seq = next_sequence(&base)?;
+        let target = base.join(format!("{seq:06}-{}", Timestamp::now().compact()));
         fs::rename(&self.dir, &target).map_err(|e| Error::io("cannot archive", &self.dir, e))?;
-        prune_archives(&base, ARCHIVE_KEEP)?;
+        prune_archives(&base, ARCHIVE_KEEP, SUMMARY_KEEP)?;
         Ok(Some(target))
     }
 }
 
-/// `stamp`, or `stamp-NNN` numbered past every archive already named after `stamp`, so two
-/// starts within one second still get distinct names that sort in the order they were made
-/// (even after pruning removed the earlier ones).
-fn next_archive_name(base: &Path, stamp: &str) -> Result<String> {
-    let mut next: Option<u32> = None;
-    for entry in fs::read_dir(base).map_err(|e| Error::io("cannot list archive", base, e))? {
-        let name = entry
-            .map_err(|e| Error::io("cannot list archive", base, e))?
-            .file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stamp)) else {
-            continue;
-        };
-        let n = match rest.strip_prefix('-') {
-            Some(num) => num.parse::<u32>().unwrap_or(0),
-            None if rest.is_empty() => 0,
-            None => continue,
-        };
-        next = Some(next.map_or(n + 1, |m: u32| m.max(n + 1)));
+/// Summaries of archived runs kept per build name (`.summaries/` of its archive), beyond
+/// the [`ARCHIVE_KEEP`] whole archives: the history a post compares with outlives the
+/// bulky files.
+pub const SUMMARY_KEEP: usize = 100;
+/// Where the summaries of pruned archives are kept, in a build's archive directory.
+pub const SUMMARIES_DIR: &str = ".summaries";
+
+/// An archive's place in the order of starts. `NNNNNN-<stamp>` sorts by its sequence;
+/// names from before sequences (`20261124T193530Z`, `…-001`) come before every sequenced
+/// one, by name (they were named by time, all we know of their order). Dot entries are not
+/// archives.
+fn archive_key(name: &str) -> Option<(u64, String)> {
+    let stem = name.strip_suffix(".json").unwrap_or(name);
+    if stem.starts_with('.') || stem.is_empty() {
+        return None;
     }
-    Ok(match next {
-        None => stamp.to_string(),
-        Some(n) => format!("{stamp}-{n:03}"),
-    })
+    let seq = stem
+        .split_once('-')
+        .filter(|(n, _)| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(n, _)| n.parse::<u64>().ok())
+        .map_or(0, |n| n + 1);
+    Some((seq, stem.to_string()))
 }
 
-/// Remove all but the newest `keep` entries of `base` (names sort by time).
-fn prune_archives(base: &Path, keep: usize) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(base)
-        .map_err(|e| Error::io("cannot list archive", base, e))?
+/// The names in `dir` that are archives (or kept summaries), oldest start first.
+fn in_start_order(dir: &Path) -> Result<Vec<(u64, String)>> {
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot list archive", dir, e)),
+    };
+    let mut keys: Vec<(u64, String)> = listing
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
+        .filter_map(|e| archive_key(&e.file_name().to_string_lossy()))
         .collect();
-    names.sort();
+    keys.sort();
+    Ok(keys)
+}
+
+/// One more than the highest sequence among the archives and kept summaries of `base`.
+fn next_sequence(base: &Path) -> Result<u64> {
+    let mut keys = in_start_order(base)?;
+    keys.extend(in_start_order(&base.join(SUMMARIES_DIR))?);
+    Ok(keys.iter().map(|(seq, _)| *seq).max().unwrap_or(0).max(1))
+}
+
+/// Keep the newest `keep` archives of `base` whole. An older one gives up everything but
+/// its summary, which moves to `.summaries/<name>.json` (a rename: no space needed); of
+/// those, the newest `keep_summaries` are kept. Newest is the order of starts.
+fn prune_archives(base: &Path, keep: usize, keep_summaries: usize) -> Result<()> {
+    let names = in_start_order(base)?;
     let excess = names.len().saturating_sub(keep);
-    for name in &names[..excess] {
+    let summaries = base.join(SUMMARIES_DIR);
+    for (_, name) in &names[..excess] {
         let path = base.join(name);
+        let summary = path.join(crate::history::SUMMARY_FILE);
+        if fs::symlink_metadata(&summary).is_ok_and(|m| m.is_file()) {
+            fsutil::create_dir(&summaries, 0o700)?;
+            let kept = summaries.join(format!("{name}.json"));
+            fs::rename(&summary, &kept)
+                .map_err(|e| Error::io("cannot keep the summary of", &path, e))?;
+        }
         fs::remove_dir_all(&path).map_err(|e| Error::io("cannot prune archive", &path, e))?;
     }
+    let kept = in_start_order(&summaries)?;
+    for (_, name) in &kept[..kept.len().saturating_sub(keep_summaries)] {
+        let path = summaries.join(format!("{name}.json"));
+        fs::remove_file(&path).map_err(|e| Error::io("cannot prune summary", &path, e))?;
+    }
     Ok(())
+}
+
+/// The summary files of the runs archived in `base`, oldest start first: those of whole
+/// archives and those kept after pruning. Paths may name files that do not exist (a run
+/// archived before summaries existed, or one that never finished).
+pub fn archived_summaries(base: &Path) -> Vec<PathBuf> {
+    let summaries = base.join(SUMMARIES_DIR);
+    let mut all: Vec<((u64, String), PathBuf)> = Vec::new();
+    for key in in_start_order(&summaries).unwrap_or_default() {
+        let path = summaries.join(format!("{}.json", key.1));
+        all.push((key, path));
+    }
+    for key in in_start_order(base).unwrap_or_default() {
+        let path = base.join(&key.1).join(crate::history::SUMMARY_FILE);
+        all.push((key, path));
+    }
+    all.sort();
+    all.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The per-build start lock (docs/watcher-service.md): every start helper holds it for its whole sequence,
@@ -949,6 +1004,91 @@ mod tests {
         kept.sort_by_key(|s| s.parse::<u32>().unwrap_or(0));
         let expected: Vec<String> = (3..23).map(|i| i.to_string()).collect();
         assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn archives_are_ordered_by_start_whatever_their_time_stamps_say() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let base = root.path().join("b1");
+        fs::create_dir(&base).expect("mkdir");
+        // Named by an older version while the clock ran ahead, then by sequence.
+        for name in [
+            "20991231T235959Z",
+            "20991231T235959Z-001",
+            "000007-20991231T000000Z",
+            "000008-20261205T000000Z",
+        ] {
+            fs::create_dir(base.join(name)).expect("mkdir");
+            fs::write(base.join(name).join(crate::history::SUMMARY_FILE), name).expect("write");
+        }
+        assert_eq!(next_sequence(&base).expect("seq"), 9);
+        let order: Vec<String> = in_start_order(&base)
+            .expect("ls")
+            .into_iter()
+            .map(|k| k.1)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "20991231T235959Z",
+                "20991231T235959Z-001",
+                "000007-20991231T000000Z",
+                "000008-20261205T000000Z"
+            ]
+        );
+        prune_archives(&base, 2, 1).expect("prune");
+        let left: Vec<String> = in_start_order(&base)
+            .expect("ls")
+            .into_iter()
+            .map(|k| k.1)
+            .collect();
+        assert_eq!(
+            left,
+            ["000007-20991231T000000Z", "000008-20261205T000000Z"],
+            "the newest by start stay"
+        );
+        // Of the two pruned, the newer one's summary is kept.
+        let kept = archived_summaries(&base);
+        let names: Vec<String> = kept
+            .iter()
+            .filter(|p| p.exists())
+            .map(|p| fs::read_to_string(p).expect("read"))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "20991231T235959Z-001",
+                "000007-20991231T000000Z",
+                "000008-20261205T000000Z"
+            ]
+        );
+        assert_eq!(
+            next_sequence(&base).expect("seq"),
+            9,
+            "pruning never reuses a sequence"
+        );
+    }
+
+    #[test]
+    fn pruned_archives_keep_their_summaries_longer() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(root.path(), &build("b1"));
+        let archive_root = root.path().join(".archive");
+        for i in 0..(ARCHIVE_KEEP + 5) {
+            sd.create().expect("create");
+            fs::write(sd.path().join(crate::history::SUMMARY_FILE), i.to_string()).expect("write");
+            fs::write(sd.path().join("payload.json"), "bulky").expect("write");
+            sd.archive(&archive_root).expect("archive");
+        }
+        let base = archive_root.join("b1");
+        let whole = in_start_order(&base).expect("ls");
+        assert_eq!(whole.len(), ARCHIVE_KEEP);
+        let all: Vec<String> = archived_summaries(&base)
+            .iter()
+            .map(|p| fs::read_to_string(p).expect("read"))
+            .collect();
+        let expected: Vec<String> = (0..ARCHIVE_KEEP + 5).map(|i| i.to_string()).collect();
+        assert_eq!(all, expected, "every run's summary, oldest first");
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! atvm-common against real-shaped inputs: the Cypress log fixtures, mochawesome JSON written
-//! by the real reporter, and log files that are appended to, truncated and rotated.
+//! atvm-common against real-shaped inputs: the Cypress log fixtures, mochawesome JSON and
+//! JUnit XML written by the real reporters, and log files that are appended to, truncated and rotated.
 
 #![allow(clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
-use atvm_common::cypress::{LogParser, LogSummary, Outcome};
+use atvm_common::cypress::{FlakyInLog, LogParser, LogSummary, Outcome};
 use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::reporter::{ReporterDir, SpecSet, parse_report};
 use atvm_common::state::Counts;
@@ -202,6 +202,7 @@ fn any_chunking_gives_the_same_result() {
         "wrapped.log",
         "coloured.log",
         "no-specs.log",
+        "retries.log",
     ] {
         let bytes = read(&format!("cypress/{name}"));
         let whole = parse_chunked(&bytes, usize::MAX);
@@ -213,6 +214,45 @@ fn any_chunking_gives_the_same_result() {
             );
         }
     }
+}
+
+#[test]
+fn tests_that_pass_on_a_retry_are_flaky_and_those_that_never_pass_are_not() {
+    let s = parse("cypress/retries.log");
+    let b = &s.runs[0];
+    assert_eq!(b.flaky_total, 1);
+    assert_eq!(
+        b.flaky,
+        [FlakyInLog {
+            spec: "cypress/e2e/checkout.cy.js".into(),
+            title: "sends the receipt".into()
+        }]
+    );
+    // The flaky test counts as passed, the retried failure as failed: Cypress's own counts.
+    assert_eq!(
+        b.footer.as_ref().map(|f| f.counts),
+        Some(counts(5, 4, 1, 0, 0))
+    );
+    let ok = parse("cypress/flaky-passing.log");
+    assert_eq!(ok.runs[0].flaky_total, 1);
+    assert!(!ok.runs[0].has_failures());
+    for name in ["passing.log", "failing-2-of-20.log", "coloured.log"] {
+        assert_eq!(
+            parse(&format!("cypress/{name}")).runs[0].flaky_total,
+            0,
+            "{name}"
+        );
+    }
+    // A checkpoint taken between the attempts and the final line resumes the retry.
+    let bytes = read("cypress/retries.log");
+    let text = String::from_utf8(bytes.clone()).expect("utf-8");
+    let cut = text.find("    (Attempt 2 of 3) sends").expect("attempt");
+    let mut first = LogParser::new();
+    first.feed(&bytes[..cut]);
+    let saved = serde_json::to_string(&first).expect("serialise");
+    let mut resumed: LogParser = serde_json::from_str(&saved).expect("restore");
+    resumed.feed(&bytes[cut..]);
+    assert_eq!(resumed.summary(), &parse_chunked(&bytes, usize::MAX));
 }
 
 #[test]
@@ -267,6 +307,56 @@ fn mochawesome_report_from_the_real_reporter() {
     let ok = parse_report(&read("mochawesome/dashboard.json")).expect("parses");
     assert_eq!(ok.counts, counts(2, 2, 0, 0, 0));
     assert!(ok.failures.is_empty());
+}
+
+#[test]
+fn junit_report_from_the_real_reporter_under_cypress() {
+    let r = parse_report(&read("junit/checkout.xml")).expect("parses");
+    // A pass, a failure, a skip and a test that passed on its retry (which
+    // mocha-junit-reporter does not record: it is a plain pass).
+    assert_eq!(r.counts, counts(4, 2, 1, 1, 0));
+    assert_eq!(
+        r.specs,
+        ["cypress/e2e/checkout.cy.js"],
+        "the root suite's file"
+    );
+    assert_eq!(r.failures.len(), 1);
+    assert_eq!(r.failures[0].spec, "cypress/e2e/checkout.cy.js");
+    assert_eq!(r.failures[0].full_title, "Checkout charges the card");
+    assert_eq!(r.failures[0].error, "expected the payment to go through");
+    assert!(r.flaky.is_empty());
+    let ok = parse_report(&read("junit/search.xml")).expect("parses");
+    assert_eq!(ok.counts, counts(2, 2, 0, 0, 0));
+    assert_eq!(ok.specs, ["cypress/e2e/search.cy.js"]);
+    // Plain mocha names the file on the suites themselves, absolute.
+    let plain = parse_report(&read("junit/checkout-mocha.xml")).expect("parses");
+    assert_eq!(plain.failures[0].full_title, "Checkout charges the card");
+    assert!(SpecSet::new(["checkout.cy.js"]).matches(&plain.specs[0]));
+}
+
+#[test]
+fn reporter_dir_reads_junit_beside_mochawesome() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    for (from, to) in [
+        ("junit/checkout.xml", "results-1a2b.xml"),
+        ("mochawesome/login.json", "login.json"),
+        ("junit/search.xml", "notes.txt"),
+    ] {
+        fs::copy(fixture(from), dir.path().join(to)).expect("copy");
+    }
+    let specs = SpecSet::new(["checkout.cy.js", "login.cy.js", "search.cy.js"]);
+    let mut rd = ReporterDir::new(dir.path(), since);
+    assert!(rd.scan(true).warnings.is_empty());
+    assert_eq!(rd.counts(&specs).map(|c| c.tests), Some(8), "not notes.txt");
+    let summary = rd.summarize(|_| true, &specs, 10);
+    assert_eq!((summary.reports, summary.failures_total), (2, 2));
+    let titles: Vec<&str> = summary
+        .failures
+        .iter()
+        .map(|f| f.full_title.as_str())
+        .collect();
+    assert!(titles.contains(&"Checkout charges the card"), "{titles:?}");
 }
 
 #[test]

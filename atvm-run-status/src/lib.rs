@@ -7,6 +7,7 @@
 //! error, and also warned about on stderr); 1 when the state root cannot be read or is not
 //! safely owned, or for an unknown build; 2 for an invalid build name.
 
+mod history;
 mod read;
 mod table;
 mod terminal;
@@ -54,7 +55,7 @@ pub struct Cli {
     /// Print JSON for scripts instead of text (shape: docs/atvm-run-status.md).
     #[arg(long)]
     pub json: bool,
-    /// Include archived runs (<state-root>/.archive/<build>/<timestamp>/).
+    /// Include archived runs (<state-root>/.archive/<build>/<sequence>-<timestamp>/).
     #[arg(long)]
     pub all: bool,
     /// Only runs in these states (comma-separated, e.g. `FAILED,HUNG`).

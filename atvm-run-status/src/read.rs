@@ -80,7 +80,8 @@ pub fn build_runs(paths: &Paths, build: &BuildName, all: bool) -> Result<Vec<Sou
     Ok(sources)
 }
 
-/// `<state-root>/.archive/<build>/<stamp>/`: each is a whole state directory moved aside.
+/// `<state-root>/.archive/<build>/<NNNNNN>-<stamp>/`: each is a whole state directory moved
+/// aside (`.summaries/`, what pruning keeps of older runs, is not one).
 fn archives(paths: &Paths, build: &BuildName) -> Result<Vec<Source>> {
     let base = paths.archive_root().join(build.as_str());
     let mut out = Vec::new();
@@ -92,8 +93,9 @@ fn archives(paths: &Paths, build: &BuildName) -> Result<Vec<Source>> {
         return Ok(out);
     }
     for (stamp, path) in subdirs(&base).or_else(absent_is_empty(&base))? {
-        // Archive names are timestamps (`20261124T193530Z`, `…-001`), which pass the build
-        // name rule; that lets StateDir name the files inside as it does for a current run.
+        // Archive names (`000007-20261124T193530Z`; before sequences, `20261124T193530Z`,
+        // `…-001`) pass the build name rule; that lets StateDir name the files inside as
+        // it does for a current run.
         match BuildName::parse(&stamp) {
             Ok(name) => out.push(Source {
                 build: build.clone(),
@@ -381,5 +383,9 @@ fn read_detail(
         last_error: state.and_then(|s| s.post.last_error.clone()),
         watcher_error: text("watcher_error"),
         subruns,
+        history: src
+            .archive
+            .is_none()
+            .then(|| crate::history::rows(paths, &src.build)),
     }
 }

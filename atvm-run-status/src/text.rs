@@ -3,7 +3,7 @@
 //! one line and nothing in a state file can drive the operator's terminal. The table is in
 //! [`crate::table`].
 
-use crate::view::{Detail, MarkerView, PostView, RunView, SubRunView, UnitView};
+use crate::view::{Detail, HistoryRow, MarkerView, PostView, RunView, SubRunView, UnitView};
 use atvm_common::Timestamp;
 use atvm_common::state::{Counts, PostStatus};
 use atvm_common::systemctl::Activity;
@@ -98,6 +98,9 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     if let Some(subruns) = d.and_then(|d| d.subruns.as_deref()) {
         text.push_str(&subrun_table(subruns));
     }
+    if let Some(rows) = d.and_then(|d| d.history.as_deref()) {
+        text.push_str(&crate::history::table(rows, |h| history_cells(h, now)));
+    }
     if !run.errors.is_empty() {
         text.push_str("  errors\n");
         for e in &run.errors {
@@ -105,6 +108,29 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
         }
     }
     text
+}
+
+/// The cells of one history row: run, started, state, tests, duration, post.
+fn history_cells(h: &HistoryRow, now: Timestamp) -> [String; 6] {
+    let tests = match (&h.counts, h.failed_tests) {
+        (Some(c), _) => counts(c),
+        (None, Some(n)) => format!("{n} failed"),
+        (None, None) => "-".into(),
+    };
+    [
+        clean(&opt(h.archive.as_deref())),
+        when(h.started_at, now),
+        h.state.map_or("-".into(), |s| s.to_string()),
+        tests,
+        h.duration_seconds
+            .map_or("-".into(), |s| human_duration(Duration::from_secs(s))),
+        h.post.map_or("-".into(), |p| {
+            serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        }),
+    ]
 }
 
 fn runner_lines(

@@ -88,6 +88,26 @@ pub struct Detail {
     pub watcher_error: Option<String>,
     /// `null` for a run that is not categorized.
     pub subruns: Option<Vec<SubRunView>>,
+    /// The build's earlier runs, newest first by start (at most 10); `null` for an
+    /// archived run's own detail.
+    pub history: Option<Vec<HistoryRow>>,
+}
+
+/// One earlier run of the build, in the detail view's history.
+#[derive(Debug, Serialize)]
+pub struct HistoryRow {
+    /// The archive's name (`000007-20261124T193530Z`).
+    pub archive: Option<String>,
+    pub run_id: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub state: Option<RunState>,
+    /// From the archived `state.json`, while the archive is whole.
+    pub counts: Option<Counts>,
+    /// Failed tests, from the run's summary.
+    pub failed_tests: Option<usize>,
+    /// From the boot clock.
+    pub duration_seconds: Option<u64>,
+    pub post: Option<PostStatus>,
 }
 
 #[derive(Debug, Serialize)]

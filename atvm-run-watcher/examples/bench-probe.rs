@@ -118,6 +118,7 @@ fn polls(log: &Path, reporter: &Path, n: u32) {
         Sink::DryRun {
             channel: None,
             format: Default::default(),
+            posting: Default::default(),
         },
         &shutdown,
     )

@@ -15,6 +15,7 @@
 //! good, is never sent again.
 
 use crate::shutdown::Shutdown;
+use atvm_common::config::Posting;
 use atvm_common::error::{Error, Result};
 use atvm_common::mattermost::{self, Attempt, Delivery, Format, Hooks, Payload, Poster};
 use atvm_common::state::{FAILED_MARKER, POST_READY, POSTED_MARKER, Post, PostStatus, Request};
@@ -41,10 +42,13 @@ pub enum Sink {
         poster: Arc<dyn Poster>,
         channel: Option<String>,
         format: Format,
+        /// `MATTERMOST_ATVM_NOTIFY` and `MATTERMOST_ATVM_MENTION`.
+        posting: Posting,
     },
     DryRun {
         channel: Option<String>,
         format: Format,
+        posting: Posting,
     },
 }
 
@@ -63,6 +67,12 @@ impl Sink {
 
     pub fn is_dry_run(&self) -> bool {
         matches!(self, Sink::DryRun { .. })
+    }
+
+    pub fn posting(&self) -> &Posting {
+        match self {
+            Sink::Mattermost { posting, .. } | Sink::DryRun { posting, .. } => posting,
+        }
     }
 }
 

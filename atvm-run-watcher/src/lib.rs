@@ -57,6 +57,8 @@ Environment:
   MATTERMOST_ATVM_WEBHOOK      the webhook (a secret: only its host is ever shown)
   MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
+  MATTERMOST_ATVM_NOTIFY       `failed` to post FAILED results only [default: all]
+  MATTERMOST_ATVM_MENTION      @name tokens put in FAILED posts, e.g. @qa-oncall [default: none]
   ATVM_POLL_SECONDS, ATVM_GRACE_SECONDS, ATVM_HANG_MINUTES, ATVM_START_TIMEOUT_SECONDS,
   ATVM_POST_RETRY_SECONDS      the timing flags above (the flag wins)
   ATVM_WATCH_EVENTS            `off`: look every --poll-seconds instead of waiting on file and process events [default: on]
@@ -214,11 +216,14 @@ fn note_fatal(sd: &atvm_common::StateDir, run_id: &str, e: &Error) {
 /// `post.json` files (no webhook needed).
 fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
     if dry_run {
-        // No webhook needed, but a value that is set must be valid (exit 78, as a start).
+        // No webhook needed for a preview, but what is set must be valid (exit 78, as a
+        // start): who is named, what is posted, the channel. A preview of a configuration
+        // the real watcher refuses would mislead.
         let config = MattermostConfig::load(&paths.env_file)?;
         return Ok(Sink::DryRun {
             channel: config.channel,
             format: config.format,
+            posting: config.posting,
         });
     }
     let config = MattermostConfig::load(&paths.env_file)?;
@@ -228,6 +233,7 @@ fn sink(dry_run: bool, paths: &Paths, timing: Timing) -> Result<Sink> {
         poster,
         channel: config.channel,
         format: config.format,
+        posting: config.posting,
     })
 }
 

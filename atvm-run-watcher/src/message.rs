@@ -1,14 +1,17 @@
 //! What a post says about a result: assembled from a borrowed [`Input`] (the result's
-//! record, its part of the log, the failed tests the reports name, the run's VMs) into the
-//! whole webhook [`Payload`] by `atvm_common::mattermost`. Pure: the watcher gathers the
-//! input.
+//! record, its part of the log, the failed and flaky tests the reports name, the run's VMs,
+//! the earlier runs of the build name) into the whole webhook [`Payload`] by
+//! `atvm_common::mattermost`, with the result's [`Outcome`] for the runs after it (the
+//! history: atvm_common::history). Pure: the watcher gathers the input.
 
 use atvm_common::BuildName;
 use atvm_common::Timestamp;
 use atvm_common::cypress::{RunBlock, SpecRow};
+use atvm_common::history::{self, Earlier, Failure, Now, Outcome, RunSummary};
 use atvm_common::inventory::Vm;
+use atvm_common::mattermost::message::Trend;
 use atvm_common::mattermost::{Format, MAX_FAILURES_SHOWN, Message, Payload};
-use atvm_common::reporter::{FailedTest, SpecSet, Summary};
+use atvm_common::reporter::{FailedTest, FlakyTest, SpecSet, Summary};
 use atvm_common::state::{Request, State};
 use atvm_common::time::human_duration;
 use std::time::Duration;
@@ -22,10 +25,11 @@ pub struct Input<'a> {
     pub record: &'a State,
     /// The result's part of the log: every block of the run, or the sub-run's one.
     pub blocks: &'a [RunBlock],
-    /// Failed tests the reports name for this result.
+    /// Failed (and flaky) tests the reports name for this result.
     pub reported: Summary,
-    /// When the runner started and ended (the run itself; sub-runs use their footers).
-    pub runner_times: Option<(Timestamp, Timestamp)>,
+    /// How long the run took, from the boot clock where it is known; `None` for a sub-run,
+    /// whose duration is the one Cypress printed in its footer.
+    pub duration: Option<Duration>,
     /// Start and end shown in the footer (the run's runner, or the sub-run's block).
     pub started: Option<Timestamp>,
     pub ended: Option<Timestamp>,
@@ -33,16 +37,29 @@ pub struct Input<'a> {
     pub host: &'a str,
     pub channel: Option<&'a str>,
     pub format: Format,
+    /// The run log's path, for the footer.
+    pub log: Option<&'a str>,
+    /// The summaries of earlier runs of the build name, newest first.
+    pub earlier: &'a [RunSummary],
+    /// `MATTERMOST_ATVM_MENTION`.
+    pub mention: Option<&'a str>,
 }
 
-/// The payload posted for `input`.
-pub fn compose(input: Input) -> Payload {
-    let failures = failures(&input);
-    let failures_total = failures_total(&input, failures.len());
-    let duration = match input.runner_times {
-        Some((start, end)) => Some(human_duration(start.until(end))),
-        None => footer_duration(input.blocks),
-    };
+/// A composed post, and what the history keeps of its result.
+#[derive(Debug)]
+pub struct Composed {
+    pub payload: Payload,
+    pub outcome: Outcome,
+}
+
+/// The payload posted for `input`, and the result's outcome.
+pub fn compose(input: Input) -> Composed {
+    let all = failures(&input);
+    let failures_total = failures_total(&input, all.len());
+    let duration = input.duration.or_else(|| footer_duration(input.blocks));
+    let (trend, outcome) = trend(&input, &all, failures_total, duration);
+    let listed: Vec<FailedTest> = all.into_iter().take(MAX_FAILURES_SHOWN).collect();
+    let (flaky, flaky_total) = flaky(&input);
     let run_url = input.blocks.iter().rev().find_map(|b| b.url());
     let message = Message {
         state: input.record.state,
@@ -51,21 +68,138 @@ pub fn compose(input: Input) -> Payload {
         reason: &input.record.reason,
         request: input.request,
         counts: input.record.counts,
-        duration,
+        duration: duration.map(human_duration),
         vms: input.vms.iter().collect(),
         run_url,
-        failures: &failures,
+        failures: &listed,
         failures_total,
         host: input.host,
         started: input.started,
         ended: input.ended,
+        log: input.log,
+        flaky,
+        flaky_total,
+        trend: Some(&trend),
+        mention: input.mention,
     };
-    Payload::build(&message, input.channel, input.format)
+    Composed {
+        payload: Payload::build(&message, input.channel, input.format),
+        outcome,
+    }
 }
 
-/// The failed tests to list: the ones the reports name, then each failing spec of the
-/// log's summary table that no report covers (a spec whose report was never written must
-/// not vanish into "and N more"), at most [`MAX_FAILURES_SHOWN`].
+/// The name the history knows a result by: the group (or the sub-run's key), or `None`
+/// for the run itself.
+pub fn history_name(record: &State) -> Option<&str> {
+    record.group.as_deref().or(record.key.as_deref())
+}
+
+/// This result against the earlier finished runs (or groups), and its outcome with the
+/// streak of each failure.
+fn trend(
+    input: &Input,
+    all: &[FailedTest],
+    failures_total: usize,
+    duration: Option<Duration>,
+) -> (Trend, Outcome) {
+    let earlier = history::finished(input.earlier, history_name(input.record));
+    // The reports' failures come first; after them, the failing specs the log names
+    // without a report, known at spec level only.
+    let reported = input.reported.failures.len();
+    let failed: Vec<Failure> = all
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Failure {
+            spec: f.spec.clone(),
+            test: (i < reported).then(|| f.full_title.clone()),
+            streak: 0,
+        })
+        .collect();
+    let (ran, failing) = ran_and_failing(input, all);
+    let now = Now {
+        failed: &failed,
+        complete: failed.len() >= failures_total,
+        ran: &ran,
+        failing: &failing,
+    };
+    let compared = history::compare(earlier.first().map(|e| e.outcome), &now);
+    let outcome = Outcome {
+        state: input.record.state,
+        duration_ms: duration.map(|d| d.as_millis() as u64),
+        failed: compared.failed,
+        failed_total: failures_total,
+    };
+    let first = earlier.is_empty();
+    // The first run has nothing to compare with and says so instead: no marks, no row of
+    // one mark.
+    let trend = Trend {
+        marks: if first { Vec::new() } else { compared.marks },
+        fixed: compared.fixed,
+        fixed_total: compared.fixed_total,
+        first,
+        duration_change: outcome
+            .duration_ms
+            .zip(earlier.first())
+            .and_then(|(ms, e): (u64, &Earlier)| history::duration_change(ms, e)),
+        last_runs: (!first).then(|| history::last_runs(&earlier, &outcome)),
+    };
+    (trend, outcome)
+}
+
+/// The specs this result ran (its log's and its reports') and those that failed.
+fn ran_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<String>) {
+    let ran = input
+        .blocks
+        .iter()
+        .flat_map(|b| b.spec_names())
+        .map(str::to_string)
+        .chain(input.reported.specs.iter().cloned())
+        .collect();
+    let failing = input
+        .blocks
+        .iter()
+        .flat_map(|b| &b.spec_rows)
+        .filter(|r| r.is_failing())
+        .map(|r| r.spec.clone())
+        .chain(all.iter().map(|f| f.spec.clone()))
+        .collect();
+    (ran, failing)
+}
+
+/// The flaky tests: the log's (its `(Attempt N of M)` lines) and the reports' (those that
+/// record attempts), a test both name counted once.
+fn flaky(input: &Input) -> (Vec<FlakyTest>, usize) {
+    let from_log = input.blocks.iter().flat_map(|b| &b.flaky);
+    let mut named: Vec<FlakyTest> = from_log
+        .map(|f| FlakyTest {
+            spec: f.spec.clone(),
+            title: f.title.clone(),
+        })
+        .collect();
+    let mut total: usize = input.blocks.iter().map(|b| b.flaky_total as usize).sum();
+    for r in &input.reported.flaky {
+        let same =
+            |l: &FlakyTest| history::same_spec(&l.spec, &r.spec) && r.title.ends_with(&l.title);
+        match named.iter().position(same) {
+            // The report knows the full title.
+            Some(i) => named[i] = r.clone(),
+            None => {
+                named.push(r.clone());
+                total += 1;
+            }
+        }
+    }
+    let unnamed = input
+        .reported
+        .flaky_total
+        .saturating_sub(input.reported.flaky.len());
+    (named, total + unnamed)
+}
+
+/// The failed tests: the ones the reports name, then each failing spec of the log's
+/// summary table that no report covers (a spec whose report was never written must not
+/// vanish into "and N more"). The message lists the first [`MAX_FAILURES_SHOWN`]; the
+/// history keeps more.
 fn failures(input: &Input) -> Vec<FailedTest> {
     let mut listed = input.reported.failures.clone();
     listed.extend(unreported(input).map(|row| FailedTest {
@@ -73,7 +207,7 @@ fn failures(input: &Input) -> Vec<FailedTest> {
         full_title: failing_tests(row.counts.failed),
         error: String::new(),
     }));
-    listed.truncate(MAX_FAILURES_SHOWN);
+    listed.truncate(history::MAX_FAILURES_KEPT);
     listed
 }
 
@@ -109,8 +243,8 @@ fn failures_total(input: &Input, listed: usize) -> usize {
     named.max(listed).max(in_log)
 }
 
-/// Sum of the blocks' footer durations (`MM:SS` or `H:MM:SS`), in words.
-pub fn footer_duration(blocks: &[RunBlock]) -> Option<String> {
+/// Sum of the blocks' footer durations (`MM:SS` or `H:MM:SS`).
+pub fn footer_duration(blocks: &[RunBlock]) -> Option<Duration> {
     let mut secs = 0u64;
     let mut any = false;
     for d in blocks
@@ -123,7 +257,7 @@ pub fn footer_duration(blocks: &[RunBlock]) -> Option<String> {
             any = true;
         }
     }
-    any.then(|| human_duration(Duration::from_secs(secs)))
+    any.then(|| Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -152,7 +286,10 @@ mod tests {
             record,
             blocks,
             reported: Summary::default(),
-            runner_times: None,
+            duration: None,
+            log: None,
+            earlier: &[],
+            mention: None,
             started: None,
             ended: None,
             vms: &[],
@@ -180,7 +317,7 @@ mod tests {
         assert_eq!(listed[0].spec, "login.cy.js");
         assert_eq!(listed[0].full_title, "2 failing tests");
         assert_eq!(failures_total(&i, listed.len()), 2, "the log's count wins");
-        assert_eq!(footer_duration(&b).as_deref(), Some("1m 32s"));
+        assert_eq!(footer_duration(&b), Some(Duration::from_secs(92)));
     }
 
     #[test]
@@ -251,8 +388,8 @@ mod tests {
             ..Summary::default()
         };
         assert_eq!(failures_total(&i, 1), 12);
-        i.runner_times = Some((Timestamp::from_millis(0), Timestamp::from_millis(750_000)));
-        let text = compose(i).to_json();
+        i.duration = Some(Duration::from_millis(750_000));
+        let text = compose(i).payload.to_json();
         assert!(
             text.contains("A fails — boom") && text.contains("12m 30s"),
             "{text}"

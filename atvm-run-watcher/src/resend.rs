@@ -81,6 +81,7 @@ pub fn run(paths: &Paths, build: &BuildName, group: Option<&str>, window: Durati
         poster,
         channel: config.channel,
         format: config.format,
+        posting: config.posting,
     };
     let shutdown = Shutdown::install()?;
     let errors = send_all(&sd, &request, &sink, window, &shutdown, failed)?;

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 pub use crate::deliver::Sink;
 
+mod history;
+
 #[derive(Debug)]
 pub struct Watcher<'a> {
     ctx: Ctx<'a>,
@@ -129,6 +131,7 @@ impl<'a> Watcher<'a> {
             runner: obs.runner_id,
         });
         let due = self.decide_and_apply(&obs);
+        let due = self.quiet(due);
         let timing = self.ctx.timing;
         self.deadline = decide::next_deadline(
             &facts(&obs, &self.ctx.request, &timing),
@@ -409,10 +412,6 @@ impl<'a> Watcher<'a> {
             self.observer.runner_started_at,
             self.observer.runner_exited_at,
         );
-        let runner_times = match (sub, start, end) {
-            (None, Some(a), Some(b)) => Some((a, b)),
-            _ => None,
-        };
         // A sub-run runs from its `(Run Starting)` to its summary (see `group_window`).
         let (started, ended) = match sub {
             None => (start, end),
@@ -424,20 +423,27 @@ impl<'a> Watcher<'a> {
             ),
         };
         let host = mattermost::host_name();
-        message::compose(Input {
+        let earlier = self.earlier();
+        let log = self.cp.log_path.as_ref().map(|p| p.to_string_lossy());
+        let composed = message::compose(Input {
             build: &self.ctx.build,
             request: &self.ctx.request,
             record: self.record.state_of(target),
             blocks,
             reported,
-            runner_times,
+            duration: self.duration(sub),
             started,
             ended,
             vms: &vms,
             host: &host,
             channel: self.ctx.sink.channel(),
             format: self.ctx.sink.format(),
-        })
+            log: log.as_deref(),
+            earlier: &earlier,
+            mention: self.ctx.sink.posting().mention.as_ref().map(|m| m.as_str()),
+        });
+        self.remember(target, composed.outcome);
+        composed.payload
     }
 }
 

@@ -30,17 +30,19 @@ This helper does not run --template-command (it records it, and says so on stder
 template step yourself first, as above, or use start-atvm-run. A --runner-command that names
 another build, or categorizes without --categorize here, is refused (exit 2).
 
-Any earlier state of the same build name is moved to <state-root>/.archive/<build>/<time>/
-first, so nothing (markers, posts, sub-runs) is inherited. If the unit cannot be started or
-is not running right after, the run is recorded as UNKNOWN (final, naming the unit) and the
-exit status is 5: the boot-time --resume-all never starts it later. Start the runner
-afterwards (start-atvm-runner), or use start-atvm-run, which does the template step, watcher
-and runner in that order.
+Any earlier state of the same build name is moved to
+<state-root>/.archive/<build>/<sequence>-<time>/ first, so nothing (markers, posts,
+sub-runs) is inherited. If the unit cannot be started or is not running right after, the
+run is recorded as UNKNOWN (final, naming the unit) and the exit status is 5: the boot-time
+--resume-all never starts it later. Start the runner afterwards (start-atvm-runner), or use
+start-atvm-run, which does the template step, watcher and runner in that order.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
   ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
+  MATTERMOST_ATVM_MENTION, MATTERMOST_ATVM_NOTIFY
+                               checked before anything starts (exit 78 when invalid)
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 

@@ -40,6 +40,8 @@ Environment:
   ATVM_LOG_DIR                 run and launch logs [default: /tmp]
   ATVM_ENV_FILE                the env file: its MATTERMOST_ATVM_* and ATVM_* lines apply where the environment sets none [default: /etc/atvm-run-watcher.env]
   MATTERMOST_ATVM_WEBHOOK      must be set (here or in the env file) before anything starts
+  MATTERMOST_ATVM_MENTION, MATTERMOST_ATVM_NOTIFY
+                               checked before anything starts (exit 78 when invalid)
   ATVM_SYSTEMCTL               the program used for systemctl [default: systemctl]
   ATVM_START_CONFIRM_SECONDS   how long to wait for the runner to confirm its start [default: 10]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";

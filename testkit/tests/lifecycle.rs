@@ -13,6 +13,9 @@ mod identity;
 #[path = "lifecycle/equivalence.rs"]
 mod equivalence;
 
+#[path = "lifecycle/history.rs"]
+mod history;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};

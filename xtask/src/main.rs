@@ -8,7 +8,8 @@
 //!   controllers without Rust.
 //! - `uninstall [--destdir D] [--prefix P]` — the installer's `--uninstall`: remove what
 //!   install added; keep state, the env file, an edited inventory and `.replaced/`.
-//! - `demo` — install into `target/demo` and watch a sample run end to end.
+//! - `demo` — install into `target/demo` and watch two sample runs of one build end to end
+//!   (`--update-readme` puts the second post into the README).
 //! - `bench` — performance measurements (parse throughput, poll cost, RSS, idle CPU).
 //!
 //! Deliberately dependency-light: std, the `units` crate, the tool crates' clap definitions
@@ -40,7 +41,7 @@ tasks:
   install   [--destdir D] [--prefix /opt/atvm-watcher-service]
   dist      [--out DIR]
   uninstall [--destdir D] [--prefix /opt/atvm-watcher-service]
-  demo      [--keep]
+  demo      [--keep] [--update-readme]
   bench     [--quick]";
 
 /// `--name value` options, plus bare `--flag`s.
@@ -90,7 +91,7 @@ fn run(words: &[String]) -> Result {
         "install" => install::run(&Args::parse(rest, &["--destdir", "--prefix"], &[])?),
         "dist" => dist::run(&Args::parse(rest, &["--out"], &[])?),
         "uninstall" => uninstall::run(&Args::parse(rest, &["--destdir", "--prefix"], &[])?),
-        "demo" => demo::run(&Args::parse(rest, &[], &["--keep"])?),
+        "demo" => demo::run(&Args::parse(rest, &[], &["--keep", "--update-readme"])?),
         "bench" => bench::run(&Args::parse(rest, &[], &["--quick"])?),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

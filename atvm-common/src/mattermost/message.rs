@@ -36,13 +36,21 @@
 //! Mattermost refuses posts over 16,383 characters; the whole serialized payload stays under
 //! [`MAX_PAYLOAD`]. Every section has its own budget, counted in characters of its JSON string
 //! (a `"` costs two), so a 200,000-row inventory or a 100 KB reason can never push the failed
-//! tests out: summary and fallback 700 each, title 400, footer 300, each option 300, the VMs
-//! 2,000 (at most [`MAX_VMS_SHOWN`], then "and N more"), the failed tests 7,000 shared
-//! between at most [`MAX_FAILURES_SHOWN`] entries, then "and N more".
+//! tests out: summary and fallback 700 each, title 400, footer 450, each option 300, the VMs
+//! 2,000 (at most [`MAX_VMS_SHOWN`], then "and N more"), the failed tests 6,600 shared
+//! between at most [`MAX_FAILURES_SHOWN`] entries (each with its new/again mark), then "and
+//! N more", the flaky tests and the fixed ones 800 each, the mention 200. The text format
+//! (`MATTERMOST_ATVM_FORMAT=text`) is one post on the oldest servers too: its whole text
+//! stays within [`MAX_TEXT`] (4,000) characters, with smaller budgets, and gives up the VMs
+//! and then the options before anything that says what happened.
+//!
+//! The parts that compare with earlier runs, name flaky tests, the log and the owner are in
+//! [`sections`].
 
 use crate::config::Format;
+use crate::history::{Failure, Mark};
 use crate::inventory::Vm;
-use crate::reporter::FailedTest;
+use crate::reporter::{FailedTest, FlakyTest};
 use crate::state::{Counts, Request, RunState};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -60,14 +68,49 @@ const RED: &str = "#C62828";
 const GREY: &str = "#757575";
 const BLUE: &str = "#1565C0";
 
-// Section budgets in JSON characters (see the module doc); they add up to less than
-// MAX_PAYLOAD with room for the keys, the username and a channel name.
-const SUMMARY_BUDGET: usize = 700;
-const TITLE_BUDGET: usize = 400;
-const FOOTER_BUDGET: usize = 300;
-const OPTION_BUDGET: usize = 300;
-const VMS_BUDGET: usize = 2_000;
-const FAILURES_BUDGET: usize = 7_000;
+/// The text format's whole text, in characters: the oldest servers' post size, over which
+/// Mattermost splits a message into several posts (and still answers one `ok`).
+pub const MAX_TEXT: usize = 4_000;
+
+/// Section budgets in JSON characters (see the module doc), one set per format. The
+/// attachment's add up to less than [`MAX_PAYLOAD`] with room for the keys, the username
+/// and a channel name; the text format's to about [`MAX_TEXT`], and what is over is taken
+/// from the VMs and the options, never from the failed tests.
+#[derive(Debug)]
+struct Budgets {
+    summary: usize,
+    title: usize,
+    footer: usize,
+    option: usize,
+    vms: usize,
+    failures: usize,
+    /// The Flaky field, and the line naming the tests fixed since the last run, each.
+    names: usize,
+    /// The mention before the summary (FAILED only).
+    mention: usize,
+}
+
+const ATTACHMENT: Budgets = Budgets {
+    summary: 700,
+    title: 400,
+    footer: 450,
+    option: 300,
+    vms: 2_000,
+    failures: 6_600,
+    names: 800,
+    mention: 200,
+};
+
+const TEXT: Budgets = Budgets {
+    summary: 400,
+    title: 0,
+    footer: 300,
+    option: 120,
+    vms: 500,
+    failures: 1_500,
+    names: 300,
+    mention: 120,
+};
 const URL_MAX: usize = 600;
 /// Mattermost channel names are at most 64 characters.
 const CHANNEL_MAX: usize = 64;
@@ -146,13 +189,22 @@ pub struct Message<'a> {
     /// When the run (or sub-run) started and ended, where known.
     pub started: Option<Timestamp>,
     pub ended: Option<Timestamp>,
+    /// The run log's path: the footer names `host:<path>` (never its content).
+    pub log: Option<&'a str>,
+    /// Tests that passed only on a retry, the first few named; all of them counted.
+    pub flaky: Vec<FlakyTest>,
+    pub flaky_total: usize,
+    /// How this result compares with the earlier runs of the build name (or group).
+    pub trend: Option<&'a Trend>,
+    /// `MATTERMOST_ATVM_MENTION`, already validated; named in FAILED posts only.
+    pub mention: Option<&'a str>,
 }
 
 impl Payload {
     /// The payload for a result, in the configured format. `channel` is cut to Mattermost's
     /// 64-character limit for channel names.
     pub fn build(m: &Message, channel: Option<&str>, format: Format) -> Payload {
-        let content = Content::new(m);
+        let content = Content::new(m, format);
         let mut payload = match format {
             Format::Attachment => content.attachment(),
             Format::Text => content.markdown(),
@@ -238,9 +290,15 @@ pub fn host_name() -> String {
     }
 }
 
+mod sections;
+
+pub use sections::{FLAKY_NAMED, Trend};
+
 /// A message's pieces, each one clean line cut to its size, not yet formatted for a field.
 #[derive(Debug)]
 struct Content {
+    b: &'static Budgets,
+    extra: sections::Extra,
     state: RunState,
     build: String,
     group: Option<String>,
@@ -261,7 +319,7 @@ struct Content {
 }
 
 impl Content {
-    fn new(m: &Message) -> Content {
+    fn new(m: &Message, format: Format) -> Content {
         let r = m.request;
         let options = [
             ("Template", &r.template),
@@ -313,6 +371,11 @@ impl Content {
             })
             .collect();
         Content {
+            b: match format {
+                Format::Attachment => &ATTACHMENT,
+                Format::Text => &TEXT,
+            },
+            extra: sections::Extra::new(m),
             state: m.state,
             build: clean(m.build, BUILD_MAX),
             group: m
@@ -349,10 +412,11 @@ impl Content {
         if let Some(g) = &self.group {
             s.push_str(&format!(" · group {g}"));
         }
+        s.push_str(&self.flaky_note());
         if !self.reason.is_empty() {
             s.push_str(&format!(" · {}", self.reason));
         }
-        fit(&unmention(&s), SUMMARY_BUDGET)
+        fit(&unmention(&s), self.b.summary)
     }
 
     /// The same line with every untrusted piece in code, for a Markdown field. `lead` is our
@@ -362,8 +426,9 @@ impl Content {
         if let Some(g) = &self.group {
             s.push_str(&format!(" · group {}", code_fit(g, 200)));
         }
+        s.push_str(&self.flaky_note());
         if !self.reason.is_empty() {
-            let room = SUMMARY_BUDGET.saturating_sub(json_len(&s) + 3);
+            let room = self.b.summary.saturating_sub(json_len(&s) + 3);
             let reason = code_fit(&self.reason, room);
             if !reason.is_empty() {
                 s.push_str(&format!(" · {reason}"));
@@ -385,7 +450,7 @@ impl Content {
         if let Some(g) = &self.group {
             s.push_str(&format!(" · {}", shown(g)));
         }
-        fit(&unmention(&s), TITLE_BUDGET)
+        fit(&unmention(&s), self.b.title)
     }
 
     /// ` · start → end`, or what is known of it.
@@ -398,9 +463,11 @@ impl Content {
         }
     }
 
+    /// `host:/tmp/B.log · run <id> · start → end` (`host` alone when the log is not known).
     fn footer(&self) -> String {
-        let footer = format!("{} · run {}{}", self.host, self.run_id, self.times());
-        fit(&unmention(&footer), FOOTER_BUDGET)
+        let place = self.log_place().unwrap_or_else(|| self.host.clone());
+        let footer = format!("{place} · run {}{}", self.run_id, self.times());
+        fit(&unmention(&footer), self.b.footer)
     }
 
     fn tests_value(&self) -> Option<String> {
@@ -418,11 +485,14 @@ impl Content {
         if let Some(t) = self.tests_value() {
             out.push(("Tests", t));
         }
-        if let Some(d) = &self.duration {
-            out.push(("Duration", d.clone()));
+        if let Some(d) = self.duration_value() {
+            out.push(("Duration", d));
+        }
+        if let Some(l) = self.last_runs() {
+            out.push(("Last runs", l));
         }
         for (label, value) in &self.options {
-            out.push((*label, code_fit(value, OPTION_BUDGET)));
+            out.push((*label, code_fit(value, self.b.option)));
         }
         out
     }
@@ -438,7 +508,7 @@ impl Content {
         for vm in &self.vms {
             let span = code_fit(vm, 200);
             let cost = json_len(&span) + 2;
-            if span.is_empty() || used + cost > VMS_BUDGET - reserve {
+            if span.is_empty() || used + cost > self.b.vms - reserve {
                 break;
             }
             used += cost;
@@ -462,11 +532,13 @@ impl Content {
         }
         let heading = "**Failed tests:**";
         let reserve = json_len(heading) + 40; // heading and "\nand 1234567 more"
-        let share = (FAILURES_BUDGET - reserve) / self.failures.len();
+        let share = (self.b.failures - reserve) / self.failures.len();
         let mut lines = vec![heading.to_string()];
-        for f in &self.failures {
-            // "- " and the line break cost 4 JSON characters.
-            lines.push(format!("- {}", code_fit(f, share.saturating_sub(4))));
+        for (i, f) in self.failures.iter().enumerate() {
+            // "- ", the mark and the line break cost their JSON characters.
+            let mark = self.mark(i);
+            let room = share.saturating_sub(4 + json_len(&mark));
+            lines.push(format!("- {mark}{}", code_fit(f, room)));
         }
         let more = self.failures_total.saturating_sub(self.failures.len());
         if more > 0 {
@@ -488,27 +560,45 @@ impl Content {
                 short: true,
             })
             .collect();
-        if let Some(value) = self.vms_value() {
-            fields.push(Field {
-                title: "VMs".to_string(),
-                value,
-                short: false,
-            });
+        let long = [("Flaky", self.flaky_value()), ("VMs", self.vms_value())];
+        for (title, value) in long {
+            if let Some(value) = value {
+                fields.push(Field {
+                    title: title.to_string(),
+                    value,
+                    short: false,
+                });
+            }
         }
         Payload {
             channel: None,
             username: USERNAME.to_string(),
-            text: self.markdown_summary(self.state.as_str()),
+            text: format!(
+                "{}{}",
+                self.mention(),
+                self.markdown_summary(self.state.as_str())
+            ),
             attachments: vec![Attachment {
                 fallback: self.plain_summary(),
                 color: self.color().to_string(),
                 title: self.title(),
                 title_link: self.run_url.clone(),
-                text: self.failures_markdown(),
+                text: self.results_markdown(),
                 fields,
                 footer: self.footer(),
             }],
         }
+    }
+
+    /// The failed tests, then (after a blank line) the tests fixed since the last run or
+    /// the note that this is the first.
+    fn results_markdown(&self) -> String {
+        let parts: Vec<String> = [Some(self.failures_markdown()), self.since_last()]
+            .into_iter()
+            .flatten()
+            .filter(|p| !p.is_empty())
+            .collect();
+        parts.join("\n\n")
     }
 
     /// The text format: one Markdown message, the same content line by line.
@@ -518,35 +608,81 @@ impl Content {
             RunState::Failed => ":x:",
             _ => ":warning:",
         };
-        let mut lines = vec![self.markdown_summary(&format!("{emoji} **{}**", self.state))];
+        let summary = self.markdown_summary(&format!("{emoji} **{}**", self.state));
+        let head = format!("{}{summary}", self.mention());
+        // Lines in the order they are given up when the text is over MAX_TEXT: the VMs,
+        // then the options, before anything that says what happened.
+        let mut optional: Vec<String> = Vec::new();
+        let mut lines = vec![head];
         for (label, value) in self.short_fields() {
-            lines.push(format!("**{label}:** {value}"));
+            let line = format!("**{label}:** {value}");
+            match matches!(label, "Tests" | "Duration" | "Last runs") {
+                true => lines.push(line),
+                false => optional.push(line),
+            }
         }
-        if let Some(vms) = self.vms_value() {
-            lines.push(format!("**VMs:** {vms}"));
+        if let Some(flaky) = self.flaky_value() {
+            lines.push(format!("**Flaky:** {flaky}"));
         }
         if let Some(url) = &self.run_url {
             let shown = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
             lines.push(format!("**Run:** [{}]({url})", code_fit(shown, 200)));
         }
-        let failures = self.failures_markdown();
-        if !failures.is_empty() {
-            lines.push(failures);
+        if let Some(vms) = self.vms_value() {
+            optional.push(format!("**VMs:** {vms}"));
         }
+        let results = self.results_markdown();
+        let place = self.log_place().unwrap_or_else(|| self.host.clone());
         let footer = format!(
             "{} · run {}{}",
-            code_fit(&self.host, 100),
+            code_fit(&place, self.b.footer - 140),
             code_fit(&self.run_id, 120),
             self.times()
         );
-        lines.push(footer);
+        let text = fit_text(lines, optional, &results, &footer);
         Payload {
             channel: None,
             username: USERNAME.to_string(),
-            text: lines.join("\n"),
+            text,
             attachments: Vec::new(),
         }
     }
+}
+
+/// The text format's message within [`MAX_TEXT`] characters: `lines`, the `optional`
+/// ones that fit (dropped from the last), the results and the footer. The budgets keep
+/// the rest under the limit, so only VMs and options are ever given up; should it still
+/// be over, the text is cut.
+fn fit_text(lines: Vec<String>, mut optional: Vec<String>, results: &str, footer: &str) -> String {
+    let join = |optional: &[String]| {
+        let mut all = lines.clone();
+        all.extend(optional.iter().cloned());
+        all.extend(
+            [results.to_string(), footer.to_string()]
+                .into_iter()
+                .filter(|l| !l.is_empty()),
+        );
+        all.join("\n")
+    };
+    let mut text = join(&optional);
+    while text.chars().count() > MAX_TEXT && optional.pop().is_some() {
+        text = join(&optional);
+    }
+    if text.chars().count() > MAX_TEXT {
+        // Whole lines only: a line cut inside a code span would let what follows the cut
+        // of the span out of it.
+        let mut kept = String::new();
+        for line in text.lines() {
+            if kept.chars().count() + line.chars().count() + 2 > MAX_TEXT {
+                break;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        kept.push('…');
+        text = kept;
+    }
+    text
 }
 
 /// One line of untrusted text, at most `max_chars` characters (then `…`): control
@@ -574,7 +710,9 @@ fn unmention(text: &str) -> String {
     let mut prev: Option<char> = None;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        let word_start = prev.is_none_or(|p| p.is_whitespace() || "([{<\"',;!?*_~>".contains(p));
+        // `:` too: the footer's `host:<log path>` puts one before a path that may start with
+        // `@`.
+        let word_start = prev.is_none_or(|p| p.is_whitespace() || "([{<\"',;:!?*_~>".contains(p));
         let names = chars.peek().is_some_and(|n| n.is_alphanumeric());
         out.push(if c == '@' && word_start && names {
             '＠'
@@ -727,6 +865,10 @@ mod tests {
         reason: String,
         group: Option<String>,
         run_url: Option<String>,
+        flaky: Vec<FlakyTest>,
+        trend: Option<Trend>,
+        log: Option<String>,
+        mention: Option<String>,
     }
 
     fn input() -> Input {
@@ -751,6 +893,10 @@ mod tests {
             reason: "runner exited with code 2; 2 of 20 specs failed".into(),
             group: None,
             run_url: Some("https://cloud.cypress.io/projects/x7k2pq/runs/1842".into()),
+            flaky: Vec::new(),
+            trend: None,
+            log: None,
+            mention: None,
         }
     }
 
@@ -776,6 +922,11 @@ mod tests {
             host: "qa-controller-1",
             started: Timestamp::parse("2026-11-24T19:51:47.919Z"),
             ended: Timestamp::parse("2026-11-24T19:55:00.000Z"),
+            log: i.log.as_deref(),
+            flaky: i.flaky.clone(),
+            flaky_total: i.flaky.len(),
+            trend: i.trend.as_ref(),
+            mention: i.mention.as_deref(),
         }
     }
 
@@ -879,6 +1030,135 @@ mod tests {
         assert_eq!(keys.len(), 7, "{keys:?}");
     }
 
+    /// A run with a history: two failed tests (one new, one again), one fixed, a flaky one.
+    fn with_history() -> Input {
+        let mut i = input();
+        i.failures.push(FailedTest {
+            spec: "cypress/e2e/cart.cy.js".into(),
+            full_title: "Cart keeps the basket".into(),
+            error: "expected 2 items".into(),
+        });
+        i.flaky = vec![FlakyTest {
+            spec: "cypress/e2e/checkout.cy.js".into(),
+            title: "sends the receipt".into(),
+        }];
+        i.trend = Some(Trend {
+            marks: vec![Mark::New, Mark::Again(3)],
+            fixed: vec![Failure {
+                spec: "cypress/e2e/search.cy.js".into(),
+                test: Some("Search finds a product".into()),
+                streak: 1,
+            }],
+            fixed_total: 1,
+            first: false,
+            duration_change: Some("+12% vs 2026-12-04".into()),
+            last_runs: Some("✔✖✖ ▂▇▃".into()),
+        });
+        i.log = Some("/tmp/e2e-redhat9.6-ubuntu24.04-w2k25-fc.log".into());
+        i.mention = Some("@qa-oncall @jdoe".into());
+        i
+    }
+
+    #[test]
+    fn a_post_says_what_is_new_what_fails_again_what_is_fixed_and_what_is_flaky() {
+        let i = with_history();
+        let p = Payload::build(&message(&i), None, Format::Attachment);
+        assert!(
+            p.text.starts_with("@qa-oncall @jdoe FAILED · build "),
+            "{}",
+            p.text
+        );
+        assert_eq!(
+            p.text.matches('@').count(),
+            2,
+            "the one mention: {}",
+            p.text
+        );
+        let a = &p.attachments[0];
+        assert!(a.fallback.contains(" · 1 flaky · "), "{}", a.fallback);
+        assert!(
+            a.text
+                .contains("\n- **new** `cypress/e2e/login.cy.js › Login rejects")
+                && a.text
+                    .contains("\n- **again ×3** `cypress/e2e/cart.cy.js › Cart keeps"),
+            "{}",
+            a.text
+        );
+        assert!(
+            a.text.ends_with(
+                "**Fixed since the last run:** `cypress/e2e/search.cy.js › Search finds a product`"
+            ),
+            "{}",
+            a.text
+        );
+        let field = |t: &str| {
+            a.fields
+                .iter()
+                .find(|f| f.title == t)
+                .map(|f| f.value.clone())
+        };
+        assert_eq!(
+            field("Duration").as_deref(),
+            Some("3m 12s, +12% vs 2026-12-04")
+        );
+        assert_eq!(field("Last runs").as_deref(), Some("✔✖✖ ▂▇▃"));
+        assert_eq!(
+            field("Flaky").as_deref(),
+            Some("1: `cypress/e2e/checkout.cy.js › sends the receipt`")
+        );
+        assert!(
+            a.footer.starts_with(
+                "qa-controller-1:/tmp/e2e-redhat9.6-ubuntu24.04-w2k25-fc.log · run run-42 · "
+            ),
+            "{}",
+            a.footer
+        );
+        let t = Payload::build(&message(&i), None, Format::Text).text;
+        for expected in [
+            "**Flaky:** 1: `cypress/e2e/checkout.cy.js › sends the receipt`",
+            "**Last runs:** ✔✖✖ ▂▇▃",
+            "- **again ×3** `cypress/e2e/cart.cy.js › Cart keeps the basket — expected 2 items`",
+        ] {
+            assert!(t.contains(expected), "{expected:?} missing from:\n{t}");
+        }
+        assert!(t.starts_with("@qa-oncall @jdoe :x: **FAILED**"), "{t}");
+        assert!(
+            t.contains("`qa-controller-1:/tmp/e2e-redhat9.6-ubuntu24.04-w2k25-fc.log` · run"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn only_a_failure_names_the_owner_and_a_first_run_says_so() {
+        let mut i = with_history();
+        i.trend = Some(Trend {
+            first: true,
+            ..Trend::default()
+        });
+        i.failures.clear();
+        let mut m = message(&i);
+        m.state = RunState::Completed;
+        m.failures_total = 0;
+        for format in [Format::Attachment, Format::Text] {
+            let p = Payload::build(&m, None, format);
+            assert!(!p.to_json().contains("@qa-oncall"), "{format:?}");
+            assert!(
+                p.to_json()
+                    .contains("First finished run of this build name"),
+                "{format:?}"
+            );
+        }
+        let mut g = message(&i);
+        g.group = Some("linux");
+        let text = Payload::build(&g, None, Format::Attachment).attachments[0]
+            .text
+            .clone();
+        assert_eq!(
+            text,
+            "First finished run of this group: nothing to compare with yet."
+        );
+    }
+
     #[test]
     fn colour_group_and_what_is_unknown() {
         let mut i = input();
@@ -971,6 +1251,20 @@ mod tests {
         i.failures[0].spec = evil.to_string();
         i.failures[0].full_title = evil.to_string();
         i.failures[0].error = evil.to_string();
+        i.flaky = vec![FlakyTest {
+            spec: evil.to_string(),
+            title: evil.to_string(),
+        }];
+        i.trend = Some(Trend {
+            fixed: vec![Failure {
+                spec: evil.to_string(),
+                test: Some(evil.to_string()),
+                streak: 1,
+            }],
+            fixed_total: 1,
+            ..Trend::default()
+        });
+        i.log = Some(evil.to_string());
         i
     }
 
@@ -1143,6 +1437,28 @@ mod tests {
                 error: format!("error-{n}-{huge}"),
             })
             .collect();
+        i.flaky = (0..60)
+            .map(|n| FlakyTest {
+                spec: format!("flaky-{n}-{huge}"),
+                title: huge.clone(),
+            })
+            .collect();
+        i.trend = Some(Trend {
+            marks: vec![Mark::Again(7); 60],
+            fixed: (0..60)
+                .map(|n| Failure {
+                    spec: format!("fixed-{n}-{huge}"),
+                    test: Some(huge.clone()),
+                    streak: 1,
+                })
+                .collect(),
+            fixed_total: 60,
+            first: false,
+            duration_change: Some(huge.clone()),
+            last_runs: Some(huge.clone()),
+        });
+        i.log = Some(huge.clone());
+        i.mention = Some(format!("@{}", "a".repeat(60)).repeat(1).to_string() + &" @b".repeat(9));
         let mut m = message(&i);
         m.failures_total = 60;
         m.host = &huge;
@@ -1163,15 +1479,19 @@ mod tests {
             }
             assert!(!failed.contains("spec-10-"));
             assert!(failed.contains("and 50 more"), "{failed}");
+            if format == Format::Text {
+                let n = p.text.chars().count();
+                assert!(n <= MAX_TEXT, "text format: {n} characters");
+            }
             let all = p.to_json();
             assert!(all.contains("more"), "VMs summarised");
             match format {
                 Format::Attachment => {
                     let a = &p.attachments[0];
-                    assert_eq!(a.fields.len(), 9, "every field kept");
-                    let vms = &a.fields[8].value;
+                    assert_eq!(a.fields.len(), 11, "every field kept");
+                    let vms = &a.fields[10].value;
                     assert!(vms.ends_with(" more") && vms.contains("and 19999"), "{vms}");
-                    assert!(a.footer.chars().count() <= FOOTER_BUDGET);
+                    assert!(a.footer.chars().count() <= ATTACHMENT.footer);
                 }
                 Format::Text => assert!(p.text.contains("**VMs:** ")),
             }

@@ -9,7 +9,7 @@ use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
 use atvm_common::state::{Counts, RunnerStatus};
 use atvm_common::timeline::Timeline;
-use atvm_common::{Timestamp, logging, mattermost};
+use atvm_common::{Timestamp, history, logging, mattermost};
 use std::time::Instant;
 
 impl Observer {
@@ -128,9 +128,9 @@ impl Observer {
             .or_else(|| self.group_window(cp, i).map(|(from, _)| from))
     }
 
-    /// Failed tests (at most the number a message shows) and their total, from the reports
-    /// of the whole run, or of sub-run `i` ([`Observer::group_window`], for this sub-run's
-    /// specs).
+    /// Failed tests (at most the number the history keeps), flaky tests and their totals,
+    /// from the reports of the whole run, or of sub-run `i` ([`Observer::group_window`],
+    /// for this sub-run's specs).
     pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
         let runs = &cp.parser.summary().runs;
         let (window, blocks) = match sub {
@@ -148,10 +148,11 @@ impl Observer {
             return reporter::Summary::default();
         };
         let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
-        let specs = failing_specs(blocks).unwrap_or_else(|| match sub {
+        let named = match sub {
             None => self.specs.1.clone(),
             Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
-        });
+        };
+        let specs = failing_specs(blocks).unwrap_or_else(|| named.clone());
         let Some(reporter) = self.reporter.as_mut() else {
             return reporter::Summary::default();
         };
@@ -160,11 +161,14 @@ impl Observer {
         for warning in reporter.scan(true).warnings {
             logging::warn(warning);
         }
-        reporter.summarize(
-            |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t),
-            &specs,
-            mattermost::MAX_FAILURES_SHOWN,
-        )
+        let window = |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t);
+        // As many failures as the history keeps (the message shows the first ones).
+        let mut summary = reporter.summarize(window, &specs, history::MAX_FAILURES_KEPT);
+        // A flaky test passed: it is in the report of any spec the result names.
+        let all = reporter.summarize(window, &named, mattermost::message::FLAKY_NAMED);
+        summary.flaky = all.flaky;
+        summary.flaky_total = all.flaky_total;
+        summary
     }
 }
 

@@ -104,6 +104,7 @@ fn a_forward_wall_clock_step_neither_times_out_the_start_nor_hangs_a_live_run() 
         sink: Sink::DryRun {
             channel: None,
             format: Format::default(),
+            posting: Default::default(),
         },
         shutdown: &shutdown,
         clock: &clock,

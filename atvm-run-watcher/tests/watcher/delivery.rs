@@ -855,3 +855,41 @@ fn a_group_post_that_failed_for_good_is_resent_alone_with_group() {
     restart(&p).code_is(0);
     assert_eq!(p.hook.count(), 4);
 }
+
+/// The fake answers as Mattermost does: an unknown hook is 400 with the server's JSON
+/// error, a missing channel 404; both are permanent, and only the error's id, message
+/// and status are kept. A rate limit (429, plain text) is waited out.
+#[test]
+fn mattermost_s_own_answers_unknown_hook_missing_channel_and_rate_limit() {
+    for (reply, status, id) in [
+        (
+            Reply::missing_channel(),
+            "404",
+            "web.incoming_webhook.channel.app_error",
+        ),
+        (
+            Reply::unknown_hook(),
+            "400",
+            "web.incoming_webhook.invalid.app_error",
+        ),
+    ] {
+        let p = completed(vec![reply]);
+        restart(&p).code_is(1).said("failed for good");
+        assert_ended(&p, "COMPLETED", "failed");
+        let error = p.state(B)["post"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(status) && error.contains(id), "{error}");
+        assert!(
+            !error.contains("fakerequestid"),
+            "no request id is kept: {error}"
+        );
+        assert_eq!(p.hook.count(), 1);
+    }
+    let p = completed(vec![Reply::rate_limited(1)]);
+    restart(&p).code_is(0);
+    assert_ended(&p, "COMPLETED", "posted");
+    assert_eq!(p.hook.count(), 2, "retried after the rate limit");
+    assert_eq!(p.hook.posts().len(), 1);
+}

@@ -1,0 +1,184 @@
+//! The parts of a message that say what to do about a result (docs/watcher-service.md,
+//! "What a post tells"): the flaky tests, the new or again mark of each failed test, the
+//! tests fixed since the last run (or that this is the first), the duration's change, the
+//! `Last runs` marks, the footer's log path and the one mention. Untrusted pieces (spec
+//! and test names, the log path) are cleaned and set in code spans like everything else;
+//! our own words, marks and numbers are plain. Each part has its budget.
+
+use super::{Content, Failure, FlakyTest, Mark, Message, clean, code_fit};
+use crate::state::RunState;
+
+/// Flaky tests a post names.
+pub const FLAKY_NAMED: usize = 5;
+
+const LOG_MAX: usize = 200;
+
+/// How a result compares with the earlier finished runs of its build name (or group), as
+/// [`crate::history`] worked it out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trend {
+    /// One per failed test the message lists, in its order.
+    pub marks: Vec<Mark>,
+    /// Failed last time and pass now (a few), and how many in all.
+    pub fixed: Vec<Failure>,
+    pub fixed_total: usize,
+    /// There is no earlier finished run to compare with.
+    pub first: bool,
+    /// `+12% vs 2026-12-04`.
+    pub duration_change: Option<String>,
+    /// `✔✔✖✔ ▂▃▇▃`.
+    pub last_runs: Option<String>,
+}
+
+/// The pieces of a message these parts need, cleaned and cut.
+#[derive(Debug, Default)]
+pub(super) struct Extra {
+    flaky: Vec<String>,
+    flaky_total: usize,
+    marks: Vec<Mark>,
+    fixed: Vec<String>,
+    fixed_total: usize,
+    first: Option<&'static str>,
+    duration_change: Option<String>,
+    last_runs: Option<String>,
+    mention: Option<String>,
+    log: Option<String>,
+}
+
+fn name(spec: &str, test: Option<&str>) -> String {
+    match test {
+        Some(t) => format!("{} › {}", clean(spec, 150), clean(t, 250)),
+        None => clean(spec, 150),
+    }
+}
+
+impl Extra {
+    pub(super) fn new(m: &Message) -> Extra {
+        let trend = m.trend.cloned().unwrap_or_default();
+        let first = (m.trend.is_some() && trend.first).then_some(match m.group {
+            Some(_) => "First finished run of this group: nothing to compare with yet.",
+            None => "First finished run of this build name: nothing to compare with yet.",
+        });
+        Extra {
+            flaky: m
+                .flaky
+                .iter()
+                .take(FLAKY_NAMED)
+                .map(|f: &FlakyTest| name(&f.spec, Some(&f.title)))
+                .collect(),
+            flaky_total: m.flaky_total.max(m.flaky.len()),
+            marks: trend.marks,
+            fixed: trend
+                .fixed
+                .iter()
+                .map(|f| name(&f.spec, f.test.as_deref()))
+                .collect(),
+            fixed_total: trend.fixed_total.max(trend.fixed.len()),
+            first,
+            duration_change: trend.duration_change.map(|d| clean(&d, 40)),
+            last_runs: trend.last_runs.map(|l| clean(&l, 60)),
+            // Validated at load (`@name` tokens); cut on a token, never in one.
+            mention: m.mention.filter(|_| m.state == RunState::Failed).map(|m| {
+                let mut kept = String::new();
+                for token in m.split_whitespace() {
+                    if kept.len() + token.len() < 200 {
+                        kept.push_str(if kept.is_empty() { "" } else { " " });
+                        kept.push_str(token);
+                    }
+                }
+                kept
+            }),
+            log: m.log.map(|l| clean(l, LOG_MAX)).filter(|l| !l.is_empty()),
+        }
+    }
+}
+
+impl Content {
+    /// `@qa-oncall ` before the top-level text of a FAILED post; nothing otherwise.
+    pub(super) fn mention(&self) -> String {
+        match &self.extra.mention {
+            Some(m) if m.len() <= self.b.mention => format!("{m} "),
+            _ => String::new(),
+        }
+    }
+
+    /// ` · 2 flaky`, our own words.
+    pub(super) fn flaky_note(&self) -> String {
+        match self.extra.flaky_total {
+            0 => String::new(),
+            n => format!(" · {n} flaky"),
+        }
+    }
+
+    /// The Duration field: `1h 42m, +12% vs 2026-12-04`.
+    pub(super) fn duration_value(&self) -> Option<String> {
+        let d = self.duration.as_ref()?;
+        Some(match &self.extra.duration_change {
+            Some(change) => format!("{d}, {change}"),
+            None => d.clone(),
+        })
+    }
+
+    pub(super) fn last_runs(&self) -> Option<String> {
+        self.extra.last_runs.clone()
+    }
+
+    /// The Flaky field: the count, then the first few as code spans, then "and N more".
+    pub(super) fn flaky_value(&self) -> Option<String> {
+        let e = &self.extra;
+        (e.flaky_total > 0).then(|| {
+            let list = names(&e.flaky, e.flaky_total, self.b.names);
+            format!("{}: {list}", e.flaky_total)
+        })
+    }
+
+    /// `**new** ` or `**again ×3** ` before failed test `i`, when there is a history.
+    pub(super) fn mark(&self, i: usize) -> String {
+        match self.extra.marks.get(i) {
+            Some(Mark::New) => "**new** ".to_string(),
+            Some(Mark::Again(n)) => format!("**again ×{n}** "),
+            None => String::new(),
+        }
+    }
+
+    /// After the failed tests: the tests fixed since the last run, or that this is the
+    /// first one.
+    pub(super) fn since_last(&self) -> Option<String> {
+        let e = &self.extra;
+        if let Some(first) = e.first {
+            return Some(first.to_string());
+        }
+        (e.fixed_total > 0).then(|| {
+            format!(
+                "**Fixed since the last run:** {}",
+                names(&e.fixed, e.fixed_total, self.b.names)
+            )
+        })
+    }
+
+    /// ` · host:/tmp/B.log`, or nothing when the log is not known.
+    pub(super) fn log_place(&self) -> Option<String> {
+        self.extra
+            .log
+            .as_ref()
+            .map(|log| format!("{}:{log}", self.host))
+    }
+}
+
+/// `a`, `b`, and 3 more: code spans within `budget` JSON characters.
+fn names(shown: &[String], total: usize, budget: usize) -> String {
+    let reserve = 30; // ", and 1234567 more"
+    let share = budget.saturating_sub(reserve) / shown.len().max(1);
+    let spans: Vec<String> = shown
+        .iter()
+        .map(|n| code_fit(n, share.saturating_sub(2)))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut out = spans.join(", ");
+    let more = total.saturating_sub(spans.len());
+    if more > 0 {
+        out.push_str(if out.is_empty() { "" } else { ", " });
+        out.push_str(&format!("and {more} more"));
+    }
+    out
+}

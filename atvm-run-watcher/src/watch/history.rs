@@ -1,0 +1,92 @@
+//! The watcher's side of a build's history (atvm_common::history): the earlier runs a post
+//! compares with, how long the run took on the boot clock, each finished result kept in
+//! the run's `summary.json` for the runs after it, and the results
+//! `MATTERMOST_ATVM_NOTIFY=failed` keeps quiet (suppressed, with that reason, but still
+//! part of the history).
+
+use super::Watcher;
+use crate::record::Target;
+use atvm_common::history::{self, Outcome, RunSummary, SUMMARY_FILE};
+use atvm_common::state::PostStatus;
+use atvm_common::{fsutil, logging};
+use std::time::Duration;
+
+/// Summaries read to find the last finished runs (some runs were cancelled or hung).
+const EARLIER_READ: usize = 4 * history::LAST_RUNS;
+
+impl Watcher<'_> {
+    /// The summaries of the build's earlier runs, newest first (by start).
+    pub(super) fn earlier(&self) -> Vec<RunSummary> {
+        let base = self.ctx.paths.archive_root().join(self.ctx.build.as_str());
+        history::read(&base, EARLIER_READ)
+    }
+
+    /// How long the run took: on the boot clock, from this run's `runner/status.json`
+    /// (a wall-clock step during the run changes nothing); the wall clock across a reboot
+    /// or for a run started by hand. `None` for a sub-run (Cypress's footer says).
+    pub(super) fn duration(&self, sub: Option<usize>) -> Option<Duration> {
+        if sub.is_some() {
+            return None;
+        }
+        let status = self.ctx.sd.read_status().ok().flatten();
+        if let Some(s) = status.filter(|s| s.run_id == self.ctx.request.run_id) {
+            return s.exited().map(|end| s.started().until(&end));
+        }
+        let (start, end) = (
+            self.observer.runner_started_at,
+            self.observer.runner_exited_at,
+        );
+        Some(start?.until(end?))
+    }
+
+    /// Keep `outcome` of `target` in the run's `summary.json`, which the next start
+    /// archives with the run. Not in a dry run (it writes nothing but `post.json`). Best
+    /// effort: a history that cannot be written is a warning, never a reason not to post.
+    pub(super) fn remember(&self, target: Target, outcome: Outcome) {
+        if self.ctx.sink.is_dry_run() {
+            return;
+        }
+        let path = self.ctx.sd.path().join(SUMMARY_FILE);
+        let mut summary = fsutil::read_json::<RunSummary>(&path)
+            .ok()
+            .flatten()
+            .filter(|s| s.run_id == self.ctx.request.run_id)
+            .unwrap_or_else(|| RunSummary {
+                build_name: self.ctx.build.to_string(),
+                run_id: self.ctx.request.run_id.clone(),
+                started_at: self.observer.runner_started_at,
+                ..RunSummary::default()
+            });
+        let record = self.record.state_of(target);
+        let name = match target {
+            Target::Run => None,
+            Target::Sub(_) => crate::message::history_name(record),
+        };
+        summary.set(name, outcome);
+        if let Err(e) = fsutil::write_json(&path, &summary, 0o644) {
+            logging::warn(format!(
+                "cannot keep this result for the next runs' comparison: {e}"
+            ));
+        }
+    }
+
+    /// Of the results now due, those `MATTERMOST_ATVM_NOTIFY` posts; the others are
+    /// suppressed with the reason (in the same save as their final state, so no restart
+    /// posts them) and kept in the history all the same.
+    pub(super) fn quiet(&mut self, due: Vec<Target>) -> Vec<Target> {
+        let notify = self.ctx.sink.posting().notify;
+        let mut posted = Vec::new();
+        for target in due {
+            let state = self.record.state_of(target).state;
+            if notify.posts(state) {
+                posted.push(target);
+                continue;
+            }
+            self.compose(target);
+            let record = self.record.state_of_mut(target);
+            record.post.status = PostStatus::Suppressed;
+            record.reason = format!("{}; {}", record.reason, notify.why_not());
+        }
+        posted
+    }
+}
