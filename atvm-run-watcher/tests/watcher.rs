@@ -14,6 +14,8 @@ mod message;
 mod restart;
 #[path = "watcher/storage.rs"]
 mod storage;
+#[path = "watcher/wake.rs"]
+mod wake;
 
 use serde_json::{Value, json};
 use std::fs;
