@@ -181,7 +181,11 @@ impl LogFollower {
             .point
             .filter(|p| p.file == expected)
             .map_or(0, |p| p.bytes_read());
-        let (n, more) = read_from(file, offset, parser, budget)?;
+        // Nothing new (an idle run): no read, and no read buffer to make.
+        let (n, more) = match len > offset {
+            true => read_from(file, offset, parser, budget)?,
+            false => (0, false),
+        };
         progress.bytes += n;
         progress.more = more;
         let seam = match (n, self.point) {

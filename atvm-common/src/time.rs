@@ -193,6 +193,13 @@ impl fmt::Display for Moment {
 /// the hardened watcher unit cannot see /proc/sys), else the kernel's boot_id. Dashes are
 /// dropped and letters lower-cased so both sources compare equal.
 pub fn boot_id() -> Option<String> {
+    // Read once per process: it does not change while the process lives, and a watcher
+    // asks at every look.
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(read_boot_id).clone()
+}
+
+fn read_boot_id() -> Option<String> {
     let raw = std::env::var("ATVM_BOOT_ID")
         .ok()
         .filter(|v| !v.trim().is_empty())

@@ -76,6 +76,9 @@ pub struct Wake {
     last_look: Instant,
     /// Failures said once each (a watch that cannot be added, an overflow).
     said: HashSet<String>,
+    /// The log's watch may no longer be on the file at its path (it was removed, moved or
+    /// had its links changed): add it again at the next look.
+    log_stale: bool,
 }
 
 impl Wake {
@@ -95,6 +98,7 @@ impl Wake {
             runner_seen_gone: None,
             last_look: Instant::now(),
             said: HashSet::new(),
+            log_stale: false,
         };
         if !off {
             match inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) {
@@ -127,14 +131,15 @@ impl Wake {
         self.track_runner(t.runner);
     }
 
-    /// Watch `path` for `source` unless it already is (a file is watched again when the
-    /// path now leads to another one: the watch follows an inode, not a name).
+    /// Watch `path` for `source` unless it already is. The log is watched again when its
+    /// watch may have been left on another file (the watch follows an inode, not a name):
+    /// an idle look adds nothing and costs no system call.
     fn ensure(&mut self, source: Source, path: &Path) {
         let watched = self
             .watches
             .iter()
             .any(|(_, s, p)| *s == source && p == path);
-        if watched && source != Source::Log {
+        if watched && !(source == Source::Log && std::mem::take(&mut self.log_stale)) {
             return;
         }
         let Some(fd) = &self.inotify else { return };
@@ -229,7 +234,9 @@ impl Wake {
                     Woken::Timer
                 };
             }
-            match self.poll_once(shutdown, wake_at - now) {
+            // While a burst settles, only the stop and the runner's exit can cut it short:
+            // polling inotify again would wake at every write of the burst.
+            match self.poll_once(shutdown, wake_at - now, burst_at.is_none()) {
                 Some(Ready::Urgent) => return Woken::Event,
                 Some(Ready::RunnerExit) => return Woken::RunnerExit,
                 Some(Ready::Stop) => return Woken::Stop,
@@ -242,8 +249,8 @@ impl Wake {
         }
     }
 
-    /// One poll(2) over the stop pipe, inotify and the runner's pidfd.
-    fn poll_once(&mut self, shutdown: &Shutdown, timeout: Duration) -> Option<Ready> {
+    /// One poll(2) over the stop pipe, the runner's pidfd and (with `files`) inotify.
+    fn poll_once(&mut self, shutdown: &Shutdown, timeout: Duration, files: bool) -> Option<Ready> {
         let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
             tv_sec: 1,
             tv_nsec: 0,
@@ -251,12 +258,16 @@ impl Wake {
         let (stop_ready, inotify_ready, runner_ready) = {
             let inotify = self.inotify.as_ref()?;
             let stop = shutdown.as_fd();
-            let mut fds = vec![
-                PollFd::new(&stop, PollFlags::IN),
-                PollFd::new(inotify, PollFlags::IN),
-            ];
+            // Fixed places: 0 the stop, 1 the runner's pidfd, 2 inotify (each may be absent).
+            let mut fds = vec![PollFd::new(&stop, PollFlags::IN)];
+            let mut at = [None, None];
             if let Some((_, pidfd)) = &self.runner {
+                at[0] = Some(fds.len());
                 fds.push(PollFd::new(pidfd, PollFlags::IN));
+            }
+            if files {
+                at[1] = Some(fds.len());
+                fds.push(PollFd::new(inotify, PollFlags::IN));
             }
             match poll(&mut fds, Some(&ts)) {
                 Ok(0) | Err(Errno::INTR) => return None,
@@ -270,8 +281,11 @@ impl Wake {
                     return None;
                 }
             }
-            let ready = |i: usize| fds.get(i).is_some_and(|f| !f.revents().is_empty());
-            (ready(0), ready(1), ready(2))
+            let ready = |i: Option<usize>| {
+                i.and_then(|i| fds.get(i))
+                    .is_some_and(|f| !f.revents().is_empty())
+            };
+            (ready(Some(0)), ready(at[1]), ready(at[0]))
         };
         if stop_ready {
             shutdown.drain();
@@ -307,15 +321,25 @@ impl Wake {
                 overflow = true;
                 continue;
             }
-            if flags.contains(ReadFlags::IGNORED) {
-                gone.push(event.wd());
-                continue;
-            }
             let source = self
                 .watches
                 .iter()
                 .find(|(wd, ..)| *wd == event.wd())
                 .map(|(_, s, _)| *s);
+            if source == Some(Source::Log)
+                && flags.intersects(
+                    ReadFlags::DELETE_SELF
+                        | ReadFlags::MOVE_SELF
+                        | ReadFlags::ATTRIB
+                        | ReadFlags::IGNORED,
+                )
+            {
+                self.log_stale = true;
+            }
+            if flags.contains(ReadFlags::IGNORED) {
+                gone.push(event.wd());
+                continue;
+            }
             let name = event.file_name().map(|n| n.to_string_lossy().into_owned());
             let kind = classify(source, name.as_deref());
             found = match (found, kind) {

@@ -184,6 +184,9 @@ pub struct Recorded {
     pub path: String,
     pub body: String,
     pub at: Instant,
+    /// The wall clock when the request was read (the benchmark compares it with the time a
+    /// runner's command wrote as it exited).
+    pub received: std::time::SystemTime,
 }
 
 impl Recorded {
@@ -367,6 +370,7 @@ fn serve(stream: TcpStream, inner: &Mutex<Inner>, hook: &str) {
             path: path.clone(),
             body: body.clone(),
             at: Instant::now(),
+            received: std::time::SystemTime::now(),
         });
         let reply = match path == hook {
             true => g.script.pop_front().unwrap_or(Reply::Ok),

@@ -6,14 +6,17 @@
 //! - one watcher poll when nothing changed, for a 1 MiB and the big log (target: O(1));
 //! - one poll after 1 MiB was appended;
 //! - peak RSS of a release watcher following a run of the big log (target: < 8 MiB);
-//! - total CPU of 100 watchers idling for 60 s (10 s with --quick) (target: < 1% of a core).
+//! - total CPU of 100 watchers idling for 60 s (10 s with --quick) (target: < 1% of a core),
+//!   waiting on events and looking every 5 s only;
+//! - post latency, idle wake-ups and looks during a burst, events on and off
+//!   ([`crate::bench_wake`]).
 //!
 //! The in-process numbers come from a release-mode probe (`atvm-run-watcher/examples/
 //! bench-probe.rs`); RSS and idle CPU are read from /proc for the real binary (CPU in
 //! nanoseconds from `/proc/<pid>/schedstat`: clock ticks are too coarse for idle watchers).
 
-use crate::layout;
 use crate::{Args, Result};
+use crate::{bench_wake, layout};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -154,22 +157,26 @@ pub fn run(args: &Args) -> Result {
         "< 8 MiB",
     ));
 
-    let cpu = idle_cpu(
-        &bins.join("atvm-run-watcher"),
-        &small,
-        &dir,
-        sizes.idle_watchers,
-        sizes.idle,
-    )?;
-    rows.push((
-        format!(
-            "{} idle watchers, {} s",
-            sizes.idle_watchers,
-            sizes.idle.as_secs()
-        ),
-        format!("{cpu:.3}% of one core"),
-        "< 1%",
-    ));
+    for events in [true, false] {
+        let cpu = idle_cpu(
+            &bins.join("atvm-run-watcher"),
+            &small,
+            &dir,
+            (sizes.idle_watchers, sizes.idle),
+            events,
+        )?;
+        rows.push((
+            format!(
+                "{} idle watchers, {} s ({})",
+                sizes.idle_watchers,
+                sizes.idle.as_secs(),
+                bench_wake::mode(events)
+            ),
+            format!("{cpu:.3}% of one core"),
+            "< 1%",
+        ));
+    }
+    rows.extend(bench_wake::rows(&bins, &dir, quick)?);
 
     println!("\n{:<48} {:<24} target", "measurement", "result");
     println!("{}", "-".repeat(92));
@@ -316,7 +323,12 @@ fn watcher_env(cmd: &mut Command, root: &Path, log_dir: &Path, reporter: &Path) 
 
 /// Write request.json and runner/status.json for `build`: a runner (pid) writing `log`.
 fn fake_run(root: &Path, build: &str, pid: u32, log: &Path, exited: bool) -> Result {
-    let sd = root.join("state").join(build);
+    fake_run_at(&root.join("state"), build, pid, log, exited)
+}
+
+/// [`fake_run`] in the state root `state`.
+pub fn fake_run_at(state: &Path, build: &str, pid: u32, log: &Path, exited: bool) -> Result {
+    let sd = state.join(build);
     fs::create_dir_all(sd.join("runner")).map_err(|e| e.to_string())?;
     let start_ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -457,8 +469,15 @@ fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-/// CPU of `n` watchers polling (default 5 s) a run whose runner is alive and silent.
-fn idle_cpu(watcher: &Path, log: &Path, dir: &Path, n: usize, idle: Duration) -> Result<f64> {
+/// CPU of `n` watchers (default settings: the 5 s safety net) of a run whose runner is
+/// alive and silent, waiting on events or (`events` false) looking every 5 s only.
+fn idle_cpu(
+    watcher: &Path,
+    log: &Path,
+    dir: &Path,
+    (n, idle): (usize, Duration),
+    events: bool,
+) -> Result<f64> {
     let root = dir.join("idle");
     let _ = fs::remove_dir_all(&root);
     let reporter = root.join("reports");
@@ -486,6 +505,9 @@ fn idle_cpu(watcher: &Path, log: &Path, dir: &Path, n: usize, idle: Duration) ->
             "1000",
         ])
         .stdout(Stdio::null());
+        if !events {
+            cmd.env("ATVM_WATCH_EVENTS", "off");
+        }
         watchers.push(cmd.spawn().map_err(|e| e.to_string())?);
     }
     // Let every watcher finish its first poll (reading the log) before measuring.

@@ -10,12 +10,14 @@
 //!   install added; keep state, the env file, an edited inventory and `.replaced/`.
 //! - `demo` — install into `target/demo` and watch two sample runs of one build end to end
 //!   (`--update-readme` puts the second post into the README).
-//! - `bench` — performance measurements (parse throughput, poll cost, RSS, idle CPU).
+//! - `bench` — performance measurements (parse throughput, poll cost, RSS, idle CPU, post
+//!   latency and wake-ups, events on and off).
 //!
 //! Deliberately dependency-light: std, the `units` crate, the tool crates' clap definitions
 //! (for completions and man pages), and the system's `sh`, `tar` and `sha256sum`.
 
 mod bench;
+mod bench_wake;
 mod completions;
 mod demo;
 mod dist;
