@@ -59,7 +59,11 @@ pub fn rows(bins: &Path, dir: &Path, quick: bool) -> Result<Vec<Row>> {
         rows.push((
             format!("looks per second, log growing 5,000 lines/s ({mode})"),
             format!("{looks:.1}"),
-            if events { "≤ 10 (100 ms settle)" } else { "" },
+            if events {
+                "≈ 10 (one look per 100 ms settle)"
+            } else {
+                ""
+            },
         ));
     }
     Ok(rows)
