@@ -61,7 +61,7 @@ impl Timeline {
             return Ok(Timeline::default());
         };
         Ok(Timeline {
-            entries: parse(&bytes, path)?
+            entries: parse(&bytes)
                 .into_iter()
                 .filter(|e| e.run_id == run_id)
                 .collect(),
@@ -94,18 +94,16 @@ impl Timeline {
     }
 }
 
-fn parse(bytes: &[u8], path: &Path) -> Result<Vec<Entry>> {
+/// The complete lines of the file that are entries. A line that is not (a write cut off by
+/// a crash, or garbage) is left out, not the file: the entries around it stay facts.
+fn parse(bytes: &[u8]) -> Vec<Entry> {
     let complete = match memchr::memrchr(b'\n', bytes) {
         Some(last) => &bytes[..=last],
-        None => return Ok(Vec::new()),
+        None => return Vec::new(),
     };
     complete
         .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            serde_json::from_slice(line)
-                .map_err(|e| Error::file(format!("runner timeline does not parse: {e}"), path))
-        })
+        .filter_map(|line| serde_json::from_slice(line).ok())
         .collect()
 }
 
@@ -124,13 +122,23 @@ impl Writer {
     /// Open (create) the timeline at `path` for appending.
     pub fn open(path: &Path, run_id: &str) -> Result<Writer> {
         let base = Timeline::read(path, run_id)?.blocks_started();
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .append(true)
             .create(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::io("cannot open the runner timeline", path, e))?;
+        // A line an earlier wrapper left cut off is ended, so this one's entries start on
+        // a line of their own.
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("cannot read the runner timeline", path, e))?
+            .len();
+        if len > 0 && !ends_with_newline(&file, len) {
+            file.write_all(b"\n")
+                .map_err(|e| Error::io("cannot write the runner timeline", path, e))?;
+        }
         Ok(Writer {
             file,
             path: path.to_path_buf(),
@@ -157,6 +165,12 @@ impl Writer {
         self.file.write_all(&line)?;
         self.file.sync_data()
     }
+}
+
+fn ends_with_newline(file: &File, len: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8];
+    file.read_at(&mut last, len - 1).is_ok() && last[0] == b'\n'
 }
 
 /// Finds the block events in a stream of log lines with the watcher's own parser, so the
@@ -266,11 +280,19 @@ mod tests {
     }
 
     #[test]
-    fn a_line_that_does_not_parse_is_named() {
+    fn a_line_that_does_not_parse_leaves_the_others_standing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("timeline.jsonl");
-        std::fs::write(&path, "not json\n").unwrap();
-        let e = Timeline::read(&path, "r").unwrap_err().to_string();
-        assert!(e.contains("timeline.jsonl"), "{e}");
+        let mut w = Writer::open(&path, "r").unwrap();
+        w.record(0, BlockEvent::Started).unwrap();
+        // A wrapper killed half-way through a line, then another of the same run.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"run_id\":\"r\",\"blo").unwrap();
+        let mut again = Writer::open(&path, "r").unwrap();
+        again.record(0, BlockEvent::Started).unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        let t = Timeline::read(&path, "r").unwrap();
+        assert_eq!(t.blocks_started(), 2, "both entries survive the torn line");
+        assert!(t.started(1).is_some());
     }
 }

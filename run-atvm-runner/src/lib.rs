@@ -23,6 +23,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 const EXAMPLE: &str = "\
 Example (normally run by systemd as atvm-runner@<build>.service):
@@ -104,16 +105,27 @@ pub fn run(cli: Cli) -> Result<u8> {
         })
     };
     let waited = child.wait();
+    // Only a stop that reached the command stopped the run: one that comes while the
+    // output drains or the exit is being recorded finds the command already gone.
+    let stop = stop_signal.swap(0, Ordering::SeqCst);
     exited.store(true, Ordering::SeqCst);
     let copied = copying
         .join()
         .unwrap_or_else(|_| Copied::lost("the copy of the command's output stopped"));
-    handle.close();
-    let _ = forwarder.join();
     let exit =
         waited.map_err(|e| Error::failed(format!("cannot wait for the runner command: {e}")))?;
-    let stop = stop_signal.load(Ordering::SeqCst);
-    record_exit(&sd, exit, (stop != 0).then_some(stop), copied)?;
+    let recorded = record_exit_patiently(
+        &sd,
+        Exited {
+            status: exit,
+            stop_signal: (stop != 0).then_some(stop),
+            copied,
+        },
+        &stop_signal,
+    );
+    handle.close();
+    let _ = forwarder.join();
+    recorded?;
     let code = exit_code(exit);
     logging::info(format!("run {} ended: {}", spec.run_id, describe(exit)));
     Ok(code)
@@ -302,12 +314,44 @@ fn note_write_error(sd: &StateDir, run_id: &str, error: &LogWriteError) {
     }
 }
 
-fn record_exit(
-    sd: &StateDir,
-    exit: ExitStatus,
+/// How the command ended, as the exit record says it.
+struct Exited {
+    status: ExitStatus,
     stop_signal: Option<i32>,
     copied: Copied,
-) -> Result<()> {
+}
+
+/// How long a stop waits for an exit record the full disk keeps out.
+const STOP_PATIENCE: Duration = Duration::from_secs(20);
+
+/// The exit record, written again while the state's file system is full: without it the
+/// run would end TERMINATED (an exit nobody recorded) and its result would never be posted.
+/// A stop (`systemctl stop`, the unit's shutdown) gives up after [`STOP_PATIENCE`].
+fn record_exit_patiently(sd: &StateDir, exited: Exited, stop: &AtomicI32) -> Result<()> {
+    let mut give_up_at: Option<Instant> = None;
+    loop {
+        match record_exit(sd, &exited) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() => {
+                if give_up_at.is_none() && stop.load(Ordering::SeqCst) == 0 {
+                    logging::warn(format!(
+                        "cannot record the command's exit yet ({e}); trying again every second"
+                    ));
+                }
+                if stop.load(Ordering::SeqCst) != 0 {
+                    let at = *give_up_at.get_or_insert_with(|| Instant::now() + STOP_PATIENCE);
+                    if Instant::now() >= at {
+                        return Err(e);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn record_exit(sd: &StateDir, exited: &Exited) -> Result<()> {
     sd.update_status(|current| {
         let Some(mut status) = current else {
             return Err(Error::file(
@@ -317,12 +361,12 @@ fn record_exit(
         };
         status.exited_at = Some(Timestamp::now());
         status.exited_boot = BootInstant::now();
-        status.exit_code = exit.code();
-        status.signal = exit.signal();
-        status.stop_signal = stop_signal;
-        status.log_bytes = Some(copied.bytes);
-        status.log_write_error = copied.write_error;
-        status.timeline_error = copied.timeline_error;
+        status.exit_code = exited.status.code();
+        status.signal = exited.status.signal();
+        status.stop_signal = exited.stop_signal;
+        status.log_bytes = Some(exited.copied.bytes);
+        status.log_write_error = exited.copied.write_error.clone();
+        status.timeline_error = exited.copied.timeline_error.clone();
         Ok((Some(status), ()))
     })
 }

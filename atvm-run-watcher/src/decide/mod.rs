@@ -168,7 +168,9 @@ impl LogView<'_> {
                     spec_failed += failed;
                     spec_total += total;
                 } else {
+                    // No `N of M failed` (a run cancelled in Cypress Cloud): its rows say.
                     spec_total += b.spec_rows.len() as u32;
+                    spec_failed += b.spec_rows.iter().filter(|r| r.is_failing()).count() as u32;
                 }
                 tests_failed += f.counts.failed;
             }
