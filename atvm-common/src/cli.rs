@@ -4,7 +4,7 @@
 use crate::error::{Result, exit};
 use crate::logging;
 use clap::Parser;
-use clap::error::ErrorKind;
+use clap::error::{ContextKind, ErrorKind};
 use std::process::ExitCode;
 
 /// What a tool's `run` may return on success: nothing (exit 0) or an explicit code
@@ -63,6 +63,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
             } else {
                 exit::SUCCESS
             })
+        }
+        // A value clap could not take is not repeated: from the environment (a unit's env
+        // file) it may hold more than the operator typed.
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let arg = e
+                .get(ContextKind::InvalidArg)
+                .map_or("an option".to_string(), |a| a.to_string());
+            let why = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            logging::error(format!("invalid value for {arg}{why} (see --help)"));
+            ExitCode::from(exit::USAGE)
         }
         _ => {
             logging::error(format!("{} (see --help)", one_line(&e.to_string())));

@@ -314,8 +314,8 @@ impl MattermostConfig {
         let format = format.unwrap_or_default();
         let format = Format::parse(&format).ok_or_else(|| Error::Config {
             what: format!(
-                "{FORMAT_VAR} is {:?}: use `attachment` (the default) or `text`",
-                format.chars().take(40).collect::<String>()
+                "{FORMAT_VAR} is neither `attachment` (the default) nor `text`{}",
+                value_hints(&format)
             ),
             path: env_file.to_path_buf(),
         })?;
@@ -377,24 +377,37 @@ pub fn is_channel(value: &str) -> bool {
 }
 
 /// Exit 78 for a channel the server would not find: every post would fail for good. The
-/// value is shown (escaped, cut; it is no secret) so a trailing comment is plain to see.
+/// value itself is not shown: a line continued with `\\` or an unclosed quote can join the
+/// next line — the webhook's, a secret — into it. What is wrong with it is said instead.
 fn channel_error(value: &str, in_environment: bool, env_file: &Path) -> Error {
-    let shown: String = value.chars().take(80).collect();
-    let hint = match value.contains('#') && !value.starts_with('#') {
-        true => {
-            "; the env file is read as systemd reads it, where a trailing `# comment` is part of the value: put comments on their own line"
-        }
-        false => "",
-    };
     Error::Config {
         what: format!(
-            "{CHANNEL_VAR} is {shown:?}, which is not a Mattermost channel name (lowercase letters, digits, - and _, at most 64, optionally after #) or @user{hint}"
+            "{CHANNEL_VAR} is not a Mattermost channel name (lowercase letters, digits, - and _, at most 64, optionally after #) or @user{}",
+            value_hints(value)
         ),
         path: match in_environment {
             true => format!("{CHANNEL_VAR} in the environment").into(),
             false => env_file.to_path_buf(),
         },
     }
+}
+
+/// What usually makes a setting's value wrong, said without showing the value.
+fn value_hints(value: &str) -> String {
+    let mut hints = vec![format!(
+        "its value is {} characters long",
+        value.chars().count()
+    )];
+    if value.contains('#') && !value.starts_with('#') {
+        hints.push("it holds a `#`: the env file is read as systemd reads it, where a trailing `# comment` is part of the value — put comments on their own line".to_string());
+    }
+    if value.contains('=') {
+        hints.push("it holds a `=`: a line ending in `\\` or an unclosed quote joined the next line into it".to_string());
+    }
+    if value.chars().any(char::is_whitespace) {
+        hints.push("it holds a space".to_string());
+    }
+    format!("; {}", hints.join("; "))
 }
 
 /// A positive number of seconds from the environment variable `var`, else `default`; a
@@ -407,7 +420,8 @@ pub fn seconds_from_env(var: &str, default: f64) -> Result<std::time::Duration> 
     match value.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
         _ => Err(Error::Usage(format!(
-            "{var}={value:?} is not a positive number of seconds"
+            "{var} is not a positive number of seconds{}",
+            value_hints(&value)
         ))),
     }
 }
@@ -656,7 +670,11 @@ mod tests {
         fs::write(&p, "MATTERMOST_ATVM_FORMAT=fancy\n").expect("write");
         let e = MattermostConfig::load(&p).expect_err("bad format");
         assert_eq!(e.exit_code(), crate::error::exit::CONFIG);
-        assert!(e.to_string().contains("fancy"), "{e}");
+        // Named, not quoted: a value may hold the next line of a broken file.
+        assert!(
+            e.to_string().contains(FORMAT_VAR) && !e.to_string().contains("fancy"),
+            "{e}"
+        );
     }
 
     #[test]

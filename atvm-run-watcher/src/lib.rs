@@ -66,10 +66,12 @@ Environment:
   ATVM_BOOT_ID                 set by the unit (%b): the current boot [default: the kernel's]
   JOURNAL_STREAM               set by systemd: lines carry journal priorities";
 
+/// A positive number of seconds. The value is not repeated in the error: from a broken
+/// env file it may hold the next line, the webhook's.
 fn seconds(text: &str) -> std::result::Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("{text:?} is not a positive number")),
+        _ => Err("not a positive number".to_string()),
     }
 }
 
@@ -85,19 +87,19 @@ pub struct Cli {
     )]
     pub build_name: Option<String>,
     /// Seconds between safety-net looks (the watcher wakes on events in between).
-    #[arg(long, env = "ATVM_POLL_SECONDS", default_value = "5", value_name = "SECONDS", value_parser = seconds)]
+    #[arg(long, env = "ATVM_POLL_SECONDS", hide_env_values = true, default_value = "5", value_name = "SECONDS", value_parser = seconds)]
     pub poll_seconds: f64,
     /// Categorized runs: how long the runner must stay inactive before the run ends.
-    #[arg(long, env = "ATVM_GRACE_SECONDS", default_value = "120", value_name = "SECONDS", value_parser = seconds)]
+    #[arg(long, env = "ATVM_GRACE_SECONDS", hide_env_values = true, default_value = "120", value_name = "SECONDS", value_parser = seconds)]
     pub grace_seconds: f64,
     /// HUNG when the runner is alive but neither log nor reporter changed for this long.
-    #[arg(long, env = "ATVM_HANG_MINUTES", default_value = "90", value_name = "MINUTES", value_parser = seconds)]
+    #[arg(long, env = "ATVM_HANG_MINUTES", hide_env_values = true, default_value = "90", value_name = "MINUTES", value_parser = seconds)]
     pub hang_minutes: f64,
     /// UNKNOWN when no runner for this run appeared within this long of the request.
-    #[arg(long, env = "ATVM_START_TIMEOUT_SECONDS", default_value = "900", value_name = "SECONDS", value_parser = seconds)]
+    #[arg(long, env = "ATVM_START_TIMEOUT_SECONDS", hide_env_values = true, default_value = "900", value_name = "SECONDS", value_parser = seconds)]
     pub start_timeout_seconds: f64,
     /// Total window for retrying a post while Mattermost is unreachable.
-    #[arg(long, env = "ATVM_POST_RETRY_SECONDS", default_value = "1800", value_name = "SECONDS", value_parser = seconds)]
+    #[arg(long, env = "ATVM_POST_RETRY_SECONDS", hide_env_values = true, default_value = "1800", value_name = "SECONDS", value_parser = seconds)]
     pub post_retry_seconds: f64,
     /// Deliver what is owed, evaluate once, save the state and exit.
     #[arg(long)]

@@ -630,3 +630,49 @@ fn state_files_never_hold_the_webhook() {
         env.files_containing(hook.secret())
     );
 }
+
+/// A broken env file — a line continued with `\`, an unclosed quote — joins the webhook's
+/// line into another variable's value. No error, journal line or `--help` quoting that
+/// value may show the webhook (it is a secret).
+#[test]
+fn a_broken_env_file_never_shows_the_webhook() {
+    const KEY: &str = "s3cr3tk3yabcdefghijklmnop";
+    let hook = format!("https://chat.example.test/hooks/{KEY}");
+    let env = Env::new();
+    for broken in [
+        format!("MATTERMOST_ATVM_CHANNEL=qa\\\nMATTERMOST_ATVM_WEBHOOK={hook}\n"),
+        format!("MATTERMOST_ATVM_CHANNEL=\"qa-e2e\nMATTERMOST_ATVM_WEBHOOK={hook}\n"),
+        format!("MATTERMOST_ATVM_FORMAT=text\\\nMATTERMOST_ATVM_WEBHOOK={hook}\n"),
+    ] {
+        fs::write(&env.env_file, &broken).unwrap();
+        let runs = [
+            env.run("atvm-run-watcher", &["--test-post"]),
+            env.run(
+                "start-atvm-run",
+                &["--build-name", B, "--runner-command", "true", "--dry-run"],
+            ),
+            env.run(
+                "start-atvm-run-watcher.sh",
+                &["--build-name", B, "--dry-run"],
+            ),
+        ];
+        for out in &runs {
+            assert_eq!(out.status.code(), Some(78), "{broken:?}: {}", text(out));
+            assert!(!text(out).contains(KEY), "{broken:?}: {}", text(out));
+        }
+    }
+    // A timing variable that swallowed the next line, under the unit (from its env file):
+    // the usage error names the option, not the value; --help does not show it either.
+    let mut env = env;
+    env.set(
+        "ATVM_POLL_SECONDS",
+        format!("5MATTERMOST_ATVM_WEBHOOK={hook}"),
+    );
+    for args in [vec!["--build-name", B], vec!["--help"]] {
+        let out = env.run("atvm-run-watcher", &args);
+        assert!(!text(&out).contains(KEY), "{args:?}: {}", text(&out));
+    }
+    env.run("atvm-run-watcher", &["--build-name", B])
+        .code_is(2)
+        .error_line("atvm-run-watcher", "invalid value for --poll-seconds");
+}
