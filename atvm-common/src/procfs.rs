@@ -233,6 +233,28 @@ pub fn session(pid: u32) -> Option<i32> {
     stat_ids(pid).map(|(_, sid)| sid)
 }
 
+/// The pipe a process writes its standard output into, if it does (`runner | tee B.log`):
+/// the inode of `pipe:[N]` behind `/proc/<pid>/fd/1`.
+pub fn stdout_pipe(pid: u32) -> Option<u64> {
+    pipe_of(pid, 1)
+}
+
+fn pipe_of(pid: u32, fd: u32) -> Option<u64> {
+    let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let text = target.to_str()?;
+    text.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Does a process reading the pipe `pipe` (the `| tee` or `| sed` after a hand-started
+/// runner) hold the file `(dev, ino)` open for writing: is the runner's output still being
+/// drained into its log?
+pub fn pipe_drains_into(pipe: u64, dev: u64, ino: u64) -> bool {
+    pids()
+        .into_iter()
+        .filter(|&p| pipe_of(p, 0) == Some(pipe))
+        .any(|p| !write_flags(p, dev, ino).is_empty())
+}
+
 /// Is `pid` a descendant of `ancestor` (through any number of parents)? A process the
 /// runner started is part of its run, however it names the build.
 pub fn descends_from(pid: u32, ancestor: u32) -> bool {

@@ -70,8 +70,9 @@ Environment:
 /// env file it may hold the next line, the webhook's.
 fn seconds(text: &str) -> std::result::Result<f64, String> {
     match text.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err("not a positive number".to_string()),
+        // Up to about 30 years: more does not fit a timer.
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e9 => Ok(v),
+        _ => Err("not a positive number up to 1e9".to_string()),
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Checkpoint {
     /// A runner found by its command line (not started through start-atvm-runner).
     #[serde(default)]
     pub fallback: Option<ProcessId>,
+    /// The pipe that runner writes its output into (`| tee B.log`): once the runner is
+    /// gone, a reader of it that still writes the log means its output is not all there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_pipe: Option<u64>,
     /// The log that runner was seen holding open for writing: the only file read as its
     /// output.
     #[serde(default)]

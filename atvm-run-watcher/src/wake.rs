@@ -25,8 +25,15 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The least time between two looks woken by the log or the reports alone.
+/// The least time between the end of a look and the next one woken by the log alone.
 pub const SETTLE: Duration = Duration::from_millis(100);
+/// The same for the reporter directory, which every build of the controller writes to: one
+/// build's reports must not keep every other watcher looking.
+pub const REPORTS_SETTLE: Duration = Duration::from_secs(1);
+/// A burst never has the watcher looking more than this share of the time: the settle is
+/// stretched to this many times what the last look took (a look over a reporter directory
+/// of 80,000 files is not free).
+const LOOK_DUTY: u32 = 4;
 /// The variable that turns events off.
 pub const EVENTS_VAR: &str = "ATVM_WATCH_EVENTS";
 
@@ -66,14 +73,19 @@ enum Source {
 
 #[derive(Debug)]
 pub struct Wake {
+    /// Events are wanted (not `ATVM_WATCH_EVENTS=off`): the runner's pidfd is waited on
+    /// even when inotify is not available.
+    enabled: bool,
     inotify: Option<OwnedFd>,
     /// Watch descriptor → what it watches (and the path, to re-add a replaced file).
     watches: Vec<(i32, Source, PathBuf)>,
     runner: Option<(ProcessId, OwnedFd)>,
     /// A runner whose exit was already reported (its pidfd stays readable).
     runner_seen_gone: Option<ProcessId>,
-    /// The last time a wait returned: bursts wait out [`SETTLE`] from it.
-    last_look: Instant,
+    /// When the last wait returned (a look started) and when the next began (it ended):
+    /// bursts wait out their settle from the end of the last look.
+    last_return: Instant,
+    last_look_end: Instant,
     /// Failures said once each (a watch that cannot be added, an overflow).
     said: HashSet<String>,
     /// The log's watch may no longer be on the file at its path (it was removed, moved or
@@ -92,11 +104,13 @@ impl Wake {
             )
         });
         let mut wake = Wake {
+            enabled: !off,
             inotify: None,
             watches: Vec::new(),
             runner: None,
             runner_seen_gone: None,
-            last_look: Instant::now(),
+            last_return: Instant::now(),
+            last_look_end: Instant::now(),
             said: HashSet::new(),
             log_stale: false,
         };
@@ -111,14 +125,18 @@ impl Wake {
         wake
     }
 
-    /// Are events on?
+    /// Are events on (file events, or at least the runner's exit)?
     pub fn events(&self) -> bool {
-        self.inotify.is_some()
+        self.enabled
     }
 
     /// Keep the watches in step with `t`: new directories, a log that appeared or was
     /// replaced, another runner. Cheap when nothing changed.
     pub fn track(&mut self, t: &Targets) {
+        if !self.enabled {
+            return;
+        }
+        self.track_runner(t.runner);
         if self.inotify.is_none() {
             return;
         }
@@ -128,7 +146,6 @@ impl Wake {
         if let Some(log) = &t.log {
             self.ensure(Source::Log, log);
         }
-        self.track_runner(t.runner);
     }
 
     /// Watch `path` for `source` unless it already is. The log is watched again when its
@@ -165,9 +182,13 @@ impl Wake {
                     self.watches.push((wd, source, path.to_path_buf()));
                 }
             }
-            // Not there yet (a runner directory, a reporter directory created later): the
-            // next look tries again, and the safety net covers the meantime.
-            Err(Errno::NOENT) => {}
+            // Not there (yet, or any more: a log moved to `.1` before the next one exists):
+            // a watch left on the old file is not this path's, and every look tries again;
+            // the safety net covers the meantime.
+            Err(Errno::NOENT) => {
+                self.watches
+                    .retain(|(_, s, p)| !(*s == source && p == path));
+            }
             Err(e) => self.say_once(format!(
                 "cannot watch {} ({e}); it is looked at every --poll-seconds",
                 path.display()
@@ -205,15 +226,13 @@ impl Wake {
         safety_net: Duration,
         deadline: Option<Duration>,
     ) -> Woken {
+        self.last_look_end = Instant::now();
         let timeout = deadline.map_or(safety_net, |d| d.min(safety_net));
-        let woken = match self.inotify.is_some() {
+        let woken = match self.inotify.is_some() || self.runner.is_some() {
             true => self.wait_events(shutdown, timeout),
-            false => match shutdown.sleep(timeout) {
-                true => Woken::Timer,
-                false => Woken::Stop,
-            },
+            false => sleep(shutdown, timeout),
         };
-        self.last_look = Instant::now();
+        self.last_return = Instant::now();
         woken
     }
 
@@ -237,68 +256,79 @@ impl Wake {
             // While a burst settles, only the stop and the runner's exit can cut it short:
             // polling inotify again would wake at every write of the burst.
             match self.poll_once(shutdown, wake_at - now, burst_at.is_none()) {
-                Some(Ready::Urgent) => return Woken::Event,
-                Some(Ready::RunnerExit) => return Woken::RunnerExit,
-                Some(Ready::Stop) => return Woken::Stop,
-                Some(Ready::Burst) => {
-                    // At once if the last look was long enough ago, else when it will be.
-                    burst_at.get_or_insert((self.last_look + SETTLE).max(now));
+                Ok(Some(Ready::Urgent)) => return Woken::Event,
+                Ok(Some(Ready::RunnerExit)) => return Woken::RunnerExit,
+                Ok(Some(Ready::Stop)) => return Woken::Stop,
+                Ok(Some(Ready::Burst(settle))) => {
+                    // Settled from the end of the last look, and never busier than
+                    // LOOK_DUTY allows.
+                    let cost = self
+                        .last_look_end
+                        .saturating_duration_since(self.last_return);
+                    let settle = settle.max(cost * LOOK_DUTY);
+                    burst_at.get_or_insert((self.last_look_end + settle).max(now));
                 }
-                None => {}
+                Ok(None) => {}
+                // A wait that fails (ENOMEM, say) must not spin: the rest of this wait is
+                // a plain sleep, and the next one tries the events again.
+                Err(()) => return sleep(shutdown, wake_at.saturating_duration_since(now)),
             }
         }
     }
 
     /// One poll(2) over the stop pipe, the runner's pidfd and (with `files`) inotify.
-    fn poll_once(&mut self, shutdown: &Shutdown, timeout: Duration, files: bool) -> Option<Ready> {
+    fn poll_once(
+        &mut self,
+        shutdown: &Shutdown,
+        timeout: Duration,
+        files: bool,
+    ) -> Result<Option<Ready>, ()> {
         let ts = Timespec::try_from(timeout).unwrap_or(Timespec {
             tv_sec: 1,
             tv_nsec: 0,
         });
-        let (stop_ready, inotify_ready, runner_ready) = {
-            let inotify = self.inotify.as_ref()?;
+        let polled = {
             let stop = shutdown.as_fd();
-            // Fixed places: 0 the stop, 1 the runner's pidfd, 2 inotify (each may be absent).
+            // Fixed places: 0 the stop, then the runner's pidfd and inotify, each if there.
             let mut fds = vec![PollFd::new(&stop, PollFlags::IN)];
             let mut at = [None, None];
             if let Some((_, pidfd)) = &self.runner {
                 at[0] = Some(fds.len());
                 fds.push(PollFd::new(pidfd, PollFlags::IN));
             }
-            if files {
+            if let Some(inotify) = self.inotify.as_ref().filter(|_| files) {
                 at[1] = Some(fds.len());
                 fds.push(PollFd::new(inotify, PollFlags::IN));
             }
             match poll(&mut fds, Some(&ts)) {
-                Ok(0) | Err(Errno::INTR) => return None,
-                Ok(_) => {}
-                Err(e) => {
-                    drop(fds);
-                    self.say_once(format!(
-                        "cannot wait for events ({e}); looking every --poll-seconds"
-                    ));
-                    self.inotify = None;
-                    return None;
+                Ok(_) | Err(Errno::INTR) => {
+                    let ready = |i: Option<usize>| {
+                        i.and_then(|i| fds.get(i))
+                            .is_some_and(|f| !f.revents().is_empty())
+                    };
+                    Ok((ready(Some(0)), ready(at[1]), ready(at[0])))
                 }
+                Err(e) => Err(e),
             }
-            let ready = |i: Option<usize>| {
-                i.and_then(|i| fds.get(i))
-                    .is_some_and(|f| !f.revents().is_empty())
-            };
-            (ready(Some(0)), ready(at[1]), ready(at[0]))
+        };
+        let (stop_ready, inotify_ready, runner_ready) = match polled {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.say_once(format!(
+                    "cannot wait for events ({e}); looking every --poll-seconds meanwhile"
+                ));
+                return Err(());
+            }
         };
         if stop_ready {
             shutdown.drain();
-            return Some(Ready::Stop);
+            return Ok(Some(Ready::Stop));
         }
         if runner_ready {
             self.runner_seen_gone = self.runner.take().map(|(id, _)| id);
-            return Some(Ready::RunnerExit);
+            return Ok(Some(Ready::RunnerExit));
         }
-        if inotify_ready {
-            return self.read_events();
-        }
-        None
+        Ok(inotify_ready.then(|| self.read_events()).flatten())
     }
 
     /// Read every queued inotify event: urgent if one is about the runner's record or the
@@ -344,11 +374,15 @@ impl Wake {
             let kind = classify(source, name.as_deref());
             found = match (found, kind) {
                 (Some(Ready::Urgent), _) | (_, Some(Ready::Urgent)) => Some(Ready::Urgent),
+                // The log's settle is shorter than the reports': the sooner one stands.
+                (Some(Ready::Burst(a)), Some(Ready::Burst(b))) => Some(Ready::Burst(a.min(b))),
                 (f, k) => f.or(k),
             };
         }
         self.watches.retain(|(wd, ..)| !gone.contains(wd));
         if overflow {
+            // A move of the log may be among what was lost.
+            self.log_stale = true;
             self.say_once(
                 "too many file events at once (inotify queue overflow): looking now, and every --poll-seconds"
                     .to_string(),
@@ -375,9 +409,18 @@ impl Default for Wake {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ready {
     Urgent,
-    Burst,
+    /// Worth a look once this long after the last one.
+    Burst(Duration),
     RunnerExit,
     Stop,
+}
+
+/// Sleep for `d` unless a stop is requested first.
+fn sleep(shutdown: &Shutdown, d: Duration) -> Woken {
+    match shutdown.sleep(d) {
+        true => Woken::Timer,
+        false => Woken::Stop,
+    }
 }
 
 /// Whether an event on `source` (about the file `name` in a watched directory) is worth a
@@ -385,7 +428,8 @@ enum Ready {
 /// markers) are not: only what others write is.
 fn classify(source: Option<Source>, name: Option<&str>) -> Option<Ready> {
     match (source?, name) {
-        (Source::Log | Source::Reports, _) => Some(Ready::Burst),
+        (Source::Log, _) => Some(Ready::Burst(SETTLE)),
+        (Source::Reports, _) => Some(Ready::Burst(REPORTS_SETTLE)),
         // The cancel helper's marker, a new request, the runner's directory appearing.
         (Source::StateDir, Some("cancelled.marker" | "request.json" | "runner")) => {
             Some(Ready::Urgent)
@@ -403,8 +447,11 @@ mod tests {
     #[test]
     fn only_what_others_write_wakes_the_watcher() {
         use Source::*;
-        assert_eq!(classify(Some(Log), None), Some(Ready::Burst));
-        assert_eq!(classify(Some(Reports), Some("a.json")), Some(Ready::Burst));
+        assert_eq!(classify(Some(Log), None), Some(Ready::Burst(SETTLE)));
+        assert_eq!(
+            classify(Some(Reports), Some("a.json")),
+            Some(Ready::Burst(REPORTS_SETTLE))
+        );
         assert_eq!(
             classify(Some(StateDir), Some("cancelled.marker")),
             Some(Ready::Urgent)

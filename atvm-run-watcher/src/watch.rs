@@ -127,7 +127,13 @@ impl<'a> Watcher<'a> {
         self.wake.track(&Targets {
             state_dir: self.ctx.sd.path().to_path_buf(),
             reporter_dir: self.ctx.paths.reporter_dir.clone(),
-            log: self.cp.log_path.clone(),
+            // Before a hand-started runner is adopted, its log's usual path: its writes are
+            // what make the watcher look again and adopt it.
+            log: self
+                .cp
+                .log_path
+                .clone()
+                .or_else(|| Some(self.ctx.paths.run_log(&self.ctx.build))),
             runner: obs.runner_id,
         });
         let due = self.decide_and_apply(&obs);

@@ -161,8 +161,17 @@ impl Observer {
                 self.resumed_start(ctx, Some(adopted));
                 RunnerFacts::Alive { pid: adopted.pid }
             }
-            (Some(_), _) => {
+            (Some(adopted), _) => {
                 self.resumed_start(ctx, None);
+                // Gone, but what reads its output pipe still writes the log (`| tee`, `| sed`
+                // draining the pipe): the run's output is not all there yet.
+                let draining = cp
+                    .fallback_pipe
+                    .zip(log)
+                    .is_some_and(|(pipe, l)| procfs::pipe_drains_into(pipe, l.dev, l.ino));
+                if draining {
+                    return RunnerFacts::Alive { pid: adopted.pid };
+                }
                 self.runner_exited_at.get_or_insert(now.wall);
                 RunnerFacts::FallbackGone
             }
@@ -215,6 +224,7 @@ impl Observer {
             self.follower = None;
         }
         cp.fallback = Some(id);
+        cp.fallback_pipe = procfs::stdout_pipe(id.pid);
         cp.fallback_log = log;
         cp.note_adopted(id);
         self.runner_started = Some(now.clone());

@@ -172,3 +172,40 @@ fn events_are_waited_on_and_off_with_the_variable_the_watcher_polls_to_the_same_
         assert_eq!(p.state(B)["state"], "COMPLETED", "events {events}");
     }
 }
+
+/// A hand-started run piped through a filter that still drains its output when the runner
+/// exits: the runner's pidfd wakes the watcher at once, but the run's output is not all in
+/// the log yet. The watcher waits for the filter (it holds the log open for writing, in the
+/// runner's session) instead of ending the run TERMINATED "without a Cypress summary".
+#[test]
+fn a_hand_started_run_s_filter_still_draining_its_output_is_waited_for() {
+    const B: &str = "e2e-fallback-filtered";
+    let env = Posting::new(vec![]);
+    env.write_request(B, json!({}));
+    let inner = format!(
+        "sleep 0.5; cat '{}'; exit 2",
+        testkit::fixture("cypress/failing-2-of-20.log").display()
+    );
+    // The filter passes the first line at once (it holds the log from the start) and the
+    // rest a second after the runner has written it all.
+    let pipeline = format!(
+        "sh -c '{inner}' sh --build_name {B} | (IFS= read -r first; printf '%s\\n' \"$first\"; sleep 1.5; cat) > '{}'",
+        env.run_log(B).display()
+    );
+    let mut run = std::process::Command::new("sh")
+        .args(["-c", &pipeline])
+        .spawn()
+        .unwrap();
+    let out = finish(
+        env.spawn(
+            "atvm-run-watcher",
+            &["--build-name", B, "--poll-seconds", "0.2"],
+        ),
+        LONG,
+    );
+    run.wait().unwrap();
+    out.code_is(0);
+    let s = env.state(B);
+    assert_eq!(s["state"], "FAILED", "{s:#}");
+    assert_eq!(env.hook.count(), 1);
+}
