@@ -64,8 +64,8 @@ fn nanos(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// How many files [`stale_reports`] records at most (the runner keeps them in its status).
-pub const MAX_STALE_REPORTS: usize = 200;
+/// How many files [`stale_reports`] records at most: beyond any real reporter directory.
+pub const MAX_STALE_REPORTS: usize = 1_000_000;
 
 /// The files in `dir` that a time check alone would take for reports of a run starting at
 /// `since` (modified at or after `since` less the slack), recorded by the runner before it

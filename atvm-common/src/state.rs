@@ -158,10 +158,6 @@ pub struct RunnerStatus {
     /// Why `runner/timeline.jsonl` misses entries, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline_error: Option<String>,
-    /// The reporter directory's files that were there, recent enough to pass for this
-    /// run's, when the command started: they never count for it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stale_reports: Vec<crate::reporter::ReportStamp>,
 }
 
 /// A write to the run log that failed, as the wrapper saw it.
@@ -501,6 +497,12 @@ impl StateDir {
     /// (see [`crate::timeline`]).
     pub fn runner_timeline(&self) -> PathBuf {
         self.runner_dir().join("timeline.jsonl")
+    }
+    /// The reporter directory's files that were there, recent enough to pass for this
+    /// run's, when the runner's command started: they never count for it. Its own file, read
+    /// once: after the clock stepped back there may be many.
+    pub fn runner_stale_reports(&self) -> PathBuf {
+        self.runner_dir().join("stale-reports.json")
     }
     /// The watcher's resume point (log offset, parser state): compact, its own file.
     pub fn checkpoint(&self) -> PathBuf {

@@ -170,10 +170,7 @@ fn prepare(sd: &StateDir, build: &BuildName, reporter_dir: &std::path::Path) -> 
     };
     // After the start time is taken and before the command runs: what is in the reporter
     // directory now is not this run's, whatever its time says.
-    let status = RunnerStatus {
-        stale_reports: reporter::stale_reports(reporter_dir, status.started_at.to_system()),
-        ..status
-    };
+    record_stale_reports(sd, reporter_dir, status.started_at);
     let (output, input) =
         std::io::pipe().map_err(|e| Error::io("cannot make a pipe for", &spec.log_path, e))?;
     let stderr = input
@@ -205,6 +202,20 @@ fn prepare(sd: &StateDir, build: &BuildName, reporter_dir: &std::path::Path) -> 
         copier,
         output,
     })
+}
+
+/// Record the reports already in `reporter_dir` (see [`StateDir::runner_stale_reports`]).
+/// Best effort: without the record the watcher falls back to the reports' times alone.
+fn record_stale_reports(sd: &StateDir, reporter_dir: &std::path::Path, started: Timestamp) {
+    let stale = reporter::stale_reports(reporter_dir, started.to_system());
+    let written = sd
+        .create_runner_dir()
+        .and_then(|()| fsutil::write_json(&sd.runner_stale_reports(), &stale, 0o600));
+    if let Err(e) = written {
+        logging::warn(format!(
+            "{e}; reports written just before this run may be counted for it"
+        ));
+    }
 }
 
 /// Another wrapper of the build is alive (its recorded pid still has its start time): exit 4.

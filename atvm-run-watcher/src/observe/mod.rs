@@ -207,7 +207,7 @@ impl Observer {
         match &status {
             Some(s) => {
                 self.managed = true;
-                self.note_runner(s);
+                self.note_runner(ctx, s);
             }
             None => self.resumed_start(ctx, cp.fallback.filter(|id| procfs::is_alive(*id))),
         }

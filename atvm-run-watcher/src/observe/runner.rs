@@ -74,7 +74,7 @@ impl Observer {
         status: RunnerStatus,
         now: &Moment,
     ) -> (RunnerFacts, RunnerStatus) {
-        self.note_runner(&status);
+        self.note_runner(ctx, &status);
         let id = ProcessId {
             pid: status.pid,
             start_ticks: status.pid_start_ticks,
@@ -98,7 +98,7 @@ impl Observer {
             // It may have recorded its exit between our read and the liveness check.
             match ctx.sd.read_status() {
                 Ok(Some(again)) if again.run_id == status.run_id && again.has_exited() => {
-                    self.note_runner(&again);
+                    self.note_runner(ctx, &again);
                     return (exited_facts(&again), again);
                 }
                 _ => vanished_facts(&status, false),
@@ -254,15 +254,20 @@ impl Observer {
             .map(|m| FileId::of(&m))
     }
 
-    pub(super) fn note_runner(&mut self, status: &RunnerStatus) {
+    pub(super) fn note_runner(&mut self, ctx: &Ctx, status: &RunnerStatus) {
         if self.runner_started_at != Some(status.started_at) {
-            // Another runner: its reports count from its own start.
+            // Another runner: its reports count from its own start, but for those it found.
             self.reporter = None;
+            self.stale_reports = fsutil::read_json(&ctx.sd.runner_stale_reports())
+                .unwrap_or_else(|e| {
+                    logging::warn(format!("{e}; reports are told apart by their times alone"));
+                    None
+                })
+                .unwrap_or_default();
         }
         self.runner_started = Some(status.started());
         self.runner_started_at = Some(status.started_at);
         self.runner_exited_at = status.exited_at;
-        self.stale_reports.clone_from(&status.stale_reports);
     }
 }
 
