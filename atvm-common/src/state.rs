@@ -158,6 +158,23 @@ pub struct RunnerStatus {
     /// Why `runner/timeline.jsonl` misses entries, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline_error: Option<String>,
+    /// The logs of earlier runners of this run (a categorized run's second runner), oldest
+    /// first, carried over by each new wrapper: the run's output is all of them in order,
+    /// then this one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_logs: Vec<EarlierLog>,
+}
+
+/// What a wrapper recorded of its log, kept when a later wrapper of the same run starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierLog {
+    pub log_path: PathBuf,
+    pub log_dev: u64,
+    pub log_inode: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_write_error: Option<LogWriteError>,
 }
 
 /// A write to the run log that failed, as the wrapper saw it.

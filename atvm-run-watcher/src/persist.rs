@@ -36,6 +36,10 @@ pub struct Checkpoint {
     /// A runner found by its command line (not started through start-atvm-runner).
     #[serde(default)]
     pub fallback: Option<ProcessId>,
+    /// The earlier runners' logs of this run (`runner/status.json`'s `earlier_logs`) as they
+    /// were read: each to its end before the next, or found gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_read: Vec<EarlierRead>,
     /// The pipe that runner writes its output into (`| tee B.log`): once the runner is
     /// gone, a reader of it that still writes the log means its output is not all there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,6 +69,16 @@ pub struct Checkpoint {
     /// the runner was adopted: a newer runner taking over wrote it from its start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated_since_adoption: bool,
+}
+
+/// How far an earlier runner's log was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierRead {
+    pub file: FileId,
+    pub read: u64,
+    /// It was there to be read to its end (it was not removed, or rotated away by a third
+    /// runner, first).
+    pub found: bool,
 }
 
 /// How many adopted processes a checkpoint remembers.

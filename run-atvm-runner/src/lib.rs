@@ -9,7 +9,7 @@ pub mod copy;
 
 use atvm_common::config::WEBHOOK_VAR;
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{LogWriteError, RunnerSpec, RunnerStatus};
+use atvm_common::state::{EarlierLog, LogWriteError, RunnerSpec, RunnerStatus};
 use atvm_common::time::BootInstant;
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging, procfs};
 use atvm_common::{reporter, timeline};
@@ -300,9 +300,24 @@ fn read_spec(sd: &StateDir, build: &BuildName) -> Result<RunnerSpec> {
 /// run) is kept.
 fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
     sd.update_status(|current| {
-        if let Some(prev) = current.filter(|p| p.run_id == status.run_id && p.pid == 0) {
-            status.cancel_requested = prev.cancel_requested;
-            status.cancel_requested_at = prev.cancel_requested_at;
+        match current.filter(|p| p.run_id == status.run_id) {
+            Some(prev) if prev.pid == 0 => {
+                status.cancel_requested = prev.cancel_requested;
+                status.cancel_requested_at = prev.cancel_requested_at;
+            }
+            // An earlier wrapper of this run (a categorized run's second runner): its log
+            // is part of the run's output, and what it recorded of it must not be lost.
+            Some(prev) if prev.refused.is_none() => {
+                status.earlier_logs = prev.earlier_logs.clone();
+                status.earlier_logs.push(EarlierLog {
+                    log_path: prev.log_path,
+                    log_dev: prev.log_dev,
+                    log_inode: prev.log_inode,
+                    log_bytes: prev.log_bytes,
+                    log_write_error: prev.log_write_error,
+                });
+            }
+            _ => {}
         }
         Ok((Some(status), ()))
     })

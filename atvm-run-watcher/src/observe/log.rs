@@ -3,7 +3,7 @@
 
 use super::{Observer, READ_SLICE};
 use crate::ctx::Ctx;
-use crate::persist::Checkpoint;
+use crate::persist::{Checkpoint, EarlierRead};
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::procfs::{self, ProcessId};
@@ -57,6 +57,9 @@ impl Observer {
         now: &Moment,
     ) -> Result<()> {
         self.log_open = false;
+        if let Some(s) = status.filter(|s| s.pid != 0 && s.refused.is_none()) {
+            self.follow_earlier(ctx, cp, s, now)?;
+        }
         let Some((path, expected)) = self.log_target(ctx, cp, status) else {
             return Ok(());
         };
@@ -117,12 +120,76 @@ impl Observer {
         }
     }
 
+    /// Read the earlier runners' logs of this run (a categorized run's second runner moved
+    /// the first one's to `<log>.1`) each to its end, in order, before the current one: the
+    /// run's output is all of them, whenever the watcher looked (one that was down while the
+    /// second runner started still reads the first runner's last groups).
+    fn follow_earlier(
+        &mut self,
+        ctx: &Ctx,
+        cp: &mut Checkpoint,
+        status: &RunnerStatus,
+        now: &Moment,
+    ) -> Result<()> {
+        for earlier in &status.earlier_logs {
+            let id = FileId {
+                dev: earlier.log_dev,
+                ino: earlier.log_inode,
+            };
+            if cp.earlier_read.iter().any(|r| r.file == id) {
+                continue;
+            }
+            let path = &earlier.log_path;
+            if self.follower.as_ref().is_none_or(|f| f.path() != path) {
+                self.follower = Some(LogFollower::new(path, cp.follow));
+                cp.log_path = Some(path.clone());
+            }
+            let Some(follower) = self.follower.as_mut() else {
+                return Ok(());
+            };
+            let found = loop {
+                let progress = follower
+                    .poll(id, &mut cp.parser, READ_SLICE)
+                    .map_err(|e| Error::io("cannot read the run log", path, e))?;
+                cp.follow = follower.point();
+                if progress.bytes > 0 {
+                    cp.last_activity = Some(now.clone());
+                }
+                if ctx.shutdown.requested() {
+                    return Ok(());
+                }
+                if !progress.open || !progress.more {
+                    break progress.open;
+                }
+            };
+            let read = follower
+                .point()
+                .filter(|p| p.file == id)
+                .map_or(0, |p| p.bytes_read());
+            if !found {
+                logging::warn(format!(
+                    "the log of an earlier runner of this run ({}) is gone: it cannot be read to its end",
+                    path.display()
+                ));
+            }
+            cp.earlier_read.push(EarlierRead {
+                file: id,
+                read,
+                found,
+            });
+        }
+        Ok(())
+    }
+
     /// Why what was read of a managed run's log is not the whole of its command's output,
     /// if it is not (docs/watcher-service.md, "Restart equivalence"): the runner could not
     /// write it, or — once the runner recorded how many bytes it wrote — fewer were read
     /// and the file can no longer give them.
     pub(super) fn log_gap(&self, cp: &Checkpoint, status: Option<&RunnerStatus>) -> Option<String> {
         let s = status.filter(|s| s.pid != 0 && s.refused.is_none())?;
+        if let Some(gap) = earlier_gap(cp, s) {
+            return Some(gap);
+        }
         let path = s.log_path.display();
         if let Some(e) = &s.log_write_error {
             let fs = procfs::mount_point(&s.log_path)
@@ -158,6 +225,32 @@ impl Observer {
             )),
         }
     }
+}
+
+/// Why an earlier runner's log of this run is not all read, if it is not: the runner could
+/// not write it, or it was gone (or shorter than written) when the watcher came to read it.
+fn earlier_gap(cp: &Checkpoint, s: &RunnerStatus) -> Option<String> {
+    s.earlier_logs.iter().find_map(|earlier| {
+        let path = earlier.log_path.display();
+        if let Some(e) = &earlier.log_write_error {
+            return Some(format!(
+                "an earlier runner of this run could not write its log {path} from byte {} on ({}): the run's output is incomplete and its result unknown",
+                e.offset, e.error
+            ));
+        }
+        let file = FileId {
+            dev: earlier.log_dev,
+            ino: earlier.log_inode,
+        };
+        let read = cp.earlier_read.iter().find(|r| r.file == file)?;
+        let short = earlier.log_bytes.is_some_and(|n| read.read < n);
+        (!read.found || short).then(|| {
+            format!(
+                "the log of an earlier runner of this run ({path}, moved to {path}.1 by the next runner) was gone or cut short before it was read to its end ({} bytes read)",
+                read.read
+            )
+        })
+    })
 }
 
 /// The wrapper that still holds the run's log open, while it runs.

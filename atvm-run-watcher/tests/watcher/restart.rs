@@ -345,3 +345,87 @@ fn a_report_dated_in_the_future_does_not_count_for_the_runs_to_come() {
     assert!(!listed.contains("before-the-clock-step"), "{listed}");
     assert!(listed.contains("area07.cy.js › 1 failing test"), "{listed}");
 }
+
+/// The three groups of the categorized fixture, each as its own file: linux passes,
+/// windows fails, ubuntu passes.
+fn group_files(p: &Posting) -> Vec<std::path::PathBuf> {
+    let log = fs::read_to_string(testkit::fixture("cypress/categorized-3-groups.log")).unwrap();
+    let starts: Vec<usize> = log.match_indices("=== group").map(|(i, _)| i).collect();
+    let mut files = Vec::new();
+    for (k, &at) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).copied().unwrap_or(log.len());
+        let file = p.root().join(format!("group-{k}.log"));
+        fs::write(&file, &log[at..end]).unwrap();
+        files.push(file);
+    }
+    files
+}
+
+/// A categorized run whose first runner prints two groups and whose second runner (within
+/// the grace period) prints the third, all while the watcher is down: the first runner's
+/// log, moved to `.1` by the second, is still read, so every group is posted once, as an
+/// undisturbed watcher would have.
+#[test]
+fn a_second_runner_s_rotation_while_the_watcher_is_down_loses_no_group() {
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_GRACE_SECONDS", "0.5");
+    p.write_request(B, json!({"categorize": true}));
+    let g = group_files(&p);
+    let first = format!("cat '{}' '{}'; exit 1", g[0].display(), g[1].display());
+    start_runner(&p, &first);
+    p.wait_until("the first runner's exit", LONG, || {
+        p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
+    });
+    start_runner(&p, &format!("cat '{}'; exit 0", g[2].display()));
+    p.wait_until("the second runner's exit", LONG, || {
+        p.try_status(B)
+            .is_some_and(|s| !s["exited_at"].is_null() && s["earlier_logs"].is_array())
+    });
+    let s = assert_final(&p, &watch(&p, &[]), "FAILED");
+    let rows = super::subrun_rows(&s);
+    assert_eq!(
+        rows,
+        [
+            ("01-linux", "COMPLETED", "posted"),
+            ("02-windows", "FAILED", "posted"),
+            ("03-ubuntu-24.04", "COMPLETED", "posted"),
+        ],
+        "{s:#}"
+    );
+    assert_eq!(p.hook.count(), 3);
+}
+
+/// The same, but the first runner's log is gone before anyone read it: the run cannot be
+/// told, so it ends UNKNOWN naming the log, instead of leaving out two groups.
+#[test]
+fn a_second_runner_s_rotated_log_gone_before_it_was_read_is_unknown() {
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_GRACE_SECONDS", "0.5");
+    p.write_request(B, json!({"categorize": true}));
+    let g = group_files(&p);
+    start_runner(
+        &p,
+        &format!("cat '{}' '{}'; exit 1", g[0].display(), g[1].display()),
+    );
+    p.wait_until("the first runner's exit", LONG, || {
+        p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
+    });
+    start_runner(&p, &format!("cat '{}'; exit 0", g[2].display()));
+    p.wait_until("the second runner's exit", LONG, || {
+        p.try_status(B)
+            .is_some_and(|s| !s["exited_at"].is_null() && s["earlier_logs"].is_array())
+    });
+    let rotated = rotated_log(&p);
+    fs::remove_file(&rotated).unwrap();
+    let s = assert_final(&p, &watch(&p, &[]), "UNKNOWN");
+    assert!(
+        s["reason"].as_str().unwrap().contains("earlier runner"),
+        "{s:#}"
+    );
+}
+
+fn rotated_log(p: &Posting) -> std::path::PathBuf {
+    let mut path = p.run_log(B).into_os_string();
+    path.push(".1");
+    path.into()
+}
