@@ -35,7 +35,13 @@ pub enum BlockEvent {
     /// Its summary's footer (`All specs passed!`, `N of M failed`, …) was written: every
     /// report of the block was written before it.
     Finished,
+    /// The command printed something (recorded at most every [`OUTPUT_EVERY`]): the
+    /// run's last sign of life, on the runner's clocks, for the hang rule.
+    Output,
 }
+
+/// How often, at most, the runner records that the command printed something.
+pub const OUTPUT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One line of `runner/timeline.jsonl`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,25 +53,51 @@ pub struct Entry {
     pub at: Moment,
 }
 
-/// A run's timeline as read by the watcher.
+/// A run's timeline as read by the watcher: the blocks' entries, and the last output.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Timeline {
     entries: Vec<Entry>,
+    last_output: Option<Moment>,
+    /// Bytes of the file read so far (up to the end of its last complete line).
+    read: u64,
 }
 
 impl Timeline {
     /// The entries of `run_id` in `path` (none when the file does not exist). A last line
-    /// without its newline is a write that did not complete: it is not an entry.
+    /// without its newline is a write that did not complete: it is not an entry yet.
     pub fn read(path: &Path, run_id: &str) -> Result<Timeline> {
-        let Some((bytes, _)) = fsutil::read_file(path)? else {
-            return Ok(Timeline::default());
+        let mut t = Timeline::default();
+        t.read_more(path, run_id)?;
+        Ok(t)
+    }
+
+    /// Read what was appended since the last read (all of it again if the file is shorter
+    /// than what was read: another file). Output entries are kept only as the latest one,
+    /// so neither memory nor reading grows with a long run's output.
+    pub fn read_more(&mut self, path: &Path, run_id: &str) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some((mut file, meta)) = fsutil::open_regular(path)? else {
+            return Ok(());
         };
-        Ok(Timeline {
-            entries: parse(&bytes)
-                .into_iter()
-                .filter(|e| e.run_id == run_id)
-                .collect(),
-        })
+        if meta.len() < self.read {
+            *self = Timeline::default();
+        }
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(self.read))
+            .and_then(|_| file.take(fsutil::MAX_READ_BYTES).read_to_end(&mut bytes))
+            .map_err(|e| Error::io("cannot read", path, e))?;
+        let complete = memchr::memrchr(b'\n', &bytes).map_or(0, |last| last + 1);
+        self.read += complete as u64;
+        for e in parse(&bytes[..complete])
+            .into_iter()
+            .filter(|e| e.run_id == run_id)
+        {
+            match e.event {
+                BlockEvent::Output => self.last_output = Some(e.at),
+                _ => self.entries.push(e),
+            }
+        }
+        Ok(())
     }
 
     /// When block `block` started, if the runner recorded it.
@@ -76,6 +108,11 @@ impl Timeline {
     /// When block `block` finished, if the runner recorded it.
     pub fn finished(&self, block: usize) -> Option<&Moment> {
         self.find(block, BlockEvent::Finished)
+    }
+
+    /// When the command last printed something, as the runner recorded it.
+    pub fn last_output(&self) -> Option<&Moment> {
+        self.last_output.as_ref()
     }
 
     /// How many blocks were started.
@@ -183,6 +220,11 @@ pub struct BlockTracker {
 }
 
 impl BlockTracker {
+    /// How many blocks have started.
+    pub fn blocks(&self) -> usize {
+        self.started
+    }
+
     /// Feed one line (with its newline, if it has one); the events it completes, in order.
     pub fn line(&mut self, line: &[u8]) -> Vec<(usize, BlockEvent)> {
         self.parser.feed(line);

@@ -10,10 +10,11 @@
 //!   whole log only when it has read that many.
 //! - **When each Cypress block started and finished** ([`atvm_common::timeline`]): each
 //!   event is recorded before the newline of the line that completes it reaches the log,
-//!   so a watcher that has parsed the line finds the event.
+//!   so a watcher that has parsed the line finds the event. So is, every few seconds while
+//!   output flows, that the command printed something: the hang rule's last activity.
 
 use atvm_common::state::LogWriteError;
-use atvm_common::timeline::{BlockEvent, BlockTracker, Writer};
+use atvm_common::timeline::{self, BlockEvent, BlockTracker, Writer};
 use atvm_common::{Timestamp, logging};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -59,6 +60,8 @@ pub struct Copier {
     log_path: PathBuf,
     tracker: BlockTracker,
     timeline: Result<Writer, String>,
+    /// When the last `Output` entry was recorded.
+    output_recorded: Option<Instant>,
     done: Copied,
 }
 
@@ -75,6 +78,7 @@ impl Copier {
             log_path,
             tracker: BlockTracker::default(),
             timeline,
+            output_recorded: None,
             done: Copied {
                 timeline_error,
                 ..Copied::default()
@@ -122,6 +126,16 @@ impl Copier {
     /// One chunk of output: block events are recorded before the newline that completes
     /// their line is written.
     fn chunk(&mut self, bytes: &[u8], failed: &mut impl FnMut(&LogWriteError)) {
+        // A sign of life for the hang rule, on the runner's own clocks (every few seconds at
+        // most: a run printing thousands of lines a second writes one entry), recorded
+        // before the bytes reach the log, so a watcher that read them finds it.
+        if self
+            .output_recorded
+            .is_none_or(|t| t.elapsed() >= timeline::OUTPUT_EVERY)
+        {
+            self.output_recorded = Some(Instant::now());
+            self.record(self.tracker.blocks(), BlockEvent::Output);
+        }
         let mut line_start = 0;
         let mut written = 0;
         for nl in memchr::memchr_iter(b'\n', bytes) {

@@ -423,3 +423,65 @@ fn a_second_wrapper_of_a_live_start_is_refused_and_touches_nothing() {
     assert!(!env.log_dir.join(format!("{B}.log.1")).exists());
     wait_exit(&env);
 }
+
+/// A stop that comes after the command exited by itself — while the wrapper waits out a
+/// leftover process that still holds the output pipe — stopped nothing: the exit is the
+/// command's own, not a stop (which would make the run TERMINATED and unposted).
+#[test]
+fn a_stop_after_the_command_exited_is_not_recorded_as_a_stop() {
+    let env = Env::new();
+    let fixture = testkit::fixture("cypress/failing-2-of-20.log");
+    start(
+        &env,
+        &format!("(exec sleep 5 &); cat '{}'; exit 2", fixture.display()),
+    );
+    let status = wait_started(&env);
+    let size = fs::metadata(&fixture).unwrap().len();
+    env.wait_until("the command's last output", WAIT, || {
+        fs::metadata(env.run_log(B)).is_ok_and(|m| m.len() == size)
+    });
+    // The command is gone; the wrapper drains the pipe the leftover holds.
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = status["pid"].as_u64().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_exit(&env);
+    assert_eq!(status["exit_code"], 2, "{status:#}");
+    assert!(status["stop_signal"].is_null(), "{status:#}");
+}
+
+/// With the state's file system full when the command exits, the exit record waits for
+/// room instead of being lost (the run would end TERMINATED and never be posted).
+#[test]
+fn an_exit_record_waits_out_a_full_state_file_system() {
+    let env = Env::new();
+    let Some(disk) = testkit::SmallDisk::mount(&env.state_root, "1m") else {
+        return;
+    };
+    let go = env.root().join("go");
+    start(
+        &env,
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.05; done; exit 2",
+            go.display()
+        ),
+    );
+    wait_started(&env);
+    disk.fill();
+    fs::write(&go, "").unwrap();
+    // The record cannot be written yet; the wrapper keeps trying.
+    std::thread::sleep(Duration::from_millis(1500));
+    let status: Value = serde_json::from_str(
+        &fs::read_to_string(env.state_dir(B).join("runner/status.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(status["exited_at"].is_null(), "{status:#}");
+    disk.free();
+    let status = wait_exit(&env);
+    assert_eq!(status["exit_code"], 2, "{status:#}");
+}

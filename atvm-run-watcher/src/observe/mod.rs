@@ -171,6 +171,22 @@ impl Observer {
     /// The latest sign of life: new log bytes, the runner's start, a new report of this
     /// run (noted when it is seen: report times are wall-clock times).
     fn last_activity(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> Moment {
+        // A run started through the runner: its own record of when the command last printed
+        // something, the same for every watcher whenever it looked. (A runner of an earlier
+        // version records none: then, as for a hand-started run, what this watcher saw.)
+        if self.managed
+            && let Some(output) = self.timeline.last_output()
+        {
+            let latest = [Some(output.clone()), self.runner_started.clone()]
+                .into_iter()
+                .flatten()
+                .fold(
+                    ctx.request.requested(),
+                    |a, b| if b.is_after(&a) { b } else { a },
+                );
+            cp.last_activity = Some(latest.clone());
+            return latest;
+        }
         let newest = self
             .reporter
             .as_ref()

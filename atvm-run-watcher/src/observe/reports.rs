@@ -8,7 +8,6 @@ use crate::persist::Checkpoint;
 use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
 use atvm_common::state::{Counts, RunnerStatus};
-use atvm_common::timeline::Timeline;
 use atvm_common::{Timestamp, history, logging, mattermost};
 use std::time::Instant;
 
@@ -64,11 +63,12 @@ impl Observer {
             return;
         }
         self.timeline_read_at = Some(key);
-        self.timeline = Timeline::read(&ctx.sd.runner_timeline(), &ctx.request.run_id)
-            .unwrap_or_else(|e| {
-                logging::warn(format!("{e}; group posts name only what the log says"));
-                Timeline::default()
-            });
+        if let Err(e) = self
+            .timeline
+            .read_more(&ctx.sd.runner_timeline(), &ctx.request.run_id)
+        {
+            logging::warn(format!("{e}; group posts name only what the log says"));
+        }
     }
 
     /// The window of report times that belong to sub-run `i`, and when it ended. For a run

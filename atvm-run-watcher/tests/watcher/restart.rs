@@ -429,3 +429,20 @@ fn rotated_log(p: &Posting) -> std::path::PathBuf {
     path.push(".1");
     path.into()
 }
+
+/// The hang rule counts from when the command last printed something as the runner
+/// recorded it, not from when a watcher happened to read it: a watcher down while the
+/// last output came, started again after the hang window, finds the run HUNG as an
+/// undisturbed one did — not WATCHING from the moment it read that output.
+#[test]
+fn the_hang_window_runs_from_the_runners_record_not_from_when_the_watcher_looked() {
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_HANG_MINUTES", "0.02"); // 1.2 s
+    let mut run = passing_run_followed(&p, 2);
+    run.step(&p, B); // the second spec's output, while no watcher runs
+    std::thread::sleep(Duration::from_millis(1500)); // the hang window passes
+    once(&p);
+    let s = p.state(B);
+    assert_eq!(s["state"], "HUNG", "{s:#}");
+    assert_eq!(p.hook.count(), 0);
+}
