@@ -103,8 +103,10 @@ pub fn cancel(build: &BuildName, paths: &Paths, systemctl: &Systemctl) -> Result
         })
         .map(|s| s.state);
     // An attempt sent whose answer was never recorded (the watcher was killed waiting for
-    // it, or still waits): it may have reached Mattermost.
-    let unknown = hand_run == HandRun::StillRunning || attempt_unanswered(&sd, now.as_ref());
+    // it, or still waits): it may have reached Mattermost. A watcher run by hand that has
+    // not seen the cancel yet sends nothing more (it checks the marker right before each
+    // attempt): that alone is no attempt under way.
+    let unknown = attempt_unanswered(&sd, now.as_ref());
     let groups = now
         .as_ref()
         .map(|s| groups_whose_post(s, PostStatus::Posted))
