@@ -168,34 +168,34 @@ impl Observer {
         }))
     }
 
-    /// The latest sign of life: new log bytes, the runner's start, a new report of this
-    /// run (noted when it is seen: report times are wall-clock times).
+    /// The latest sign of life: for a run started through the runner, the runner's own
+    /// record of when the command last printed something — the same for every watcher,
+    /// whenever it looked. Else (a hand-started run, or a runner of an earlier version that
+    /// records none): new log bytes or a new report of this run, noted when this watcher saw
+    /// them. The runner's start and the request count either way.
     fn last_activity(&mut self, ctx: &Ctx, cp: &mut Checkpoint, now: &Moment) -> Moment {
-        // A run started through the runner: its own record of when the command last printed
-        // something, the same for every watcher whenever it looked. (A runner of an earlier
-        // version records none: then, as for a hand-started run, what this watcher saw.)
-        if self.managed
-            && let Some(output) = self.timeline.last_output()
-        {
-            let latest = [Some(output.clone()), self.runner_started.clone()]
-                .into_iter()
-                .flatten()
-                .fold(
-                    ctx.request.requested(),
-                    |a, b| if b.is_after(&a) { b } else { a },
-                );
-            cp.last_activity = Some(latest.clone());
-            return latest;
-        }
-        let newest = self
-            .reporter
-            .as_ref()
-            .and_then(|r| r.newest_mtime(&self.specs.1));
-        if newest.is_some() && newest > self.newest_report {
-            self.newest_report = newest;
-            cp.last_activity = Some(now.clone());
-        }
-        let latest = [cp.last_activity.clone(), self.runner_started.clone()]
+        let recorded = self
+            .timeline
+            .last_output()
+            .filter(|_| self.managed)
+            .cloned();
+        let seen = match recorded {
+            Some(output) => output,
+            None => {
+                let newest = self
+                    .reporter
+                    .as_ref()
+                    .and_then(|r| r.newest_mtime(&self.specs.1));
+                if newest.is_some() && newest > self.newest_report {
+                    self.newest_report = newest;
+                    cp.last_activity = Some(now.clone());
+                }
+                cp.last_activity
+                    .clone()
+                    .unwrap_or_else(|| ctx.request.requested())
+            }
+        };
+        let latest = [Some(seen), self.runner_started.clone()]
             .into_iter()
             .flatten()
             .fold(

@@ -361,18 +361,17 @@ fn group_files(p: &Posting) -> Vec<std::path::PathBuf> {
     files
 }
 
-/// A categorized run whose first runner prints two groups and whose second runner (within
-/// the grace period) prints the third, all while the watcher is down: the first runner's
-/// log, moved to `.1` by the second, is still read, so every group is posted once, as an
-/// undisturbed watcher would have.
-#[test]
-fn a_second_runner_s_rotation_while_the_watcher_is_down_loses_no_group() {
+/// A categorized run: the first runner prints linux and windows and exits 1, a second runner
+/// of the same run prints ubuntu and exits 0, both ended before any watcher runs.
+fn two_runners_while_no_watcher_runs() -> Posting {
     let mut p = Posting::new(vec![]);
     p.set("ATVM_GRACE_SECONDS", "0.5");
     p.write_request(B, json!({"categorize": true}));
     let g = group_files(&p);
-    let first = format!("cat '{}' '{}'; exit 1", g[0].display(), g[1].display());
-    start_runner(&p, &first);
+    start_runner(
+        &p,
+        &format!("cat '{}' '{}'; exit 1", g[0].display(), g[1].display()),
+    );
     p.wait_until("the first runner's exit", LONG, || {
         p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
     });
@@ -381,6 +380,16 @@ fn a_second_runner_s_rotation_while_the_watcher_is_down_loses_no_group() {
         p.try_status(B)
             .is_some_and(|s| !s["exited_at"].is_null() && s["earlier_logs"].is_array())
     });
+    p
+}
+
+/// A categorized run whose first runner prints two groups and whose second runner (within
+/// the grace period) prints the third, all while the watcher is down: the first runner's
+/// log, moved to `.1` by the second, is still read, so every group is posted once, as an
+/// undisturbed watcher would have.
+#[test]
+fn a_second_runner_s_rotation_while_the_watcher_is_down_loses_no_group() {
+    let p = two_runners_while_no_watcher_runs();
     let s = assert_final(&p, &watch(&p, &[]), "FAILED");
     let rows = super::subrun_rows(&s);
     assert_eq!(
@@ -399,22 +408,7 @@ fn a_second_runner_s_rotation_while_the_watcher_is_down_loses_no_group() {
 /// told, so it ends UNKNOWN naming the log, instead of leaving out two groups.
 #[test]
 fn a_second_runner_s_rotated_log_gone_before_it_was_read_is_unknown() {
-    let mut p = Posting::new(vec![]);
-    p.set("ATVM_GRACE_SECONDS", "0.5");
-    p.write_request(B, json!({"categorize": true}));
-    let g = group_files(&p);
-    start_runner(
-        &p,
-        &format!("cat '{}' '{}'; exit 1", g[0].display(), g[1].display()),
-    );
-    p.wait_until("the first runner's exit", LONG, || {
-        p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
-    });
-    start_runner(&p, &format!("cat '{}'; exit 0", g[2].display()));
-    p.wait_until("the second runner's exit", LONG, || {
-        p.try_status(B)
-            .is_some_and(|s| !s["exited_at"].is_null() && s["earlier_logs"].is_array())
-    });
+    let p = two_runners_while_no_watcher_runs();
     let rotated = rotated_log(&p);
     fs::remove_file(&rotated).unwrap();
     let s = assert_final(&p, &watch(&p, &[]), "UNKNOWN");
