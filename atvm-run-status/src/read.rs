@@ -8,7 +8,7 @@ use crate::view::{
     Detail, FileError, Groups, MarkerView, PostView, RunView, RunnerView, SubRunView,
 };
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{Marker, PostStatus, Request, RunnerStatus, State};
+use atvm_common::state::{self, Marker, PostStatus, Request, RunnerStatus, State};
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
 use serde::de::DeserializeOwned;
 use std::fs;
@@ -345,10 +345,11 @@ fn read_detail(
     let subruns = state.and_then(|s| s.subruns.as_ref()).map(|list| {
         list.iter()
             .map(|sum| {
-                // The key names a directory: read it only if it is a plain file name.
-                let own: Option<State> = match BuildName::parse(&sum.key) {
-                    Ok(_) => r.json(&sd.subrun_dir(&sum.key).join("state.json")),
-                    Err(_) => {
+                // The key names a directory: read it only if it cannot leave `subruns/`
+                // (the watcher's own rule: `01-smoke.launch` is a key like any other).
+                let own: Option<State> = match state::is_subrun_key(&sum.key) {
+                    true => r.json(&sd.subrun_dir(&sum.key).join("state.json")),
+                    false => {
                         let e = Error::file(
                             format!("sub-run key {:?} is not a plain file name", sum.key),
                             sd.state(),

@@ -43,8 +43,9 @@ Examples:
   atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --resend
 
 Exit status: 0 final state reached and handled (or stopped by SIGTERM; --resend: every
-failed post delivered, or none to send), 1 a post failed for good (again), 2 bad arguments,
-4 another watcher holds the lock, 78 no webhook configured or an invalid setting.
+failed post delivered, or none to send), 1 a post failed for good (again; --resend: one not
+delivered, stopped included), 2 bad arguments, 4 another watcher or resend holds the lock,
+78 no webhook configured or an invalid setting.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
