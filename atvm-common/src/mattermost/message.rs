@@ -111,6 +111,12 @@ const TEXT: Budgets = Budgets {
     names: 300,
     mention: 120,
 };
+// A mention is never cut (a partial owner list would mislead): what the configuration
+// takes, every format carries whole.
+const _: () = assert!(
+    TEXT.mention >= crate::config::MENTION_MAX && ATTACHMENT.mention >= crate::config::MENTION_MAX
+);
+
 const URL_MAX: usize = 600;
 /// Mattermost channel names are at most 64 characters.
 const CHANNEL_MAX: usize = 64;

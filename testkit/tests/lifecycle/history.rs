@@ -203,22 +203,33 @@ fn the_owner_is_named_on_a_failure_only_and_a_bad_mention_is_refused_unquoted() 
     );
     let top = failed["text"].as_str().unwrap_or_default();
     assert!(top.starts_with("@qa-oncall FAILED · build "), "{top}");
-    let bad = "@qa oncall<!channel>";
-    env.set("MATTERMOST_ATVM_MENTION", bad);
+    // Not `@name` tokens; and valid tokens too long for the text format to carry whole
+    // (three 45-character names), which a post would otherwise drop or cut.
+    env.set("MATTERMOST_ATVM_FORMAT", "text");
+    let long = [1, 2, 3]
+        .map(|i| format!("@oncall-{i}-{}", "x".repeat(35)))
+        .join(" ");
     let cmd = env.cypress_command("passing.log", 0);
-    for (tool, args) in [
-        (
-            "start-atvm-run",
-            vec!["--build-name", B, "--runner-command", cmd.as_str()],
-        ),
-        ("start-atvm-run-watcher", vec!["--build-name", B]),
-        ("atvm-run-watcher", vec!["--build-name", B, "--once"]),
-        ("atvm-run-watcher", vec!["--test-post"]),
+    for (bad, why, secret) in [
+        ("@qa oncall<!channel>", "@name tokens", "oncall<"),
+        (long.as_str(), "over the 120", "oncall-1-"),
     ] {
-        env.run(tool, &args)
-            .code_is(78)
-            .error_line(tool, "MATTERMOST_ATVM_MENTION")
-            .never_said("oncall<");
+        env.set("MATTERMOST_ATVM_MENTION", bad);
+        for (tool, args) in [
+            (
+                "start-atvm-run",
+                vec!["--build-name", B, "--runner-command", cmd.as_str()],
+            ),
+            ("start-atvm-run-watcher", vec!["--build-name", B]),
+            ("atvm-run-watcher", vec!["--build-name", B, "--once"]),
+            ("atvm-run-watcher", vec!["--test-post"]),
+        ] {
+            env.run(tool, &args)
+                .code_is(78)
+                .error_line(tool, "MATTERMOST_ATVM_MENTION")
+                .said(why)
+                .never_said(secret);
+        }
     }
     assert_eq!(hook.requests().len(), 2, "nothing more was posted");
 }

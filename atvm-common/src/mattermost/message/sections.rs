@@ -77,17 +77,12 @@ impl Extra {
             first,
             duration_change: trend.duration_change.map(|d| clean(&d, 40)),
             last_runs: trend.last_runs.map(|l| clean(&l, 60)),
-            // Validated at load (`@name` tokens); cut on a token, never in one.
-            mention: m.mention.filter(|_| m.state == RunState::Failed).map(|m| {
-                let mut kept = String::new();
-                for token in m.split_whitespace() {
-                    if kept.len() + token.len() < 200 {
-                        kept.push_str(if kept.is_empty() { "" } else { " " });
-                        kept.push_str(token);
-                    }
-                }
-                kept
-            }),
+            // Validated at load: `@name` tokens within MENTION_MAX, which every format's
+            // budget holds whole (a partial owner list would mislead).
+            mention: m
+                .mention
+                .filter(|_| m.state == RunState::Failed)
+                .map(str::to_string),
             log: m.log.map(|l| clean(l, LOG_MAX)).filter(|l| !l.is_empty()),
         }
     }
@@ -97,8 +92,8 @@ impl Content {
     /// `@qa-oncall ` before the top-level text of a FAILED post; nothing otherwise.
     pub(super) fn mention(&self) -> String {
         match &self.extra.mention {
-            Some(m) if m.len() <= self.b.mention => format!("{m} "),
-            _ => String::new(),
+            Some(m) => format!("{m} "),
+            None => String::new(),
         }
     }
 
