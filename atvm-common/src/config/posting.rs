@@ -156,8 +156,8 @@ mod tests {
         // Three 45-character names: valid tokens, too long for a post to carry whole.
         let three = [0, 1, 2].map(|i| format!("@{i}{}", "n".repeat(43))).join(" ");
         assert_eq!(Mention::parse(&three), Err(BadMention::TooLong(137)));
-        let fits = format!("@{}", "n".repeat(MENTION_MAX - 1));
-        assert!(Mention::parse(&fits).is_ok());
+        let fits = format!("@{} @{}", "n".repeat(59), "m".repeat(58));
+        assert_eq!(Mention::parse(&fits).map(|m| m.0.len()), Ok(MENTION_MAX));
         for bad in [
             "qa",
             "@",
