@@ -27,6 +27,9 @@ pub struct Input<'a> {
     pub blocks: &'a [RunBlock],
     /// Failed (and flaky) tests the reports name for this result.
     pub reported: Summary,
+    /// Of the tests the previous finished result failed, those this result's reports show
+    /// passing: the only ones "fixed" may name at test level.
+    pub passed: Vec<Failure>,
     /// How long the run took, from the boot clock where it is known; `None` for a sub-run,
     /// whose duration is the one Cypress printed in its footer.
     pub duration: Option<Duration>,
@@ -115,11 +118,12 @@ fn trend(
             streak: 0,
         })
         .collect();
-    let (ran, failing) = ran_and_failing(input, all);
+    let (passed_specs, failing) = passed_and_failing(input, all);
     let now = Now {
         failed: &failed,
         complete: failed.len() >= failures_total,
-        ran: &ran,
+        passed: &input.passed,
+        passed_specs: &passed_specs,
         failing: &failing,
     };
     let compared = history::compare(earlier.first().map(|e| e.outcome), &now);
@@ -136,6 +140,7 @@ fn trend(
         marks: if first { Vec::new() } else { compared.marks },
         fixed: compared.fixed,
         fixed_total: compared.fixed_total,
+        not_compared: compared.not_compared,
         first,
         duration_change: outcome
             .duration_ms
@@ -146,14 +151,15 @@ fn trend(
     (trend, outcome)
 }
 
-/// The specs this result ran (its log's and its reports') and those that failed.
-fn ran_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<String>) {
-    let ran = input
+/// The specs whose row in this result's summary passed (a spec-level failure of the last
+/// run is fixed only by such a row), and those that failed.
+fn passed_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<String>) {
+    let passed = input
         .blocks
         .iter()
-        .flat_map(|b| b.spec_names())
-        .map(str::to_string)
-        .chain(input.reported.specs.iter().cloned())
+        .flat_map(|b| &b.spec_rows)
+        .filter(|r| r.mark == '✔' && !r.is_failing())
+        .map(|r| r.spec.clone())
         .collect();
     let failing = input
         .blocks
@@ -163,7 +169,7 @@ fn ran_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<Strin
         .map(|r| r.spec.clone())
         .chain(all.iter().map(|f| f.spec.clone()))
         .collect();
-    (ran, failing)
+    (passed, failing)
 }
 
 /// The flaky tests: the log's (its `(Attempt N of M)` lines) and the reports' (those that
@@ -286,6 +292,7 @@ mod tests {
             record,
             blocks,
             reported: Summary::default(),
+            passed: Vec::new(),
             duration: None,
             log: None,
             earlier: &[],

@@ -154,7 +154,9 @@ mod tests {
             Ok("@channel".into())
         );
         // Three 45-character names: valid tokens, too long for a post to carry whole.
-        let three = [0, 1, 2].map(|i| format!("@{i}{}", "n".repeat(43))).join(" ");
+        let three = [0, 1, 2]
+            .map(|i| format!("@{i}{}", "n".repeat(43)))
+            .join(" ");
         assert_eq!(Mention::parse(&three), Err(BadMention::TooLong(137)));
         let fits = format!("@{} @{}", "n".repeat(59), "m".repeat(58));
         assert_eq!(Mention::parse(&fits).map(|m| m.0.len()), Ok(MENTION_MAX));

@@ -154,7 +154,7 @@ impl Watcher<'_> {
             ),
         };
         let host = mattermost::host_name();
-        let earlier = self.earlier();
+        let (earlier, passed) = self.compared_with(target);
         let log = self.cp.log_path.as_ref().map(|p| p.to_string_lossy());
         let composed = message::compose(Input {
             build: &self.ctx.build,
@@ -162,6 +162,7 @@ impl Watcher<'_> {
             record: self.record.state_of(target),
             blocks,
             reported,
+            passed,
             duration: self.duration(sub),
             started,
             ended,

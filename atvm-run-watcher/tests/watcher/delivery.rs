@@ -941,7 +941,11 @@ fn a_resend_stopped_while_mattermost_is_still_down_exits_1_naming_the_owed_post(
     .code_is(4);
     // The watcher run the line names delivers it, and records it as resent.
     p.hook.recover();
-    finish(p.spawn("atvm-run-watcher", &["--build-name", B, "--once"]), LONG).code_is(0);
+    finish(
+        p.spawn("atvm-run-watcher", &["--build-name", B, "--once"]),
+        LONG,
+    )
+    .code_is(0);
     let s = p.state(B);
     assert_eq!(s["post"]["status"], "posted", "{s:#}");
     assert!(s["post"]["resent_at"].is_string(), "{s:#}");
