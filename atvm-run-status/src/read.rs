@@ -366,6 +366,7 @@ fn read_detail(
                     reason: own.as_ref().map(|s| s.reason.clone()),
                     updated_at: own.as_ref().map(|s| s.updated_at),
                     counts: sum.counts,
+                    flaky: own.as_ref().and_then(flaky),
                     post: PostView::from(&sum.post),
                 }
             })

@@ -39,7 +39,7 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     line("run id", opt(run.run_id.as_deref()));
     line("requested", when(run.requested_at, now));
     line("updated", when(run.updated_at, now));
-    line("tests", run.counts.as_ref().map_or("-".into(), counts));
+    line("tests", tests(run.counts.as_ref(), run.flaky));
     let d = run.detail.as_ref();
     line("post", post_line(run));
     line("last error", opt(d.and_then(|d| d.last_error.as_deref())));
@@ -183,7 +183,7 @@ fn subrun_table(subruns: &[SubRunView]) -> String {
             s.state.to_string(),
             yes_no(s.is_final),
             post(&s.post),
-            s.counts.as_ref().map_or("-".into(), counts),
+            tests(s.counts.as_ref(), s.flaky),
             clean(s.reason.as_deref().unwrap_or("-")),
         ]);
     }
@@ -285,6 +285,15 @@ pub(crate) fn post(p: &PostView) -> String {
         s.push_str(&format!(" (re-sent with --resend {at})"));
     }
     s
+}
+
+/// The counts, with the flaky tests the watcher recorded when it did.
+fn tests(c: Option<&Counts>, flaky: Option<u64>) -> String {
+    match (c, flaky) {
+        (None, _) => "-".into(),
+        (Some(c), None) => counts(c),
+        (Some(c), Some(f)) => format!("{} · flaky {f}", counts(c)),
+    }
 }
 
 pub(crate) fn counts(c: &Counts) -> String {

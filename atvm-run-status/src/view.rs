@@ -215,6 +215,9 @@ pub struct SubRunView {
     pub reason: Option<String>,
     pub updated_at: Option<Timestamp>,
     pub counts: Option<Counts>,
+    /// Tests that passed only on a retry, as the watcher recorded them in the sub-run's own
+    /// file (`details.flaky`); `null` when it recorded none or the file cannot be read.
+    pub flaky: Option<u64>,
     pub post: PostView,
 }
 

@@ -53,6 +53,8 @@ pub struct Input<'a> {
 pub struct Composed {
     pub payload: Payload,
     pub outcome: Outcome,
+    /// The flaky tests the post counts (the log's and the reports'), for `state.json`.
+    pub flaky: u64,
 }
 
 /// The payload posted for `input`, and the result's outcome.
@@ -88,6 +90,7 @@ pub fn compose(input: Input) -> Composed {
     Composed {
         payload: Payload::build(&message, input.channel, input.format),
         outcome,
+        flaky: flaky_total as u64,
     }
 }
 

@@ -175,6 +175,7 @@ impl Watcher<'_> {
             mention: self.ctx.sink.posting().mention.as_ref().map(|m| m.as_str()),
         });
         self.remember(target, composed.outcome);
+        crate::record::note_flaky(self.record.state_of_mut(target), composed.flaky);
         composed.payload
     }
 }

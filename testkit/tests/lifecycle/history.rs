@@ -348,6 +348,17 @@ fn a_test_that_passed_on_a_retry_is_flaky_and_the_run_stays_green() {
         field(&post, "Flaky").as_deref(),
         Some("1: `cypress/e2e/checkout.cy.js › sends the receipt`")
     );
+    // atvm-run-status shows the count the post gave: TESTS passed/failed/flaky, and JSON.
+    let table = env.run("atvm-run-status", &[]);
+    table.succeeds();
+    let row = table.text().lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains(" 4/0/1 "), "{row}");
+    let json: Value =
+        serde_json::from_str(&env.run("atvm-run-status", &["--json"]).text()).unwrap();
+    assert_eq!(json["runs"][0]["flaky"], 1, "{json:#}");
+    env.run("atvm-run-status", &["--build-name", B])
+        .succeeds()
+        .said("· flaky 1");
     // A test that failed every attempt is a failure, not flaky.
     let post = next_run(&env, &hook, &env.cypress_command("retries.log", 1), &[]);
     assert_eq!(env.state(B)["state"], "FAILED");
