@@ -813,7 +813,10 @@ fn subrun_ordinal(key: &str) -> u64 {
     digits.parse().unwrap_or(u64::MAX)
 }
 
-fn archive_key(name: &str) -> Option<(u64, String)> {
+/// Where archive `name` (or a kept summary's `name.json`) falls in the build's order of
+/// starts: sorting by this key puts the oldest start first (names from before sequences,
+/// `20261124T193530Z`, before every `NNNNNN-…`). `None` for what is not an archive.
+pub fn archive_key(name: &str) -> Option<(u64, String)> {
     let stem = name.strip_suffix(".json").unwrap_or(name);
     if stem.starts_with('.') || stem.is_empty() {
         return None;

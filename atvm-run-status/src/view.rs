@@ -5,6 +5,7 @@
 
 use atvm_common::Timestamp;
 use atvm_common::state::{Counts, Post, PostStatus, Request, RunState, RunnerStatus};
+use atvm_common::time::Moment;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -39,7 +40,8 @@ pub struct RunView {
     /// When the run ended: its runner's recorded exit, else the final state's time; `null`
     /// while it runs.
     pub ended_at: Option<Timestamp>,
-    /// From `requested_at` to `ended_at`, or to now while the run is not final.
+    /// From the request to `ended_at`, or to now while the run is not final: on the boot
+    /// clock when both ends were recorded in the same boot, else on the wall clock.
     pub duration_seconds: Option<u64>,
     pub counts: Option<Counts>,
     /// Tests that failed an attempt and then passed, as the watcher recorded them
@@ -58,8 +60,11 @@ pub struct RunView {
     /// Only with `--build-name`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Detail>,
-    /// What "newest first" orders by: the start (`requested_at`), else the directory's
-    /// mtime.
+    /// When the run was requested, on both clocks (`request.json`): what "newest first"
+    /// places it by ([`crate::order`]), and where the duration starts.
+    #[serde(skip)]
+    pub start: Option<Moment>,
+    /// For a run without a readable request: its directory's modification time.
     #[serde(skip)]
     pub sort_time: Timestamp,
     /// The run's directory was gone when it was read (a start or a prune moving it): it
