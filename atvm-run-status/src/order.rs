@@ -15,38 +15,28 @@ use std::time::Duration;
 
 /// Sort `runs` newest first.
 pub fn newest_first(runs: &mut [RunView], now: &Moment) {
+    let placed: Vec<Timestamp> = runs.iter().map(|r| place(r, now)).collect();
     // Each build's runs, newest start first by sequence: clamp their times so that none
     // is newer than the start after it.
-    let mut by_build: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_build: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, run) in runs.iter().enumerate() {
-        by_build.entry(run.build_name.as_str()).or_default().push(i);
+        by_build.entry(run.build_name.clone()).or_default().push(i);
     }
-    let mut placed: Vec<Timestamp> = runs.iter().map(|r| place(r, now)).collect();
     for members in by_build.values_mut() {
         members.sort_by_key(|&i| Reverse(rank(&runs[i])));
         let mut newer: Option<Timestamp> = None;
         for &i in members.iter() {
-            if let Some(bound) = newer {
-                placed[i] = placed[i].min(bound);
-            }
-            newer = Some(placed[i]);
+            let at = newer.map_or(placed[i], |bound| placed[i].min(bound));
+            runs[i].sort_time = at;
+            newer = Some(at);
         }
     }
-    let mut keyed: Vec<(Reverse<Timestamp>, String, Reverse<(u64, String)>, usize)> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                Reverse(placed[i]),
-                r.build_name.clone(),
-                Reverse(rank(r)),
-                i,
-            )
-        })
-        .collect();
-    keyed.sort();
-    let order: Vec<usize> = keyed.into_iter().map(|k| k.3).collect();
-    permute(runs, &order);
+    // One lexicographic key: a total order that keeps each build's order of starts.
+    runs.sort_by(|a, b| {
+        (b.sort_time.cmp(&a.sort_time))
+            .then_with(|| a.build_name.cmp(&b.build_name))
+            .then_with(|| rank(b).cmp(&rank(a)))
+    });
 }
 
 /// A run's place among its build's starts: the current run last started, then each
@@ -71,20 +61,5 @@ fn place(run: &RunView, now: &Moment) -> Timestamp {
             Timestamp::from_millis(now.wall.millis() - ago.as_millis() as i64)
         }
         _ => start.wall,
-    }
-}
-
-/// Put `runs` in `order` (a permutation of their indices).
-fn permute(runs: &mut [RunView], order: &[usize]) {
-    let mut position = vec![0; order.len()];
-    for (to, &from) in order.iter().enumerate() {
-        position[from] = to;
-    }
-    for i in 0..runs.len() {
-        while position[i] != i {
-            let j = position[i];
-            runs.swap(i, j);
-            position.swap(i, j);
-        }
     }
 }

@@ -64,7 +64,8 @@ pub struct RunView {
     /// places it by ([`crate::order`]), and where the duration starts.
     #[serde(skip)]
     pub start: Option<Moment>,
-    /// For a run without a readable request: its directory's modification time.
+    /// Where "newest first" places the run ([`crate::order`]); read from its start, or
+    /// for a run without a readable request its directory's modification time.
     #[serde(skip)]
     pub sort_time: Timestamp,
     /// The run's directory was gone when it was read (a start or a prune moving it): it
