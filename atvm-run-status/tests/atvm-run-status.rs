@@ -465,6 +465,10 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
     status(&env, &["--build-name", "done-2"])
         .code_is(1)
         .error_line("atvm-run-status", "did you mean done-1?");
+    // So does one in the wrong case (four letters: more edits than a typo, but no typo).
+    status(&env, &["--build-name", "DONE-1"])
+        .code_is(1)
+        .error_line("atvm-run-status", "did you mean done-1?");
     let out = status(&env, &["--build-name", "../etc", "--json"]);
     out.code_is(2);
     assert!(out.stdout.is_empty());
