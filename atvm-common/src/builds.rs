@@ -52,7 +52,10 @@ pub fn closest<'a>(known: &'a [String], name: &str) -> Vec<&'a str> {
         })
         .collect();
     near.sort();
-    near.into_iter().take(SUGGESTIONS).map(|(_, _, k)| k).collect()
+    near.into_iter()
+        .take(SUGGESTIONS)
+        .map(|(_, _, k)| k)
+        .collect()
 }
 
 /// The error for a build the controller has never seen (exit 1), naming its state

@@ -167,6 +167,12 @@ fn the_table_lists_runs_newest_first_and_all_adds_archived_ones() {
         "-",
         "no unit for an archived run"
     );
+    // The archived run kept no summary (nothing to compare, as for a cancelled or
+    // terminated run): the history still says when it started, from its request.
+    let json = ok_json(&env, &["--build-name", "done-1", "--json"]);
+    let row = &json["runs"][0]["history"][0];
+    assert_eq!(row["archive"], "20261101T000000Z", "{json:#}");
+    assert!(row["started_at"].is_string(), "{json:#}");
 }
 
 #[test]
