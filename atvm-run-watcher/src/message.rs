@@ -137,8 +137,8 @@ fn trend(
         failed_total: failures_total,
     };
     let first = earlier.is_empty();
-    // The first run has nothing to compare with and says so instead: no marks, no row of
-    // one mark.
+    // The first run has nothing to compare with and says so instead of marks; its `Last
+    // runs` is this run alone (the field shows the earlier runs "and this one").
     let trend = Trend {
         marks: if first { Vec::new() } else { compared.marks },
         fixed: compared.fixed,
@@ -149,7 +149,7 @@ fn trend(
             .duration_ms
             .zip(earlier.first())
             .and_then(|(ms, e): (u64, &Earlier)| history::duration_change(ms, e)),
-        last_runs: (!first).then(|| history::last_runs(&earlier, &outcome)),
+        last_runs: Some(history::last_runs(&earlier, &outcome)),
     };
     (trend, outcome)
 }

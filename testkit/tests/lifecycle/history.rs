@@ -104,9 +104,9 @@ fn each_run_says_what_is_new_what_fails_again_and_what_was_fixed() {
         "{first:#}"
     );
     assert_eq!(
-        field(&first, "Last runs"),
-        None,
-        "nothing to show a trend of"
+        field(&first, "Last runs").as_deref(),
+        Some("✖ █"),
+        "this run alone: the field shows the earlier runs and this one"
     );
     let second = next_run(
         &env,
