@@ -5,6 +5,7 @@
 //! from the run's `summary.json` and, while the archive is still whole, its `state.json`;
 //! a run pruned to its summary shows what the summary keeps.
 
+use crate::text::{display_width, pad};
 use crate::view::HistoryRow;
 use atvm_common::history::{RunSummary, SUMMARY_FILE};
 use atvm_common::state::{Request, State};
@@ -81,17 +82,13 @@ pub fn table(rows: &[HistoryRow], cell: impl Fn(&HistoryRow) -> [String; 6]) -> 
         .map(|i| {
             cells
                 .iter()
-                .map(|c| c[i].chars().count())
+                .map(|c| display_width(&c[i]))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     for row in &cells {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| pad(c, *w)).collect();
         let _ = writeln!(out, "    {}", line.join("  ").trim_end());
     }
     out

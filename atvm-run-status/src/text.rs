@@ -10,6 +10,7 @@ use atvm_common::systemctl::Activity;
 use atvm_common::time::human_duration;
 use std::fmt::Write as _;
 use std::time::Duration;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// The watcher unit's word (`inactive`, `failed`) when the run is not final and the unit
 /// is known not to be running.
@@ -188,13 +189,13 @@ fn subrun_table(subruns: &[SubRunView]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| display_width(&r[c])).max().unwrap_or(0))
         .collect();
     let mut out = format!("  sub-runs ({})\n", subruns.len());
     for row in rows {
         let mut line = String::from("    ");
         for (cell, w) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<w$}  ");
+            let _ = write!(line, "{}  ", pad(cell, *w));
         }
         line.push_str(&row[6]);
         out.push_str(line.trim_end());
@@ -370,12 +371,35 @@ fn is_unsafe(c: char) -> bool {
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
-/// `s` cut to `max` characters, the cut marked with `…`.
+/// How many terminal columns `s` takes (a CJK character two, a combining mark none).
+pub(crate) fn display_width(s: &str) -> usize {
+    UnicodeWidthStr::width(s)
+}
+
+/// `s` padded with spaces to `columns` columns (`format!`'s padding counts characters).
+pub(crate) fn pad(s: &str, columns: usize) -> String {
+    format!(
+        "{s}{}",
+        " ".repeat(columns.saturating_sub(display_width(s)))
+    )
+}
+
+/// `s` cut to `max` columns, the cut marked with `…` (never half a wide character).
 pub(crate) fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    if display_width(s) <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    let room = max.saturating_sub(1);
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > room {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
     out.push('…');
     out
 }
@@ -395,6 +419,10 @@ mod tests {
     fn reasons_are_cut_and_cleaned() {
         assert_eq!(cut("abcdef", 4), "abc…");
         assert_eq!(cut("abc", 4), "abc");
+        // Wide characters take two columns; none is cut in half.
+        assert_eq!(cut("登录测试.cy.js", 6), "登录…");
+        assert_eq!(display_width(&cut("登录测试.cy.js", 6)), 5);
+        assert_eq!(pad("登录", 6), "登录  ");
         assert_eq!(clean("a\nb\x1b[31mc"), "a b [31mc");
     }
 }

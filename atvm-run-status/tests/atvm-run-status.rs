@@ -960,15 +960,32 @@ fn on_a_200_column_terminal_reason_gets_all_the_width_the_other_columns_leave() 
         json!({}),
         Some(failed),
     );
+    // Spec names in CJK take two columns a character: the line must still fit.
+    let wide = format!(
+        "2 of 3 specs failed: {}",
+        "cypress/e2e/登录/用户登录测试.cy.js, ".repeat(12)
+    );
+    run_dir(
+        &env.state_dir("cjk-5"),
+        "cjk-5",
+        40,
+        json!({}),
+        Some(state("FAILED", true, &wide, 50, "posted")),
+    );
     let table = on_a_terminal(&env, 200);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 5, "{table}");
+    assert_eq!(lines.len(), 6, "{table}");
     for line in &lines {
         assert!(
-            line.chars().count() <= 200,
+            unicode_width::UnicodeWidthStr::width(*line) <= 200,
             "wider than the terminal: {line}"
         );
     }
+    let cjk = lines.iter().find(|l| l.starts_with("cjk-5")).unwrap();
+    assert!(
+        (199..=200).contains(&unicode_width::UnicodeWidthStr::width(*cjk)) && cjk.ends_with('…'),
+        "it fills the terminal, no wider: {cjk}"
+    );
     let row = lines.iter().find(|l| l.starts_with("long-4")).unwrap();
     let reason_at = lines[0].find("REASON").unwrap();
     let reason: String = row.chars().skip(reason_at).collect();
