@@ -35,20 +35,27 @@ fn subdir_names(dir: &Path) -> impl Iterator<Item = String> {
 
 /// Up to [`SUGGESTIONS`] of `known` that `name` is probably a typo of: within a few edits
 /// (a quarter of its length, at least 2), or one containing the other (a name cut short),
-/// nearest first.
+/// nearest first. Letter case is no edit (`E2E-FIXED` is a typo of `e2e-fixed`, however
+/// long), and a name that differs only in case comes first.
 pub fn closest<'a>(known: &'a [String], name: &str) -> Vec<&'a str> {
     let most = (name.chars().count() / 4).max(2);
-    let mut near: Vec<(usize, &str)> = known
+    let lower = name.to_lowercase();
+    let mut near: Vec<(usize, usize, &str)> = known
         .iter()
         .filter(|k| k.as_str() != name)
         .filter_map(|k| {
-            let d = strsim::damerau_levenshtein(k, name);
-            let cut_short = k.contains(name) || name.contains(k.as_str());
-            (d <= most || cut_short).then_some((d, k.as_str()))
+            let k_lower = k.to_lowercase();
+            let d = strsim::damerau_levenshtein(&k_lower, &lower);
+            let cut_short = k_lower.contains(&lower) || lower.contains(&k_lower);
+            let exact = strsim::damerau_levenshtein(k, name);
+            (d <= most || cut_short).then_some((d, exact, k.as_str()))
         })
         .collect();
     near.sort();
-    near.into_iter().take(SUGGESTIONS).map(|(_, k)| k).collect()
+    near.into_iter()
+        .take(SUGGESTIONS)
+        .map(|(_, _, k)| k)
+        .collect()
 }
 
 /// The error for a build the controller has never seen (exit 1), naming its state
@@ -95,6 +102,11 @@ mod tests {
             ["e2e-ubuntu24.04-smoke"]
         );
         assert_eq!(closest(&known, "nighty"), ["nightly"]);
+        // Letter case is no edit: a long name in capitals is still the one meant.
+        assert_eq!(
+            closest(&known, "E2E-UBUNTU24.04-SMOKE"),
+            ["e2e-ubuntu24.04-smoke"]
+        );
         assert!(closest(&known, "something-else").is_empty());
     }
 }

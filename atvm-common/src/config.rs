@@ -6,7 +6,7 @@
 
 mod posting;
 
-pub use posting::{MENTION_VAR, Mention, NOTIFY_VAR, Notify, Posting};
+pub use posting::{BadMention, MENTION_MAX, MENTION_VAR, Mention, NOTIFY_VAR, Notify, Posting};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,13 @@
 //! group of the same name:
 //! - each failed test is **new** (it passed or did not run last time) or **again**, with
 //!   the number of finished runs in a row it has failed ([`Failure::streak`], carried from
-//!   run to run, so it needs only the previous summary);
-//! - the tests that failed last time and pass now are **fixed**;
+//!   run to run, so it needs only the previous summary) — or **again?** when the previous
+//!   summary's list was cut ([`MAX_FAILURES_KEPT`]) and does not name it: it may have been
+//!   among the failures not kept, so it is not claimed new;
+//! - the tests that failed last time and pass now are **fixed**: a test only when this
+//!   run's reports show it passed (not one that is pending, skipped or gone), a failure
+//!   known only at spec level when its spec's row passes in the log's summary. Failures
+//!   the previous summary did not keep are counted apart, never called fixed or not;
 //! - the duration's change, and the last runs as ✔/✖ marks with a sparkline.
 //!
 //! A test is its spec and full title. A failure known only from the log (a failing spec
@@ -160,6 +165,9 @@ pub enum Mark {
     New,
     /// It failed last time too: the finished runs in a row it has failed, this one included.
     Again(u32),
+    /// Not among the failures the previous run's summary kept, but that list was cut: it
+    /// may have failed then too (shown `again?`). Its streak starts again at 1.
+    Unknown,
 }
 
 /// This run's failed tests against the previous finished run's.
@@ -172,6 +180,9 @@ pub struct Comparison {
     /// Failed last time and pass now, at most [`FIXED_NAMED`].
     pub fixed: Vec<Failure>,
     pub fixed_total: usize,
+    /// Failures of the previous run its summary did not keep: whether they pass now is
+    /// not known, so they are neither fixed nor not.
+    pub not_compared: usize,
 }
 
 /// Does report path `a` name the same spec as `b` (one ends with the other on a `/`)?
@@ -211,8 +222,11 @@ pub struct Now<'a> {
     pub failed: &'a [Failure],
     /// Whether `failed` is every failure of the run.
     pub complete: bool,
-    /// Every spec the run ran (as its log names them).
-    pub ran: &'a [String],
+    /// Tests its reports show passing (and none failing) — of those that failed last
+    /// time, at least: nothing else is asked.
+    pub passed: &'a [Failure],
+    /// The specs whose row in the log's summary passed.
+    pub passed_specs: &'a [String],
     /// The specs that failed.
     pub failing: &'a [String],
 }
@@ -220,11 +234,14 @@ pub struct Now<'a> {
 /// Compare this run with the previous finished one (`None`: there is none).
 pub fn compare(previous: Option<&Outcome>, now: &Now) -> Comparison {
     let mut out = Comparison::default();
+    // The previous list was cut: a failure it does not name may be one it left out.
+    let cut = previous.is_some_and(|p| p.failed_total > p.failed.len());
     for f in now.failed {
         let earlier = previous.and_then(|p| p.failed.iter().find(|e| same_failure(f, e)));
         let streak = earlier.map_or(1, |e| e.streak.saturating_add(1));
         out.marks.push(match earlier {
             Some(_) => Mark::Again(streak),
+            None if cut => Mark::Unknown,
             None => Mark::New,
         });
         out.failed.push(Failure {
@@ -235,24 +252,40 @@ pub fn compare(previous: Option<&Outcome>, now: &Now) -> Comparison {
     let Some(previous) = previous else {
         return out;
     };
-    let ran = |spec: &str| now.ran.iter().any(|r| same_spec(r, spec));
-    let failing = |spec: &str| now.failing.iter().any(|r| same_spec(r, spec));
-    for e in &previous.failed {
-        // Fixed: it ran and did not fail. Where this run's list of failures is cut, only a
-        // spec that passed whole can say so.
-        let fixed = ran(&e.spec)
-            && !now.failed.iter().any(|f| same_failure(f, e))
-            && (now.complete || !failing(&e.spec));
-        if fixed {
-            out.fixed_total += 1;
-            if out.fixed.len() < FIXED_NAMED {
-                out.fixed.push(e.clone());
-            }
+    out.not_compared = previous.failed_total.saturating_sub(previous.failed.len());
+    for e in previous.failed.iter().filter(|e| fixed(e, now)) {
+        out.fixed_total += 1;
+        if out.fixed.len() < FIXED_NAMED {
+            out.fixed.push(e.clone());
         }
     }
-    // A previous list that was cut (over MAX_FAILURES_KEPT) names only the fixed tests it
-    // kept: the rest cannot be told.
     out
+}
+
+/// Did `e`, a failure of the previous run, pass now? A test: this run's reports show it
+/// passing — a test that is pending now, or no longer there, did not pass. A failure known
+/// only at spec level: its spec's row passed in the log's summary. Either way not when
+/// this run failed it; and where this run's own list of failures is cut, not in a spec
+/// that failed (it may be among the failures not listed).
+fn fixed(e: &Failure, now: &Now) -> bool {
+    let passed = match &e.test {
+        Some(_) => now
+            .passed
+            .iter()
+            .any(|p| same_failure(p, e) && p.test.is_some()),
+        None => now.passed_specs.iter().any(|s| same_spec(s, &e.spec)),
+    };
+    let failing = now.failing.iter().any(|s| same_spec(s, &e.spec));
+    passed && !now.failed.iter().any(|f| same_failure(f, e)) && (now.complete || !failing)
+}
+
+/// `1 more failed test`, `20 more failed tests`: the previous run's failures its summary
+/// did not keep.
+pub fn plural_failures(n: usize) -> String {
+    match n {
+        1 => "1 more failed test".to_string(),
+        n => format!("{n} more failed tests"),
+    }
 }
 
 /// `+12% vs 2026-12-04`: this duration against the previous finished run's.
@@ -362,6 +395,7 @@ mod tests {
                 f("cypress/e2e/cart.cy.js", Some("Cart empties"), 1),
                 f("area13.cy.js", None, 1),
                 f("cypress/e2e/gone.cy.js", Some("Gone"), 4),
+                f("area20.cy.js", None, 1),
             ],
         );
         let failed = [
@@ -369,14 +403,15 @@ mod tests {
             f("cypress/e2e/login.cy.js", Some("Login locks"), 0),
             f("cypress/e2e/area13.cy.js", Some("Area 13 works"), 0),
         ];
-        let ran: Vec<String> = ["login.cy.js", "cart.cy.js", "area13.cy.js"]
-            .map(String::from)
-            .into();
+        // The reports show cart's test passing; area20's row passed in the log.
+        let passed = [f("cypress/e2e/cart.cy.js", Some("Cart empties"), 0)];
+        let passed_specs: Vec<String> = vec!["cart.cy.js".into(), "area20.cy.js".into()];
         let failing: Vec<String> = ["login.cy.js", "area13.cy.js"].map(String::from).into();
         let now = Now {
             failed: &failed,
             complete: true,
-            ran: &ran,
+            passed: &passed,
+            passed_specs: &passed_specs,
             failing: &failing,
         };
         let c = compare(Some(&before), &now);
@@ -385,12 +420,70 @@ mod tests {
             c.failed.iter().map(|x| x.streak).collect::<Vec<_>>(),
             [3, 1, 2]
         );
-        // cart passed now; gone.cy.js did not run, so it is not "fixed".
+        // gone.cy.js did not run, so it is not "fixed".
         assert_eq!(
             c.fixed,
-            [f("cypress/e2e/cart.cy.js", Some("Cart empties"), 1)]
+            [
+                f("cypress/e2e/cart.cy.js", Some("Cart empties"), 1),
+                f("area20.cy.js", None, 1)
+            ]
         );
-        assert_eq!(c.fixed_total, 1);
+        assert_eq!((c.fixed_total, c.not_compared), (2, 0));
+    }
+
+    #[test]
+    fn a_test_pending_or_gone_now_is_not_fixed_though_its_spec_passed() {
+        let before = outcome(
+            RunState::Failed,
+            None,
+            vec![f("cypress/e2e/login.cy.js", Some("Login rejects"), 1)],
+        );
+        // login.cy.js passed whole in the log, but no report shows the test passing: it is
+        // pending (`it.skip`) or was removed.
+        let passed_specs: Vec<String> = vec!["login.cy.js".into()];
+        let now = Now {
+            complete: true,
+            passed_specs: &passed_specs,
+            ..Now::default()
+        };
+        let c = compare(Some(&before), &now);
+        assert_eq!((c.fixed_total, c.fixed.len()), (0, 0));
+        // A spec-level failure of the last run is fixed by its row passing.
+        let before = outcome(RunState::Failed, None, vec![f("login.cy.js", None, 1)]);
+        assert_eq!(compare(Some(&before), &now).fixed_total, 1);
+    }
+
+    #[test]
+    fn after_a_cut_list_an_unlisted_failure_is_again_maybe_and_the_rest_is_not_compared() {
+        // The last run failed 120 tests; its summary kept 100 (s01…s25, four each).
+        let kept: Vec<Failure> = (1..=25)
+            .flat_map(|s| {
+                (1..=4).map(move |t| f(&format!("s{s:02}.cy.js"), Some(&format!("T{t}")), 1))
+            })
+            .collect();
+        let mut before = outcome(RunState::Failed, None, kept.clone());
+        before.failed_total = 120;
+        // This run fails s30's four (not kept last time) and one of s01's (kept).
+        let mut failed: Vec<Failure> = (1..=4)
+            .map(|t| f("s30.cy.js", Some(&format!("T{t}")), 0))
+            .collect();
+        failed.push(f("s01.cy.js", Some("T1"), 0));
+        let passed: Vec<Failure> = kept[1..].to_vec();
+        let failing: Vec<String> = vec!["s30.cy.js".into(), "s01.cy.js".into()];
+        let now = Now {
+            failed: &failed,
+            complete: true,
+            passed: &passed,
+            failing: &failing,
+            ..Now::default()
+        };
+        let c = compare(Some(&before), &now);
+        assert_eq!(
+            c.marks,
+            [vec![Mark::Unknown; 4], vec![Mark::Again(2)]].concat()
+        );
+        assert_eq!(c.failed[0].streak, 1);
+        assert_eq!((c.fixed_total, c.not_compared), (99, 20));
     }
 
     #[test]
@@ -416,13 +509,14 @@ mod tests {
             vec![f("a.cy.js", Some("A1"), 1), f("b.cy.js", Some("B1"), 1)],
         );
         let failed = [f("a.cy.js", Some("A2"), 0)];
-        let ran: Vec<String> = vec!["a.cy.js".into(), "b.cy.js".into()];
+        let passed = [f("a.cy.js", Some("A1"), 0), f("b.cy.js", Some("B1"), 0)];
         let failing: Vec<String> = vec!["a.cy.js".into()];
         let now = Now {
             failed: &failed,
             complete: false,
-            ran: &ran,
+            passed: &passed,
             failing: &failing,
+            ..Now::default()
         };
         let c = compare(Some(&before), &now);
         assert_eq!(

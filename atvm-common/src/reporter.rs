@@ -10,12 +10,17 @@
 //! project (`cypress/e2e/linux/migrate.cy.ts`); they match when the report's path ends with
 //! the log's on a `/` boundary. Another build's reports never enter this run's counts,
 //! activity or message.
+//!
+//! One spec run may be written twice, once per format (cypress-multi-reporters writing
+//! `login.json` and `login.xml`): such twins — reports of the same specs in different
+//! formats — count once. Failed and flaky tests are one per spec and full title whichever
+//! file names them (the record with more to say kept), and counts take the richer twin's.
 
 use crate::reports::{self, Kind};
 use crate::state::Counts;
 use serde::{Deserialize, Serialize};
 
-pub use crate::reports::{FailedTest, FlakyTest, Report};
+pub use crate::reports::{FailedTest, FlakyTest, PassedTest, Report};
 
 /// Read one report, mochawesome or JUnit (see [`crate::reports`]).
 pub fn parse_report(bytes: &[u8]) -> Result<Report, String> {
@@ -101,6 +106,10 @@ struct Entry {
     counts: Option<Counts>,
     /// Hashes of every `/`-suffix of every spec path the report covers ([`SpecSet`]).
     suffixes: Box<[u64]>,
+    /// Which specs, whatever their order: a report of the same specs in the other format
+    /// is this one's twin.
+    specs_key: u64,
+    kind: Option<Kind>,
     /// The scan that last saw this file.
     generation: u64,
 }
@@ -154,6 +163,14 @@ fn hash(s: &str) -> u64 {
     h.finish()
 }
 
+/// The same for reports of the same specs, whatever their order or leading `./` or `/`.
+fn specs_key(specs: &[String]) -> u64 {
+    let mut names: Vec<&str> = specs.iter().map(|s| normalise(s)).collect();
+    names.sort_unstable();
+    names.dedup();
+    hash(&names.join("\n"))
+}
+
 fn suffix_hashes(specs: &[String]) -> Box<[u64]> {
     specs
         .iter()
@@ -163,10 +180,10 @@ fn suffix_hashes(specs: &[String]) -> Box<[u64]> {
         .collect()
 }
 
-/// Failed tests and totals of the reports in a window, for a message.
+/// Failed tests and totals of the reports in a window, for a message. A test named by
+/// two reports (twins in two formats) is in it once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    pub counts: Counts,
     /// The first failures, oldest report first, at most the number asked for.
     pub failures: Vec<FailedTest>,
     /// All failed tests in those reports.
@@ -271,15 +288,15 @@ impl ReporterDir {
             }
             let path = self.dir.join(&name);
             buf.clear();
-            let (counts, suffixes) =
+            let (counts, specs) =
                 match read_into(&path, &mut buf).and_then(|_| reports::parse_counts(&buf)) {
-                    Ok((c, specs)) => (Some(c), suffix_hashes(&specs)),
+                    Ok((c, specs)) => (Some(c), specs),
                     Err(e) => {
                         result.warnings.push(format!(
                             "skipping malformed report: {e} ({})",
                             path.display()
                         ));
-                        (None, Box::default())
+                        (None, Vec::new())
                     }
                 };
             self.entries.insert(
@@ -287,8 +304,10 @@ impl ReporterDir {
                 Entry {
                     mtime,
                     size: meta.len(),
+                    kind: counts.and(Kind::detect(&buf)),
                     counts,
-                    suffixes,
+                    suffixes: suffix_hashes(&specs),
+                    specs_key: specs_key(&specs),
                     generation,
                 },
             );
@@ -317,30 +336,36 @@ impl ReporterDir {
             .max()
     }
 
-    /// Sum of the counts of the run's (well-formed) reports.
+    /// Sum of the counts of the run's (well-formed) reports, twins counted once (the
+    /// format whose reports of those specs count more tests: mochawesome's `tests` leaves
+    /// out what JUnit lists as skipped in some versions).
     pub fn counts(&self, specs: &SpecSet) -> Option<Counts> {
-        let mut total: Option<Counts> = None;
+        let mut by_specs: HashMap<(u64, Option<Kind>), Counts> = HashMap::new();
         for e in self
             .entries
             .values()
             .filter(|e| specs.matches_any(&e.suffixes))
         {
             if let Some(c) = &e.counts {
-                total.get_or_insert_with(Counts::default).add(c);
+                by_specs.entry((e.specs_key, e.kind)).or_default().add(c);
             }
         }
-        total
+        let mut richest: HashMap<u64, Counts> = HashMap::new();
+        for ((key, _), c) in by_specs {
+            let kept = richest.entry(key).or_default();
+            if (c.tests, c.passed + c.failed) > (kept.tests, kept.passed + kept.failed) {
+                *kept = c;
+            }
+        }
+        richest.into_values().reduce(|mut total, c| {
+            total.add(&c);
+            total
+        })
     }
 
-    /// Read again the reports whose mtime passes `window` and whose specs belong to
-    /// `specs`, oldest first, keeping at most `max_failures` failed tests (all are
-    /// counted).
-    pub fn summarize(
-        &mut self,
-        window: impl Fn(SystemTime) -> bool,
-        specs: &SpecSet,
-        max_failures: usize,
-    ) -> Summary {
+    /// The well-formed reports whose mtime passes `window` and whose specs belong to
+    /// `specs`, oldest first (then by name, for the same order whenever it is asked).
+    fn files_in(&self, window: &impl Fn(SystemTime) -> bool, specs: &SpecSet) -> Vec<OsString> {
         let mut files: Vec<(SystemTime, OsString)> = self
             .entries
             .iter()
@@ -350,36 +375,164 @@ impl ReporterDir {
             .map(|(n, e)| (e.mtime, n.clone()))
             .collect();
         files.sort();
+        files.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// Read report `name` again, if it still parses and covers one of `specs`.
+    fn read_again(&self, name: &OsString, specs: &SpecSet, buf: &mut Vec<u8>) -> Option<Report> {
+        read_into(&self.dir.join(name), buf).ok()?;
+        let report = reports::parse(buf).ok()?;
+        report
+            .specs
+            .iter()
+            .any(|s| specs.matches(s))
+            .then_some(report)
+    }
+
+    /// Read again the reports whose mtime passes `window` and whose specs belong to
+    /// `specs`, oldest first, keeping at most `max_failures` failed tests (all are
+    /// counted, each test once).
+    pub fn summarize(
+        &mut self,
+        window: impl Fn(SystemTime) -> bool,
+        specs: &SpecSet,
+        max_failures: usize,
+    ) -> Summary {
         let mut summary = Summary::default();
+        let mut merge = Merge::default();
         let mut buf = std::mem::take(&mut self.buf);
-        for (_, name) in files {
-            let Ok(report) =
-                read_into(&self.dir.join(&name), &mut buf).and_then(|_| reports::parse(&buf))
-            else {
+        for name in self.files_in(&window, specs) {
+            let Some(report) = self.read_again(&name, specs, &mut buf) else {
                 continue;
             };
-            if !report.specs.iter().any(|s| specs.matches(s)) {
-                continue;
-            }
             summary.reports += 1;
-            summary.counts.add(&report.counts);
             for spec in &report.specs {
                 if !summary.specs.contains(spec) {
                     summary.specs.push(spec.clone());
                 }
             }
-            summary.failures_total += report.failures.len() + report.more_failures;
-            let room = max_failures.saturating_sub(summary.failures.len());
-            summary
-                .failures
-                .extend(report.failures.into_iter().take(room));
-            summary.flaky_total += report.flaky.len() + report.more_flaky;
-            let room = max_failures.saturating_sub(summary.flaky.len());
-            summary.flaky.extend(report.flaky.into_iter().take(room));
+            let twin = (specs_key(&report.specs), Kind::detect(&buf));
+            merge.add(report, twin, max_failures, &mut summary);
         }
+        summary.failures_total = merge.failures_total();
+        summary.flaky_total = merge.flaky_total();
         buf.shrink_to(READ_BUFFER_KEEP);
         self.buf = buf;
         summary
+    }
+
+    /// Of the tests `wanted` asks about (spec as the report names it, full title), those
+    /// the reports in `window` for `specs` show passing and none shows failing: what a
+    /// post may call fixed. A test not in any report (removed, renamed) or pending is not
+    /// among them.
+    pub fn passing(
+        &mut self,
+        window: impl Fn(SystemTime) -> bool,
+        specs: &SpecSet,
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> Vec<PassedTest> {
+        let mut passed: Vec<PassedTest> = Vec::new();
+        let mut failed: HashSet<(String, String)> = HashSet::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        for name in self.files_in(&window, specs) {
+            let Some(report) = self.read_again(&name, specs, &mut buf) else {
+                continue;
+            };
+            for f in report.failures {
+                if wanted(&f.spec, &f.full_title) {
+                    failed.insert(test_key(&f.spec, &f.full_title));
+                }
+            }
+            for p in report.passed {
+                let key = test_key(&p.spec, &p.full_title);
+                if wanted(&p.spec, &p.full_title)
+                    && !passed
+                        .iter()
+                        .any(|q| test_key(&q.spec, &q.full_title) == key)
+                {
+                    passed.push(p);
+                }
+            }
+        }
+        buf.shrink_to(READ_BUFFER_KEEP);
+        self.buf = buf;
+        passed.retain(|p| !failed.contains(&test_key(&p.spec, &p.full_title)));
+        passed
+    }
+}
+
+/// A test's identity across report files: its spec (normalised) and full title.
+fn test_key(spec: &str, title: &str) -> (String, String) {
+    (normalise(spec).to_string(), title.to_string())
+}
+
+/// Does `b` say more about a failure than `a`? (mochawesome's first line keeps the error's
+/// type, `AssertionError: …`, which JUnit's message attribute leaves out.)
+fn richer(a: &FailedTest, b: &FailedTest) -> bool {
+    b.error.len() > a.error.len()
+}
+
+/// Failed and flaky tests of several reports, each test once. Those a report counted but
+/// did not name (over its per-file limit) cannot be matched by name: they are summed per
+/// format, and twins' sums count once (the larger).
+#[derive(Default)]
+struct Merge {
+    /// Every failed test named so far, and where it is listed (if it was kept).
+    failed: HashMap<(String, String), Option<usize>>,
+    flaky: HashSet<(String, String)>,
+    /// Per reports' specs and format: failures and flaky tests counted but not named.
+    unnamed: HashMap<(u64, Option<Kind>), (usize, usize)>,
+}
+
+impl Merge {
+    fn add(
+        &mut self,
+        report: Report,
+        twin: (u64, Option<Kind>),
+        max_failures: usize,
+        summary: &mut Summary,
+    ) {
+        for f in report.failures {
+            match self.failed.get(&test_key(&f.spec, &f.full_title)) {
+                Some(Some(i)) if richer(&summary.failures[*i], &f) => summary.failures[*i] = f,
+                Some(_) => {}
+                None => {
+                    let kept = summary.failures.len() < max_failures;
+                    let at = kept.then_some(summary.failures.len());
+                    self.failed.insert(test_key(&f.spec, &f.full_title), at);
+                    if kept {
+                        summary.failures.push(f);
+                    }
+                }
+            }
+        }
+        for f in report.flaky {
+            if self.flaky.insert(test_key(&f.spec, &f.title)) && summary.flaky.len() < max_failures
+            {
+                summary.flaky.push(f);
+            }
+        }
+        let unnamed = self.unnamed.entry(twin).or_default();
+        unnamed.0 += report.more_failures;
+        unnamed.1 += report.more_flaky;
+    }
+
+    /// Per specs, the larger of the formats' unnamed counts.
+    fn unnamed(&self, pick: impl Fn(&(usize, usize)) -> usize) -> usize {
+        let mut per_specs: HashMap<u64, usize> = HashMap::new();
+        for ((key, _), n) in &self.unnamed {
+            let kept = per_specs.entry(*key).or_default();
+            *kept = (*kept).max(pick(n));
+        }
+        per_specs.values().sum()
+    }
+
+    fn failures_total(&self) -> usize {
+        self.failed.len() + self.unnamed(|n| n.0)
+    }
+
+    fn flaky_total(&self) -> usize {
+        self.flaky.len() + self.unnamed(|n| n.1)
     }
 }
 

@@ -324,6 +324,11 @@ pub struct Post {
     /// When `atvm-run-watcher --resend` delivered this post after it had failed for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resent_at: Option<Timestamp>,
+    /// When `--resend` took this post up again after it had failed for good. Whoever
+    /// delivers it from then on — the resend, or a watcher after the resend was stopped —
+    /// records `resent_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_started_at: Option<Timestamp>,
 }
 
 /// One categorized sub-run as listed in the parent's `state.json`.
@@ -569,6 +574,28 @@ impl StateDir {
         self.dir.join("subruns").join(key)
     }
 
+    /// The sub-runs that have a directory, in the watcher's order (its keys start with the
+    /// block's ordinal: `01-linux`, …, `100-x`). Every name [`is_subrun_key`] takes is
+    /// listed — `01-smoke.launch` and `02-a..b` are keys the watcher makes and delivers,
+    /// even though neither is a valid build name.
+    pub fn subrun_keys(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("subruns");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        let mut keys: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            // A directory, not a link to one (nothing in the state root is followed).
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|k| is_subrun_key(k))
+            .collect();
+        keys.sort_by_key(|k| (subrun_ordinal(k), k.clone()));
+        Ok(keys)
+    }
+
     /// Create the directory (0700: it can hold command lines).
     pub fn create(&self) -> Result<()> {
         fsutil::create_dir(&self.dir, 0o700)
@@ -788,7 +815,27 @@ pub const SUMMARIES_DIR: &str = ".summaries";
 /// names from before sequences (`20261124T193530Z`, `…-001`) come before every sequenced
 /// one, by name (they were named by time, all we know of their order). Dot entries are not
 /// archives.
-fn archive_key(name: &str) -> Option<(u64, String)> {
+/// Can `key` name a sub-run's directory? The watcher's keys are `NN` or `NN-<group>` with
+/// the group cut to `[A-Za-z0-9._-]` (`cypress::LogSummary::subrun_key`), so any such
+/// name is one; what is refused is only what could leave `subruns/` or name it: an empty
+/// name, `.`, `..`, and anything with a `/` or a NUL. Keys are deliberately not held to the
+/// build-name rule (which refuses `..` inside a name and a `.launch` ending for reasons of
+/// its own): a group called `smoke.launch` is a sub-run like any other.
+pub fn is_subrun_key(key: &str) -> bool {
+    !key.is_empty() && key != "." && key != ".." && !key.contains(['/', '\0'])
+}
+
+/// The ordinal a key starts with (`01-linux` → 1), for the watcher's order; keys without
+/// one go last.
+fn subrun_ordinal(key: &str) -> u64 {
+    let digits: String = key.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(u64::MAX)
+}
+
+/// Where archive `name` (or a kept summary's `name.json`) falls in the build's order of
+/// starts: sorting by this key puts the oldest start first (names from before sequences,
+/// `20261124T193530Z`, before every `NNNNNN-…`). `None` for what is not an archive.
+pub fn archive_key(name: &str) -> Option<(u64, String)> {
     let stem = name.strip_suffix(".json").unwrap_or(name);
     if stem.starts_with('.') || stem.is_empty() {
         return None;
@@ -972,6 +1019,29 @@ mod tests {
 
     fn build(name: &str) -> BuildName {
         BuildName::parse(name).expect("valid")
+    }
+
+    #[test]
+    fn sub_run_keys_are_what_the_watcher_makes_and_nothing_that_leaves_the_directory() {
+        for key in ["01", "01-linux", "01-smoke.launch", "02-a..b", "100-x"] {
+            assert!(is_subrun_key(key), "{key}");
+        }
+        for key in ["", ".", "..", "a/b", "../x", "a\0b"] {
+            assert!(!is_subrun_key(key), "{key:?}");
+        }
+        let root = tempfile::tempdir().expect("tempdir");
+        let sd = StateDir::new(root.path(), &build("b1"));
+        assert!(sd.subrun_keys().expect("no subruns/ yet").is_empty());
+        for key in ["100-late", "02-a..b", "01-smoke.launch"] {
+            fs::create_dir_all(sd.subrun_dir(key)).expect("mkdir");
+        }
+        fs::write(sd.subrun_dir("03-a-file"), "").expect("file");
+        std::os::unix::fs::symlink(root.path(), sd.subrun_dir("04-link")).expect("symlink");
+        assert_eq!(
+            sd.subrun_keys().expect("listed"),
+            ["01-smoke.launch", "02-a..b", "100-late"],
+            "in the watcher's order; no file, no link"
+        );
     }
 
     #[test]

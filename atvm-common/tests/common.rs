@@ -360,6 +360,46 @@ fn reporter_dir_reads_junit_beside_mochawesome() {
 }
 
 #[test]
+fn twin_reports_of_one_spec_count_once_and_name_each_failure_once() {
+    // cypress-multi-reporters: mochawesome's login.json and JUnit's login.xml of one run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let since = SystemTime::now() - Duration::from_secs(60);
+    fs::copy(
+        fixture("mochawesome/login.json"),
+        dir.path().join("login.json"),
+    )
+    .expect("copy");
+    fs::copy(fixture("junit/login.xml"), dir.path().join("login.xml")).expect("copy");
+    let specs = SpecSet::new(["login.cy.js"]);
+    let mut rd = ReporterDir::new(dir.path(), since);
+    rd.scan(true);
+    assert_eq!(
+        rd.counts(&specs),
+        Some(counts(4, 2, 1, 1, 0)),
+        "once, not twice"
+    );
+    let summary = rd.summarize(|_| true, &specs, 10);
+    assert_eq!((summary.reports, summary.failures_total), (2, 1));
+    assert_eq!(summary.failures.len(), 1);
+    assert_eq!(
+        summary.failures[0].error, "AssertionError: expected the error banner",
+        "the record that says more (mochawesome keeps the error's type)"
+    );
+    // What a post may call fixed: a test a report shows passing, never the pending one or
+    // one no report names.
+    let passing = rd.passing(|_| true, &specs, |_, title| title.starts_with("Login"));
+    let mut titles: Vec<&str> = passing.iter().map(|p| p.full_title.as_str()).collect();
+    titles.sort();
+    assert_eq!(
+        titles,
+        [
+            "Login Session expires after 30 minutes",
+            "Login shows the login form"
+        ]
+    );
+}
+
+#[test]
 fn reporter_dir_counts_only_new_files_and_skips_malformed_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stale = dir.path().join("stale.json");

@@ -5,9 +5,10 @@
 //! from the run's `summary.json` and, while the archive is still whole, its `state.json`;
 //! a run pruned to its summary shows what the summary keeps.
 
+use crate::text::{display_width, pad};
 use crate::view::HistoryRow;
 use atvm_common::history::{RunSummary, SUMMARY_FILE};
-use atvm_common::state::State;
+use atvm_common::state::{Request, State};
 use atvm_common::{BuildName, Paths, fsutil, state};
 use std::fmt::Write;
 
@@ -23,15 +24,18 @@ pub fn rows(paths: &Paths, build: &BuildName) -> Vec<HistoryRow> {
             break;
         }
         let whole = path.file_name().is_some_and(|n| n == SUMMARY_FILE);
-        let (archive, state_json) = match (whole, path.parent()) {
-            (true, Some(dir)) => (name(dir), Some(dir.join("state.json"))),
+        let (archive, dir) = match (whole, path.parent()) {
+            (true, Some(dir)) => (name(dir), Some(dir)),
             _ => (
                 path.file_stem().map(|s| s.to_string_lossy().into_owned()),
                 None,
             ),
         };
         let summary: Option<RunSummary> = fsutil::read_json(&path).ok().flatten();
-        let state: Option<State> = state_json.and_then(|p| fsutil::read_json(&p).ok().flatten());
+        let state: Option<State> = read(dir, "state.json");
+        // A run that ended without a result to compare (cancelled, terminated) has a
+        // summary without its start, or none: its request says when it started.
+        let request: Option<Request> = read(dir, "request.json");
         if summary.is_none() && state.is_none() {
             continue;
         }
@@ -42,7 +46,10 @@ pub fn rows(paths: &Paths, build: &BuildName) -> Vec<HistoryRow> {
                 .as_ref()
                 .map(|s| s.run_id.clone())
                 .or_else(|| state.as_ref().map(|s| s.run_id.clone())),
-            started_at: summary.as_ref().and_then(|s| s.started_at),
+            started_at: summary
+                .as_ref()
+                .and_then(|s| s.started_at)
+                .or(request.map(|q| q.requested_at)),
             state: state.as_ref().map(|s| s.state).or(outcome.map(|o| o.state)),
             counts: state.as_ref().and_then(|s| s.counts),
             failed_tests: outcome.map(|o| o.failed_total),
@@ -51,6 +58,12 @@ pub fn rows(paths: &Paths, build: &BuildName) -> Vec<HistoryRow> {
         });
     }
     rows
+}
+
+/// `file` of a whole archive, if it reads (history is a help: what does not read is left
+/// out).
+fn read<T: serde::de::DeserializeOwned>(dir: Option<&std::path::Path>, file: &str) -> Option<T> {
+    fsutil::read_json(&dir?.join(file)).ok().flatten()
 }
 
 fn name(dir: &std::path::Path) -> Option<String> {
@@ -69,17 +82,13 @@ pub fn table(rows: &[HistoryRow], cell: impl Fn(&HistoryRow) -> [String; 6]) -> 
         .map(|i| {
             cells
                 .iter()
-                .map(|c| c[i].chars().count())
+                .map(|c| display_width(&c[i]))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     for row in &cells {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| pad(c, *w)).collect();
         let _ = writeln!(out, "    {}", line.join("  ").trim_end());
     }
     out

@@ -8,6 +8,7 @@
 //! safely owned, or for an unknown build; 2 for an invalid build name.
 
 mod history;
+mod order;
 mod read;
 mod table;
 mod terminal;
@@ -18,7 +19,8 @@ mod view;
 use atvm_common::error::{Error, Result};
 use atvm_common::state::RunState;
 use atvm_common::systemctl::{Systemctl, UnitKind};
-use atvm_common::{BuildName, Paths, Timestamp, logging};
+use atvm_common::time::Moment;
+use atvm_common::{BuildName, Paths, logging};
 use clap::Parser;
 use std::io::Write;
 use view::{Report, RunView};
@@ -79,25 +81,21 @@ pub fn run(cli: Cli) -> Result<()> {
         .map(BuildName::parse)
         .transpose()?;
     let paths = Paths::from_env()?;
-    let now = Timestamp::now();
+    let now = Moment::now();
     let sources = match &build {
         None => read::all_runs(&paths, cli.all)?,
         Some(b) => read::build_runs(&paths, b, cli.all)?,
     };
     let mut runs: Vec<RunView> = sources
         .iter()
-        .filter_map(|s| read::settled(s, &paths, build.is_some(), now))
+        .filter_map(|s| read::settled(s, &paths, build.is_some(), &now))
         .filter(|r| cli.state.is_empty() || r.state.is_some_and(|s| cli.state.contains(&s)))
         .filter(|r| {
             cli.since
-                .is_none_or(|within| r.requested_at.is_some_and(|at| at.until(now) <= within))
+                .is_none_or(|within| r.start.as_ref().is_some_and(|at| at.until(&now) <= within))
         })
         .collect();
-    runs.sort_by(|a, b| {
-        (b.sort_time.cmp(&a.sort_time))
-            .then_with(|| a.build_name.cmp(&b.build_name))
-            .then_with(|| a.archive.cmp(&b.archive))
-    });
+    order::newest_first(&mut runs, &now);
     add_units(&mut runs, &Systemctl::from_env()?);
     for run in &runs {
         for e in &run.errors {
@@ -107,7 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let out = if cli.json {
         let report = Report {
             state_root: paths.state_root.clone(),
-            generated_at: now,
+            generated_at: now.wall,
             runs,
         };
         let mut json = serde_json::to_string_pretty(&report)
@@ -115,7 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
         json.push('\n');
         json
     } else if build.is_some() {
-        let blocks: Vec<String> = runs.iter().map(|r| text::detail(r, now)).collect();
+        let blocks: Vec<String> = runs.iter().map(|r| text::detail(r, now.wall)).collect();
         blocks.join("\n")
     } else {
         table::table(&runs, cli.all, terminal::width())

@@ -8,7 +8,8 @@ use crate::view::{
     Detail, FileError, Groups, MarkerView, PostView, RunView, RunnerView, SubRunView,
 };
 use atvm_common::error::{Error, Result};
-use atvm_common::state::{Marker, PostStatus, Request, RunnerStatus, State};
+use atvm_common::state::{self, Marker, PostStatus, Request, RunnerStatus, State};
+use atvm_common::time::Moment;
 use atvm_common::{BuildName, Paths, StateDir, Timestamp, fsutil, logging};
 use serde::de::DeserializeOwned;
 use std::fs;
@@ -182,7 +183,7 @@ impl Reader {
 
 /// Read one run: its summary, and with `detail` everything else. Units are left `None`;
 /// the caller asks systemctl for all of them at once.
-pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView {
+pub fn run(src: &Source, paths: &Paths, detail: bool, now: &Moment) -> RunView {
     let mut r = Reader {
         errors: Vec::new(),
         vanished: false,
@@ -246,15 +247,18 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
     let exited = status
         .as_ref()
         .filter(|s| request.as_ref().is_some_and(|q| q.run_id == s.run_id))
-        .and_then(|s| s.exited_at);
-    let ended_at = state
+        .and_then(RunnerStatus::exited);
+    // The end: the runner's recorded exit (both clocks), else the final state's time.
+    let end = state
         .as_ref()
         .filter(|s| s.is_final)
-        .map(|s| exited.unwrap_or(s.updated_at));
-    let duration_seconds = requested_at.map(|a| match ended_at {
-        Some(end) => a.until(end).as_secs(),
-        None => a.until(now).as_secs(),
-    });
+        .map(|s| exited.unwrap_or_else(|| Moment::wall(s.updated_at)));
+    let ended_at = end.as_ref().map(|e| e.wall);
+    let start = request.as_ref().map(Request::requested);
+    // On the boot clock when both ends are of one boot: a clock step changes nothing.
+    let duration_seconds = start
+        .as_ref()
+        .map(|a| a.until(end.as_ref().unwrap_or(now)).as_secs());
     // A run whose directory cannot be read still gets every detail key (null), as documented.
     let detail = detail.then(|| {
         read_detail(
@@ -280,7 +284,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         reason: state.as_ref().map(|s| s.reason.clone()),
         requested_at,
         updated_at,
-        age_seconds: since.map(|t| t.until(now).as_secs()),
+        age_seconds: since.map(|t| t.until(now.wall).as_secs()),
         ended_at,
         duration_seconds,
         counts: state.as_ref().and_then(|s| s.counts),
@@ -291,6 +295,7 @@ pub fn run(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> RunView
         runner_unit: None,
         errors: r.errors,
         detail,
+        start,
         sort_time: requested_at.or(mtime).unwrap_or_default(),
         vanished: r.vanished,
     }
@@ -308,7 +313,7 @@ fn flaky(state: &State) -> Option<u64> {
 /// Read one run as [`run`] does; a run whose directory vanished meanwhile (a start swapping
 /// in a new directory, a prune removing an old archive) is read once more, and an archive
 /// that is gone then was pruned: it is left out, not reported as unreadable.
-pub fn settled(src: &Source, paths: &Paths, detail: bool, now: Timestamp) -> Option<RunView> {
+pub fn settled(src: &Source, paths: &Paths, detail: bool, now: &Moment) -> Option<RunView> {
     let first = run(src, paths, detail, now);
     if !first.vanished {
         return Some(first);
@@ -345,10 +350,11 @@ fn read_detail(
     let subruns = state.and_then(|s| s.subruns.as_ref()).map(|list| {
         list.iter()
             .map(|sum| {
-                // The key names a directory: read it only if it is a plain file name.
-                let own: Option<State> = match BuildName::parse(&sum.key) {
-                    Ok(_) => r.json(&sd.subrun_dir(&sum.key).join("state.json")),
-                    Err(_) => {
+                // The key names a directory: read it only if it cannot leave `subruns/`
+                // (the watcher's own rule: `01-smoke.launch` is a key like any other).
+                let own: Option<State> = match state::is_subrun_key(&sum.key) {
+                    true => r.json(&sd.subrun_dir(&sum.key).join("state.json")),
+                    false => {
                         let e = Error::file(
                             format!("sub-run key {:?} is not a plain file name", sum.key),
                             sd.state(),
@@ -365,6 +371,7 @@ fn read_detail(
                     reason: own.as_ref().map(|s| s.reason.clone()),
                     updated_at: own.as_ref().map(|s| s.updated_at),
                     counts: sum.counts,
+                    flaky: own.as_ref().and_then(flaky),
                     post: PostView::from(&sum.post),
                 }
             })

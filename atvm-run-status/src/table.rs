@@ -3,7 +3,7 @@
 //! is as wide as its longest cell, REASON gets all the width they leave, and no line is
 //! wider than the terminal. Into a pipe (no width) every line is whole.
 
-use crate::text::{clean, cut, post_cell, unattended, unit_word};
+use crate::text::{clean, cut, display_width, pad, post_cell, unattended, unit_word};
 use crate::view::RunView;
 use std::fmt::Write as _;
 
@@ -25,15 +25,17 @@ pub fn table(runs: &[RunView], with_archive: bool, width: Option<usize>) -> Stri
         }
     }
     let last = rows[0].len() - 1;
+    // In terminal columns, not characters: a CJK spec or build name takes two per
+    // character, and a line must still fit.
     let widths: Vec<usize> = (0..last)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| display_width(&r[c])).max().unwrap_or(0))
         .collect();
     let used: usize = widths.iter().map(|w| w + 2).sum();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
         for (cell, w) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<w$}  ");
+            let _ = write!(line, "{}  ", pad(cell, *w));
         }
         match width {
             Some(width) => {

@@ -10,6 +10,7 @@ use atvm_common::systemctl::Activity;
 use atvm_common::time::human_duration;
 use std::fmt::Write as _;
 use std::time::Duration;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// The watcher unit's word (`inactive`, `failed`) when the run is not final and the unit
 /// is known not to be running.
@@ -39,7 +40,7 @@ pub fn detail(run: &RunView, now: Timestamp) -> String {
     line("run id", opt(run.run_id.as_deref()));
     line("requested", when(run.requested_at, now));
     line("updated", when(run.updated_at, now));
-    line("tests", run.counts.as_ref().map_or("-".into(), counts));
+    line("tests", tests(run.counts.as_ref(), run.flaky));
     let d = run.detail.as_ref();
     line("post", post_line(run));
     line("last error", opt(d.and_then(|d| d.last_error.as_deref())));
@@ -183,18 +184,18 @@ fn subrun_table(subruns: &[SubRunView]) -> String {
             s.state.to_string(),
             yes_no(s.is_final),
             post(&s.post),
-            s.counts.as_ref().map_or("-".into(), counts),
+            tests(s.counts.as_ref(), s.flaky),
             clean(s.reason.as_deref().unwrap_or("-")),
         ]);
     }
     let widths: Vec<usize> = (0..6)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| display_width(&r[c])).max().unwrap_or(0))
         .collect();
     let mut out = format!("  sub-runs ({})\n", subruns.len());
     for row in rows {
         let mut line = String::from("    ");
         for (cell, w) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<w$}  ");
+            let _ = write!(line, "{}  ", pad(cell, *w));
         }
         line.push_str(&row[6]);
         out.push_str(line.trim_end());
@@ -287,6 +288,15 @@ pub(crate) fn post(p: &PostView) -> String {
     s
 }
 
+/// The counts, with the flaky tests the watcher recorded when it did.
+fn tests(c: Option<&Counts>, flaky: Option<u64>) -> String {
+    match (c, flaky) {
+        (None, _) => "-".into(),
+        (Some(c), None) => counts(c),
+        (Some(c), Some(f)) => format!("{} · flaky {f}", counts(c)),
+    }
+}
+
 pub(crate) fn counts(c: &Counts) -> String {
     format!(
         "{} · passed {} · failed {} · pending {} · skipped {}",
@@ -361,12 +371,35 @@ fn is_unsafe(c: char) -> bool {
         || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
-/// `s` cut to `max` characters, the cut marked with `…`.
+/// How many terminal columns `s` takes (a CJK character two, a combining mark none).
+pub(crate) fn display_width(s: &str) -> usize {
+    UnicodeWidthStr::width(s)
+}
+
+/// `s` padded with spaces to `columns` columns (`format!`'s padding counts characters).
+pub(crate) fn pad(s: &str, columns: usize) -> String {
+    format!(
+        "{s}{}",
+        " ".repeat(columns.saturating_sub(display_width(s)))
+    )
+}
+
+/// `s` cut to `max` columns, the cut marked with `…` (never half a wide character).
 pub(crate) fn cut(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    if display_width(s) <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    let room = max.saturating_sub(1);
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w > room {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
     out.push('…');
     out
 }
@@ -386,6 +419,10 @@ mod tests {
     fn reasons_are_cut_and_cleaned() {
         assert_eq!(cut("abcdef", 4), "abc…");
         assert_eq!(cut("abc", 4), "abc");
+        // Wide characters take two columns; none is cut in half.
+        assert_eq!(cut("登录测试.cy.js", 6), "登录…");
+        assert_eq!(display_width(&cut("登录测试.cy.js", 6)), 5);
+        assert_eq!(pad("登录", 6), "登录  ");
         assert_eq!(clean("a\nb\x1b[31mc"), "a b [31mc");
     }
 }

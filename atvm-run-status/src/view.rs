@@ -5,6 +5,7 @@
 
 use atvm_common::Timestamp;
 use atvm_common::state::{Counts, Post, PostStatus, Request, RunState, RunnerStatus};
+use atvm_common::time::Moment;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -39,7 +40,8 @@ pub struct RunView {
     /// When the run ended: its runner's recorded exit, else the final state's time; `null`
     /// while it runs.
     pub ended_at: Option<Timestamp>,
-    /// From `requested_at` to `ended_at`, or to now while the run is not final.
+    /// From the request to `ended_at`, or to now while the run is not final: on the boot
+    /// clock when both ends were recorded in the same boot, else on the wall clock.
     pub duration_seconds: Option<u64>,
     pub counts: Option<Counts>,
     /// Tests that failed an attempt and then passed, as the watcher recorded them
@@ -58,8 +60,12 @@ pub struct RunView {
     /// Only with `--build-name`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Detail>,
-    /// What "newest first" orders by: the start (`requested_at`), else the directory's
-    /// mtime.
+    /// When the run was requested, on both clocks (`request.json`): what "newest first"
+    /// places it by ([`crate::order`]), and where the duration starts.
+    #[serde(skip)]
+    pub start: Option<Moment>,
+    /// Where "newest first" places the run ([`crate::order`]); read from its start, or
+    /// for a run without a readable request its directory's modification time.
     #[serde(skip)]
     pub sort_time: Timestamp,
     /// The run's directory was gone when it was read (a start or a prune moving it): it
@@ -215,6 +221,9 @@ pub struct SubRunView {
     pub reason: Option<String>,
     pub updated_at: Option<Timestamp>,
     pub counts: Option<Counts>,
+    /// Tests that passed only on a retry, as the watcher recorded them in the sub-run's own
+    /// file (`details.flaky`); `null` when it recorded none or the file cannot be read.
+    pub flaky: Option<u64>,
     pub post: PostView,
 }
 

@@ -167,6 +167,92 @@ fn the_table_lists_runs_newest_first_and_all_adds_archived_ones() {
         "-",
         "no unit for an archived run"
     );
+    // The archived run kept no summary (nothing to compare, as for a cancelled or
+    // terminated run): the history still says when it started, from its request.
+    let json = ok_json(&env, &["--build-name", "done-1", "--json"]);
+    let row = &json["runs"][0]["history"][0];
+    assert_eq!(row["archive"], "20261101T000000Z", "{json:#}");
+    assert!(row["started_at"].is_string(), "{json:#}");
+}
+
+#[test]
+fn the_order_of_starts_wins_over_a_clock_that_was_ahead_and_durations_use_the_boot_clock() {
+    let mut env = Env::new();
+    env.set("ATVM_BOOT_ID", "0123456789abcdef0123456789abcdef");
+    // The archived run started while the clock was a day ahead: its request says
+    // tomorrow. It is still the older start of the build.
+    let mut ahead = state("FAILED", true, "1 of 2 specs failed", -86_400, "posted");
+    ahead["counts"] = json!({"tests": 2, "passed": 1, "failed": 1, "pending": 0, "skipped": 0});
+    run_dir(
+        &env.state_root.join(".archive/b1/000001-20261205T000000Z"),
+        "b1",
+        -86_400,
+        json!({}),
+        Some(ahead),
+    );
+    // The current run was requested ten days ago by the wall clock (stepped back since),
+    // and ran 90 s by the boot clock readings of its request and its runner's exit.
+    let dir = env.state_dir("b1");
+    let boot = |ns: u64| json!({"boot_id": "0123456789abcdef0123456789abcdef", "ns": ns});
+    run_dir(
+        &dir,
+        "b1",
+        10 * 86_400,
+        json!({"requested_boot": boot(5_000_000_000)}),
+        Some(state("COMPLETED", true, "all specs passed", 0, "posted")),
+    );
+    write(
+        &dir.join("runner/status.json"),
+        &json!({
+            "build_name": "b1", "run_id": "run-b1", "pid": 4242, "pid_start_ticks": 1, "child_pid": 4243,
+            "started_at": ago(10 * 86_400), "started_boot": boot(6_000_000_000),
+            "log_path": "/tmp/b1.log", "log_dev": 1, "log_inode": 1,
+            "exited_at": ago(0), "exited_boot": boot(95_000_000_000), "exit_code": 0,
+        }),
+    );
+    let all = stdout(&status(&env, &["--all"]));
+    assert_eq!(
+        column(&all, "ARCHIVED"),
+        ["-", "000001-20261205T000000Z"],
+        "the current run first: {all}"
+    );
+    assert_eq!(
+        column(&all, "DURATION")[0],
+        "1m",
+        "90 s, not ten days: {all}"
+    );
+    let json = ok_json(&env, &["--all", "--json"]);
+    assert_eq!(json["runs"][0]["archive"], Value::Null, "{json:#}");
+    assert_eq!(json["runs"][0]["duration_seconds"], 90, "{json:#}");
+    // Across builds: a2 says it was requested a minute ago, but its boot-clock reading of
+    // this boot says an hour (the clock was set forward since); a3, with no reading, half
+    // an hour ago. a3 is the newer start. (b1, by its boot reading, is the oldest here.)
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if uptime < 5400.0 {
+        eprintln!(
+            "skipping the cross-build half: this boot is too young for a reading an hour back"
+        );
+        return;
+    }
+    let hour_back = (uptime - 3600.0) as u64 * 1_000_000_000;
+    let reading = json!({"boot_id": "0123456789abcdef0123456789abcdef", "ns": hour_back});
+    let done = || Some(state("COMPLETED", true, "all specs passed", 0, "posted"));
+    run_dir(
+        &env.state_dir("a2"),
+        "a2",
+        60,
+        json!({"requested_boot": reading}),
+        done(),
+    );
+    run_dir(&env.state_dir("a3"), "a3", 1800, json!({}), done());
+    let table = stdout(&status(&env, &[]));
+    assert_eq!(column(&table, "BUILD"), ["a3", "a2", "b1"], "{table}");
 }
 
 #[test]
@@ -383,6 +469,10 @@ fn unknown_build_is_exit_1_and_a_bad_name_exit_2() {
     );
     // A typo names the build meant.
     status(&env, &["--build-name", "done-2"])
+        .code_is(1)
+        .error_line("atvm-run-status", "did you mean done-1?");
+    // So does one in the wrong case (four letters: more edits than a typo, but no typo).
+    status(&env, &["--build-name", "DONE-1"])
         .code_is(1)
         .error_line("atvm-run-status", "did you mean done-1?");
     let out = status(&env, &["--build-name", "../etc", "--json"]);
@@ -870,15 +960,32 @@ fn on_a_200_column_terminal_reason_gets_all_the_width_the_other_columns_leave() 
         json!({}),
         Some(failed),
     );
+    // Spec names in CJK take two columns a character: the line must still fit.
+    let wide = format!(
+        "2 of 3 specs failed: {}",
+        "cypress/e2e/登录/用户登录测试.cy.js, ".repeat(12)
+    );
+    run_dir(
+        &env.state_dir("cjk-5"),
+        "cjk-5",
+        40,
+        json!({}),
+        Some(state("FAILED", true, &wide, 50, "posted")),
+    );
     let table = on_a_terminal(&env, 200);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 5, "{table}");
+    assert_eq!(lines.len(), 6, "{table}");
     for line in &lines {
         assert!(
-            line.chars().count() <= 200,
+            unicode_width::UnicodeWidthStr::width(*line) <= 200,
             "wider than the terminal: {line}"
         );
     }
+    let cjk = lines.iter().find(|l| l.starts_with("cjk-5")).unwrap();
+    assert!(
+        (199..=200).contains(&unicode_width::UnicodeWidthStr::width(*cjk)) && cjk.ends_with('…'),
+        "it fills the terminal, no wider: {cjk}"
+    );
     let row = lines.iter().find(|l| l.starts_with("long-4")).unwrap();
     let reason_at = lines[0].find("REASON").unwrap();
     let reason: String = row.chars().skip(reason_at).collect();

@@ -144,6 +144,9 @@ pub fn deliver(job: &Job, mut post: Post, ledger: &mut dyn Ledger) -> Result<Out
     if let Some(at) = job.marked(&job.posted_marker())? {
         post.status = PostStatus::Posted;
         post.posted_at.get_or_insert(at);
+        if post.resend_started_at.is_some() {
+            post.resent_at.get_or_insert(at);
+        }
         record_until_done(job, ledger, &post)?;
         return Ok(Outcome::Posted);
     }
@@ -229,6 +232,11 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
             post.attempts = attempts;
             post.posted_at = Some(Timestamp::now());
             post.last_error = None;
+            // A post `--resend` took up is a resend whoever delivers it (a watcher's
+            // `--once` after the resend was stopped, say).
+            if post.resend_started_at.is_some() {
+                post.resent_at = post.posted_at;
+            }
             logging::info(format!(
                 "{build}: posted {label} to Mattermost after {attempts} attempt(s)"
             ));
@@ -259,7 +267,7 @@ fn conclude(job: &Job, post: &mut Post, delivery: Delivery) -> Result<Outcome> {
             // operator needs to see, not that the watcher was stopped.
             post.attempts = attempts;
             logging::info(format!(
-                "{build}: stopped; the {label} post stays owed and the next start delivers it"
+                "{build}: stopped; the {label} post stays owed: the watcher delivers it at its next start (atvm-run-watcher --build-name {build} --once)"
             ));
             Outcome::Interrupted
         }

@@ -43,8 +43,9 @@ Examples:
   atvm-run-watcher --build-name e2e-redhat9.6-ubuntu24.04-w2k25-fc --resend
 
 Exit status: 0 final state reached and handled (or stopped by SIGTERM; --resend: every
-failed post delivered, or none to send), 1 a post failed for good (again), 2 bad arguments,
-4 another watcher holds the lock, 78 no webhook configured or an invalid setting.
+failed post delivered, or none to send), 1 a post failed for good (again; --resend: one not
+delivered, stopped included), 2 bad arguments, 4 another watcher or resend holds the lock,
+78 no webhook configured or an invalid setting.
 
 Environment:
   ATVM_STATE_ROOT              state directories [default: /var/lib/atvm-run-watcher]
@@ -58,7 +59,7 @@ Environment:
   MATTERMOST_ATVM_CHANNEL      a channel to post to instead of the webhook's own
   MATTERMOST_ATVM_FORMAT       `text` for a plain Markdown message (old servers) [default: attachment]
   MATTERMOST_ATVM_NOTIFY       `failed` to post FAILED results only [default: all]
-  MATTERMOST_ATVM_MENTION      @name tokens put in FAILED posts, e.g. @qa-oncall [default: none]
+  MATTERMOST_ATVM_MENTION      @name tokens put in FAILED posts, e.g. @qa-oncall; at most 120 characters [default: none]
   ATVM_POLL_SECONDS, ATVM_GRACE_SECONDS, ATVM_HANG_MINUTES, ATVM_START_TIMEOUT_SECONDS,
   ATVM_POST_RETRY_SECONDS      the timing flags above (the flag wins)
   ATVM_WATCH_EVENTS            `off`: look every --poll-seconds instead of waiting on file and process events [default: on]

@@ -27,6 +27,9 @@ pub struct Input<'a> {
     pub blocks: &'a [RunBlock],
     /// Failed (and flaky) tests the reports name for this result.
     pub reported: Summary,
+    /// Of the tests the previous finished result failed, those this result's reports show
+    /// passing: the only ones "fixed" may name at test level.
+    pub passed: Vec<Failure>,
     /// How long the run took, from the boot clock where it is known; `None` for a sub-run,
     /// whose duration is the one Cypress printed in its footer.
     pub duration: Option<Duration>,
@@ -50,6 +53,8 @@ pub struct Input<'a> {
 pub struct Composed {
     pub payload: Payload,
     pub outcome: Outcome,
+    /// The flaky tests the post counts (the log's and the reports'), for `state.json`.
+    pub flaky: u64,
 }
 
 /// The payload posted for `input`, and the result's outcome.
@@ -85,6 +90,7 @@ pub fn compose(input: Input) -> Composed {
     Composed {
         payload: Payload::build(&message, input.channel, input.format),
         outcome,
+        flaky: flaky_total as u64,
     }
 }
 
@@ -115,11 +121,12 @@ fn trend(
             streak: 0,
         })
         .collect();
-    let (ran, failing) = ran_and_failing(input, all);
+    let (passed_specs, failing) = passed_and_failing(input, all);
     let now = Now {
         failed: &failed,
         complete: failed.len() >= failures_total,
-        ran: &ran,
+        passed: &input.passed,
+        passed_specs: &passed_specs,
         failing: &failing,
     };
     let compared = history::compare(earlier.first().map(|e| e.outcome), &now);
@@ -130,30 +137,32 @@ fn trend(
         failed_total: failures_total,
     };
     let first = earlier.is_empty();
-    // The first run has nothing to compare with and says so instead: no marks, no row of
-    // one mark.
+    // The first run has nothing to compare with and says so instead of marks; its `Last
+    // runs` is this run alone (the field shows the earlier runs "and this one").
     let trend = Trend {
         marks: if first { Vec::new() } else { compared.marks },
         fixed: compared.fixed,
         fixed_total: compared.fixed_total,
+        not_compared: compared.not_compared,
         first,
         duration_change: outcome
             .duration_ms
             .zip(earlier.first())
             .and_then(|(ms, e): (u64, &Earlier)| history::duration_change(ms, e)),
-        last_runs: (!first).then(|| history::last_runs(&earlier, &outcome)),
+        last_runs: Some(history::last_runs(&earlier, &outcome)),
     };
     (trend, outcome)
 }
 
-/// The specs this result ran (its log's and its reports') and those that failed.
-fn ran_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<String>) {
-    let ran = input
+/// The specs whose row in this result's summary passed (a spec-level failure of the last
+/// run is fixed only by such a row), and those that failed.
+fn passed_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<String>) {
+    let passed = input
         .blocks
         .iter()
-        .flat_map(|b| b.spec_names())
-        .map(str::to_string)
-        .chain(input.reported.specs.iter().cloned())
+        .flat_map(|b| &b.spec_rows)
+        .filter(|r| r.mark == '✔' && !r.is_failing())
+        .map(|r| r.spec.clone())
         .collect();
     let failing = input
         .blocks
@@ -163,7 +172,7 @@ fn ran_and_failing(input: &Input, all: &[FailedTest]) -> (Vec<String>, Vec<Strin
         .map(|r| r.spec.clone())
         .chain(all.iter().map(|f| f.spec.clone()))
         .collect();
-    (ran, failing)
+    (passed, failing)
 }
 
 /// The flaky tests: the log's (its `(Attempt N of M)` lines) and the reports' (those that
@@ -286,6 +295,7 @@ mod tests {
             record,
             blocks,
             reported: Summary::default(),
+            passed: Vec::new(),
             duration: None,
             log: None,
             earlier: &[],

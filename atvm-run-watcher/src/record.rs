@@ -130,6 +130,7 @@ impl RunRecord {
         sub.reason = v.reason;
         sub.is_final = true;
         sub.counts = block.counts();
+        note_flaky(sub, u64::from(block.flaky_total));
         if let Some(url) = block.url() {
             sub.details
                 .insert("run_url".into(), Value::String(url.to_string()));
@@ -285,6 +286,16 @@ pub fn set(record: &mut State, v: Verdict) -> bool {
     record.reason = v.reason;
     record.is_final = v.state.is_terminal();
     true
+}
+
+/// `details.flaky` of a result — the tests that passed only on a retry, where
+/// `atvm-run-status` reads them — raised to `n`: the log's count while it runs, the post's
+/// (the log's and the reports') once composed. Never lowered: within one run it only grows.
+pub fn note_flaky(state: &mut State, n: u64) {
+    let before = state.details.get("flaky").and_then(Value::as_u64);
+    if before.is_none_or(|b| b < n) {
+        state.details.insert("flaky".into(), Value::from(n));
+    }
 }
 
 #[cfg(test)]

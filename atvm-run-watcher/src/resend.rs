@@ -11,6 +11,10 @@
 //! owed (the watcher delivers those), was never due (suppressed) or whose run was
 //! cancelled. Only the routing is today's: the stored payload goes to the channel
 //! configured now, so a channel fixed in the env file takes effect.
+//!
+//! Exit 0 only when every post it took up was delivered: a stop mid-send leaves that post
+//! owed (`pending`), which a start of the build refuses to archive and only a watcher run
+//! delivers — the error line says so, with the command.
 
 use crate::deliver::{self, Job, Ledger, Outcome, PAYLOAD_FILE, Sink};
 use crate::shutdown::Shutdown;
@@ -84,17 +88,52 @@ pub fn run(paths: &Paths, build: &BuildName, group: Option<&str>, window: Durati
         posting: config.posting,
     };
     let shutdown = Shutdown::install()?;
-    let errors = send_all(&sd, &request, &sink, window, &shutdown, failed)?;
-    match errors.as_slice() {
-        [] => Ok(()),
-        errors => Err(Error::failed(format!(
-            "resend of {build} failed again: {}",
-            errors.join("; ")
-        ))),
+    send_all(&sd, &request, &sink, window, &shutdown, failed)?.verdict(build)
+}
+
+/// What became of the posts a resend took up: delivered ones are not listed.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Refused again (or the window ran out): `label: error`. They stay `failed`.
+    failed: Vec<String>,
+    /// A stop request came while one was being sent: it is owed (`pending`) now, which
+    /// only a watcher run delivers — and a start of the build refuses meanwhile.
+    owed: Vec<String>,
+    /// The stop came before they were tried: they stay `failed`.
+    untried: Vec<String>,
+}
+
+impl Tally {
+    /// Exit 0 only when every post taken up was delivered; otherwise one line saying what
+    /// is still undelivered and how each will go out.
+    fn verdict(self, build: &BuildName) -> Result<()> {
+        let mut parts = Vec::new();
+        if !self.failed.is_empty() {
+            parts.push(format!("failed again: {}", self.failed.join("; ")));
+        }
+        if !self.owed.is_empty() {
+            parts.push(format!(
+                "stopped with the {} post still owed: a watcher run delivers it (atvm-run-watcher --build-name {build} --once), and no new run of {build} starts until then",
+                self.owed.join(", ")
+            ));
+        }
+        if !self.untried.is_empty() {
+            parts.push(format!(
+                "stopped before the {} post was tried: it stays failed (atvm-run-watcher --build-name {build} --resend)",
+                self.untried.join(", ")
+            ));
+        }
+        match parts.is_empty() {
+            true => Ok(()),
+            false => Err(Error::failed(format!(
+                "resend of {build} not delivered: {}",
+                parts.join("; ")
+            ))),
+        }
     }
 }
 
-/// Send each of `failed` in turn; returns the errors of those that failed again.
+/// Send each of `failed` in turn, until a stop request.
 fn send_all(
     sd: &StateDir,
     request: &Request,
@@ -102,13 +141,14 @@ fn send_all(
     window: Duration,
     shutdown: &Shutdown,
     failed: Vec<Target>,
-) -> Result<Vec<String>> {
-    let mut errors = Vec::new();
+) -> Result<Tally> {
+    let mut tally = Tally::default();
     for target in failed {
-        if shutdown.requested() {
-            break;
-        }
         let label = target.label();
+        if shutdown.requested() {
+            tally.untried.push(label);
+            continue;
+        }
         let payload = stored_payload(&target, sink)?;
         // The failure's record goes: from here on the post is attempted again, and the
         // attempt's own record (`pending`, `post.ready`) says so before anything is sent.
@@ -128,17 +168,22 @@ fn send_all(
             request,
             target,
         };
-        let post = ledger.target.state.post.clone();
+        let mut post = ledger.target.state.post.clone();
+        // Kept with every record of the attempt, so that a watcher delivering it after a
+        // stop records it as resent too.
+        post.resend_started_at = Some(Timestamp::now());
         match deliver::deliver(&job, post, &mut ledger)? {
             Outcome::Posted => logging::info(format!(
                 "{}: re-sent the {label} post; Mattermost answered ok",
                 request.build_name
             )),
-            Outcome::Failed(error) => errors.push(format!("{label}: {error}")),
-            Outcome::Cancelled | Outcome::Interrupted | Outcome::DryRun => {}
+            Outcome::Failed(error) => tally.failed.push(format!("{label}: {error}")),
+            Outcome::Interrupted => tally.owed.push(label),
+            // Cancelled since: nothing is owed any more, as for a watcher.
+            Outcome::Cancelled | Outcome::DryRun => {}
         }
     }
-    Ok(errors)
+    Ok(tally)
 }
 
 /// `watcher.lock`, as a watcher holds it: a resend never runs beside a watcher of the
@@ -147,7 +192,7 @@ fn hold_watcher_lock(sd: &StateDir, build: &BuildName) -> Result<Lock> {
     Lock::try_exclusive_within(&sd.watcher_lock(), Duration::from_secs(1)).map_err(|e| match e {
         Error::LockHeld { path } => Error::AlreadyRunning {
             what: format!(
-                "a watcher of {build} is running: it delivers what the run owes; resend once it has ended (atvm-run-status --build-name {build})"
+                "a watcher of {build} or another resend is running: it delivers what it has taken up; resend once it has ended (atvm-run-status --build-name {build})"
             ),
             unit: path.display().to_string(),
         },
@@ -164,9 +209,8 @@ fn targets(sd: &StateDir, request: &Request, group: Option<&str>) -> Result<Vec<
         .filter(|s| s.run_id == request.run_id)
         .ok_or_else(|| Error::file("no state of this run yet: nothing to resend", sd.state()))?;
     let mut subs = Vec::new();
-    let mut keys = subrun_keys(sd)?;
-    keys.sort();
-    for key in keys {
+    // Listed as the watcher names them (`01-smoke.launch` too), in its order.
+    for key in sd.subrun_keys()? {
         let dir = sd.subrun_dir(&key);
         if let Some(state) = fsutil::read_json::<State>(&dir.join("state.json"))?
             .filter(|s| s.run_id == request.run_id)
@@ -202,21 +246,6 @@ fn targets(sd: &StateDir, request: &Request, group: Option<&str>) -> Result<Vec<
         ));
     }
     Ok(chosen)
-}
-
-/// The sub-run directories there are (plain names only).
-fn subrun_keys(sd: &StateDir) -> Result<Vec<String>> {
-    let dir = sd.path().join("subruns");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("cannot list", &dir, e)),
-    };
-    Ok(entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|k| BuildName::parse(k).is_ok())
-        .collect())
 }
 
 /// Was the run cancelled (its marker, or a CANCELLED state)? Then nothing is sent.
@@ -281,10 +310,8 @@ struct ResendLedger<'a> {
 
 impl Ledger for ResendLedger<'_> {
     fn record(&mut self, post: &Post) -> Result<()> {
-        let mut post = post.clone();
-        if post.status == PostStatus::Posted {
-            post.resent_at.get_or_insert_with(Timestamp::now);
-        }
+        // `resent_at` comes with the delivery (the job's post carries `resend_started_at`).
+        let post = post.clone();
         self.target.state.post = post.clone();
         let key = self.target.key.clone();
         if key.is_some() {

@@ -243,6 +243,15 @@ impl<'a> Watcher<'a> {
                 json!(format!("{} of {}: {}", cur.index, cur.total, cur.spec)),
             );
         }
+        // The log's flaky tests so far (and a categorized run's groups' as their posts
+        // counted them, reports included).
+        if !summary.runs.is_empty() {
+            let log: u64 = summary.runs.iter().map(|b| u64::from(b.flaky_total)).sum();
+            let groups: u64 = (self.record.subruns.iter())
+                .filter_map(|s| s.details.get("flaky").and_then(|v| v.as_u64()))
+                .sum();
+            crate::record::note_flaky(&mut self.record.state, log.max(groups));
+        }
     }
 
     fn save(&mut self) -> Result<()> {

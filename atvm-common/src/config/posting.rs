@@ -35,14 +35,37 @@ impl Notify {
     }
 }
 
+/// The longest mention, as kept (`@a @b`), that every post format carries whole: the
+/// text format's budget for it. A longer one is refused at load rather than cut, since a
+/// post naming only some of the owners would mislead.
+pub const MENTION_MAX: usize = 120;
+
 /// `MATTERMOST_ATVM_MENTION`: `@name` tokens, each `[A-Za-z0-9._-]`, separated by blanks
-/// or commas; kept as `@a @b`.
+/// or commas; kept as `@a @b`, at most [`MENTION_MAX`] characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mention(String);
 
+/// Why a mention is refused (its value is never quoted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadMention {
+    /// Not one or more `@name` tokens.
+    Syntax,
+    /// Longer than [`MENTION_MAX`]: this many characters.
+    TooLong(usize),
+}
+
 impl Mention {
+    /// The tokens of `value`, or why they are not a mention a post can carry.
+    pub fn parse(value: &str) -> std::result::Result<Mention, BadMention> {
+        let mention = Mention::tokens(value).ok_or(BadMention::Syntax)?;
+        match mention.0.len() {
+            n if n > MENTION_MAX => Err(BadMention::TooLong(n)),
+            _ => Ok(mention),
+        }
+    }
+
     /// The tokens of `value`, or `None` when it is not one or more `@name`.
-    pub fn parse(value: &str) -> Option<Mention> {
+    fn tokens(value: &str) -> Option<Mention> {
         let tokens: Vec<&str> = value
             .split(|c: char| c.is_whitespace() || c == ',')
             .filter(|t| !t.is_empty())
@@ -99,10 +122,13 @@ impl Posting {
         };
         let mention = match mention.filter(|m| !m.trim().is_empty()) {
             None => None,
-            Some(m) => Some(Mention::parse(&m).ok_or_else(|| {
-                refuse(format!(
+            Some(m) => Some(Mention::parse(&m).map_err(|bad| match bad {
+                BadMention::Syntax => refuse(format!(
                     "{MENTION_VAR} must be one or more @name tokens (letters, digits, . _ -), e.g. @qa-oncall; its value is not shown"
-                ))
+                )),
+                BadMention::TooLong(n) => refuse(format!(
+                    "{MENTION_VAR} is {n} characters long, over the {MENTION_MAX} a post carries whole in every format: name fewer owners, or one group such as @qa-oncall; its value is not shown"
+                )),
             })?),
         };
         Ok(Posting { notify, mention })
@@ -117,16 +143,23 @@ mod tests {
     fn mentions_are_at_names_only() {
         assert_eq!(
             Mention::parse("@qa-oncall").map(|m| m.0),
-            Some("@qa-oncall".into())
+            Ok("@qa-oncall".into())
         );
         assert_eq!(
             Mention::parse(" @a.b, @c_d ").map(|m| m.0),
-            Some("@a.b @c_d".into())
+            Ok("@a.b @c_d".into())
         );
         assert_eq!(
             Mention::parse("@channel").map(|m| m.0),
-            Some("@channel".into())
+            Ok("@channel".into())
         );
+        // Three 45-character names: valid tokens, too long for a post to carry whole.
+        let three = [0, 1, 2]
+            .map(|i| format!("@{i}{}", "n".repeat(43)))
+            .join(" ");
+        assert_eq!(Mention::parse(&three), Err(BadMention::TooLong(137)));
+        let fits = format!("@{} @{}", "n".repeat(59), "m".repeat(58));
+        assert_eq!(Mention::parse(&fits).map(|m| m.0.len()), Ok(MENTION_MAX));
         for bad in [
             "qa",
             "@",
@@ -136,7 +169,7 @@ mod tests {
             "[x](http://e)",
             "@a\n@b`",
         ] {
-            assert_eq!(Mention::parse(bad), None, "{bad:?}");
+            assert_eq!(Mention::parse(bad), Err(BadMention::Syntax), "{bad:?}");
         }
     }
 

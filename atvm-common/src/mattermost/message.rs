@@ -111,6 +111,12 @@ const TEXT: Budgets = Budgets {
     names: 300,
     mention: 120,
 };
+// A mention is never cut (a partial owner list would mislead): what the configuration
+// takes, every format carries whole.
+const _: () = assert!(
+    TEXT.mention >= crate::config::MENTION_MAX && ATTACHMENT.mention >= crate::config::MENTION_MAX
+);
+
 const URL_MAX: usize = 600;
 /// Mattermost channel names are at most 64 characters.
 const CHANNEL_MAX: usize = 64;
@@ -1050,6 +1056,7 @@ mod tests {
                 streak: 1,
             }],
             fixed_total: 1,
+            not_compared: 0,
             first: false,
             duration_change: Some("+12% vs 2026-12-04".into()),
             last_runs: Some("✔✖✖ ▂▇▃".into()),
@@ -1125,6 +1132,39 @@ mod tests {
         assert!(
             t.contains("`qa-controller-1:/tmp/e2e-redhat9.6-ubuntu24.04-w2k25-fc.log` · run"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn after_a_cut_history_a_post_says_again_maybe_and_what_it_could_not_compare() {
+        let mut i = with_history();
+        let trend = i.trend.as_mut().expect("trend");
+        trend.marks = vec![Mark::Unknown, Mark::Again(2)];
+        trend.fixed_total = 100;
+        trend.not_compared = 20;
+        for format in [Format::Attachment, Format::Text] {
+            let p = Payload::build(&message(&i), None, format);
+            let text = match format {
+                Format::Attachment => p.attachments[0].text.clone(),
+                Format::Text => p.text.clone(),
+            };
+            assert!(
+                text.contains("- **again?** `cypress/e2e/login.cy.js › Login rejects"),
+                "{format:?}: {text}"
+            );
+            assert!(
+                text.contains("**Fixed since the last run:** `cypress/e2e/search.cy.js › Search finds a product`, and 99 more; 20 more failed tests of the last run were not kept (the history keeps 100), so not compared"),
+                "{format:?}: {text}"
+            );
+        }
+        // None of the kept failures passes: still said, with what is not known.
+        i.trend.as_mut().expect("trend").fixed = Vec::new();
+        i.trend.as_mut().expect("trend").fixed_total = 0;
+        let p = Payload::build(&message(&i), None, Format::Attachment);
+        assert!(
+            p.attachments[0].text.ends_with("**Fixed since the last run:** none of the 100 kept; 20 more failed tests of the last run were not kept (the history keeps 100), so not compared"),
+            "{}",
+            p.attachments[0].text
         );
     }
 
@@ -1453,6 +1493,7 @@ mod tests {
                 })
                 .collect(),
             fixed_total: 60,
+            not_compared: 0,
             first: false,
             duration_change: Some(huge.clone()),
             last_runs: Some(huge.clone()),

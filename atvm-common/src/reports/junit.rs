@@ -169,6 +169,7 @@ fn finish(case: Case, report: &mut Report) {
         (None, true) => c.pending += 1,
         (None, false) => {
             c.passed += 1;
+            report.push_passed(&case.spec, case.title.clone());
             if case.flaky {
                 report.push_flaky(FlakyTest {
                     spec: case.spec,

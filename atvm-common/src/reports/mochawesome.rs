@@ -96,7 +96,7 @@ pub fn parse(bytes: &[u8]) -> Result<Report, String> {
     for suite in &raw.results {
         let spec = spec_name(suite);
         report.add_spec(&spec);
-        collect_failures(suite, &spec, &mut report);
+        collect_tests(suite, &spec, &mut report);
     }
     Ok(report)
 }
@@ -110,29 +110,33 @@ fn spec_name(suite: &RawSuite) -> String {
     file.trim_start_matches('/').to_string()
 }
 
-fn collect_failures(suite: &RawSuite, spec: &str, report: &mut Report) {
-    for test in suite
-        .tests
-        .iter()
-        .filter(|t| t.state.as_deref() == Some("failed"))
-    {
-        let message = test
-            .err
-            .as_ref()
-            .and_then(|e| e.message.as_deref())
-            .unwrap_or("");
+/// The failed tests (with their first error line) and the passed ones of `suite` and the
+/// suites inside it.
+fn collect_tests(suite: &RawSuite, spec: &str, report: &mut Report) {
+    for test in &suite.tests {
         let title = match test.full_title.is_empty() {
             true => &test.title,
             false => &test.full_title,
         };
-        report.push_failure(FailedTest {
-            spec: spec.to_string(),
-            full_title: plain(title),
-            error: first_line(message),
-        });
+        match test.state.as_deref() {
+            Some("failed") => {
+                let message = test
+                    .err
+                    .as_ref()
+                    .and_then(|e| e.message.as_deref())
+                    .unwrap_or("");
+                report.push_failure(FailedTest {
+                    spec: spec.to_string(),
+                    full_title: plain(title),
+                    error: first_line(message),
+                });
+            }
+            Some("passed") => report.push_passed(spec, plain(title)),
+            _ => {}
+        }
     }
     for child in &suite.suites {
-        collect_failures(child, spec, report);
+        collect_tests(child, spec, report);
     }
 }
 

@@ -20,6 +20,9 @@ use crate::time::Timestamp;
 pub const MAX_FAILURES_PER_REPORT: usize = 50;
 /// Flaky tests kept per report file (a message names 5).
 pub const MAX_FLAKY_PER_REPORT: usize = 20;
+/// Passed tests kept per report file: what "fixed since the last run" can name. One not
+/// kept is never called fixed (the safe side); a spec with more tests than this is rare.
+pub const MAX_PASSED_PER_REPORT: usize = 2_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailedTest {
@@ -28,6 +31,15 @@ pub struct FailedTest {
     pub full_title: String,
     /// First line of the error message.
     pub error: String,
+}
+
+/// A test whose last attempt passed (flaky or not): a test failed last time counts as
+/// fixed only when a report of this run says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassedTest {
+    /// The spec as the reporter names it.
+    pub spec: String,
+    pub full_title: String,
 }
 
 /// A test that failed at least one attempt and then passed.
@@ -53,6 +65,8 @@ pub struct Report {
     pub flaky: Vec<FlakyTest>,
     /// Flaky tests beyond [`MAX_FLAKY_PER_REPORT`], counted but not kept.
     pub more_flaky: usize,
+    /// Tests whose last attempt passed, at most [`MAX_PASSED_PER_REPORT`].
+    pub passed: Vec<PassedTest>,
 }
 
 impl Report {
@@ -60,6 +74,15 @@ impl Report {
         match self.failures.len() < MAX_FAILURES_PER_REPORT {
             true => self.failures.push(failure),
             false => self.more_failures += 1,
+        }
+    }
+
+    fn push_passed(&mut self, spec: &str, full_title: String) {
+        if self.passed.len() < MAX_PASSED_PER_REPORT {
+            self.passed.push(PassedTest {
+                spec: spec.to_string(),
+                full_title,
+            });
         }
     }
 
@@ -79,7 +102,7 @@ impl Report {
 }
 
 /// The two report formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Mochawesome,
     Junit,

@@ -1,14 +1,15 @@
 //! The watcher's side of a build's history (atvm_common::history): the earlier runs a post
-//! compares with, how long the run took on the boot clock, each finished result kept in
-//! the run's `summary.json` for the runs after it, and the results
-//! `MATTERMOST_ATVM_NOTIFY=failed` keeps quiet (suppressed, with that reason, but still
-//! part of the history).
+//! compares with, which of their failed tests this result's reports show passing, how
+//! long the run took on the boot clock, each finished result kept in the run's
+//! `summary.json` for the runs after it, and the results `MATTERMOST_ATVM_NOTIFY=failed`
+//! keeps quiet (suppressed, with that reason, but still part of the history).
 
 use super::Watcher;
 use crate::record::Target;
-use atvm_common::history::{self, Outcome, RunSummary, SUMMARY_FILE};
+use atvm_common::history::{self, Failure, Outcome, RunSummary, SUMMARY_FILE};
+use atvm_common::reporter::{ReporterDir, SpecSet};
 use atvm_common::state::PostStatus;
-use atvm_common::{fsutil, logging};
+use atvm_common::{Timestamp, fsutil, logging};
 use std::time::Duration;
 
 /// Summaries read to find the last finished runs (some runs were cancelled or hung).
@@ -19,6 +20,85 @@ impl Watcher<'_> {
     pub(super) fn earlier(&self) -> Vec<RunSummary> {
         let base = self.ctx.paths.archive_root().join(self.ctx.build.as_str());
         history::read(&base, EARLIER_READ)
+    }
+
+    /// The earlier runs' summaries, and of the failed tests of the previous finished one
+    /// (the same group's, for a sub-run), those this result's reports show passing.
+    pub(super) fn compared_with(&self, target: Target) -> (Vec<RunSummary>, Vec<Failure>) {
+        let earlier = self.earlier();
+        let name = match target {
+            Target::Run => None,
+            Target::Sub(_) => crate::message::history_name(self.record.state_of(target)),
+        };
+        let finished = history::finished(&earlier, name);
+        let sub = match target {
+            Target::Run => None,
+            Target::Sub(i) => Some(i),
+        };
+        let passed = finished
+            .first()
+            .map(|e| self.passed_since(sub, &e.outcome.failed))
+            .unwrap_or_default();
+        (earlier, passed)
+    }
+
+    /// Of `before` (failed tests of the previous finished result), those this result's
+    /// reports show passing and none failing. The reports are looked at afresh, by the
+    /// observer's rules for what is this result's (written after its runner started, not
+    /// there before it, within the sub-run's window, for a spec it names): the observer's
+    /// own summary reads only the reports of failing specs once the log's table is there,
+    /// and a test that passed is most often in a spec that passed.
+    fn passed_since(&self, sub: Option<usize>, before: &[Failure]) -> Vec<Failure> {
+        let runs = &self.cp.parser.summary().runs;
+        let blocks = match sub {
+            None => &runs[..],
+            Some(i) => runs.get(i..=i).unwrap_or_default(),
+        };
+        let named = SpecSet::new(blocks.iter().flat_map(|b| b.spec_names()));
+        let wanted: Vec<&Failure> = before
+            .iter()
+            .filter(|f| f.test.is_some() && named.matches(&f.spec))
+            .collect();
+        let (Some(since), false) = (self.observer.runner_started_at, wanted.is_empty()) else {
+            return Vec::new();
+        };
+        let (from, to) = match sub {
+            None => (None, None),
+            Some(i) => match self.observer.group_window(&self.cp, i) {
+                Some((from, to)) => (Some(from), to),
+                // The timeline lacks the group: its reports cannot be told apart.
+                None => return Vec::new(),
+            },
+        };
+        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
+        let stale = self
+            .ctx
+            .sd
+            .read_status()
+            .ok()
+            .flatten()
+            .filter(|s| s.run_id == self.ctx.request.run_id)
+            .map(|s| s.stale_reports)
+            .unwrap_or_default();
+        let mut dir =
+            ReporterDir::new(&self.ctx.paths.reporter_dir, since.to_system()).without(&stale);
+        // Its warnings were the observer's to say.
+        dir.scan(true);
+        let specs = SpecSet::new(wanted.iter().map(|f| f.spec.as_str()));
+        let window = |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t);
+        let asked = |spec: &str, title: &str| {
+            wanted
+                .iter()
+                .any(|f| f.test.as_deref() == Some(title) && history::same_spec(&f.spec, spec))
+        };
+        dir.passing(window, &specs, asked)
+            .into_iter()
+            .map(|p| Failure {
+                spec: p.spec,
+                test: Some(p.full_title),
+                streak: 0,
+            })
+            .collect()
     }
 
     /// How long the run took: on the boot clock, from this run's `runner/status.json`

@@ -154,7 +154,7 @@ impl Watcher<'_> {
             ),
         };
         let host = mattermost::host_name();
-        let earlier = self.earlier();
+        let (earlier, passed) = self.compared_with(target);
         let log = self.cp.log_path.as_ref().map(|p| p.to_string_lossy());
         let composed = message::compose(Input {
             build: &self.ctx.build,
@@ -162,6 +162,7 @@ impl Watcher<'_> {
             record: self.record.state_of(target),
             blocks,
             reported,
+            passed,
             duration: self.duration(sub),
             started,
             ended,
@@ -174,6 +175,7 @@ impl Watcher<'_> {
             mention: self.ctx.sink.posting().mention.as_ref().map(|m| m.as_str()),
         });
         self.remember(target, composed.outcome);
+        crate::record::note_flaky(self.record.state_of_mut(target), composed.flaky);
         composed.payload
     }
 }

@@ -856,6 +856,103 @@ fn a_group_post_that_failed_for_good_is_resent_alone_with_group() {
     assert_eq!(p.hook.count(), 4);
 }
 
+#[test]
+fn groups_whose_keys_are_not_build_names_are_resent_too() {
+    // Groups `smoke.launch` and `a..b` get the keys `01-smoke.launch` and `02-a..b`:
+    // neither is a valid build name, both are keys the watcher makes and posts under.
+    let p = Posting::new(vec![Reply::status(400, "invalid payload"); 3]);
+    p.write_request(B, json!({"categorize": true}));
+    let log = fs::read_to_string(testkit::fixture("cypress/categorized-3-groups.log"))
+        .unwrap()
+        .replace("Group: linux,", "Group: smoke.launch,")
+        .replace("Group: windows,", "Group: a..b,");
+    let file = p.root().join("groups.log");
+    fs::write(&file, log).unwrap();
+    start_runner(&p, &format!("cat '{}'; exit 1", file.display()));
+    let w = p.spawn(
+        "atvm-run-watcher",
+        &["--build-name", B, "--grace-seconds", "0.5"],
+    );
+    finish(w, LONG).code_is(1);
+    let s = p.state(B);
+    assert_eq!(
+        super::subrun_rows(&s),
+        [
+            ("01-smoke.launch", "COMPLETED", "failed"),
+            ("02-a..b", "FAILED", "failed"),
+            ("03-ubuntu-24.04", "COMPLETED", "failed"),
+        ],
+        "{s:#}"
+    );
+    p.hook.recover();
+    // The status tool reads their files and names the resend.
+    p.run("atvm-run-status", &["--build-name", B])
+        .succeeds()
+        .said("resend")
+        .never_said("not a plain file name");
+    resend(&p, &["--group", "01-smoke.launch"])
+        .succeeds()
+        .said("re-sent the sub-run 01-smoke.launch COMPLETED post");
+    resend(&p, &[])
+        .succeeds()
+        .said("re-sent the sub-run 02-a..b FAILED post")
+        .said("re-sent the sub-run 03-ubuntu-24.04 COMPLETED post");
+    assert_eq!(p.hook.count(), 6, "each group's post once more");
+    let s = p.state(B);
+    assert!(
+        super::subrun_rows(&s).iter().all(|r| r.2 == "posted"),
+        "{s:#}"
+    );
+    resend(&p, &[]).succeeds().said("nothing to resend");
+}
+
+#[test]
+fn a_resend_stopped_while_mattermost_is_still_down_exits_1_naming_the_owed_post() {
+    // Refused for good once; then the server answers 503 while the operator resends.
+    let mut script = vec![Reply::status(400, "invalid payload")];
+    script.extend(vec![Reply::status(503, "maintenance"); 200]);
+    let p = completed(script);
+    finish(p.spawn("atvm-run-watcher", &["--build-name", B]), LONG).code_is(1);
+    // The resend keeps retrying until the operator stops it (Ctrl-C, a unit's stop).
+    let r = p.spawn("atvm-run-watcher", &["--build-name", B, "--resend"]);
+    p.wait_until("the resend's first attempt", LONG, || p.hook.count() == 2);
+    // A second resend meanwhile is told what holds the lock.
+    resend(&p, &[])
+        .code_is(4)
+        .error_line("atvm-run-watcher", "a watcher of")
+        .said("or another resend");
+    kill(&r, "TERM");
+    let out = finish(r, LONG);
+    out.code_is(1).never_said("the next start delivers it");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("atvm-run-watcher: resend of {B} not delivered"))
+            && last.contains("COMPLETED post still owed")
+            && last.contains(&format!("atvm-run-watcher --build-name {B} --once")),
+        "{stderr}"
+    );
+    assert_ended(&p, "COMPLETED", "pending");
+    // A start would archive it unsent: refused while it is owed.
+    p.run(
+        "start-atvm-run",
+        &["--build-name", B, "--runner-command", "true"],
+    )
+    .code_is(4);
+    // The watcher run the line names delivers it, and records it as resent.
+    p.hook.recover();
+    finish(
+        p.spawn("atvm-run-watcher", &["--build-name", B, "--once"]),
+        LONG,
+    )
+    .code_is(0);
+    let s = p.state(B);
+    assert_eq!(s["post"]["status"], "posted", "{s:#}");
+    assert!(s["post"]["resent_at"].is_string(), "{s:#}");
+    assert_eq!(p.hook.posts().len(), 1, "delivered once");
+    p.assert_no_secret(&out);
+}
+
 /// The fake answers as Mattermost does: an unknown hook is 400 with the server's JSON
 /// error, a missing channel 404; both are permanent, and only the error's id, message
 /// and status are kept. A rate limit (429, plain text) is waited out.

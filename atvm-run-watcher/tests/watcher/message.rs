@@ -145,6 +145,8 @@ fn the_post_is_an_attachment_within_budget_with_a_huge_inventory_and_60_failures
         [
             ("Tests", true),
             ("Duration", true),
+            // The first run's own mark: the field shows the earlier runs and this one.
+            ("Last runs", true),
             ("Template", true),
             ("Scope", true),
             ("VMs", false)

@@ -29,6 +29,66 @@ fn text_of(post: &Value) -> String {
         .to_string()
 }
 
+/// A runner command that copies `reports` into the reporter directory, then prints the log
+/// fixture and exits with `code`.
+fn with_reports(env: &Env, reports: &[std::path::PathBuf], fixture: &str, code: i32) -> String {
+    fs::create_dir_all(&env.reporter_dir).unwrap();
+    let mut cmd = String::new();
+    for r in reports {
+        cmd.push_str(&format!(
+            "cp '{}' '{}/'; ",
+            r.display(),
+            env.reporter_dir.display()
+        ));
+    }
+    cmd + &env.cypress_command(fixture, code)
+}
+
+/// The real mochawesome report of `login.cy.js` (`env.report_for`, named after `spec`)
+/// with its failing test "Login rejects a bad password" set to `state`, as mochawesome
+/// writes such a test (`pending` for `it.skip`, like the fixture's skipped one), or left
+/// out (`None`: the test was removed). Written to `<root>/<dir>/`.
+fn login_report(env: &Env, spec: &str, dir: &str, state: Option<&str>) -> std::path::PathBuf {
+    let mut doc: Value = testkit::read_json(&env.report_for(spec));
+    let tests = doc["results"][0]["suites"][0]["tests"]
+        .as_array_mut()
+        .unwrap();
+    let i = tests
+        .iter()
+        .position(|t| t["fullTitle"] == "Login rejects a bad password")
+        .unwrap();
+    let counted = match state {
+        None => {
+            tests.remove(i);
+            None
+        }
+        Some(state) => {
+            let t = &mut tests[i];
+            t["state"] = state.into();
+            t["pass"] = (state == "passed").into();
+            t["fail"] = false.into();
+            t["pending"] = (state == "pending").into();
+            t["err"] = serde_json::json!({});
+            Some(if state == "passed" {
+                "passes"
+            } else {
+                "pending"
+            })
+        }
+    };
+    let stats = &mut doc["stats"];
+    stats["failures"] = 0.into();
+    match counted {
+        None => stats["tests"] = 3.into(),
+        Some(key) => stats[key] = (stats[key].as_u64().unwrap() + 1).into(),
+    }
+    let out = env.root().join(dir);
+    fs::create_dir_all(&out).unwrap();
+    let path = out.join(spec.replace(".cy.js", ".json"));
+    fs::write(&path, doc.to_string()).unwrap();
+    path
+}
+
 #[test]
 fn each_run_says_what_is_new_what_fails_again_and_what_was_fixed() {
     let (env, hook) = setup();
@@ -44,9 +104,9 @@ fn each_run_says_what_is_new_what_fails_again_and_what_was_fixed() {
         "{first:#}"
     );
     assert_eq!(
-        field(&first, "Last runs"),
-        None,
-        "nothing to show a trend of"
+        field(&first, "Last runs").as_deref(),
+        Some("✖ █"),
+        "this run alone: the field shows the earlier runs and this one"
     );
     let second = next_run(
         &env,
@@ -203,22 +263,33 @@ fn the_owner_is_named_on_a_failure_only_and_a_bad_mention_is_refused_unquoted() 
     );
     let top = failed["text"].as_str().unwrap_or_default();
     assert!(top.starts_with("@qa-oncall FAILED · build "), "{top}");
-    let bad = "@qa oncall<!channel>";
-    env.set("MATTERMOST_ATVM_MENTION", bad);
+    // Not `@name` tokens; and valid tokens too long for the text format to carry whole
+    // (three 45-character names), which a post would otherwise drop or cut.
+    env.set("MATTERMOST_ATVM_FORMAT", "text");
+    let long = [1, 2, 3]
+        .map(|i| format!("@oncall-{i}-{}", "x".repeat(35)))
+        .join(" ");
     let cmd = env.cypress_command("passing.log", 0);
-    for (tool, args) in [
-        (
-            "start-atvm-run",
-            vec!["--build-name", B, "--runner-command", cmd.as_str()],
-        ),
-        ("start-atvm-run-watcher", vec!["--build-name", B]),
-        ("atvm-run-watcher", vec!["--build-name", B, "--once"]),
-        ("atvm-run-watcher", vec!["--test-post"]),
+    for (bad, why, secret) in [
+        ("@qa oncall<!channel>", "@name tokens", "oncall<"),
+        (long.as_str(), "over the 120", "oncall-1-"),
     ] {
-        env.run(tool, &args)
-            .code_is(78)
-            .error_line(tool, "MATTERMOST_ATVM_MENTION")
-            .never_said("oncall<");
+        env.set("MATTERMOST_ATVM_MENTION", bad);
+        for (tool, args) in [
+            (
+                "start-atvm-run",
+                vec!["--build-name", B, "--runner-command", cmd.as_str()],
+            ),
+            ("start-atvm-run-watcher", vec!["--build-name", B]),
+            ("atvm-run-watcher", vec!["--build-name", B, "--once"]),
+            ("atvm-run-watcher", vec!["--test-post"]),
+        ] {
+            env.run(tool, &args)
+                .code_is(78)
+                .error_line(tool, "MATTERMOST_ATVM_MENTION")
+                .said(why)
+                .never_said(secret);
+        }
     }
     assert_eq!(hook.requests().len(), 2, "nothing more was posted");
 }
@@ -277,6 +348,17 @@ fn a_test_that_passed_on_a_retry_is_flaky_and_the_run_stays_green() {
         field(&post, "Flaky").as_deref(),
         Some("1: `cypress/e2e/checkout.cy.js › sends the receipt`")
     );
+    // atvm-run-status shows the count the post gave: TESTS passed/failed/flaky, and JSON.
+    let table = env.run("atvm-run-status", &[]);
+    table.succeeds();
+    let row = table.text().lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains(" 4/0/1 "), "{row}");
+    let json: Value =
+        serde_json::from_str(&env.run("atvm-run-status", &["--json"]).text()).unwrap();
+    assert_eq!(json["runs"][0]["flaky"], 1, "{json:#}");
+    env.run("atvm-run-status", &["--build-name", B])
+        .succeeds()
+        .said("· flaky 1");
     // A test that failed every attempt is a failure, not flaky.
     let post = next_run(&env, &hook, &env.cypress_command("retries.log", 1), &[]);
     assert_eq!(env.state(B)["state"], "FAILED");
@@ -382,4 +464,149 @@ fn the_text_format_stays_one_post_on_a_4000_character_server() {
     assert!(text.chars().count() <= 4_000, "{}", text.chars().count());
     assert_eq!(hook.posts().len(), 1, "Mattermost did not split it");
     assert!(text.contains("area07.cy.js"), "{text}");
+}
+
+#[test]
+fn a_test_that_is_pending_or_gone_now_is_not_called_fixed() {
+    let (env, hook) = setup();
+    // Run 1 fails area07's "Login rejects a bad password" (its report) and area13 (the
+    // log only: a spec-level failure).
+    let failing = [env.report_for("area07.cy.js")];
+    let cmd = with_reports(&env, &failing, "failing-2-of-20.log", 2);
+    next_run(&env, &hook, &cmd, &[]);
+    // Run 2 passes: area07's test is skipped now (`it.skip`), and its report says so.
+    for (state, dir) in [(Some("pending"), "skipped"), (None, "removed")] {
+        let report = [login_report(&env, "area07.cy.js", dir, state)];
+        let post = next_run(
+            &env,
+            &hook,
+            &with_reports(&env, &report, "passing-20.log", 0),
+            &[],
+        );
+        let text = text_of(&post);
+        assert!(
+            text.ends_with("**Fixed since the last run:** `cypress/e2e/area13.cy.js`"),
+            "{dir}: the spec-level failure's row passed; the test did not: {text}"
+        );
+        // The same failures again, for the next case to compare with.
+        next_run(&env, &hook, &cmd, &[]);
+    }
+    // When its report shows it passing, it is fixed.
+    let report = [login_report(
+        &env,
+        "area07.cy.js",
+        "passing",
+        Some("passed"),
+    )];
+    let post = next_run(
+        &env,
+        &hook,
+        &with_reports(&env, &report, "passing-20.log", 0),
+        &[],
+    );
+    let text = text_of(&post);
+    assert!(
+        text.contains("`cypress/e2e/area07.cy.js › Login rejects a bad password`")
+            && text.contains("`cypress/e2e/area13.cy.js`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_spec_s_two_reports_from_multi_reporters_name_each_failure_once() {
+    let (env, hook) = setup();
+    // cypress-multi-reporters writes the same spec run as mochawesome JSON and JUnit XML.
+    let json = env.report_for("area07.cy.js");
+    let xml = env.root().join("area07.xml");
+    let junit = fs::read_to_string(fixture("junit/login.xml")).unwrap();
+    fs::write(&xml, junit.replace("login.cy.js", "area07.cy.js")).unwrap();
+    let cmd = with_reports(&env, &[json, xml], "failing-2-of-20.log", 2);
+    let post = next_run(&env, &hook, &cmd, &[]);
+    let text = text_of(&post);
+    assert_eq!(
+        text.matches("Login rejects a bad password").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.contains("Login rejects a bad password — AssertionError: expected the error banner"),
+        "the richer record: {text}"
+    );
+    let summary = testkit::read_json(&env.state_dir(B).join("summary.json"));
+    let failed = summary["run"]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "area07's test and area13: {summary:#}");
+    assert_eq!(summary["run"]["failed_total"], 2, "{summary:#}");
+}
+
+/// Thirty mochawesome reports `s01.json` … `s30.json` (from the real fixture's shape), four
+/// tests each (`test 1` … `test 4`), failing in the specs `failing` names.
+fn thirty_reports(env: &Env, dir: &str, failing: impl Fn(u32) -> bool) -> Vec<std::path::PathBuf> {
+    let template: Value = testkit::read_json(&fixture("mochawesome/login.json"));
+    let out = env.root().join(dir);
+    fs::create_dir_all(&out).unwrap();
+    (1..=30)
+        .map(|n| {
+            let spec = format!("s{n:02}");
+            let mut doc = template.clone();
+            let (state, fails) = if failing(n) { ("failed", 4) } else { ("passed", 0) };
+            doc["stats"] = serde_json::json!({"tests": 4, "passes": 4 - fails, "failures": fails, "pending": 0, "skipped": 0});
+            let result = &mut doc["results"][0];
+            result["file"] = format!("/cypress/e2e/{spec}.cy.js").into();
+            let suite = &mut result["suites"][0];
+            suite["title"] = spec.to_uppercase().into();
+            suite["suites"] = serde_json::json!([]);
+            let model = suite["tests"][1].clone();
+            suite["tests"] = (1..=4)
+                .map(|k| {
+                    let mut t = model.clone();
+                    t["title"] = format!("test {k}").into();
+                    t["fullTitle"] = format!("{} test {k}", spec.to_uppercase()).into();
+                    t["state"] = state.into();
+                    if state == "passed" {
+                        t["err"] = serde_json::json!({});
+                    }
+                    t
+                })
+                .collect();
+            let path = out.join(format!("{spec}.json"));
+            fs::write(&path, doc.to_string()).unwrap();
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn after_more_failures_than_a_summary_keeps_nothing_is_called_new_that_may_not_be() {
+    let (env, hook) = setup();
+    // Run 1 fails 120 tests in 30 specs; its summary keeps the first 100 (s01…s25).
+    let all = thirty_reports(&env, "run1", |_| true);
+    next_run(
+        &env,
+        &hook,
+        &with_reports(&env, &all, "failing-120-tests.log", 1),
+        &[],
+    );
+    let summary = testkit::read_json(&env.state_dir(B).join("summary.json"));
+    assert_eq!(summary["run"]["failed"].as_array().map(Vec::len), Some(100));
+    assert_eq!(summary["run"]["failed_total"], 120);
+    // Run 2 fails only s30's four, which failed last time among those not kept.
+    let one = thirty_reports(&env, "run2", |n| n == 30);
+    let post = next_run(
+        &env,
+        &hook,
+        &with_reports(&env, &one, "failing-s30-of-30.log", 1),
+        &[],
+    );
+    let text = text_of(&post);
+    assert_eq!(
+        text.matches("- **again?** `cypress/e2e/s30.cy.js › S30 test")
+            .count(),
+        4,
+        "{text}"
+    );
+    assert!(!text.contains("**new**"), "{text}");
+    assert!(
+        text.contains("and 95 more; 20 more failed tests of the last run were not kept (the history keeps 100), so not compared"),
+        "100 known fixed, 20 not known: {text}"
+    );
 }

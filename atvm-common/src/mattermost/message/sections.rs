@@ -22,6 +22,8 @@ pub struct Trend {
     /// Failed last time and pass now (a few), and how many in all.
     pub fixed: Vec<Failure>,
     pub fixed_total: usize,
+    /// Failures of the last run its summary did not keep: not compared.
+    pub not_compared: usize,
     /// There is no earlier finished run to compare with.
     pub first: bool,
     /// `+12% vs 2026-12-04`.
@@ -38,6 +40,7 @@ pub(super) struct Extra {
     marks: Vec<Mark>,
     fixed: Vec<String>,
     fixed_total: usize,
+    not_compared: usize,
     first: Option<&'static str>,
     duration_change: Option<String>,
     last_runs: Option<String>,
@@ -74,20 +77,16 @@ impl Extra {
                 .map(|f| name(&f.spec, f.test.as_deref()))
                 .collect(),
             fixed_total: trend.fixed_total.max(trend.fixed.len()),
+            not_compared: trend.not_compared,
             first,
             duration_change: trend.duration_change.map(|d| clean(&d, 40)),
             last_runs: trend.last_runs.map(|l| clean(&l, 60)),
-            // Validated at load (`@name` tokens); cut on a token, never in one.
-            mention: m.mention.filter(|_| m.state == RunState::Failed).map(|m| {
-                let mut kept = String::new();
-                for token in m.split_whitespace() {
-                    if kept.len() + token.len() < 200 {
-                        kept.push_str(if kept.is_empty() { "" } else { " " });
-                        kept.push_str(token);
-                    }
-                }
-                kept
-            }),
+            // Validated at load: `@name` tokens within MENTION_MAX, which every format's
+            // budget holds whole (a partial owner list would mislead).
+            mention: m
+                .mention
+                .filter(|_| m.state == RunState::Failed)
+                .map(str::to_string),
             log: m.log.map(|l| clean(l, LOG_MAX)).filter(|l| !l.is_empty()),
         }
     }
@@ -97,8 +96,8 @@ impl Content {
     /// `@qa-oncall ` before the top-level text of a FAILED post; nothing otherwise.
     pub(super) fn mention(&self) -> String {
         match &self.extra.mention {
-            Some(m) if m.len() <= self.b.mention => format!("{m} "),
-            _ => String::new(),
+            Some(m) => format!("{m} "),
+            None => String::new(),
         }
     }
 
@@ -137,23 +136,32 @@ impl Content {
         match self.extra.marks.get(i) {
             Some(Mark::New) => "**new** ".to_string(),
             Some(Mark::Again(n)) => format!("**again ×{n}** "),
+            Some(Mark::Unknown) => "**again?** ".to_string(),
             None => String::new(),
         }
     }
 
     /// After the failed tests: the tests fixed since the last run, or that this is the
-    /// first one.
+    /// first one. What is known only: the last run's failures its summary did not keep
+    /// are said apart, neither fixed nor not.
     pub(super) fn since_last(&self) -> Option<String> {
         let e = &self.extra;
         if let Some(first) = e.first {
             return Some(first.to_string());
         }
-        (e.fixed_total > 0).then(|| {
-            format!(
-                "**Fixed since the last run:** {}",
-                names(&e.fixed, e.fixed_total, self.b.names)
-            )
-        })
+        let kept = crate::history::MAX_FAILURES_KEPT;
+        let fixed = match e.fixed_total {
+            0 => format!("none of the {kept} kept"),
+            n => names(&e.fixed, n, self.b.names),
+        };
+        match e.not_compared {
+            0 if e.fixed_total == 0 => None,
+            0 => Some(format!("**Fixed since the last run:** {fixed}")),
+            n => Some(format!(
+                "**Fixed since the last run:** {fixed}; {} of the last run were not kept (the history keeps {kept}), so not compared",
+                crate::history::plural_failures(n),
+            )),
+        }
     }
 
     /// ` · host:/tmp/B.log`, or nothing when the log is not known.
