@@ -128,6 +128,32 @@ impl Observer {
             .or_else(|| self.group_window(cp, i).map(|(from, _)| from))
     }
 
+    /// Of the tests `asked` names (spec as the report names it, full title), those this
+    /// run's reports — of sub-run `i`, in its window — for `specs` show passing and none
+    /// failing: what a post may call fixed since the last run.
+    pub fn passing(
+        &mut self,
+        cp: &Checkpoint,
+        sub: Option<usize>,
+        specs: &SpecSet,
+        asked: impl Fn(&str, &str) -> bool,
+    ) -> Vec<reporter::PassedTest> {
+        let window = match sub {
+            None => Some((None, None)),
+            Some(i) => self.group_window(cp, i).map(|(from, to)| (Some(from), to)),
+        };
+        // A group the timeline lacks: its reports cannot be told apart.
+        let (Some((from, to)), Some(reporter)) = (window, self.reporter.as_mut()) else {
+            return Vec::new();
+        };
+        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
+        reporter.passing(
+            |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t),
+            specs,
+            asked,
+        )
+    }
+
     /// Failed tests (at most the number the history keeps), flaky tests and their totals,
     /// from the reports of the whole run, or of sub-run `i` ([`Observer::group_window`],
     /// for this sub-run's specs).

@@ -7,9 +7,9 @@
 use super::Watcher;
 use crate::record::Target;
 use atvm_common::history::{self, Failure, Outcome, RunSummary, SUMMARY_FILE};
-use atvm_common::reporter::{ReporterDir, SpecSet};
+use atvm_common::reporter::SpecSet;
 use atvm_common::state::PostStatus;
-use atvm_common::{Timestamp, fsutil, logging};
+use atvm_common::{fsutil, logging};
 use std::time::Duration;
 
 /// Summaries read to find the last finished runs (some runs were cancelled or hung).
@@ -24,7 +24,7 @@ impl Watcher<'_> {
 
     /// The earlier runs' summaries, and of the failed tests of the previous finished one
     /// (the same group's, for a sub-run), those this result's reports show passing.
-    pub(super) fn compared_with(&self, target: Target) -> (Vec<RunSummary>, Vec<Failure>) {
+    pub(super) fn compared_with(&mut self, target: Target) -> (Vec<RunSummary>, Vec<Failure>) {
         let earlier = self.earlier();
         let name = match target {
             Target::Run => None,
@@ -43,12 +43,10 @@ impl Watcher<'_> {
     }
 
     /// Of `before` (failed tests of the previous finished result), those this result's
-    /// reports show passing and none failing. The reports are looked at afresh, by the
-    /// observer's rules for what is this result's (written after its runner started, not
-    /// there before it, within the sub-run's window, for a spec it names): the observer's
-    /// own summary reads only the reports of failing specs once the log's table is there,
-    /// and a test that passed is most often in a spec that passed.
-    fn passed_since(&self, sub: Option<usize>, before: &[Failure]) -> Vec<Failure> {
+    /// reports show passing and none failing — by the observer's rules for what is this
+    /// result's (written after its runner started, not there before it, within the
+    /// sub-run's window, for a spec it names).
+    fn passed_since(&mut self, sub: Option<usize>, before: &[Failure]) -> Vec<Failure> {
         let runs = &self.cp.parser.summary().runs;
         let blocks = match sub {
             None => &runs[..],
@@ -59,39 +57,17 @@ impl Watcher<'_> {
             .iter()
             .filter(|f| f.test.is_some() && named.matches(&f.spec))
             .collect();
-        let (Some(since), false) = (self.observer.runner_started_at, wanted.is_empty()) else {
+        if wanted.is_empty() {
             return Vec::new();
-        };
-        let (from, to) = match sub {
-            None => (None, None),
-            Some(i) => match self.observer.group_window(&self.cp, i) {
-                Some((from, to)) => (Some(from), to),
-                // The timeline lacks the group: its reports cannot be told apart.
-                None => return Vec::new(),
-            },
-        };
-        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
-        let stale = self
-            .ctx
-            .sd
-            .read_status()
-            .ok()
-            .flatten()
-            .filter(|s| s.run_id == self.ctx.request.run_id)
-            .map(|s| s.stale_reports)
-            .unwrap_or_default();
-        let mut dir =
-            ReporterDir::new(&self.ctx.paths.reporter_dir, since.to_system()).without(&stale);
-        // Its warnings were the observer's to say.
-        dir.scan(true);
+        }
         let specs = SpecSet::new(wanted.iter().map(|f| f.spec.as_str()));
-        let window = |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t);
         let asked = |spec: &str, title: &str| {
             wanted
                 .iter()
                 .any(|f| f.test.as_deref() == Some(title) && history::same_spec(&f.spec, spec))
         };
-        dir.passing(window, &specs, asked)
+        self.observer
+            .passing(&self.cp, sub, &specs, asked)
             .into_iter()
             .map(|p| Failure {
                 spec: p.spec,

@@ -134,6 +134,7 @@ impl Watcher<'_> {
             Target::Sub(i) => Some(i),
         };
         let reported = self.observer.reported(&self.cp, sub);
+        let (earlier, passed) = self.compared_with(target);
         let runs = &self.cp.parser.summary().runs;
         let blocks = match sub {
             None => &runs[..],
@@ -154,7 +155,6 @@ impl Watcher<'_> {
             ),
         };
         let host = mattermost::host_name();
-        let (earlier, passed) = self.compared_with(target);
         let log = self.cp.log_path.as_ref().map(|p| p.to_string_lossy());
         let composed = message::compose(Input {
             build: &self.ctx.build,
