@@ -657,7 +657,7 @@ mod tests {
             assert!(
                 v.reason
                     .contains("cancelled in Cypress Cloud after failures")
-                    && v.reason.contains("1 failing test"),
+                    && v.reason.contains("1 of 1 specs failed (1 failing test)"),
                 "{}",
                 v.reason
             );
