@@ -470,15 +470,20 @@ fn session_writers_where(
 
 /// The open flags of each of `pid`'s descriptors that has `(dev, ino)` open for writing.
 fn write_flags(pid: u32, dev: u64, ino: u64) -> Vec<u32> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    fds.filter_map(|e| e.ok())
-        .filter(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
+    descriptors_of(pid, dev, ino)
         .filter_map(|fd| open_flags(pid, &fd.file_name().to_string_lossy()))
         // The low two bits are the access mode: 0 is read-only.
         .filter(|flags| flags & 0o3 != 0)
         .collect()
+}
+
+/// The entries of `/proc/<pid>/fd` that lead to the file `(dev, ino)`.
+fn descriptors_of(pid: u32, dev: u64, ino: u64) -> impl Iterator<Item = fs::DirEntry> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(move |fd| fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
 }
 
 /// Open for reading the file `(dev, ino)` that process `id` holds open, through its
@@ -486,17 +491,13 @@ fn write_flags(pid: u32, dev: u64, ino: u64) -> Vec<u32> {
 /// another file. Checked again after the open: the pid must still be that process, and
 /// the file the expected one.
 pub fn open_held(id: ProcessId, dev: u64, ino: u64) -> Option<fs::File> {
-    let fds = fs::read_dir(format!("/proc/{}/fd", id.pid)).ok()?;
-    let file = fds
-        .filter_map(|e| e.ok())
-        .filter(|fd| fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino))
-        .find_map(|fd| {
-            fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open(fd.path())
-                .ok()
-        })?;
+    let file = descriptors_of(id.pid, dev, ino).find_map(|fd| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(fd.path())
+            .ok()
+    })?;
     let meta = file.metadata().ok()?;
     (meta.is_file() && meta.dev() == dev && meta.ino() == ino && is_alive(id)).then_some(file)
 }

@@ -52,6 +52,17 @@ pub fn exited(code: i32, at: i64) -> RunnerFacts {
     }
 }
 
+/// A runner whose command was killed by SIGKILL at `at`.
+pub fn killed(at: i64) -> RunnerFacts {
+    RunnerFacts::Exited {
+        exit_code: None,
+        signal: Some(9),
+        stop_signal: None,
+        cancel_requested: false,
+        at: t(at),
+    }
+}
+
 pub fn summary(log: &str) -> LogSummary {
     let mut p = LogParser::new();
     p.feed(log.as_bytes());

@@ -604,13 +604,7 @@ mod tests {
 
     #[test]
     fn signals_and_vanishing_are_terminated() {
-        let killed = RunnerFacts::Exited {
-            exit_code: None,
-            signal: Some(9),
-            stop_signal: None,
-            cancel_requested: false,
-            at: t(9),
-        };
+        let killed = fixtures::killed(9);
         let v = run_verdict(&facts(&killed), LogView::EMPTY);
         assert_eq!(v.state, RunState::Terminated);
         assert!(v.reason.contains("SIGKILL"));
@@ -699,13 +693,7 @@ mod tests {
             at: t(9),
         };
         assert_eq!(with_gap(&cancelled).state, RunState::Cancelled);
-        let killed = RunnerFacts::Exited {
-            exit_code: None,
-            signal: Some(9),
-            stop_signal: None,
-            cancel_requested: false,
-            at: t(9),
-        };
+        let killed = fixtures::killed(9);
         assert_eq!(with_gap(&killed).state, RunState::Terminated);
         let stopped = RunnerFacts::Exited {
             exit_code: Some(0),

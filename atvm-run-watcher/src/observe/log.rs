@@ -9,7 +9,7 @@ use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::procfs::{self, ProcessId};
 use atvm_common::state::RunnerStatus;
 use atvm_common::{Moment, logging};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 impl Observer {
     /// Which file is this run's log, and which identity must it have? The file the runner
@@ -68,13 +68,7 @@ impl Observer {
         // are the log's blocks in order: a second runner of the run (within the grace
         // period) writes blocks that come after the ones already reported, with new keys.
         let restart = cp.fallback.is_some() && !ctx.request.categorize;
-        if self.follower.as_ref().is_none_or(|f| f.path() != path) {
-            self.follower = Some(LogFollower::new(&path, cp.follow).restart_on_truncation(restart));
-            cp.log_path = Some(path.clone());
-        }
-        let Some(follower) = self.follower.as_mut() else {
-            return Ok(());
-        };
+        let follower = follower_at(&mut self.follower, cp, &path, restart);
         let mut through_proc = false;
         loop {
             let progress = follower
@@ -140,13 +134,7 @@ impl Observer {
                 continue;
             }
             let path = &earlier.log_path;
-            if self.follower.as_ref().is_none_or(|f| f.path() != path) {
-                self.follower = Some(LogFollower::new(path, cp.follow));
-                cp.log_path = Some(path.clone());
-            }
-            let Some(follower) = self.follower.as_mut() else {
-                return Ok(());
-            };
+            let follower = follower_at(&mut self.follower, cp, path, false);
             let found = loop {
                 let progress = follower
                     .poll(id, &mut cp.parser, READ_SLICE)
@@ -225,6 +213,21 @@ impl Observer {
             )),
         }
     }
+}
+
+/// The follower of the log at `path` in `slot`, resumed from the checkpoint's point when it
+/// is a new one (the log's path changed, or this watcher just started).
+fn follower_at<'f>(
+    slot: &'f mut Option<LogFollower>,
+    cp: &mut Checkpoint,
+    path: &Path,
+    restart: bool,
+) -> &'f mut LogFollower {
+    if slot.as_ref().is_none_or(|f| f.path() != path) {
+        *slot = Some(LogFollower::new(path, cp.follow).restart_on_truncation(restart));
+        cp.log_path = Some(path.to_path_buf());
+    }
+    slot.get_or_insert_with(|| LogFollower::new(path, cp.follow))
 }
 
 /// Why an earlier runner's log of this run is not all read, if it is not: the runner could

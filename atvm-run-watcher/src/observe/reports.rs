@@ -9,7 +9,7 @@ use atvm_common::cypress::{RunBlock, SpecRow};
 use atvm_common::reporter::{self, ReporterDir, SpecSet};
 use atvm_common::state::{Counts, RunnerStatus};
 use atvm_common::{Timestamp, history, logging, mattermost};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 impl Observer {
     pub(super) fn scan_reporter(&mut self, ctx: &Ctx) {
@@ -138,20 +138,28 @@ impl Observer {
         specs: &SpecSet,
         asked: impl Fn(&str, &str) -> bool,
     ) -> Vec<reporter::PassedTest> {
-        let window = match sub {
-            None => Some((None, None)),
-            Some(i) => self.group_window(cp, i).map(|(from, to)| (Some(from), to)),
-        };
         // A group the timeline lacks: its reports cannot be told apart.
-        let (Some((from, to)), Some(reporter)) = (window, self.reporter.as_mut()) else {
+        let (Some(window), Some(reporter)) = (self.report_window(cp, sub), self.reporter.as_mut())
+        else {
             return Vec::new();
         };
-        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
-        reporter.passing(
-            |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t),
-            specs,
-            asked,
-        )
+        reporter.passing(|m| window.holds(m), specs, asked)
+    }
+
+    /// The times of the reports that belong to the whole run (`None`: any time since its
+    /// runner started, the reporter's own bound) or to sub-run `i` ([`Observer::group_window`];
+    /// `None` when the timeline lacks it).
+    fn report_window(&self, cp: &Checkpoint, sub: Option<usize>) -> Option<Window> {
+        let (from, to) = match sub {
+            None => (None, None),
+            Some(i) => self
+                .group_window(cp, i)
+                .map(|(from, to)| (Some(from), to))?,
+        };
+        Some(Window {
+            from: from.map(Timestamp::to_system),
+            to: to.map(Timestamp::to_system),
+        })
     }
 
     /// Failed tests (at most the number the history keeps), flaky tests and their totals,
@@ -159,21 +167,17 @@ impl Observer {
     /// for this sub-run's specs).
     pub fn reported(&mut self, cp: &Checkpoint, sub: Option<usize>) -> reporter::Summary {
         let runs = &cp.parser.summary().runs;
-        let (window, blocks) = match sub {
-            None => (Some((None, None)), &runs[..]),
-            Some(i) => (
-                self.group_window(cp, i).map(|(from, to)| (Some(from), to)),
-                runs.get(i..=i).unwrap_or_default(),
-            ),
+        let blocks = match sub {
+            None => &runs[..],
+            Some(i) => runs.get(i..=i).unwrap_or_default(),
         };
-        let Some((from, to)) = window else {
+        let Some(window) = self.report_window(cp, sub) else {
             logging::warn(format!(
                 "the runner's timeline lacks group {} of the log: its post names only what the log says",
                 sub.map_or(0, |i| i + 1)
             ));
             return reporter::Summary::default();
         };
-        let (from, to) = (from.map(Timestamp::to_system), to.map(Timestamp::to_system));
         let named = match sub {
             None => self.specs.1.clone(),
             Some(_) => SpecSet::new(blocks.iter().flat_map(|b| b.spec_names())),
@@ -187,7 +191,7 @@ impl Observer {
         for warning in reporter.scan(true).warnings {
             logging::warn(warning);
         }
-        let window = |m| from.is_none_or(|f| m > f) && to.is_none_or(|t| m <= t);
+        let window = |m| window.holds(m);
         // As many failures as the history keeps (the message shows the first ones).
         let mut summary = reporter.summarize(window, &specs, history::MAX_FAILURES_KEPT);
         // A flaky test passed: it is in the report of any spec the result names.
@@ -215,4 +219,17 @@ pub(super) fn failing_specs(blocks: &[RunBlock]) -> Option<SpecSet> {
 /// Every spec the run's log names so far: the reports that belong to this run.
 pub(super) fn run_specs(cp: &Checkpoint) -> SpecSet {
     SpecSet::new(cp.parser.summary().runs.iter().flat_map(|b| b.spec_names()))
+}
+
+/// A span of report modification times: after `from`, up to and including `to`.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+}
+
+impl Window {
+    fn holds(&self, m: SystemTime) -> bool {
+        self.from.is_none_or(|f| m > f) && self.to.is_none_or(|t| m <= t)
+    }
 }
