@@ -168,6 +168,9 @@ pub struct RunnerStatus {
 /// What a wrapper recorded of its log, kept when a later wrapper of the same run starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EarlierLog {
+    /// The start (`start_id`) that wrapper ran.
+    #[serde(default)]
+    pub start_id: String,
     pub log_path: PathBuf,
     pub log_dev: u64,
     pub log_inode: u64,

@@ -36,6 +36,11 @@ pub struct Checkpoint {
     /// A runner found by its command line (not started through start-atvm-runner).
     #[serde(default)]
     pub fallback: Option<ProcessId>,
+    /// The start (`start_id`) of the runner whose log `follow` is in, for a run started
+    /// through the runner: once a later runner has started, the point is that earlier
+    /// log's, however its identity is reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_start_id: Option<String>,
     /// The earlier runners' logs of this run (`runner/status.json`'s `earlier_logs`) as they
     /// were read: each to its end before the next, or found gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -327,6 +327,14 @@ impl Ledger for ResendLedger<'_> {
                 return Ok((None, ()));
             };
             match &key {
+                // Delivered: the run stays what was reported, even if a cancel marked it
+                // CANCELLED while the post was on the wire (as the watcher's delivery does).
+                None if post.status == PostStatus::Posted => {
+                    state.state = self.target.state.state;
+                    state.is_final = self.target.state.is_final;
+                    state.reason.clone_from(&self.target.state.reason);
+                    state.post = post.clone();
+                }
                 None => state.post = post.clone(),
                 Some(k) => {
                     for sub in state.subruns.iter_mut().flatten().filter(|s| &s.key == k) {

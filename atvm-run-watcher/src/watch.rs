@@ -180,8 +180,12 @@ impl<'a> Watcher<'a> {
         self.note_details(obs);
         let timing = self.ctx.timing;
         let facts = facts(obs, &self.ctx.request, &timing);
-        if let Some(error) = &obs.log_error {
-            // Inputs that cannot be read: UNKNOWN, with the file named.
+        if let Some(error) = &obs.log_error
+            && obs.cancelled_at.is_none()
+        {
+            // Inputs that cannot be read, or an earlier runner's log that is gone (what the
+            // log's groups are cannot be told any more): UNKNOWN, with the file named; a
+            // cancel still ends the run CANCELLED.
             let v = decide::Verdict {
                 state: RunState::Unknown,
                 reason: error.clone(),

@@ -310,6 +310,7 @@ fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
             Some(prev) if prev.refused.is_none() => {
                 status.earlier_logs = prev.earlier_logs.clone();
                 status.earlier_logs.push(EarlierLog {
+                    start_id: prev.start_id,
                     log_path: prev.log_path,
                     log_dev: prev.log_dev,
                     log_inode: prev.log_inode,
@@ -355,11 +356,12 @@ const STOP_PATIENCE: Duration = Duration::from_secs(20);
 /// A stop (`systemctl stop`, the unit's shutdown) gives up after [`STOP_PATIENCE`].
 fn record_exit_patiently(sd: &StateDir, exited: Exited, stop: &AtomicI32) -> Result<()> {
     let mut give_up_at: Option<Instant> = None;
+    let mut said = false;
     loop {
         match record_exit(sd, &exited) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() => {
-                if give_up_at.is_none() && stop.load(Ordering::SeqCst) == 0 {
+                if !std::mem::replace(&mut said, true) {
                     logging::warn(format!(
                         "cannot record the command's exit yet ({e}); trying again every second"
                     ));

@@ -7,7 +7,7 @@ use crate::persist::{Checkpoint, EarlierRead};
 use atvm_common::error::{Error, Result};
 use atvm_common::follow::{FileId, LogFollower};
 use atvm_common::procfs::{self, ProcessId};
-use atvm_common::state::RunnerStatus;
+use atvm_common::state::{EarlierLog, RunnerStatus};
 use atvm_common::{Moment, logging};
 use std::path::{Path, PathBuf};
 
@@ -105,6 +105,7 @@ impl Observer {
                 ));
             }
             cp.follow = follower.point();
+            cp.follow_start_id = status.map(|s| s.start_id.clone());
             if progress.bytes > 0 {
                 cp.last_activity = Some(now.clone());
             }
@@ -131,6 +132,13 @@ impl Observer {
                 ino: earlier.log_inode,
             };
             if cp.earlier_read.iter().any(|r| r.file == id) {
+                continue;
+            }
+            // Two files that exist never share an inode: an earlier log whose identity a
+            // later log of the run now has was removed and its inode reused. What is at that
+            // identity is the later log, not this one.
+            if later_ids(status, earlier).any(|later| later == id) {
+                self.earlier_reused(cp, earlier, id);
                 continue;
             }
             let path = &earlier.log_path;
@@ -167,6 +175,25 @@ impl Observer {
             });
         }
         Ok(())
+    }
+
+    /// An earlier log whose identity a later log now has: it is gone, and it was read as far
+    /// as the checkpoint's point says when that point is in it (the point's start says so:
+    /// the identity alone cannot). The later log is then read from its start.
+    fn earlier_reused(&mut self, cp: &mut Checkpoint, earlier: &EarlierLog, id: FileId) {
+        let ours = cp.follow_start_id.as_deref() == Some(earlier.start_id.as_str());
+        let read = cp
+            .follow
+            .filter(|p| ours && p.file == id)
+            .map_or(0, |p| p.bytes_read());
+        cp.earlier_read.push(EarlierRead {
+            file: id,
+            read,
+            found: false,
+        });
+        self.follower = None;
+        cp.follow = None;
+        cp.parser.finish_partial_line();
     }
 
     /// Why what was read of a managed run's log is not the whole of its command's output,
@@ -230,9 +257,30 @@ fn follower_at<'f>(
     slot.get_or_insert_with(|| LogFollower::new(path, cp.follow))
 }
 
+/// The identities of the logs of `status`'s run written after `earlier`: the later earlier
+/// logs, then the current one.
+fn later_ids<'s>(
+    status: &'s RunnerStatus,
+    earlier: &'s EarlierLog,
+) -> impl Iterator<Item = FileId> + 's {
+    status
+        .earlier_logs
+        .iter()
+        .skip_while(move |e| !std::ptr::eq(*e, earlier))
+        .skip(1)
+        .map(|e| FileId {
+            dev: e.log_dev,
+            ino: e.log_inode,
+        })
+        .chain(std::iter::once(FileId {
+            dev: status.log_dev,
+            ino: status.log_inode,
+        }))
+}
+
 /// Why an earlier runner's log of this run is not all read, if it is not: the runner could
 /// not write it, or it was gone (or shorter than written) when the watcher came to read it.
-fn earlier_gap(cp: &Checkpoint, s: &RunnerStatus) -> Option<String> {
+pub(super) fn earlier_gap(cp: &Checkpoint, s: &RunnerStatus) -> Option<String> {
     s.earlier_logs.iter().find_map(|earlier| {
         let path = earlier.log_path.display();
         if let Some(e) = &earlier.log_write_error {
@@ -246,8 +294,13 @@ fn earlier_gap(cp: &Checkpoint, s: &RunnerStatus) -> Option<String> {
             ino: earlier.log_inode,
         };
         let read = cp.earlier_read.iter().find(|r| r.file == file)?;
-        let short = earlier.log_bytes.is_some_and(|n| read.read < n);
-        (!read.found || short).then(|| {
+        // Read to its end (as many bytes as its runner wrote) is whole, whatever became of
+        // the file since; without that count, only a file that was there was read to its end.
+        let whole = match earlier.log_bytes {
+            Some(n) => read.read >= n,
+            None => read.found,
+        };
+        (!whole).then(|| {
             format!(
                 "the log of an earlier runner of this run ({path}, moved to {path}.1 by the next runner) was gone or cut short before it was read to its end ({} bytes read)",
                 read.read

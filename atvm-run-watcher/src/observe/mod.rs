@@ -135,6 +135,11 @@ impl Observer {
         if log_error.is_none() && ctx.shutdown.requested() {
             return Ok(None);
         }
+        // An earlier runner's log that cannot be read whole: the blocks after it could not
+        // be numbered as the run's, so no group is judged from them.
+        let log_error = log_error
+            .map(|e| e.to_string())
+            .or_else(|| status.as_ref().and_then(|s| log::earlier_gap(cp, s)));
         let log_gap = self.log_gap(cp, status.as_ref());
         self.read_timeline(ctx, cp, status.as_ref());
         self.scan_reporter(ctx);
@@ -160,7 +165,7 @@ impl Observer {
             runner,
             runner_id,
             status,
-            log_error: log_error.map(|e| e.to_string()),
+            log_error,
             log_gap,
             cancelled_at,
             last_activity,

@@ -990,3 +990,22 @@ fn mattermost_s_own_answers_unknown_hook_missing_channel_and_rate_limit() {
     assert_eq!(p.hook.count(), 2, "retried after the rate limit");
     assert_eq!(p.hook.posts().len(), 1);
 }
+
+/// A cancel that arrives while a resend is on the wire, delivered: the run stays what was
+/// reported (COMPLETED, posted), as with the watcher's own delivery — never CANCELLED with
+/// a delivered post.
+#[test]
+fn a_cancel_during_a_delivered_resend_leaves_the_run_reported() {
+    let p = completed(vec![
+        Reply::status(400, "invalid payload"),
+        Reply::delayed(Duration::from_secs(2), Reply::Ok),
+    ]);
+    restart(&p).code_is(1);
+    assert_ended(&p, "COMPLETED", "failed");
+    let resending = p.spawn("atvm-run-watcher", &["--build-name", B, "--resend"]);
+    p.wait_until("the resend on the wire", LONG, || p.hook.count() == 2);
+    p.run("cancel-atvm-run-watcher", &["--build-name", B])
+        .code_is(0);
+    finish(resending, LONG).code_is(0);
+    assert_ended(&p, "COMPLETED", "posted");
+}

@@ -440,3 +440,51 @@ fn the_hang_window_runs_from_the_runners_record_not_from_when_the_watcher_looked
     assert_eq!(s["state"], "HUNG", "{s:#}");
     assert_eq!(p.hook.count(), 0);
 }
+
+/// Three runners of one categorized run (linux, windows, ubuntu), each started after the
+/// one before ended; `between` runs after the first one's exit.
+fn three_runners(between: impl Fn(&Posting)) -> Posting {
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_GRACE_SECONDS", "0.5");
+    p.write_request(B, json!({"categorize": true}));
+    let g = group_files(&p);
+    for (k, (file, code)) in g.iter().zip([0, 1, 0]).enumerate() {
+        start_runner(&p, &format!("cat '{}'; exit {code}", file.display()));
+        p.wait_until("a runner's exit", LONG, || {
+            p.try_status(B).is_some_and(|s| {
+                !s["exited_at"].is_null() && s["earlier_logs"].as_array().map_or(0, Vec::len) == k
+            })
+        });
+        if k == 0 {
+            between(&p);
+        }
+    }
+    p
+}
+
+/// The first runner's log was read to its end before a third runner moved it away (its
+/// inode may even be reused by the third log): the run is judged as usual.
+#[test]
+fn an_earlier_log_read_to_its_end_then_rotated_away_still_decides() {
+    let p = three_runners(|p| {
+        once(p);
+    });
+    let s = assert_final(&p, &watch(&p, &[]), "FAILED");
+    let rows = super::subrun_rows(&s);
+    assert_eq!(rows.len(), 3, "{s:#}");
+    assert_eq!(p.hook.count(), 3);
+}
+
+/// The first runner's log was never read and a third runner moved it away: which groups
+/// the later logs' blocks are cannot be told, so the run ends UNKNOWN with no group posted
+/// under a shifted key.
+#[test]
+fn an_earlier_log_never_read_and_rotated_away_is_unknown_with_no_group_posted() {
+    let p = three_runners(|_| {});
+    let s = assert_final(&p, &watch(&p, &[]), "UNKNOWN");
+    assert!(
+        s["reason"].as_str().unwrap().contains("earlier runner"),
+        "{s:#}"
+    );
+    assert_eq!(p.hook.count(), 0, "{:#?}", p.posts());
+}
