@@ -158,6 +158,10 @@ pub struct RunnerStatus {
     /// Why `runner/timeline.jsonl` misses entries, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline_error: Option<String>,
+    /// How many Cypress blocks the wrapper saw in its log, recorded with the exit: the next
+    /// wrapper of the run numbers its blocks after them (the timeline may lack entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_blocks: Option<usize>,
     /// The logs of earlier runners of this run (a categorized run's second runner), oldest
     /// first, carried over by each new wrapper: the run's output is all of them in order,
     /// then this one's.
@@ -178,6 +182,9 @@ pub struct EarlierLog {
     pub log_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_write_error: Option<LogWriteError>,
+    /// How many Cypress blocks it saw (its `log_blocks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
 }
 
 /// A write to the run log that failed, as the wrapper saw it.

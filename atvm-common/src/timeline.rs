@@ -153,12 +153,19 @@ pub struct Writer {
     run_id: String,
     /// Blocks earlier wrappers of this run started.
     base: usize,
+    /// The last write failed, perhaps part-way through its line.
+    torn: bool,
 }
 
 impl Writer {
-    /// Open (create) the timeline at `path` for appending.
-    pub fn open(path: &Path, run_id: &str) -> Result<Writer> {
-        let base = Timeline::read(path, run_id)?.blocks_started();
+    /// Open (create) the timeline at `path` for appending, this wrapper's blocks numbered
+    /// from `base` — how many the earlier wrappers of the run saw — or, when that is not
+    /// known, from the blocks the timeline shows started.
+    pub fn open(path: &Path, run_id: &str, base: Option<usize>) -> Result<Writer> {
+        let base = match base {
+            Some(base) => base,
+            None => Timeline::read(path, run_id)?.blocks_started(),
+        };
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -181,6 +188,7 @@ impl Writer {
             path: path.to_path_buf(),
             run_id: run_id.to_string(),
             base,
+            torn: false,
         })
     }
 
@@ -197,10 +205,19 @@ impl Writer {
             event,
             at: Moment::now(),
         };
-        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        // After a write that failed part-way, this entry starts on a line of its own.
+        let mut line = match self.torn {
+            true => b"\n".to_vec(),
+            false => Vec::new(),
+        };
+        line.extend(serde_json::to_vec(&entry).map_err(io::Error::other)?);
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        self.torn = written.is_err();
+        written
     }
 }
 
@@ -304,13 +321,13 @@ mod tests {
     fn entries_are_read_per_run_and_a_torn_last_line_is_not_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("timeline.jsonl");
-        let mut w = Writer::open(&path, "run-a").unwrap();
+        let mut w = Writer::open(&path, "run-a", None).unwrap();
         w.record(0, BlockEvent::Started).unwrap();
         w.record(0, BlockEvent::Finished).unwrap();
         // A second wrapper of the same run numbers its blocks after the first one's.
-        let mut w2 = Writer::open(&path, "run-a").unwrap();
+        let mut w2 = Writer::open(&path, "run-a", None).unwrap();
         w2.record(0, BlockEvent::Started).unwrap();
-        let mut other = Writer::open(&path, "run-b").unwrap();
+        let mut other = Writer::open(&path, "run-b", None).unwrap();
         other.record(0, BlockEvent::Started).unwrap();
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"run_id\":\"run-a\",\"blo").unwrap();
@@ -325,12 +342,12 @@ mod tests {
     fn a_line_that_does_not_parse_leaves_the_others_standing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("timeline.jsonl");
-        let mut w = Writer::open(&path, "r").unwrap();
+        let mut w = Writer::open(&path, "r", None).unwrap();
         w.record(0, BlockEvent::Started).unwrap();
         // A wrapper killed half-way through a line, then another of the same run.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"run_id\":\"r\",\"blo").unwrap();
-        let mut again = Writer::open(&path, "r").unwrap();
+        let mut again = Writer::open(&path, "r", None).unwrap();
         again.record(0, BlockEvent::Started).unwrap();
         f.write_all(b"garbage\n").unwrap();
         let t = Timeline::read(&path, "r").unwrap();

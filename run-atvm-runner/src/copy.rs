@@ -33,6 +33,8 @@ const POLL_MS: i32 = 100;
 #[derive(Debug, Default)]
 pub struct Copied {
     pub bytes: u64,
+    /// Cypress blocks seen in the output.
+    pub blocks: usize,
     pub write_error: Option<LogWriteError>,
     pub timeline_error: Option<String>,
 }
@@ -42,6 +44,7 @@ impl Copied {
     pub fn lost(why: &str) -> Copied {
         Copied {
             bytes: 0,
+            blocks: 0,
             write_error: Some(LogWriteError {
                 offset: 0,
                 errno: 0,
@@ -129,12 +132,13 @@ impl Copier {
         // A sign of life for the hang rule, on the runner's own clocks (every few seconds at
         // most: a run printing thousands of lines a second writes one entry), recorded
         // before the bytes reach the log, so a watcher that read them finds it.
+        // Not recorded (the disk was full): tried again with the next output.
         if self
             .output_recorded
             .is_none_or(|t| t.elapsed() >= timeline::OUTPUT_EVERY)
+            && self.record(self.tracker.blocks(), BlockEvent::Output)
         {
             self.output_recorded = Some(Instant::now());
-            self.record(self.tracker.blocks(), BlockEvent::Output);
         }
         let mut line_start = 0;
         let mut written = 0;
@@ -187,18 +191,24 @@ impl Copier {
         self.done.write_error = Some(error);
     }
 
-    fn record(&mut self, block: usize, event: BlockEvent) {
+    /// Record an event; false when it could not be written. A failure (a full state file
+    /// system) is said once and the next event is tried again: a timeline that stopped for
+    /// good would make a long run look silent to the hang rule.
+    fn record(&mut self, block: usize, event: BlockEvent) -> bool {
         let Ok(timeline) = self.timeline.as_mut() else {
-            return;
+            return false;
         };
-        if let Err(e) = timeline.record(block, event) {
+        let Err(e) = timeline.record(block, event) else {
+            return true;
+        };
+        if self.done.timeline_error.is_none() {
             let why = format!("cannot write {}: {e}", timeline.path().display());
             logging::warn(format!(
-                "{why}; a categorized run's later groups are posted without their reports"
+                "{why}; a group whose entries are missing is posted without its reports"
             ));
-            self.done.timeline_error.get_or_insert(why);
-            self.timeline = Err(String::new());
+            self.done.timeline_error = Some(why);
         }
+        false
     }
 
     /// The log reaches the disk before the exit is recorded; a sync that fails (a file
@@ -209,6 +219,7 @@ impl Copier {
         {
             self.fail(e, failed);
         }
+        self.done.blocks = self.tracker.blocks();
         self.done
     }
 }

@@ -187,9 +187,13 @@ fn prepare(sd: &StateDir, build: &BuildName, reporter_dir: &std::path::Path) -> 
         .env_remove(WEBHOOK_VAR)
         .spawn()
         .map_err(|e| Error::io("cannot start /bin/sh in", &spec.workdir, e))?;
-    let timeline = sd
-        .create_runner_dir()
-        .and_then(|()| timeline::Writer::open(&sd.runner_timeline(), &spec.run_id));
+    let timeline = sd.create_runner_dir().and_then(|()| {
+        timeline::Writer::open(
+            &sd.runner_timeline(),
+            &spec.run_id,
+            blocks_before(sd, &spec),
+        )
+    });
     let copier = Copier::new(
         log,
         spec.log_path.clone(),
@@ -216,6 +220,21 @@ fn record_stale_reports(sd: &StateDir, reporter_dir: &std::path::Path, started: 
             "{e}; reports written just before this run may be counted for it"
         ));
     }
+}
+
+/// How many Cypress blocks the earlier wrappers of this run saw, when each recorded it:
+/// this wrapper's blocks are numbered after them.
+fn blocks_before(sd: &StateDir, spec: &RunnerSpec) -> Option<usize> {
+    let prev = sd
+        .read_status()
+        .ok()
+        .flatten()
+        .filter(|p| p.run_id == spec.run_id && p.pid != 0 && p.refused.is_none())?;
+    prev.earlier_logs
+        .iter()
+        .map(|e| e.blocks)
+        .chain([prev.log_blocks])
+        .sum()
 }
 
 /// Another wrapper of the build is alive (its recorded pid still has its start time): exit 4.
@@ -316,6 +335,7 @@ fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
                     log_inode: prev.log_inode,
                     log_bytes: prev.log_bytes,
                     log_write_error: prev.log_write_error,
+                    blocks: prev.log_blocks,
                 });
             }
             _ => {}
@@ -393,6 +413,7 @@ fn record_exit(sd: &StateDir, exited: &Exited) -> Result<()> {
         status.signal = exited.status.signal();
         status.stop_signal = exited.stop_signal;
         status.log_bytes = Some(exited.copied.bytes);
+        status.log_blocks = Some(exited.copied.blocks);
         status.log_write_error = exited.copied.write_error.clone();
         status.timeline_error = exited.copied.timeline_error.clone();
         Ok((Some(status), ()))

@@ -485,3 +485,38 @@ fn an_exit_record_waits_out_a_full_state_file_system() {
     let status = wait_exit(&env);
     assert_eq!(status["exit_code"], 2, "{status:#}");
 }
+
+/// The timeline (on the state's file system) that could not be written for a moment is
+/// written again afterwards: its record of the command's output resumes, on a line of its
+/// own, so a long run does not look silent to the hang rule.
+#[test]
+fn the_timeline_resumes_after_the_state_file_system_was_full() {
+    let env = Env::new();
+    let Some(disk) = testkit::SmallDisk::mount(&env.state_root, "1m") else {
+        return;
+    };
+    let (one, two) = (env.root().join("one"), env.root().join("two"));
+    let wait =
+        |f: &std::path::Path| format!("while [ ! -e '{}' ]; do sleep 0.02; done", f.display());
+    start(
+        &env,
+        &format!("{}; echo one; {}; echo two; exit 0", wait(&one), wait(&two)),
+    );
+    wait_started(&env);
+    disk.fill();
+    fs::write(&one, "").unwrap();
+    env.wait_until("the first output", WAIT, || {
+        fs::read_to_string(env.run_log(B)).is_ok_and(|l| l.contains("one"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    disk.free();
+    fs::write(&two, "").unwrap();
+    wait_exit(&env);
+    let timeline = fs::read_to_string(env.state_dir(B).join("runner/timeline.jsonl")).unwrap();
+    let outputs = timeline
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "output")
+        .count();
+    assert_eq!(outputs, 1, "the second output is recorded: {timeline:?}");
+}
