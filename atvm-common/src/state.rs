@@ -175,6 +175,9 @@ pub struct EarlierLog {
     /// The start (`start_id`) that wrapper ran.
     #[serde(default)]
     pub start_id: String,
+    /// When it started: the run's reports count from its first runner's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
     pub log_path: PathBuf,
     pub log_dev: u64,
     pub log_inode: u64,

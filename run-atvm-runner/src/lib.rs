@@ -170,7 +170,11 @@ fn prepare(sd: &StateDir, build: &BuildName, reporter_dir: &std::path::Path) -> 
     };
     // After the start time is taken and before the command runs: what is in the reporter
     // directory now is not this run's, whatever its time says.
-    record_stale_reports(sd, reporter_dir, status.started_at);
+    // The run's first runner's record stands: a later runner of the same run would count
+    // the first one's last reports as stale.
+    if earlier_wrapper(sd, &spec).is_none() {
+        record_stale_reports(sd, reporter_dir, status.started_at);
+    }
     let (output, input) =
         std::io::pipe().map_err(|e| Error::io("cannot make a pipe for", &spec.log_path, e))?;
     let stderr = input
@@ -222,14 +226,19 @@ fn record_stale_reports(sd: &StateDir, reporter_dir: &std::path::Path, started: 
     }
 }
 
+/// The status of an earlier wrapper of this spec's run (a categorized run's second runner
+/// is starting), if there was one.
+fn earlier_wrapper(sd: &StateDir, spec: &RunnerSpec) -> Option<RunnerStatus> {
+    sd.read_status()
+        .ok()
+        .flatten()
+        .filter(|p| p.run_id == spec.run_id && p.pid != 0 && p.refused.is_none())
+}
+
 /// How many Cypress blocks the earlier wrappers of this run saw, when each recorded it:
 /// this wrapper's blocks are numbered after them.
 fn blocks_before(sd: &StateDir, spec: &RunnerSpec) -> Option<usize> {
-    let prev = sd
-        .read_status()
-        .ok()
-        .flatten()
-        .filter(|p| p.run_id == spec.run_id && p.pid != 0 && p.refused.is_none())?;
+    let prev = earlier_wrapper(sd, spec)?;
     prev.earlier_logs
         .iter()
         .map(|e| e.blocks)
@@ -330,6 +339,7 @@ fn write_start_status(sd: &StateDir, mut status: RunnerStatus) -> Result<()> {
                 status.earlier_logs = prev.earlier_logs.clone();
                 status.earlier_logs.push(EarlierLog {
                     start_id: prev.start_id,
+                    started_at: Some(prev.started_at),
                     log_path: prev.log_path,
                     log_dev: prev.log_dev,
                     log_inode: prev.log_inode,

@@ -74,6 +74,8 @@ pub struct Observer {
     candidate: Option<ProcessId>,
     runner_started: Option<Moment>,
     pub runner_started_at: Option<Timestamp>,
+    /// Since when reports count for the run: its first runner's start (managed runs).
+    reports_since: Option<Timestamp>,
     pub runner_exited_at: Option<Timestamp>,
     /// The reports the runner found before its command started (never this run's).
     stale_reports: Vec<ReportStamp>,
@@ -117,6 +119,7 @@ impl Observer {
             candidate: None,
             runner_started: None,
             runner_started_at: None,
+            reports_since: None,
             runner_exited_at: None,
             stale_reports: Vec::new(),
             timeline: Timeline::default(),

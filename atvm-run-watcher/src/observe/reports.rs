@@ -13,8 +13,8 @@ use std::time::{Instant, SystemTime};
 
 impl Observer {
     pub(super) fn scan_reporter(&mut self, ctx: &Ctx) {
-        // Reports count from the runner's start, once there is a runner.
-        let Some(since) = self.runner_started_at else {
+        // Reports count from the run's first runner's start, once there is a runner.
+        let Some(since) = self.reports_since.or(self.runner_started_at) else {
             return;
         };
         let stale = &self.stale_reports;
@@ -93,7 +93,7 @@ impl Observer {
             return Some((from.unwrap_or_default(), seen(i)));
         }
         let from = match i.checked_sub(1) {
-            None => self.runner_started_at?,
+            None => self.reports_since.or(self.runner_started_at)?,
             Some(before) => self.block_end(cp, before)??,
         };
         Some((from, self.block_end(cp, i)?))
@@ -229,7 +229,10 @@ struct Window {
 }
 
 impl Window {
+    /// Compared at the bounds' own precision (the runner's times are kept to the
+    /// millisecond): a report written in the millisecond its group ended is the group's.
     fn holds(&self, m: SystemTime) -> bool {
+        let m = Timestamp::from_system(m).to_system();
         self.from.is_none_or(|f| m > f) && self.to.is_none_or(|t| m <= t)
     }
 }

@@ -255,8 +255,16 @@ impl Observer {
     }
 
     pub(super) fn note_runner(&mut self, ctx: &Ctx, status: &RunnerStatus) {
-        if self.runner_started_at != Some(status.started_at) {
-            // Another runner: its reports count from its own start, but for those it found.
+        // The run's reports count from its first runner's start (a categorized run's later
+        // runner does not make the earlier groups' reports stale).
+        let since = status
+            .earlier_logs
+            .iter()
+            .filter_map(|e| e.started_at)
+            .chain([status.started_at])
+            .min();
+        if self.reports_since != since {
+            self.reports_since = since;
             self.reporter = None;
             self.stale_reports = fsutil::read_json(&ctx.sd.runner_stale_reports())
                 .unwrap_or_else(|e| {

@@ -488,3 +488,57 @@ fn an_earlier_log_never_read_and_rotated_away_is_unknown_with_no_group_posted() 
     );
     assert_eq!(p.hook.count(), 0, "{:#?}", p.posts());
 }
+
+/// A group of an earlier runner of a categorized run keeps its failed tests' names when the
+/// watcher first looks after a later runner started: the run's reports count from its
+/// first runner's start, not the latest one's.
+#[test]
+fn an_earlier_runner_s_group_keeps_its_reports_after_a_later_runner_started() {
+    let mut p = Posting::new(vec![]);
+    p.set("ATVM_GRACE_SECONDS", "0.5");
+    p.write_request(B, json!({"categorize": true}));
+    let g = group_files(&p);
+    let windows = fs::read_to_string(&g[1]).unwrap();
+    let cut = windows.find("(Run Finished)").unwrap();
+    let (before, after) = (p.root().join("w-before.log"), p.root().join("w-after.log"));
+    fs::write(&before, &windows[..cut]).unwrap();
+    fs::write(&after, &windows[cut..]).unwrap();
+    let report = p.report_for("agent.cy.js");
+    start_runner(
+        &p,
+        &format!(
+            "cat '{}'; sleep 0.1; cp '{}' '{}'; cat '{}'; exit 1",
+            before.display(),
+            report.display(),
+            p.reporter_dir.display(),
+            after.display()
+        ),
+    );
+    p.wait_until("the first runner's exit", LONG, || {
+        p.try_status(B).is_some_and(|s| !s["exited_at"].is_null())
+    });
+    start_runner(&p, &format!("cat '{}'; exit 0", g[2].display()));
+    p.wait_until("the second runner's exit", LONG, || {
+        p.try_status(B)
+            .is_some_and(|s| !s["exited_at"].is_null() && s["earlier_logs"].is_array())
+    });
+    assert_final(&p, &watch(&p, &[]), "FAILED");
+    let windows_post = p
+        .posts()
+        .into_iter()
+        .find(|post| {
+            attachment(post)["title"]
+                .as_str()
+                .unwrap()
+                .ends_with("windows")
+        })
+        .unwrap();
+    let listed = attachment(&windows_post)["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        listed.contains("agent.cy.js › Login rejects a bad password"),
+        "{listed}"
+    );
+}
